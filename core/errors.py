@@ -1,0 +1,18 @@
+"""Errors with messages fit for users: one line naming the file and the problem."""
+from __future__ import annotations
+
+
+class PupickError(Exception):
+    """Base class; the CLI and every wrapper print str(error) and exit non-zero, never a traceback."""
+
+
+class InputError(PupickError):
+    """A user's input file or option is unusable (missing, corrupt, wrong shape, no match)."""
+
+
+class ModelFileError(PupickError):
+    """A model file is not a pupick model, or comes from an incompatible version."""
+
+
+class AbortRequested(PupickError):
+    """The host asked the job to stop (e.g. RELION's abort file)."""

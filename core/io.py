@@ -1,0 +1,200 @@
+"""Micrograph I/O (MRC, TIFF, PNG/JPEG), input-list expansion and atomic writes."""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .tables import IMAGE_EXTENSIONS
+
+MIN_SIZE = 32  # pixels per side; anything smaller cannot hold a particle and a receptive field
+
+
+@dataclass
+class Micrograph:
+    """A micrograph's pixels (float32, row = y, column = x) and its pixel size in Å (None if unknown)."""
+
+    image: np.ndarray
+    pixel_size: float | None
+    path: Path
+
+
+def _check_pixels(image: np.ndarray, path: Path) -> np.ndarray:
+    if image.ndim == 3 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim != 2:
+        raise InputError(f"{path}: expected a 2-D image or a single-section stack, got shape {tuple(image.shape)}")
+    if min(image.shape) < MIN_SIZE:
+        raise InputError(f"{path}: image is too small ({image.shape[1]}x{image.shape[0]} px; need >= {MIN_SIZE})")
+    image = np.asarray(image, dtype=np.float32)
+    finite = np.isfinite(image)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise InputError(f"{path}: {bad} pixel(s) are NaN or infinite")
+    if float(image.max()) == float(image.min()):
+        raise InputError(f"{path}: image is constant (every pixel = {float(image.min())})")
+    return image
+
+
+def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
+    import mrcfile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+                if mrc.data is None:
+                    raise InputError(f"{path}: not a readable MRC file (no data block; truncated or corrupt header)")
+                data = np.array(mrc.data, dtype=np.float32)  # copies out of the memory map
+                voxel = mrc.voxel_size
+                ps = float(voxel.x) if voxel is not None else 0.0
+    except InputError:
+        raise
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable MRC file ({err})") from None
+    return data, (ps if ps > 0 and np.isfinite(ps) else None)
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
+    import tifffile
+
+    try:
+        data = tifffile.imread(path)
+    except Exception as err:  # tifffile raises several unrelated types for corrupt files
+        raise InputError(f"{path}: not a readable TIFF file ({err})") from None
+    if data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4:
+        data = data[..., :3].mean(axis=-1)
+    return data, None
+
+
+def _read_pil(path: Path) -> tuple[np.ndarray, float | None]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            # 16-bit and float images keep their values; only colour images are reduced to luminance
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
+                data = np.asarray(im)
+            else:
+                data = np.asarray(im.convert("L"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise InputError(f"{path}: not a readable image ({err})") from None
+    return data, None
+
+
+_READERS = {
+    ".mrc": _read_mrc, ".mrcs": _read_mrc, ".tif": _read_tiff, ".tiff": _read_tiff,
+    ".png": _read_pil, ".jpg": _read_pil, ".jpeg": _read_pil,
+}
+
+
+def read_micrograph(path: str | os.PathLike) -> Micrograph:
+    """Read one micrograph as float32 with its pixel size (MRC header; None for formats without one)."""
+    path = Path(path)
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise InputError(f"{path}: unknown image extension {path.suffix!r} (known: {', '.join(IMAGE_EXTENSIONS)})")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    data, ps = reader(path)
+    return Micrograph(_check_pixels(data, path), ps, path)
+
+
+def read_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(ny, nx) of a micrograph without reading all its pixels where the format allows."""
+    path = Path(path)
+    if path.suffix.lower() in (".mrc", ".mrcs"):
+        import mrcfile
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+                    shape = mrc.data.shape
+            return int(shape[-2]), int(shape[-1])
+        except Exception as err:
+            raise InputError(f"{path}: not a readable MRC file ({err})") from None
+    img = read_micrograph(path).image
+    return int(img.shape[0]), int(img.shape[1])
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success rename it onto `target`, on failure remove it."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part" + target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(target: str | os.PathLike, text: str) -> None:
+    """Write a text file under a temporary name and rename it into place."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def write_mrc(path: str | os.PathLike, image: np.ndarray, pixel_size: float | None = None) -> None:
+    """Write a float32 MRC (mode 2) with the pixel size in the header, atomically."""
+    import mrcfile
+
+    with atomic_path(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(image, dtype=np.float32))
+            if pixel_size:
+                mrc.voxel_size = float(pixel_size)
+
+
+def expand_inputs(items: Sequence[str | os.PathLike], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Expand files, directories, globs and @list.txt files (one path a line) into a sorted-unique path list.
+
+    Directories contribute their files with a known extension (not recursive); order follows the input, with
+    each directory's and glob's files sorted by name; duplicates are dropped.
+    """
+    out: list[Path] = []
+    for item in items:
+        s = str(item)
+        if s.startswith("@"):
+            listfile = Path(s[1:])
+            try:
+                lines = listfile.read_text().splitlines()
+            except OSError as err:
+                raise InputError(f"{listfile}: cannot read the list file ({err.strerror})") from None
+            base = listfile.parent
+            entries = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+            out.extend(expand_inputs([e if os.path.isabs(e) or Path(e).exists() else str(base / e) for e in entries], extensions))
+            continue
+        p = Path(s)
+        if p.is_dir():
+            try:
+                files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in extensions)
+            except OSError as err:
+                raise InputError(f"{p}: cannot read the directory ({err.strerror})") from None
+            if not files:
+                raise InputError(f"{p}: directory holds no micrographs ({', '.join(extensions)})")
+            out.extend(files)
+        elif any(ch in s for ch in "*?["):
+            files = sorted(Path(f) for f in glob.glob(s) if Path(f).is_file())
+            if not files:
+                raise InputError(f"{s}: pattern matches no files")
+            out.extend(files)
+        else:
+            if not p.exists():
+                raise InputError(f"{p}: no such file")
+            out.append(p)
+    return list(dict.fromkeys(out))

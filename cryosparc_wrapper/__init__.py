@@ -1,0 +1,1 @@
+"""cryosparc_wrapper"""

@@ -1,0 +1,1 @@
+"""relion_wrapper"""
