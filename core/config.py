@@ -101,6 +101,13 @@ class PickConfig:
     workers: int = 1  # reader/preprocessor threads overlapping with scoring
     write_score_maps: bool = False
     seed: int = 0
+    # training-free blob picker (method="blob"): no model; needs the diameter
+    method: str = "cnn"  # cnn | blob
+    diameter_A: float | None = None
+    diameter_px: float | None = None  # original pixels
+    dark_particles: bool = True
+    exclude_carbon: bool = False  # drop picks on pixels far from the GMM ice component
+    top_n: int | None = None  # keep the N best per micrograph (blob picker's usual mode)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,12 +8,19 @@ import click
 from ..errors import PupickError
 
 
+class UserError(click.ClickException):
+    """A PupickError surfaced through click: one line `pupick: error: ...`, exit status 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"pupick: error: {self.format_message()}", err=True, file=file)
+
+
 def run_core(fn: Callable, *args, **kwargs):
     """Call a core function, turning PupickError into a click error (exit 1, one line, no traceback)."""
     try:
         return fn(*args, **kwargs)
     except PupickError as err:
-        raise click.ClickException(str(err)) from None
+        raise UserError(str(err)) from None
 
 
 def size_options(f: Callable) -> Callable:

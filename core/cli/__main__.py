@@ -1,0 +1,4 @@
+"""`python -m pupick.core.cli` runs the `pupick` command."""
+from . import main
+
+main()
