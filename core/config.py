@@ -80,6 +80,8 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
     cache_dir: str | None = None
+    precision: str = "auto"  # auto (bf16 autocast where the hardware has it) | fp32 | bf16; weights stay fp32
+    validation_stride: str = "fast"  # scorer mode for per-epoch validation AP: fast (native stride) | dense
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,9 +99,10 @@ class PickConfig:
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16
     stride: str = "fast"  # fast (native stride + refinement) | dense (exact dense map)
-    tile_size: int = 1024  # downsampled pixels per scoring tile
+    tile_size: int | None = None  # downsampled pixels per scoring tile side; None: 1024 fast, 512 dense
     workers: int = 1  # reader/preprocessor threads overlapping with scoring
-    write_score_maps: bool = False
+    write_score_maps: bool = False  # kept for callers; maps are written when score_map_dir is set
+    score_map_dir: str | None = None  # write each score map as <dir>/<stem>.mrc (downsampled grid)
     seed: int = 0
     # training-free blob picker (method="blob"): no model; needs the diameter
     method: str = "cnn"  # cnn | blob
@@ -108,6 +111,7 @@ class PickConfig:
     dark_particles: bool = True
     exclude_carbon: bool = False  # drop picks on pixels far from the GMM ice component
     top_n: int | None = None  # keep the N best per micrograph (blob picker's usual mode)
+    factor: float | None = None  # blob picker's downsampling factor (None: the rule applied to the diameter)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,75 @@
+"""Training data on the downsampled grid: positive masks, random tiles with their label grids, augmentation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def disk_offsets(radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Integer (dy, dx) with dy² + dx² ≤ r²."""
+    r = int(np.floor(radius))
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    inside = dy * dy + dx * dx <= radius * radius
+    return dy[inside], dx[inside]
+
+
+def positive_mask(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, radius: float) -> np.ndarray:
+    """uint8 mask, 1 on every pixel within `radius` of a (row, col) centre (centres rounded to pixels)."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    if len(rows) == 0:
+        return mask
+    dy, dx = disk_offsets(radius)
+    r = np.rint(np.asarray(rows, dtype=float)).astype(np.int64)[:, None] + dy[None]
+    c = np.rint(np.asarray(cols, dtype=float)).astype(np.int64)[:, None] + dx[None]
+    ok = (r >= 0) & (r < shape[0]) & (c >= 0) & (c < shape[1])
+    mask[r[ok], c[ok]] = 1
+    return mask
+
+
+@dataclass
+class TileSampler:
+    """Draws training tiles: an input crop of a (padded) image and the label grid of its native-stride outputs.
+
+    A tile covers `out` x `out` image pixels; the network sees them plus `pad` pixels of context on each side, and
+    its outputs sit at every `stride`-th pixel, so the label grid is mask[y0::stride, x0::stride] over the tile.
+    Images are padded with `pad` zeros (the normalised ice level) so tiles may reach the micrograph edge.
+    """
+
+    images: list[np.ndarray]  # padded by `pad` on each side
+    masks: list[np.ndarray]  # unpadded, uint8
+    out: int  # tile side in image pixels (a multiple of stride)
+    pad: int
+    stride: int
+    rotations: str = "90"  # 90 | none
+
+    def __post_init__(self) -> None:
+        areas = np.array([m.size for m in self.masks], dtype=float)
+        self.weights = areas / areas.sum()
+
+    def sample(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs [B, 1, S, S] float32, labels [B, n, n] uint8) with S = out - stride + 2 pad + 1, n = out / stride."""
+        j, p = self.stride, self.pad
+        n = self.out // j
+        size = (n - 1) * j + 2 * p + 1
+        xs = np.empty((batch, 1, size, size), dtype=np.float32)
+        ys = np.empty((batch, n, n), dtype=np.uint8)
+        picks = rng.choice(len(self.masks), size=batch, p=self.weights)
+        for b, i in enumerate(picks):
+            mask = self.masks[i]
+            h, w = mask.shape
+            y0 = int(rng.integers(0, max(1, h - (n - 1) * j)))
+            x0 = int(rng.integers(0, max(1, w - (n - 1) * j)))
+            img = self.images[i][y0:y0 + size, x0:x0 + size]
+            lab = mask[y0:y0 + (n - 1) * j + 1:j, x0:x0 + (n - 1) * j + 1:j]
+            if img.shape != (size, size) or lab.shape != (n, n):  # micrograph smaller than a tile: pad with ice
+                img = np.pad(img, ((0, size - img.shape[0]), (0, size - img.shape[1])))
+                lab = np.pad(lab, ((0, n - lab.shape[0]), (0, n - lab.shape[1])), constant_values=2)
+            if self.rotations != "none":
+                k = int(rng.integers(4))
+                img, lab = np.rot90(img, k), np.rot90(lab, k)
+                if rng.integers(2):
+                    img, lab = img[:, ::-1], lab[:, ::-1]
+            xs[b, 0] = img
+            ys[b] = lab
+        return xs, ys

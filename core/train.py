@@ -1,0 +1,375 @@
+"""PU training loop: preprocess (cached), dense-tile minibatches, objective, Adam, per-epoch validation AP."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .config import PickConfig, TrainConfig
+from .errors import InputError
+from .io import atomic_path, read_micrograph
+from .models import ModelConfig, build, native_stride, receptive_field
+from .modelfile import save_model
+from .objectives import OBJECTIVES, class_prior
+from .preprocess import preprocess_micrograph
+from .tables import assign_micrographs, stem, validate_picks
+from .tiles import TileSampler, positive_mask
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    """What training produced."""
+
+    model_path: Path
+    history: pd.DataFrame  # epoch, loss, ap, best_f1, seconds
+    best_epoch: int
+    best_ap: float  # NaN without validation
+    pi: float
+    pi_u: float = math.nan
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Mic:
+    path: Path
+    image: np.ndarray  # preprocessed (downsampled, normalised)
+    factor: float
+    pixel_size: float | None  # original Å/px
+    source_shape: tuple[int, int]
+    labels: pd.DataFrame  # original-pixel labels inside the image
+
+
+# ---------------------------------------------------------------- preprocessing with a cache
+
+
+def _cache_key(path: Path, config: TrainConfig) -> str:
+    st = path.stat()
+    pre = config.preprocess
+    ident = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, pre.factor, pre.diameter_A, pre.diameter_px,
+                        pre.pixel_size, pre.normalize, pre.seed, pre.gmm_samples, CACHE_VERSION], sort_keys=True)
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _load_one(path: Path, config: TrainConfig, cache: Path | None) -> tuple[np.ndarray, float, float | None, tuple]:
+    target = cache / f"{stem(path)}-{_cache_key(path, config)}.npz" if cache is not None else None
+    if target is not None and target.exists():
+        try:
+            with np.load(target) as z:
+                ps = float(z["pixel_size"])
+                return z["image"], float(z["factor"]), (ps if ps > 0 else None), tuple(int(v) for v in z["shape"])
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache entry: recompute and overwrite
+    mic = read_micrograph(path)
+    pre = preprocess_micrograph(mic, config.preprocess)
+    ps = config.preprocess.pixel_size or mic.pixel_size
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, image=pre.image, factor=pre.factor, pixel_size=ps or 0.0, shape=np.array(pre.source_shape))
+    return pre.image.astype(np.float32, copy=False), float(pre.factor), ps, tuple(pre.source_shape)
+
+
+def _preprocess_all(paths: list[Path], config: TrainConfig, cache: Path | None, progress: bool
+                    ) -> list[tuple[np.ndarray, float, float | None, tuple]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    workers = max(1, min(len(paths), os.cpu_count() or 1, 4))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        it = pool.map(lambda p: _load_one(p, config, cache), paths)
+        return list(tqdm(it, total=len(paths), desc="preprocess", unit="mic", disable=not progress or None,
+                         leave=False))
+
+
+# ---------------------------------------------------------------- setup helpers
+
+
+def _split(labeled: list[int], fraction: float, seed: int) -> list[int]:
+    """Indices of validation micrographs: round(fraction * labeled), at least 1 when fraction > 0, never all."""
+    if fraction <= 0 or len(labeled) < 2:
+        return []
+    n = min(len(labeled) - 1, max(1, int(round(fraction * len(labeled)))))
+    rng = np.random.default_rng([seed, 1])
+    return sorted(rng.choice(labeled, size=n, replace=False).tolist())
+
+
+def _precision_context(spec: str, device: torch.device) -> contextlib.AbstractContextManager:
+    from .score import choose_precision
+
+    dtype = choose_precision(spec, device)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _unlabeled_groups(s_u: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Shuffle the unlabeled outputs and cut them into [G, n] groups (the remainder is dropped)."""
+    g = s_u.numel() // n
+    if g == 0:
+        return s_u.reshape(1, -1)
+    perm = torch.randperm(s_u.numel(), generator=gen)[: g * n].to(s_u.device)
+    return s_u[perm].reshape(g, n)
+
+
+def _validate(module: torch.nn.Module, mics: list[_Mic], radius_px: float, model_cfg: dict,
+              pick_config: PickConfig) -> tuple[float, float]:
+    """AP and best F1 of the current module on the validation micrographs (picking's scorer, extractor, evaluator)."""
+    from .evaluate import evaluate
+    from .extract import extract_picks
+    from .score import score_micrograph
+
+    frames = []
+    labels = []
+    for m in mics:
+        smap = score_micrograph(module, m.image, pick_config)
+        x, y, s = extract_picks(smap, m.factor, radius_px, pick_config.threshold, original_shape=m.source_shape)
+        frames.append(pd.DataFrame({"micrograph": stem(m.path), "x": x, "y": y, "score": s}))
+        labels.append(m.labels.assign(micrograph=stem(m.path)))
+    result = evaluate(pd.concat(frames, ignore_index=True), pd.concat(labels, ignore_index=True), radius_px,
+                      micrographs=[stem(m.path) for m in mics])
+    return float(result.ap), float(result.best_f1)
+
+
+def _plot(history: pd.DataFrame, target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(history["epoch"], history["loss"], "o-", color="tab:blue", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss", color="tab:blue")
+    if history["ap"].notna().any():
+        ax2 = ax.twinx()
+        ax2.plot(history["epoch"], history["ap"], "s-", color="tab:red", label="validation AP")
+        ax2.set_ylabel("validation AP", color="tab:red")
+        ax2.set_ylim(0, 1)
+    ax.set_title("pupick training")
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(
+    micrographs: list[Path],
+    labels: pd.DataFrame,
+    config: TrainConfig,
+    output: Path,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train a picker on labeled positions (PU) and write OUTPUT (.pt) plus OUTPUT.train.tsv and OUTPUT.train.png."""
+    t_start = time.perf_counter()
+    output = Path(output)
+    paths = [Path(p) for p in micrographs]
+    if not paths:
+        raise InputError("no micrographs given to train on")
+    if config.objective not in OBJECTIVES:
+        raise InputError(f"unknown objective {config.objective!r}; choose from {', '.join(OBJECTIVES)}")
+    if config.epochs < 1 or config.steps_per_epoch < 1:
+        raise InputError("epochs and steps per epoch must be >= 1")
+    if not config.label_radius >= 0:
+        raise InputError(f"label radius must be >= 0 (got {config.label_radius})")
+    from .models import MODELS
+
+    if config.arch not in MODELS:
+        raise InputError(f"unknown architecture {config.arch!r}; choose from {', '.join(MODELS)}")
+    model_cfg = ModelConfig(config.arch, config.units, config.batchnorm, config.dropout, config.pooling)
+    rf, stride = receptive_field(model_cfg), native_stride(model_cfg)  # also rejects an unknown arch
+    labels = validate_picks(labels, "labels")
+    if labels.empty:
+        raise InputError("labels: no particle coordinates (need at least one labeled particle)")
+    stems = [stem(p) for p in paths]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise InputError(f"two micrographs share the name {dupes[0]!r}; labels could not tell them apart")
+    groups, unmatched = assign_micrographs(labels, paths, "labels")
+    if unmatched:
+        log(f"{unmatched} label(s) name micrographs that were not given; ignored")
+
+    cache = Path(config.cache_dir) if config.cache_dir else output.with_name(output.stem + ".cache")
+    pre = _preprocess_all(paths, config, cache, progress)
+    mics: list[_Mic] = []
+    dropped = 0
+    for i, (p, (image, factor, ps, shape)) in enumerate(zip(paths, pre)):
+        lab = groups.get(i, labels.iloc[:0])
+        inside = (lab["x"] >= 0) & (lab["y"] >= 0) & (lab["x"] <= shape[1] - 1) & (lab["y"] <= shape[0] - 1)
+        dropped += int((~inside).sum())
+        mics.append(_Mic(p, image, factor, ps, shape, lab[inside].reset_index(drop=True)))
+    if dropped:
+        log(f"{dropped} label(s) lie outside their micrograph; dropped")
+    factors = sorted({m.factor for m in mics})
+    if len(factors) > 1:
+        raise InputError(f"micrographs were downsampled by different factors {factors}; give --scale or --pixel-size")
+    factor = factors[0]
+    labeled = [i for i, m in enumerate(mics) if len(m.labels)]
+    if not labeled:
+        raise InputError("labels: every labeled coordinate lies outside its micrograph (check x = column, y = row)")
+
+    val_idx = _split(labeled, config.test_split, config.seed)
+    train_mics = [m for i, m in enumerate(mics) if i not in val_idx]
+    val_mics = [mics[i] for i in val_idx]
+    if config.test_split > 0 and not val_mics:
+        log("only one labeled micrograph: no validation split, keeping the last epoch")
+
+    # class prior from the expected particle count (downsampled pixels)
+    r = float(config.label_radius)
+    n_train_labels = sum(len(m.labels) for m in train_mics)
+    per_mic = n_train_labels / len(train_mics)
+    expected = config.expected_particles
+    if expected is None:
+        expected = 2.0 * sum(len(m.labels) for m in mics) / len(mics)
+        log(f"--expected-particles not given: assuming labels cover half the particles ({expected:.1f} per "
+            "micrograph); give the expected count per micrograph for a better prior")
+    if not expected > 0:
+        raise InputError(f"--expected-particles must be positive (got {expected})")
+    masks = [positive_mask(m.image.shape, m.labels["y"].to_numpy() / factor, m.labels["x"].to_numpy() / factor, r)
+             for m in train_mics]
+    pixels = sum(m.size for m in masks)
+    pi = class_prior(expected, r, pixels / len(masks))
+    p_obs = float(sum(int(m.sum()) for m in masks)) / pixels
+    pi_u = pi - p_obs
+    objective = OBJECTIVES[config.objective]
+    if not 0 < pi < 1:
+        raise InputError(f"class prior π = {pi:.3g} is not in (0, 1): --expected-particles {expected:g} is too "
+                         "large for the micrograph size and label radius")
+    if per_mic >= expected:
+        msg = (f"the labels already hold {per_mic:.1f} particles per training micrograph, at least the expected "
+               f"{expected:g} (--expected-particles)")
+        if objective.prior == "pi_u":
+            raise InputError(msg + f"; objective {config.objective} learns from the particles left UNLABELED "
+                             "(π_U = π − labeled share ≤ 0). Raise --expected-particles to the true count per "
+                             "micrograph, or use --objective pn if the labels are complete")
+        log("warning: " + msg + "; the prior assumes few unlabeled particles")
+    if objective.prior == "pi_u" and pi_u <= 0:
+        raise InputError(f"π_U = π − labeled share = {pi:.4g} − {p_obs:.4g} ≤ 0: raise --expected-particles")
+    prior = pi_u if objective.prior == "pi_u" else pi
+    slack = config.slack if config.slack is not None else objective.default_slack
+    log(f"{len(train_mics)} training micrograph(s) with {n_train_labels} labels, {len(val_mics)} for validation; "
+        f"factor {factor:g}, π = {pi:.4g}, π_U = {pi_u:.4g}, objective {config.objective}")
+
+    # model, optimiser, data
+    from .score import choose_device
+
+    device = choose_device(config.device)
+    torch.manual_seed(config.seed)
+    module = build(model_cfg).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    pad = rf // 2
+    out = max(stride, min(config.tile_size, max(max(m.shape) for m in masks)) // stride * stride)
+    sampler = TileSampler([np.pad(m.image, pad) for m in train_mics], masks, out, pad, stride,
+                          "none" if config.augment_rotations == "none" else "90")
+    rng = np.random.default_rng([config.seed, 2])
+    gen = torch.Generator().manual_seed(config.seed + 3)
+    autocast = lambda: _precision_context(config.precision, device)  # noqa: E731
+    diameter = config.preprocess.diameter_in_px(mics[0].pixel_size)
+    radius_px = diameter / 2 if diameter else 20.0 * factor  # NMS distance and match radius (original px)
+    pick_config = PickConfig(device=str(device), precision=config.precision, threshold=-1e9,
+                             stride=config.validation_stride)
+
+    from tqdm import tqdm
+
+    rows, best_state, best_ap, best_epoch = [], None, -math.inf, 0
+    steps_total = config.epochs * config.steps_per_epoch
+    bar = tqdm(total=steps_total, desc="train", unit="step", disable=not progress or None)
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        module.train()
+        losses = []
+        for _ in range(config.steps_per_epoch):
+            xs, ys = sampler.sample(rng, config.batch_size)
+            x = torch.from_numpy(xs).to(device).contiguous(memory_format=torch.channels_last)
+            y = torch.from_numpy(ys).to(device)
+            with autocast():
+                s = module(x)[:, 0].float()
+            s_p, s_u = s[y == 1], s[y == 0]
+            loss = objective.fn(s_p, _unlabeled_groups(s_u, config.unlabeled_samples, gen), prior, slack)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            bar.update()
+        ap = f1 = math.nan
+        if val_mics:
+            module.eval()
+            ap, f1 = _validate(module, val_mics, radius_px, {}, pick_config)
+            if ap > best_ap:
+                best_ap, best_epoch = ap, epoch
+                best_state = copy.deepcopy(module.state_dict())
+        rows.append({"epoch": epoch, "loss": float(np.mean(losses)), "ap": ap, "best_f1": f1,
+                     "seconds": time.perf_counter() - t0})
+        bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", ap=f"{ap:.3f}")
+    bar.close()
+    if best_state is None:
+        best_epoch, best_ap = config.epochs, math.nan
+    else:
+        module.load_state_dict(best_state)
+
+    history = pd.DataFrame(rows, columns=["epoch", "loss", "ap", "best_f1", "seconds"])
+    ps0 = mics[0].pixel_size
+    model_config = {
+        **model_cfg.to_dict(),
+        "receptive_field": rf,
+        "stride": stride,
+        "factor": float(factor),
+        "pixel_size": float(ps0) if ps0 else None,
+        "diameter_px": float(diameter) if diameter else None,
+        "diameter_A": float(diameter * ps0) if diameter and ps0 else None,
+        "normalize": config.preprocess.normalize,
+        "label_radius": r,
+        "pi": float(pi),
+        "pi_u": float(pi_u),
+        "expected_particles": float(expected),
+        "objective": config.objective,
+        "slack": float(slack),
+        "version": __version__,
+        "best_epoch": int(best_epoch),
+        "best_ap": None if math.isnan(best_ap) else float(best_ap),
+        "provenance": {
+            "micrographs": [stem(p) for p in paths],
+            "validation": [stem(m.path) for m in val_mics],
+            "n_labels": int(n_train_labels),
+            "train_config": _plain_train_config(config),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    }
+    module.set_dense(False)
+    save_model(output, module.cpu().float(), model_config)
+    tsv = output.with_suffix(".train.tsv")
+    with atomic_path(tsv) as tmp:
+        history.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    _plot(history, output.with_suffix(".train.png"))
+    seconds = time.perf_counter() - t_start
+    if val_mics:
+        log(f"best epoch {best_epoch}: validation AP {best_ap:.3f}; wrote {output} in {seconds:.1f} s")
+    else:
+        log(f"wrote {output} in {seconds:.1f} s")
+    return TrainResult(output, history, best_epoch, best_ap, pi, pi_u, seconds)
+
+
+def _plain_train_config(config: TrainConfig) -> dict:
+    from .modelfile import plain
+
+    return plain(config.to_dict())

@@ -1,0 +1,272 @@
+"""Live mode: a cryoSPARC External job driven through cryosparc-tools.
+
+The job's shape (inputs, outputs, slots) and the connection arguments are plain data built by functions
+that run without a server; the cryosparc-tools calls are confined to `connect`, `run_pick_job` and
+`run_train_job`, which need a reachable cryoSPARC instance.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, Callable, Iterator
+from urllib.parse import urlparse
+
+from pupick.core.errors import InputError, PupickError
+
+# The External job's ports. Input names double as passthrough sources for outputs.
+EXPOSURE_INPUT: dict[str, Any] = dict(type="exposure", name="micrographs", min=1, max=1, slots=["micrograph_blob"],
+                                      title="Micrographs to pick")
+PARTICLE_INPUT: dict[str, Any] = dict(type="particle", name="particles", min=1, max=1, slots=["location"],
+                                      title="Training particles (locations)")
+PARTICLE_OUTPUT: dict[str, Any] = dict(type="particle", name="particles", slots=["location", "pick_stats"],
+                                       title="pupick particles")
+MICROGRAPH_OUTPUT: dict[str, Any] = dict(type="exposure", name="micrographs", slots=["micrograph_blob"],
+                                         passthrough="micrographs", title="Picked micrographs")
+
+_REF = re.compile(r"^(J\d+)[./:](\w+)$")
+_PROJECT = re.compile(r"^P\d+$")
+_WORKSPACE = re.compile(r"^W\d+$")
+
+
+@dataclass
+class Connection:
+    """How to reach cryoSPARC: a base URL (5.x) or host + base port (4.x), and credentials."""
+
+    url: str | None = None
+    host: str | None = None
+    base_port: int | None = None
+    license: str | None = None
+    email: str | None = None
+    password: str | None = None
+
+
+def parse_output_ref(ref: str, what: str = "--exposures") -> tuple[str, str]:
+    """`J12.exposures_accepted` (or J12/..., J12:...) -> ("J12", "exposures_accepted")."""
+    m = _REF.match(ref.strip())
+    if not m:
+        raise InputError(f"{what}: expected a job output like J12.exposures_accepted, got {ref!r}")
+    return m.group(1), m.group(2)
+
+
+def check_uids(project: str, workspace: str) -> None:
+    """Project and workspace uids look like P3 and W1."""
+    if not _PROJECT.match(project):
+        raise InputError(f"--project: expected a project uid like P3, got {project!r}")
+    if not _WORKSPACE.match(workspace):
+        raise InputError(f"--workspace: expected a workspace uid like W1, got {workspace!r}")
+
+
+def tools_accept_base_url(cryosparc_class: type | None = None) -> bool:
+    """Whether the installed cryosparc-tools' CryoSPARC() takes a base URL (5.x) or only host/port (4.x)."""
+    if cryosparc_class is None:
+        from cryosparc.tools import CryoSPARC as cryosparc_class
+    return "base_url" in inspect.signature(cryosparc_class.__init__).parameters
+
+
+def connection_kwargs(conn: Connection, accepts_base_url: bool = True) -> dict[str, Any]:
+    """Keyword arguments for cryosparc.tools.CryoSPARC from a Connection (only what was given)."""
+    if conn.url and (conn.host or conn.base_port):
+        raise InputError("give either --url (cryoSPARC 5) or --host/--base-port (cryoSPARC 4), not both")
+    kwargs: dict[str, Any] = {}
+    if conn.url:
+        url = conn.url if re.match(r"^https?://", conn.url) else "http://" + conn.url
+        if accepts_base_url:
+            kwargs["base_url"] = url
+        else:  # 4.x tools: host and base port only
+            parsed = urlparse(url)
+            if not parsed.hostname:
+                raise InputError(f"--url: cannot read a host name from {conn.url!r}")
+            kwargs["host"] = parsed.hostname
+            kwargs["base_port"] = parsed.port or 39000
+    elif conn.host or conn.base_port:
+        kwargs["host"] = conn.host or "localhost"
+        kwargs["base_port"] = int(conn.base_port or 39000)
+    else:
+        raise InputError("no cryoSPARC instance given: use --url (5.x, e.g. http://csparc:39000) or "
+                         "--host and --base-port (4.x), or set CRYOSPARC_BASE_URL")
+    if conn.license:
+        kwargs["license"] = conn.license
+    elif not accepts_base_url:
+        raise InputError("cryosparc-tools 4.x needs the license id: --license or CRYOSPARC_LICENSE_ID")
+    if conn.email:
+        kwargs["email"] = conn.email
+    if conn.password:
+        kwargs["password"] = conn.password
+    return kwargs
+
+
+def connect(conn: Connection):
+    """Open a cryosparc-tools session (network)."""
+    from cryosparc.tools import CryoSPARC
+
+    kwargs = connection_kwargs(conn, tools_accept_base_url(CryoSPARC))
+    where = kwargs.get("base_url") or f"{kwargs.get('host')}:{kwargs.get('base_port')}"
+    try:
+        with warnings.catch_warnings():  # the client's per-retry warnings; the version warning still shows
+            warnings.filterwarnings("ignore", message=r"\*\*\* API client")
+            return CryoSPARC(**kwargs)
+    except Exception as err:  # cryosparc-tools raises RuntimeError/ValueError/TypeError with long texts
+        cause = err.__cause__ or err
+        lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+        reason = lines[0].split(". ")[0].rstrip(".") if lines else type(cause).__name__
+        hint = ""
+        if "authentication" in reason.lower():
+            hint = " (give --email and --password, or log in once with `python -m cryosparc.tools login`)"
+        raise InputError(f"cannot connect to cryoSPARC at {where}: {reason}{hint}") from None
+
+
+def job_dir(job) -> Path:
+    """The job directory (a property in tools 5.x, a method in 4.x)."""
+    d = job.dir
+    if callable(d) and not isinstance(d, PurePath):
+        d = d()
+    return Path(str(d))
+
+
+def project_dir(project, override: str | os.PathLike | None = None) -> Path:
+    """The project directory as seen from this machine: --project-dir, else the server's path."""
+    if override:
+        return Path(override)
+    d = project.dir
+    if callable(d) and not isinstance(d, PurePath):
+        d = d()
+    return Path(str(d))
+
+
+def progress_logger(log: Callable[..., Any], every: int = 25) -> Callable[[int, int, str, int], None]:
+    """A progress callback for job.log: one line updated in place (tools 5.x `name=`), else every Nth line."""
+    try:
+        named = "name" in inspect.signature(log).parameters
+    except (TypeError, ValueError):
+        named = False
+
+    def progress(done: int, total: int, name: str, n: int) -> None:
+        line = f"[{done}/{total}] {name}: {n} picks"
+        if named:
+            log(line, name="progress")
+        elif done == 1 or done == total or done % every == 0:
+            log(line)
+
+    return progress
+
+
+def save_output(job, name: str, dset, image=None) -> None:
+    """job.save_output plus the output's thumbnail where the installed tools can set one (network)."""
+    job.save_output(name, dset)
+    if image is not None and hasattr(job, "set_output_image"):
+        try:
+            job.set_output_image(name, image)
+        except Exception as err:  # a thumbnail is not worth failing the job for
+            job.log(f"could not set the output image: {err}", level="warning")
+
+
+@contextlib.contextmanager
+def lifecycle(job) -> Iterator[Any]:
+    """Run inside `job.run()`: the job ends completed, or failed with our one-line message in its log."""
+    with job.run():
+        try:
+            yield job
+        except PupickError as err:
+            job.log(f"pupick: error: {err}", level="error")
+            raise
+
+
+def create_job(cs, project: str, workspace: str, title: str, inputs: list[tuple[dict, str]],
+               outputs: list[dict]):
+    """Create the External job, add and connect its inputs, add its outputs (network)."""
+    job = cs.find_project(project).create_external_job(workspace, title=title)
+    for spec, ref in inputs:
+        source_job, source_output = parse_output_ref(ref)
+        job.add_input(**spec)
+        job.connect(spec["name"], source_job, source_output)
+    for spec in outputs:
+        job.add_output(**spec)
+    return job
+
+
+def run_pick_job(cs, project: str, workspace: str, exposures_ref: str, model, config, title: str = "pupick pick",
+                 project_dir_override: str | None = None, echo=print) -> str:
+    """Create and run a picking External job; returns its uid (network)."""
+    from pupick.adapters.cryosparc import exposures_from_dataset
+
+    from .picking import micrographs_passthrough, pick_exposures, score_figure, summary_lines
+
+    job = create_job(cs, project, workspace, title, [(EXPOSURE_INPUT, exposures_ref)],
+                     [PARTICLE_OUTPUT, MICROGRAPH_OUTPUT])
+    echo(f"created External job {project}-{job.uid}")
+    with lifecycle(job):
+        dset = job.load_input(EXPOSURE_INPUT["name"], ["micrograph_blob"])
+        exposures = exposures_from_dataset(dset, f"{exposures_ref} (exposures)")
+        root = project_dir(cs.find_project(project), project_dir_override)
+        job.log(f"pupick: picking {len(exposures)} micrographs from {exposures_ref} in {root}")
+
+        result = pick_exposures(exposures, root, model, config, log=job.log, progress=progress_logger(job.log),
+                                template=job.alloc_output(PARTICLE_OUTPUT["name"], 0), salt=f"{project}/{job.uid}")
+        figure = score_figure(result.picks, config.threshold)
+        save_output(job, PARTICLE_OUTPUT["name"], result.particles, image=figure)
+        save_output(job, MICROGRAPH_OUTPUT["name"], micrographs_passthrough(dset, result.picked_uids))
+        job.log_plot(figure, "pupick score distribution (logit); Inspect Picks thresholds pick_stats/power")
+        for line in summary_lines(result, len(exposures)):
+            job.log(line)
+            echo(line)
+    return job.uid
+
+
+def run_train_job(cs, project: str, workspace: str, exposures_ref: str, particles_ref: str, config,
+                  title: str = "pupick train", project_dir_override: str | None = None, echo=print) -> str:
+    """Create and run a training External job; the model lands in the job directory (network)."""
+    from pupick.adapters.cryosparc import exposures_from_dataset, picks_from_dataset
+
+    from .training import train_on_exposures, train_summary
+
+    job = create_job(cs, project, workspace, title,
+                     [(EXPOSURE_INPUT, exposures_ref), (PARTICLE_INPUT, particles_ref)], [])
+    echo(f"created External job {project}-{job.uid}")
+    with lifecycle(job):
+        exposures = exposures_from_dataset(job.load_input(EXPOSURE_INPUT["name"], ["micrograph_blob"]), exposures_ref)
+        labels = picks_from_dataset(job.load_input(PARTICLE_INPUT["name"], ["location"]), exposures, particles_ref)
+        root = project_dir(cs.find_project(project), project_dir_override)
+        target = job_dir(job) if project_dir_override is None else root / job.uid
+        local = target.is_dir() and os.access(target, os.W_OK)
+        with tempfile.TemporaryDirectory(prefix="pupick_cryosparc_") as tmp:
+            output = (target if local else Path(tmp)) / "pupick_model.pt"
+            result = train_on_exposures(exposures, labels, root, config, output, log=job.log)
+            if not local:  # the job directory is not mounted here: upload the files into it
+                for f in (output, output.with_suffix(".train.tsv"), output.with_suffix(".train.png")):
+                    if f.exists():
+                        job.upload(f.name, str(f), overwrite=True)
+            plot = output.with_suffix(".train.png")
+            if plot.exists():
+                job.log_plot(str(plot), "pupick training curves (validation AP per epoch)")
+        line = train_summary(result).replace(str(output), str(target / output.name))
+        job.log(line)
+        echo(line)
+    return job.uid
+
+
+def particles_for_upload(path: str | os.PathLike):
+    """Load a particles .cs and check it has what Inspect Picks and Extract need (location + pick_stats)."""
+    from pupick.adapters.cryosparc import PARTICLE_FIELDS, load_dataset
+
+    dset = load_dataset(path)
+    missing = [f[0] for f in PARTICLE_FIELDS if f[0].startswith("location/") and f[0] not in dset]
+    missing += [f for f in ("pick_stats/power", "pick_stats/ncc_score") if f not in dset]
+    if missing:
+        raise InputError(f"{path}: not a pupick/cryoSPARC particles file: missing field(s) {', '.join(missing)}")
+    return dset.filter_prefixes(["location", "pick_stats"])
+
+
+def run_upload(cs, project: str, workspace: str, particles_cs: str | os.PathLike, title: str = "pupick particles",
+               echo=print) -> str:
+    """Save an offline particles .cs into the project as an External job's `particles` output (network)."""
+    dset = particles_for_upload(particles_cs)
+    uid = cs.save_external_result(project, workspace, dset, type=PARTICLE_OUTPUT["type"],
+                                  name=PARTICLE_OUTPUT["name"], slots=PARTICLE_OUTPUT["slots"], title=title)
+    echo(f"saved {len(dset)} particles from {particles_cs} as {project}-{uid} output `particles`")
+    return uid

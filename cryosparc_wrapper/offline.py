@@ -1,0 +1,91 @@
+"""Offline mode: exposures .cs + project directory in, particles .cs out (or a model), no cryoSPARC server."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from pupick.adapters.cryosparc import match_exposures, read_exposures, read_particles, save_dataset
+from pupick.core.config import PickConfig, TrainConfig
+from pupick.core.errors import InputError
+
+from .picking import PickResult, pick_exposures, score_figure, summary_lines
+from .training import train_on_exposures, train_summary
+
+Echo = Callable[[str], None]
+
+
+def _read_labels(path: str | os.PathLike, exposures: pd.DataFrame) -> pd.DataFrame:
+    """Reference picks in any readable format, renamed onto the exposures' micrograph names."""
+    from pupick.adapters.registry import read_picks
+
+    labels = read_picks(path)
+    names = exposures["micrograph"].astype(str).to_numpy()
+    mapping = match_exposures(labels["micrograph"].astype(str), exposures, str(path))
+    labels = labels[labels["micrograph"].astype(str).isin(mapping)].copy()
+    labels["micrograph"] = [names[mapping[m]] for m in labels["micrograph"].astype(str)]
+    return labels
+
+
+def default_match_radius(model: Path | None, config: PickConfig) -> float:
+    """Half the particle diameter in original px (model file, else --diameter-px), else the NMS distance."""
+    if config.min_distance_px:
+        return float(config.min_distance_px)
+    if config.diameter_px:
+        return float(config.diameter_px) / 2
+    if model is not None:
+        from pupick.core.modelfile import load_model
+
+        diameter = load_model(model).config.get("diameter_px")
+        if diameter:
+            return float(diameter) / 2
+    raise InputError("--labels needs --match-radius (the particle diameter is unknown)")
+
+
+def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model: Path | None, config: PickConfig,
+                 output: Path,
+                 plot: Path | None = None, labels: str | os.PathLike | None = None,
+                 match_radius: float | None = None, echo: Echo = print) -> PickResult:
+    """Pick the exposures of an exposures .cs and write a particles .cs for import into cryoSPARC."""
+    if output.suffix.lower() != ".cs":
+        raise InputError(f"{output}: the particles file must end in .cs")
+    exposures = read_exposures(exposures_cs)
+    if len(exposures) == 0:
+        raise InputError(f"{exposures_cs}: no exposures in the file")
+    reference = _read_labels(labels, exposures) if labels is not None else None
+    result = pick_exposures(exposures, project_dir, model if model is not None else None, config,
+                            log=echo, salt=f"{output.name}", show_progress=True)
+    save_dataset(result.particles, output)
+    for line in summary_lines(result, len(exposures)):
+        echo(line)
+    echo(f"wrote {len(result.particles)} particles to {output}")
+    evaluation = None
+    if reference is not None:
+        from pupick.core.evaluate import evaluate
+
+        radius = match_radius or default_match_radius(model, config)
+        picked = exposures.loc[exposures["uid"].isin(result.picked_uids), "micrograph"].astype(str).tolist()
+        evaluation = evaluate(result.picks, reference, radius, micrographs=picked)
+        echo(f"against {labels}: AP {evaluation.ap:.3f}, best F1 {evaluation.best_f1:.3f} at score "
+             f"{evaluation.threshold:.2f} ({evaluation.n_labels} labels, match radius {radius:g} px)")
+    if plot is not None:
+        from pupick.core.io import atomic_path
+
+        figure = score_figure(result.picks, config.threshold, evaluation)
+        with atomic_path(plot) as tmp:
+            figure.savefig(tmp, format="png", dpi=100)
+        echo(f"wrote {plot}")
+    result.evaluation = evaluation
+    return result
+
+
+def train_offline(exposures_cs: Path | list[Path], particles_cs: Path, project_dir: Path, config: TrainConfig,
+                  output: Path, echo: Echo = print):
+    """Train a model from a particles .cs on the micrographs of an exposures .cs."""
+    exposures = read_exposures(exposures_cs)
+    labels = read_particles(particles_cs, exposures)
+    result = train_on_exposures(exposures, labels, project_dir, config, output, log=echo, progress=True)
+    echo(train_summary(result))
+    return result

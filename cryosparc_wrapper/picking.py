@@ -1,0 +1,176 @@
+"""Picking cryoSPARC exposures: resolve micrographs in the project directory, pick, build the particle Dataset.
+
+Everything here works on real cryosparc-tools Datasets and local files; no server is involved.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from pupick.adapters.cryosparc import particles_dataset
+from pupick.core.config import PickConfig
+from pupick.core.errors import InputError
+from pupick.core.io import read_shape
+
+Log = Callable[[str], None]
+Progress = Callable[[int, int, str, int], None]  # (done, total, micrograph name, picks on it)
+
+
+@dataclass
+class PickResult:
+    """Picks on cryoSPARC exposures, the particle Dataset to save, and what failed."""
+
+    picks: pd.DataFrame  # micrograph, x, y, score, path (as in the .cs), micrograph_uid
+    particles: object  # cryosparc.dataset.Dataset with location + pick_stats
+    picked_uids: np.ndarray  # exposure uids that were picked (possibly with zero particles)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path as in the .cs, reason)
+    seconds: float = 0.0
+    evaluation: object = None  # core.evaluate.EvalResult when reference picks were given
+
+
+def resolve_paths(exposures: pd.DataFrame, project_dir: str | os.PathLike, source: str = "exposures") -> list[Path]:
+    """Absolute micrograph paths: .cs paths are relative to the project directory (absolute ones kept)."""
+    root = Path(project_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: project directory does not exist (give the cryoSPARC project directory)")
+    paths = [Path(p) if os.path.isabs(str(p)) else root / str(p) for p in exposures["path"]]
+    if paths and not any(p.is_file() for p in paths[:50]) and not any(p.is_file() for p in paths):
+        raise InputError(f"{source}: none of the {len(paths)} micrographs exist under {root} (e.g. {paths[0]}); "
+                         "is this the project directory the .cs paths are relative to?")
+    return paths
+
+
+def _shape_problem(path: Path, ny: float, nx: float) -> str | None:
+    """Why the .cs shape cannot be used for this file, or None when it agrees."""
+    if not (np.isfinite(ny) and np.isfinite(nx)):
+        return None
+    shape = read_shape(path)
+    if shape != (int(ny), int(nx)):
+        return f"image is {shape[1]} x {shape[0]} px but the exposure says {int(nx)} x {int(ny)} px"
+    return None
+
+
+def pick_exposures(
+    exposures: pd.DataFrame,
+    project_dir: str | os.PathLike,
+    model,
+    config: PickConfig,
+    log: Log = print,
+    progress: Progress | None = None,
+    template=None,
+    salt: str = "",
+    show_progress: bool = False,
+) -> PickResult:
+    """Pick every exposure's micrograph and build the cryoSPARC particle Dataset (location + pick_stats)."""
+    from pupick.core.pipeline import pick
+
+    exposures = exposures.reset_index(drop=True).copy()
+    paths = resolve_paths(exposures, project_dir)
+    row_of = {str(p): i for i, p in enumerate(paths)}
+    total = len(paths)
+    found: dict[int, pd.DataFrame] = {}
+    failures: list[tuple[str, str]] = []
+
+    def on_done(path: Path, df: pd.DataFrame) -> None:
+        i = row_of[str(path)]
+        ny, nx = float(exposures.at[i, "ny"]), float(exposures.at[i, "nx"])
+        problem = _shape_problem(Path(path), ny, nx)
+        if problem:
+            failures.append((str(exposures.at[i, "path"]), problem))
+            log(f"warning: {exposures.at[i, 'path']}: {problem}; skipped")
+            return
+        if not np.isfinite(ny) or not np.isfinite(nx):
+            exposures.at[i, "ny"], exposures.at[i, "nx"] = read_shape(path)
+        found[i] = df
+        name = str(exposures.at[i, "micrograph"])
+        if progress is not None:
+            progress(len(found) + len(failures), total, name, len(df))
+
+    start = time.perf_counter()
+    run = pick(paths, model, config, on_done=on_done, progress=show_progress, log=log)  # it logs its failures
+    seconds = time.perf_counter() - start
+    for path, reason in run.failures:
+        i = row_of.get(str(path))
+        failures.append((str(exposures.at[i, "path"]) if i is not None else str(path), reason))
+    if total and not found:
+        first = failures[0][1] if failures else "no micrograph was picked"
+        raise InputError(f"all {total} micrographs failed (first: {first})")
+
+    parts = []
+    for i, df in sorted(found.items()):
+        part = pd.DataFrame({
+            "micrograph": str(exposures.at[i, "micrograph"]), "x": df["x"].to_numpy(dtype=float),
+            "y": df["y"].to_numpy(dtype=float), "score": df["score"].to_numpy(dtype=float),
+        })
+        part["path"] = str(exposures.at[i, "path"])
+        part["micrograph_uid"] = np.full(len(part), exposures.at[i, "uid"], dtype=np.uint64)
+        parts.append(part)
+    picks = pd.concat(parts, ignore_index=True) if parts else _empty()
+    particles = particles_dataset(picks, exposures, template=template, salt=salt, source="picks")
+    picked = exposures["uid"].to_numpy(dtype=np.uint64)[sorted(found)]
+    return PickResult(picks, particles, picked, failures, seconds)
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame({"micrograph": pd.Series([], dtype=object), "x": [], "y": [], "score": [],
+                         "path": pd.Series([], dtype=object), "micrograph_uid": pd.Series([], dtype=np.uint64)})
+
+
+def micrographs_passthrough(exposure_dset, uids: np.ndarray):
+    """The picked exposures' micrograph_blob slot (uid-aligned), for the job's `micrographs` output."""
+    kept = exposure_dset.filter_prefixes(["micrograph_blob"], copy=True)
+    return kept.mask(np.isin(np.asarray(kept["uid"], dtype=np.uint64), np.asarray(uids, dtype=np.uint64)))
+
+
+def summary_lines(result: PickResult, n_exposures: int) -> list[str]:
+    """Short human summary of a picking run."""
+    n = len(result.picks)
+    done = len(result.picked_uids)
+    per_mic = n / done if done else 0.0
+    lines = [f"picked {n} particles on {done} of {n_exposures} micrographs ({per_mic:.1f} per micrograph, "
+             f"{result.seconds / max(done, 1):.2f} s per micrograph)"]
+    if n:
+        s = result.picks["score"].to_numpy(dtype=float)
+        lines.append(f"score (logit) median {np.nanmedian(s):.2f}, 5-95% {np.nanpercentile(s, 5):.2f} .. "
+                     f"{np.nanpercentile(s, 95):.2f}; threshold in Inspect Picks on pick_stats/power (logit) "
+                     "or pick_stats/ncc_score (sigmoid)")
+    if result.failures:
+        path, reason = result.failures[0]
+        lines.append(f"{len(result.failures)} micrograph(s) failed, e.g. {path}: {reason}")
+    return lines
+
+
+def score_figure(picks: pd.DataFrame, threshold: float | None = None, evaluation=None):
+    """A matplotlib Figure: histogram of pick scores (logit) and, with an evaluation, its PR curve."""
+    from matplotlib.figure import Figure
+
+    ncols = 2 if evaluation is not None else 1
+    fig = Figure(figsize=(5 * ncols, 3.6))
+    ax = fig.add_subplot(1, ncols, 1)
+    scores = picks["score"].to_numpy(dtype=float)
+    scores = scores[np.isfinite(scores)]
+    if len(scores):
+        ax.hist(scores, bins=min(60, max(10, len(scores) // 20)), color="#4477aa")
+    if threshold is not None and np.isfinite(threshold):
+        ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:g}")
+        ax.legend(loc="upper right")
+    ax.set_xlabel("score (logit) = pick_stats/power")
+    ax.set_ylabel("picks")
+    ax.set_title(f"{len(picks)} picks on {picks['micrograph'].nunique()} micrographs")
+    if evaluation is not None:
+        ax2 = fig.add_subplot(1, 2, 2)
+        curve = evaluation.curve
+        ax2.plot(curve["recall"], curve["precision"], color="#228833")
+        ax2.set_xlim(0, 1)
+        ax2.set_ylim(0, 1.02)
+        ax2.set_xlabel("recall")
+        ax2.set_ylabel("precision")
+        ax2.set_title(f"AP {evaluation.ap:.3f}, best F1 {evaluation.best_f1:.3f}")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,67 @@
+"""Pieces both executables share: the entry-point frame, inputs read through the adapters, threads."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from pupick.core.errors import InputError
+
+from .job import RelionJob, relion_job, report_error
+from .nodes import detect_version
+from .protocol import ExternalArgs, find_out_dir, parse_external
+
+
+def say(message: str) -> None:
+    """One line to run.out, flushed at once so RELION's GUI shows progress."""
+    print(message, flush=True)
+
+
+def run_external(program: str, body: Callable[[RelionJob, ExternalArgs], None], argv: Sequence[str] | None) -> int:
+    """Parse RELION's command line inside the job lifecycle, run `body`, return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = find_out_dir(argv)
+    if out is None:
+        report_error(None, f"{program}: error: --o (the job's output directory) is missing; "
+                           "this program is meant to be run by RELION's External job")
+        return 1
+    with relion_job(out, program=program) as job:
+        say(f"{program} {' '.join(argv)}")
+        args = parse_external(argv)
+        body(job, args)
+    return job.exit_code
+
+
+def set_version(job: RelionJob, override: str | None) -> None:
+    """Pick RELION 4 or 5 node labels from the project's default_pipeline.star (or the relion_version parameter)."""
+    job.version, how = detect_version(Path("."), override)
+    say(f"RELION version: {how}")
+
+
+def set_threads(threads: int) -> None:
+    """Use --j as the number of CPU threads for torch."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+
+
+def read_micrographs(path: str) -> pd.DataFrame:
+    """The micrographs STAR (--in_mics) as a Micrographs table; paths as written (relative to the project)."""
+    from pupick.adapters.relion import read_micrographs_star
+
+    mics = read_micrographs_star(path)
+    if not len(mics):
+        raise InputError(f"{path}: lists no micrographs")
+    return mics.reset_index(drop=True)
+
+
+def pixel_size_of(value: float) -> float | None:
+    """A pixel size from a table cell, None when unknown."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None

@@ -1,0 +1,170 @@
+"""The lifecycle of one RELION External job run: always exactly one exit file, output nodes before SUCCESS."""
+from __future__ import annotations
+
+import _thread
+import contextlib
+import os
+import signal
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from pupick.core.errors import AbortRequested, PupickError
+
+from .nodes import write_output_nodes
+
+SUCCESS = "RELION_JOB_EXIT_SUCCESS"
+FAILURE = "RELION_JOB_EXIT_FAILURE"
+ABORTED = "RELION_JOB_EXIT_ABORTED"
+EXIT_FILES = (SUCCESS, FAILURE, ABORTED)
+ABORT_NOW = "RELION_JOB_ABORT_NOW"  # created by RELION's Abort button
+WATCH_SIGNAL = signal.SIGUSR1  # handler slot used by abort_watch (simulated with _thread.interrupt_main)
+
+
+class Terminated(PupickError):
+    """The process got SIGTERM (a queue system or a user killing the job)."""
+
+
+@dataclass
+class RelionJob:
+    """What a running job may do: check for an abort request, register output nodes, say which RELION runs it."""
+
+    out_dir: Path
+    program: str
+    version: int = 4
+    nodes: list[tuple[str, str]] = field(default_factory=list)
+    status: str | None = None  # one of EXIT_FILES once the run has ended
+
+    def abort_requested(self) -> bool:
+        """True when RELION's abort file exists."""
+        return (self.out_dir / ABORT_NOW).exists()
+
+    def check_abort(self) -> None:
+        """Raise AbortRequested if RELION asked the job to stop."""
+        if self.abort_requested():
+            raise AbortRequested("abort requested (RELION_JOB_ABORT_NOW)")
+
+    @contextlib.contextmanager
+    def abort_watch(self, interval: float = 0.5) -> Iterator[None]:
+        """Stop the body as soon as the abort file appears, for long steps with no check point of their own
+        (a watcher thread makes the main thread raise AbortRequested at its next Python instruction)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        stop = threading.Event()
+
+        def on_signal(signum, frame):  # noqa: ARG001
+            raise AbortRequested("abort requested (RELION_JOB_ABORT_NOW)")
+
+        def watch() -> None:
+            while not stop.wait(interval):
+                if self.abort_requested():
+                    _thread.interrupt_main(WATCH_SIGNAL)  # runs on_signal in the main thread; no OS signal is sent
+                    return
+
+        previous = signal.signal(WATCH_SIGNAL, on_signal)
+        watcher = threading.Thread(target=watch, name="relion-abort-watch", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+            signal.signal(WATCH_SIGNAL, previous)
+
+    def add_output_node(self, name: str, label: str) -> None:
+        """Register an output node (name relative to the project directory) to list on SUCCESS."""
+        self.nodes.append((name, label))
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.status == SUCCESS else 1
+
+
+def _touch(path: Path) -> None:
+    with open(path, "w"):
+        pass
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _same_file(stream, path: Path) -> bool:
+    """Is `stream` already writing into `path` (RELION appends stderr to run.err itself)?"""
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), os.stat(path))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def report_error(out_dir: Path | None, message: str) -> None:
+    """Put the reason last in run.err: on stderr, and appended to <o>run.err when stderr goes elsewhere."""
+    line = message if message.endswith("\n") else message + "\n"
+    sys.stdout.flush()
+    sys.stderr.write(line)
+    sys.stderr.flush()
+    if out_dir is not None and out_dir.is_dir():
+        run_err = out_dir / "run.err"
+        if not _same_file(sys.stderr, run_err):
+            with contextlib.suppress(OSError), open(run_err, "a") as fh:
+                fh.write(line)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into an exception so the finally block still writes FAILURE."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise Terminated("terminated by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def relion_job(out_dir: str | os.PathLike, program: str = "pupick") -> Iterator[RelionJob]:
+    """Run the body as one RELION job: stale exit files removed first; SUCCESS (after RELION_OUTPUT_NODES.star),
+    ABORTED (abort file removed) or FAILURE (reason last in run.err) written at the end, whatever happens."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in EXIT_FILES:  # a continued job still has the previous run's exit file
+        _remove(out / name)
+    job = RelionJob(out_dir=out, program=program)
+    status, reason = FAILURE, "stopped before finishing"
+    try:
+        with _sigterm_raises():
+            yield job
+            write_output_nodes(out, job.nodes, job.version)
+        status = SUCCESS
+    except AbortRequested:
+        status, reason = ABORTED, ""
+        print(f"{program}: aborted on request; finished results are kept, continue the job to resume", flush=True)
+    except PupickError as err:
+        reason = str(err)
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    except Exception as err:  # a bug, not a user mistake: keep the traceback for the report
+        traceback.print_exc()
+        reason = f"internal error {type(err).__name__}: {err} (please report this with run.err)"
+    finally:
+        job.status = status
+        if status == FAILURE:
+            report_error(out, f"{program}: error: {reason}")
+        sys.stdout.flush()
+        for name in EXIT_FILES:
+            if name != status:
+                _remove(out / name)
+        _touch(out / status)
+        if status == ABORTED:
+            _remove(out / ABORT_NOW)

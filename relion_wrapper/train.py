@@ -1,0 +1,164 @@
+"""`pupick_relion_train`: train a picking model from RELION picks or particles as an External job."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from pupick.core.errors import InputError
+from pupick.core.io import atomic_path, write_text_atomic
+
+from .common import pixel_size_of, read_micrographs, run_external, say, set_threads, set_version
+from .job import RelionJob
+from .nodes import LABELS, node_name
+from .protocol import ExternalArgs, Param, check_inputs, convert_params, device_spec, number, text, whole
+
+PROGRAM = "pupick_relion_train"
+MODEL_NAME = "model.pt"
+SUMMARY_NAME = "training.json"  # written last: its presence means the model is finished
+PLOT_PDF = "training.pdf"
+
+
+def _fraction(raw: str) -> float:
+    value = number("test_split", minimum=0.0)(raw)
+    if value >= 1:
+        raise InputError(f"parameter test_split: must be below 1 (got {raw})")
+    return value
+
+
+PARAMS = (
+    Param("diameter", number("diameter", positive=True), "particle diameter in Å (required)"),
+    Param("expected_particles", number("expected_particles", positive=True),
+          "particles per micrograph, labelled or not (default: estimated from the labels)"),
+    Param("epochs", whole("epochs", minimum=1), "training epochs (default 10)"),
+    Param("steps_per_epoch", whole("steps_per_epoch", minimum=1), "optimiser steps per epoch (default 50)"),
+    Param("arch", text, "network: resnet8, resnet16, conv31, conv63, conv127 (default resnet8)"),
+    Param("units", whole("units", minimum=1), "filters in the first layer (default 32)"),
+    Param("test_split", _fraction, "fraction of micrographs held out to validate (default 0.2)"),
+    Param("seed", whole("seed"), "random seed (default 0)"),
+    Param("device", text, "auto, cpu, cuda or cuda:N (default auto)"),
+    Param("gpu", text, "GPU to use, as RELION writes it (0, or empty for any)", allow_empty=True),
+    Param("relion_version", text, "4 or 5 (default: from default_pipeline.star)"),
+)
+
+
+def _labels_source(args: ExternalArgs) -> tuple[str, str]:
+    """Which input holds the labels: ('in_coords', file) for a pick list, ('in_parts', file) for particles."""
+    if "in_coords" in args.inputs and "in_parts" in args.inputs:
+        raise InputError("give the labels once: --in_coords (picked coordinates) or --in_parts (particles), not both")
+    for key in ("in_coords", "in_parts"):
+        if key in args.inputs:
+            return key, args.inputs[key]
+    raise InputError("no labels: put hand-picked coordinates (e.g. ManualPick/job004/manualpick.star) in "
+                     "'Input coordinates', or a particles STAR in 'Input particles'")
+
+
+def _read_labels(kind: str, source: str) -> pd.DataFrame:
+    """Labelled particle positions from a RELION pick list or particles STAR."""
+    from pupick.adapters import relion
+
+    labels = relion.read_coordinate_list(source) if kind == "in_coords" else relion.read_particles_star(source)
+    if not len(labels):
+        raise InputError(f"{source}: holds no particle positions")
+    return labels
+
+
+def _pixel_size(mics: pd.DataFrame, source: str) -> float:
+    sizes = sorted({round(v, 4) for v in mics["pixel_size"].map(pixel_size_of) if v is not None})
+    if not sizes:
+        raise InputError(f"{source}: no pixel size for the micrographs (rlnMicrographPixelSize in data_optics), "
+                         "so diameter in Å cannot be converted to pixels")
+    if len(sizes) > 1:
+        raise InputError(f"{source}: micrographs have several pixel sizes ({', '.join(map(str, sizes))} Å); "
+                         "train on micrographs of one pixel size (e.g. one optics group)")
+    return sizes[0]
+
+
+def _plot_pdf(png: Path, pdf: Path) -> bool:
+    """A PDF copy of the training plot: RELION's GUI displays LogFile nodes as PDF."""
+    if not png.is_file():
+        return False
+    from PIL import Image
+
+    with Image.open(png) as im, atomic_path(pdf) as tmp:
+        im.convert("RGB").save(tmp, format="PDF", resolution=100.0)
+    return True
+
+
+def _finished(job: RelionJob, args: ExternalArgs) -> None:
+    model = job.out_dir / MODEL_NAME
+    job.add_output_node(node_name(args.out_name, MODEL_NAME), LABELS[job.version]["model"])
+    if _plot_pdf(model.with_suffix(".train.png"), job.out_dir / PLOT_PDF):
+        job.add_output_node(node_name(args.out_name, PLOT_PDF), LABELS[job.version]["log"])
+
+
+def _body(job: RelionJob, args: ExternalArgs) -> None:
+    check_inputs(args, ("in_mics", "in_coords", "in_parts"), PROGRAM)
+    values = convert_params(args.params, PARAMS, PROGRAM)
+    set_version(job, values["relion_version"])
+    if "in_mics" not in args.inputs:
+        raise InputError("--in_mics is missing: put the micrographs STAR (e.g. CtfFind/job003/micrographs_ctf.star) "
+                         "in the Input tab's 'Input micrographs' field")
+    if values["diameter"] is None:
+        raise InputError("parameter diameter is missing: add a Params row `diameter` with the particle diameter in Å")
+    device = device_spec(values["device"], values["gpu"])
+    kind, source = _labels_source(args)
+    model = job.out_dir / MODEL_NAME
+    if model.is_file() and (job.out_dir / SUMMARY_NAME).is_file():
+        say(f"{model} was trained by an earlier run of this job; kept as is (run a new job to train again)")
+        _finished(job, args)
+        return
+
+    mics = read_micrographs(args.inputs["in_mics"])
+    pixel_size = _pixel_size(mics, args.inputs["in_mics"])
+    labels = _read_labels(kind, source)
+    say(f"{len(labels)} labelled particle(s) from {source}; {len(mics)} micrograph(s) from {args.inputs['in_mics']} "
+        f"at {pixel_size} Å/px; diameter {values['diameter']} Å = {values['diameter'] / pixel_size:.1f} px")
+
+    from pupick.core.config import PreprocessConfig, TrainConfig
+    from pupick.core.models import MODELS
+    from pupick.core.train import train
+
+    if values["arch"] is not None and values["arch"] not in MODELS:
+        raise InputError(f"parameter arch: {values['arch']!r} is not one of {', '.join(MODELS)}")
+    defaults = TrainConfig()
+    config = TrainConfig(
+        preprocess=PreprocessConfig(diameter_A=values["diameter"], pixel_size=pixel_size),
+        arch=values["arch"] or defaults.arch,
+        units=values["units"] or defaults.units,
+        expected_particles=values["expected_particles"],
+        epochs=values["epochs"] or defaults.epochs,
+        steps_per_epoch=values["steps_per_epoch"] or defaults.steps_per_epoch,
+        test_split=defaults.test_split if values["test_split"] is None else values["test_split"],
+        seed=values["seed"] or 0,
+        device=device,
+    )
+    set_threads(args.threads)
+    job.check_abort()
+
+    started = time.perf_counter()
+    with job.abort_watch():  # training has no check point of its own; the watcher stops it within a second
+        result = train([Path(p) for p in mics["path"]], labels, config, model, progress=False, log=say)
+    best_ap = None if result.best_ap is None or math.isnan(result.best_ap) else float(result.best_ap)
+    summary = {
+        "model": str(model), "best_epoch": int(result.best_epoch), "best_ap": best_ap, "pi": float(result.pi),
+        "labels": source, "micrographs": args.inputs["in_mics"], "n_labels": int(len(labels)),
+        "seconds": round(time.perf_counter() - started, 1), "config": config.to_dict(),
+    }
+    write_text_atomic(job.out_dir / SUMMARY_NAME, json.dumps(summary, indent=1, default=str) + "\n")
+    say(f"trained {model} in {summary['seconds']} s: best epoch {summary['best_epoch']}"
+        + (f", validation AP {best_ap:.3f}" if best_ap is not None else ""))
+    _finished(job, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point for RELION's External job."""
+    return run_external(PROGRAM, _body, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

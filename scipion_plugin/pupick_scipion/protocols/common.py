@@ -1,0 +1,57 @@
+"""Pieces shared by the pupick protocols."""
+import json
+import os
+import shlex
+
+import pyworkflow.protocol.params as params
+
+from .. import Plugin
+from ..runner import GPU_PLACEHOLDER
+
+
+def addGpuParams(form):
+    """The hidden GPU parameters Scipion shows in the run header of GPU-capable protocols."""
+    form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
+                   label='Use GPU',
+                   help='Run pupick on a CUDA GPU (the first id of the list below). No: run on the CPU.')
+    form.addHidden(params.GPU_LIST, params.StringParam, default='0',
+                   label='GPU id',
+                   help='GPU to use, as numbered by nvidia-smi. pupick uses one GPU per step; with several '
+                        'ids and threads, Scipion gives each step its own.')
+
+
+def addExtraParams(form, command):
+    form.addParam('extraParams', params.StringParam, default='',
+                  expertLevel=params.LEVEL_ADVANCED,
+                  label='Additional arguments',
+                  help='More options for `pupick %s`, as on the command line (see `pupick %s --help`).'
+                       % (command, command))
+
+
+class PupickProtocolMixin:
+    """Running pupick from a protocol step: device selection and the subprocess call."""
+
+    def _deviceArgs(self):
+        if self.usesGpu():
+            return ['--device', 'cuda:' + GPU_PLACEHOLDER]
+        return ['--device', 'cpu']
+
+    def _extraArgs(self):
+        text = self.getAttributeValue('extraParams', '') or ''
+        return shlex.split(text)
+
+    def _runPupick(self, args):
+        executor = getattr(self, '_stepsExecutor', None)
+        gpus = executor.getGpuList() if (executor is not None and self.usesGpu()) else []
+        Plugin.runPupick(args, gpus=gpus or [])
+
+    def _writeInfo(self, name, info):
+        with open(self._getExtraPath(name), 'w') as fh:
+            json.dump(info, fh, indent=1)
+
+    def _readInfo(self, name):
+        path = self._getExtraPath(name)
+        if not os.path.exists(path):
+            return None
+        with open(path) as fh:
+            return json.load(fh)

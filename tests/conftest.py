@@ -1,0 +1,55 @@
+"""Shared fixtures: the bundled demo data and one small model trained on it (once per session)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo"
+# The session model trains on these four micrographs; HELD_OUT is never seen in training.
+HELD_OUT = "312_10028"
+
+
+@pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    """data/demo: micrographs/*.mrc (1024², EMPIAR-10028, diameter 56 px) and particles.csv."""
+    return DEMO
+
+
+@pytest.fixture(scope="session")
+def demo_micrographs(demo_dir: Path) -> list[Path]:
+    """The five bundled micrographs, sorted by name."""
+    return sorted((demo_dir / "micrographs").glob("*.mrc"))
+
+
+@pytest.fixture(scope="session")
+def demo_labels(demo_dir: Path) -> pd.DataFrame:
+    """The bundled labels (micrograph, x, y in original pixels); incomplete, as PU data is."""
+    return pd.read_csv(demo_dir / "particles.csv")
+
+
+@pytest.fixture(scope="session")
+def demo_labels_df(demo_labels: pd.DataFrame) -> pd.DataFrame:
+    """Alias of demo_labels (a copy, so callers may modify it)."""
+    return demo_labels.copy()
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory, demo_micrographs: list[Path],
+                  demo_labels: pd.DataFrame) -> Path:
+    """A small ResNet8 trained for a few seconds on four bundled micrographs (all but HELD_OUT), diameter 56 px."""
+    import torch
+
+    from pupick.core.config import PreprocessConfig, TrainConfig
+    from pupick.core.train import train
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    out = tmp_path_factory.mktemp("trained_model") / "model.pt"
+    mics = [p for p in demo_micrographs if p.stem != HELD_OUT]
+    config = TrainConfig(preprocess=PreprocessConfig(diameter_px=56), units=16, epochs=2, steps_per_epoch=15,
+                         tile_size=128, batch_size=4, learning_rate=1e-3, expected_particles=150, test_split=0.0,
+                         seed=0)
+    train(mics, demo_labels, config, out, progress=False, log=lambda msg: None)
+    return out

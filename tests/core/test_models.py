@@ -1,0 +1,93 @@
+"""Every registered model: forward shapes, receptive field by a gradient check, dense/native agreement, alignment."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pupick.core.models import (MODELS, ModelConfig, aligned_padding, build, native_stride, output_shape,
+                                receptive_field)
+
+EXPECTED_RF = {"resnet8": 71, "resnet16": 127, "conv31": 31, "conv63": 63, "conv127": 127}
+CONFIGS = [pytest.param(ModelConfig(arch=a, units=4, pooling=p), id=f"{a}-{p}") for a in MODELS
+           for p in ("max", "stride")]
+
+
+def test_registry_has_the_named_models():
+    assert set(MODELS) == set(EXPECTED_RF)
+    for arch, rf in EXPECTED_RF.items():
+        assert receptive_field(ModelConfig(arch=arch)) == rf
+
+
+def _support(module: torch.nn.Module, size: int, seed: int = 0) -> tuple[int, int, int, int]:
+    """Rows/cols of input pixels with a nonzero gradient for the centre output (union over random inputs)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, 1, size, size, generator=g).requires_grad_()
+    y = module(x)
+    cy, cx = y.shape[2] // 2, y.shape[3] // 2
+    y[:, 0, cy, cx].sum().backward()
+    hit = x.grad.abs().sum(dim=(0, 1)) > 0
+    rows, cols = torch.nonzero(hit.any(1)).flatten(), torch.nonzero(hit.any(0)).flatten()
+    return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("dense", [False, True], ids=["native", "dense"])
+def test_receptive_field_by_gradient(cfg: ModelConfig, dense: bool):
+    rf = receptive_field(cfg)
+    module = build(cfg).eval().set_dense(dense)
+    size = rf + 4 * native_stride(cfg)
+    r0, r1, c0, c1 = _support(module, size)
+    assert r1 - r0 + 1 == rf and c1 - c0 + 1 == rf
+    # the window is centred on the output's nominal position
+    j = 1 if dense else native_stride(cfg)
+    n = (size - rf) // j + 1
+    centre = (n // 2) * j + rf // 2
+    assert (r0 + r1) // 2 == centre and (c0 + c1) // 2 == centre
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_dense_map_equals_native_map_at_its_positions(cfg: ModelConfig):
+    torch.manual_seed(0)
+    module = build(cfg).eval()
+    j = native_stride(cfg)
+    x = torch.randn(1, 1, 37 + 2 * aligned_padding(cfg), 30 + 2 * aligned_padding(cfg))
+    with torch.no_grad():
+        native = module.set_dense(False)(x)
+        dense = module.set_dense(True)(x)
+    assert tuple(dense.shape[2:]) == output_shape((37, 30), cfg, dense=True) == (37, 30)
+    assert tuple(native.shape[2:]) == output_shape((37, 30), cfg, dense=False)
+    torch.testing.assert_close(dense[:, :, ::j, ::j], native, rtol=1e-4, atol=1e-5)
+
+
+def test_padded_dense_map_is_aligned_with_the_image():
+    """A bright spot at (row 20, col 33): the map of a shifted image shifts by the same amount."""
+    cfg = ModelConfig(arch="conv31", units=4)
+    torch.manual_seed(0)
+    module = build(cfg).eval().set_dense(True)
+    p = aligned_padding(cfg)
+    img = torch.zeros(1, 1, 64, 80)
+    img[0, 0, 20, 33] = 1.0
+    shifted = torch.roll(img, shifts=(5, -7), dims=(2, 3))
+    with torch.no_grad():
+        a = module(torch.nn.functional.pad(img, (p, p, p, p)))
+        b = module(torch.nn.functional.pad(shifted, (p, p, p, p)))
+    assert a.shape[2:] == img.shape[2:]
+    torch.testing.assert_close(torch.roll(a, shifts=(5, -7), dims=(2, 3))[..., 10:50, 10:60], b[..., 10:50, 10:60])
+    # the outputs the spot changes lie in the window centred on it, and include the one at the spot
+    zero = module(torch.zeros_like(torch.nn.functional.pad(img, (p, p, p, p))))
+    diff = (a - zero).abs()[0, 0] > 0
+    rows, cols = torch.nonzero(diff.any(1)).flatten(), torch.nonzero(diff.any(0)).flatten()
+    assert bool(diff[20, 33])
+    assert int(rows.min()) >= 20 - p and int(rows.max()) <= 20 + p
+    assert int(cols.min()) >= 33 - p and int(cols.max()) <= 33 + p
+
+
+def test_options_change_the_network():
+    base = build(ModelConfig(units=4))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in build(ModelConfig(units=4, batchnorm=False)).modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in base.modules())
+    assert any(isinstance(m, torch.nn.Dropout2d) for m in build(ModelConfig(units=4, dropout=0.2)).modules())
+    wide = build(ModelConfig(units=8))
+    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in base.parameters())
+    with pytest.raises(Exception, match="unknown architecture"):
+        build(ModelConfig(arch="resnet9"))

@@ -1,0 +1,223 @@
+"""Offline `pupick_cryosparc pick/train`: exposures .cs + project directory in, particles .cs (or model) out."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from cryosparc.dataset import Dataset
+from cs_project import DEMO, DIAMETER_PX, NAMES, exposure_dataset, make_project
+
+from pupick.adapters.cryosparc import PARTICLE_FIELDS, read_exposures, read_particles
+from pupick.core.evaluate import evaluate
+from pupick.core.io import read_micrograph, write_mrc
+from pupick.cryosparc.cli import cli, main
+
+HELD_OUT = "312_10028"  # the session model never saw it (tests/conftest.py)
+
+
+def run_cli(args: list[str]) -> str:
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def run_main(args: list[str], capsys) -> tuple[int, str]:
+    """The console entry point, as a user meets it: exit status and stderr."""
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return exc.value.code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def picked(cs_project, trained_model, tmp_path_factory, demo_dir):
+    """One offline pick of the five bundled micrographs, with a plot and an evaluation against the labels."""
+    out = tmp_path_factory.mktemp("offline") / "picks" / "particles.cs"
+    output = run_cli(["pick", "--exposures", str(cs_project.exposures_cs), "--project-dir", str(cs_project.root),
+                      "--model", str(trained_model), "-o", str(out), "--plot", str(out.with_suffix(".png")),
+                      "--labels", str(demo_dir / "particles.csv"), "--device", "cpu"])
+    return out, output
+
+
+def test_cli_reports_and_writes(picked):
+    out, output = picked
+    assert out.is_file() and out.with_suffix(".png").stat().st_size > 10_000
+    assert re.search(r"picked \d+ particles on 5 of 5 micrographs", output)
+    assert re.search(r"AP 0\.\d{3}, best F1", output)
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_particles_cs_fields_and_dtypes(picked, cs_project):
+    dset = Dataset.load(picked[0])
+    descr = {f[0]: np.dtype([tuple(f)]) for f in dset.descr()}
+    assert set(descr) == {"uid"} | {f[0] for f in PARTICLE_FIELDS}
+    for field in PARTICLE_FIELDS:
+        assert descr[field[0]] == np.dtype([field]), field
+    n = len(dset)
+    assert n > 100
+    uids = np.asarray(dset["uid"])
+    assert len(np.unique(uids)) == n
+    mic_uids = np.asarray(dset["location/micrograph_uid"])
+    assert set(mic_uids.tolist()) == set(cs_project.uids.tolist())
+    # micrograph_path is the exposure's own path (relative to the project), paired with the right uid
+    path_of = dict(zip(cs_project.uids.tolist(), cs_project.rel_paths))
+    assert [path_of[u] for u in mic_uids.tolist()] == list(dset["location/micrograph_path"])
+    assert (np.asarray(dset["location/micrograph_shape"]) == [1024, 1024]).all()
+    for f in ("location/center_x_frac", "location/center_y_frac"):
+        v = np.asarray(dset[f])
+        assert ((v >= 0) & (v <= 1)).all() and v.std() > 0.1
+    power = np.asarray(dset["pick_stats/power"], dtype=float)
+    assert power.min() >= -6.0  # the default threshold
+    np.testing.assert_allclose(dset["pick_stats/ncc_score"], 1 / (1 + np.exp(-power)), rtol=1e-5, atol=1e-7)
+    assert np.asarray(dset["location/micrograph_psize_A"]) == pytest.approx(5.36)
+
+
+def test_picks_land_on_labelled_particles(picked, cs_project, demo_labels):
+    picks = read_particles(picked[0], read_exposures(cs_project.exposures_cs))
+    assert set(picks["micrograph"]) == set(NAMES)
+    radius = DIAMETER_PX / 2
+    everywhere = evaluate(picks, demo_labels, radius)
+    held_out = evaluate(picks, demo_labels, radius, micrographs=[HELD_OUT])
+    # chance: picks scattered over the micrographs, as many as ours (same count per micrograph)
+    rng = np.random.default_rng(0)
+    scattered = picks.assign(x=rng.uniform(0, 1024, len(picks)), y=rng.uniform(0, 1024, len(picks)))
+    chance = evaluate(scattered, demo_labels, radius)
+    assert everywhere.ap > 0.5 and held_out.ap > 0.4, (everywhere.ap, held_out.ap)
+    assert everywhere.ap > 3 * chance.ap
+    assert everywhere.precision > 0.5 and everywhere.recall > 0.5
+
+
+def test_offline_pick_is_deterministic_and_non_square(tmp_path, trained_model):
+    """A 1000 x 700 crop: fractions use [ny, nx] the right way round; two runs write identical files."""
+    root = tmp_path / "P2"
+    (root / "J5" / "imported").mkdir(parents=True)
+    image = read_micrograph(DEMO / "micrographs" / f"{HELD_OUT}.mrc").image[:700, :1000]
+    rel = "J5/imported/4242_crop_rigid_aligned.mrc"
+    write_mrc(root / rel, image)
+    exposure_dataset([rel], [(700, 1000)], np.array([4242], dtype=np.uint64)).save(root / "exposures.cs")
+    outs = []
+    for name in ("a.cs", "b.cs"):
+        out = tmp_path / "out" / name
+        run_cli(["pick", "--exposures", str(root / "exposures.cs"), "--project-dir", str(root),
+                 "--model", str(trained_model), "-o", str(out), "--device", "cpu"])
+        outs.append(Dataset.load(out))
+    a, b = outs
+    for field in a.fields():
+        if field != "uid":
+            assert np.array_equal(np.asarray(a[field]), np.asarray(b[field])), field
+    assert len(a) > 10
+    assert (np.asarray(a["location/micrograph_shape"]) == [700, 1000]).all()
+    x = np.asarray(a["location/center_x_frac"], dtype=float) * 1000
+    y = np.asarray(a["location/center_y_frac"], dtype=float) * 700
+    assert x.max() > 700 and y.max() <= 700  # a swap would put x beyond 700 out of range or squash y
+    picks = read_particles(tmp_path / "out" / "a.cs")
+    assert list(picks["micrograph"].unique()) == ["crop"]
+    np.testing.assert_allclose(picks["x"], x, atol=1e-3)
+
+
+def test_blob_picker_needs_no_model(tmp_path, cs_project):
+    root = cs_project.root
+    one = tmp_path / "one.cs"
+    exposure_dataset(cs_project.rel_paths[:1], [(1024, 1024)], cs_project.uids[:1]).save(one)
+    out = tmp_path / "blob.cs"
+    output = run_cli(["pick", "--exposures", str(one), "--project-dir", str(root), "--method", "blob",
+                      "--diameter-px", str(DIAMETER_PX), "-o", str(out)])
+    assert "on 1 of 1 micrographs" in output
+    assert len(Dataset.load(out)) > 10
+
+
+def test_exposures_given_as_output_plus_passthrough(tmp_path, cs_project):
+    """cryoSPARC splits an output over two .cs files; --exposures twice joins them by uid."""
+    full = exposure_dataset(cs_project.rel_paths[:2], [(1024, 1024)] * 2, cs_project.uids[:2])
+    full.filter_prefixes(["ctf"], copy=True).save(tmp_path / "J4_exposures_accepted.cs")
+    full.filter_prefixes(["micrograph_blob"], copy=True).save(tmp_path / "J4_passthrough_exposures_accepted.cs")
+    out = tmp_path / "p.cs"
+    output = run_cli(["pick", "--exposures", str(tmp_path / "J4_exposures_accepted.cs"),
+                      "--exposures", str(tmp_path / "J4_passthrough_exposures_accepted.cs"),
+                      "--project-dir", str(cs_project.root), "--method", "blob", "--diameter-px", str(DIAMETER_PX),
+                      "-o", str(out)])
+    assert "on 2 of 2 micrographs" in output
+    assert set(np.asarray(Dataset.load(out)["location/micrograph_uid"]).tolist()) == set(cs_project.uids[:2].tolist())
+
+
+def test_train_offline_from_particles_cs(tmp_path, cs_project, demo_labels):
+    """Labels written as a cryoSPARC particles .cs train a model on the exposures (a tiny run)."""
+    from pupick.adapters.cryosparc import write_particles
+    from pupick.core.modelfile import load_model
+
+    exposures = read_exposures(cs_project.exposures_cs)
+    two = demo_labels[demo_labels["micrograph"].isin(NAMES[:2])]
+    write_particles(two, tmp_path / "labels.cs", exposures)
+    model = tmp_path / "model.pt"
+    output = run_cli(["train", "--exposures", str(cs_project.exposures_cs), "--particles", str(tmp_path / "labels.cs"),
+                      "--project-dir", str(cs_project.root), "-o", str(model), "--diameter-px", str(DIAMETER_PX),
+                      "--units", "8", "--epochs", "1", "--steps-per-epoch", "2", "--test-split", "0.5",
+                      "--expected-particles", "150", "--device", "cpu"])
+    assert "training on %d labelled particles on 2 of 5 micrographs" % len(two) in output
+    assert re.search(r"validation AP \d\.\d{3} at epoch 1; model saved to", output)
+    loaded = load_model(model)
+    assert loaded.config["diameter_px"] == pytest.approx(DIAMETER_PX)
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 1, nothing written
+
+
+def test_wrong_project_dir(tmp_path, cs_project, trained_model, capsys):
+    out = tmp_path / "p.cs"
+    code, err = run_main(["pick", "--exposures", str(cs_project.exposures_cs), "--project-dir", str(tmp_path),
+                          "--model", str(trained_model), "-o", str(out)], capsys)
+    assert code == 1
+    assert err.startswith("pupick_cryosparc: error: ") and err.count("\n") == 1
+    assert "none of the 5 micrographs exist under" in err and "project directory" in err
+    assert not out.exists()
+
+
+def test_exposures_file_that_is_not_exposures(tmp_path, cs_project, capsys):
+    dset = Dataset({"uid": np.arange(2, dtype=np.uint64)})
+    dset.add_fields([("movie_blob/path", "O")])
+    dset.save(tmp_path / "movies.cs")
+    code, err = run_main(["pick", "--exposures", str(tmp_path / "movies.cs"), "--project-dir", str(cs_project.root),
+                          "--method", "blob", "--diameter-px", "56", "-o", str(tmp_path / "p.cs")], capsys)
+    assert code == 1 and "missing field(s) micrograph_blob/path" in err and err.count("\n") == 1
+
+
+def test_shape_disagreement_skips_that_micrograph(tmp_path, cs_project):
+    root = tmp_path / "P3"
+    project = make_project(root, NAMES[:2])
+    bad = exposure_dataset(project.rel_paths, [(1024, 1024), (2048, 1024)], project.uids)
+    bad.save(project.exposures_cs)
+    out = tmp_path / "p.cs"
+    output = run_cli(["pick", "--exposures", str(project.exposures_cs), "--project-dir", str(root),
+                      "--method", "blob", "--diameter-px", "56", "-o", str(out)])
+    assert "image is 1024 x 1024 px but the exposure says 1024 x 2048 px" in output
+    assert "on 1 of 2 micrographs" in output
+    assert set(np.asarray(Dataset.load(out)["location/micrograph_uid"]).tolist()) == {int(project.uids[0])}
+
+
+def test_offline_needs_output_and_project_dir(cs_project, capsys):
+    code, err = run_main(["pick", "--exposures", str(cs_project.exposures_cs), "--method", "blob",
+                          "--diameter-px", "56"], capsys)
+    assert code == 1 and "offline mode needs --exposures EXPOSURES.cs --project-dir DIR -o PARTICLES.cs" in err
+
+
+def test_model_required_for_cnn(cs_project, tmp_path, capsys):
+    code, err = run_main(["pick", "--exposures", str(cs_project.exposures_cs), "--project-dir", str(cs_project.root),
+                          "-o", str(tmp_path / "p.cs")], capsys)
+    assert code == 1 and "--model is required" in err
+
+
+def test_version_is_plain_semver(capsys):
+    try:
+        main(["--version"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    assert re.fullmatch(r"\d+\.\d+\.\d+\n", capsys.readouterr().out)
+
+
+def test_help_lists_both_modes():
+    out = run_cli(["pick", "--help"])
+    for option in ("--exposures", "--project-dir", "--model", "--url", "--host", "--base-port", "--license",
+                   "--email", "--project", "--workspace"):
+        assert option in out
+    assert "CRYOSPARC_BASE_URL" in out

@@ -1,0 +1,168 @@
+"""pupick_relion_pick run the way RELION's External job runs it, on a RELION-like project of the bundled data."""
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import starfile
+
+from pupick.core.evaluate import evaluate
+from pupick.relion.nodes import LABELS
+
+from relion_project import STEMS, Project, exit_files, make_project, run_external
+
+EXE = "pupick_relion_pick"
+MODEL = "External/job006/model.pt"
+
+
+def _project(tmp_path: Path, version: int | None, model: Path) -> Project:
+    project = make_project(tmp_path / "project", version)
+    (project.root / MODEL).parent.mkdir(parents=True)
+    shutil.copyfile(model, project.root / MODEL)  # where pupick_relion_train would have put it
+    return project
+
+
+def _run(project: Project, out: str, params: dict | None = None, **kw):
+    return run_external(project, EXE, out, {"in_mics": project.mics_star}, {"model": MODEL, **(params or {})},
+                        threads=2, **kw)
+
+
+def _read_list(project: Project, out: str) -> pd.DataFrame:
+    return starfile.read(project.root / out / "autopick.star", always_dict=True)["coordinate_files"]
+
+
+def _read_picks(project: Project, listing: pd.DataFrame) -> pd.DataFrame:
+    """All picks named by a coordinate list, read with starfile (micrograph = the stem)."""
+    frames = []
+    for mic, coords in zip(listing["rlnMicrographName"], listing["rlnMicrographCoordinates"]):
+        table = starfile.read(project.root / coords, always_dict=True)
+        block = next(iter(table.values())) if table else pd.DataFrame()
+        if not isinstance(block, pd.DataFrame) or not len(block):
+            continue
+        frames.append(pd.DataFrame({"micrograph": Path(mic).stem, "x": block["rlnCoordinateX"],
+                                    "y": block["rlnCoordinateY"], "score": block["rlnAutopickFigureOfMerit"]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _nodes(project: Project, out: str) -> list[tuple[str, str]]:
+    table = starfile.read(project.root / out / "RELION_OUTPUT_NODES.star", always_dict=True)["output_nodes"]
+    return list(zip(table["rlnPipeLineNodeName"], table["rlnPipeLineNodeTypeLabel"]))
+
+
+def test_relion5_pick_lands_on_the_labelled_particles(tmp_path, trained_model, demo_labels_df):
+    project = _project(tmp_path, 50001, trained_model)
+    mics = project.write_micrographs(STEMS)
+    out = "External/job007/"
+    done = _run(project, out)
+    job = project.root / out
+    assert done.returncode == 0, (job / "run.err").read_text()
+    assert exit_files(job) == ["RELION_JOB_EXIT_SUCCESS"]
+    assert _nodes(project, out) == [("External/job007/autopick.star", "MicrographCoordsGroup.star.relion.autopick")]
+    assert (job / "RELION_OUTPUT_NODES.star").read_text().lstrip().startswith("# version 50001")
+
+    listing = _read_list(project, out)
+    assert listing["rlnMicrographName"].tolist() == mics
+    assert listing["rlnMicrographCoordinates"].tolist() == [f"{out}Movies/{s}_pupick.star" for s in STEMS]
+    first = (project.root / listing["rlnMicrographCoordinates"][0]).read_text()
+    assert "# version 50001" in first and "_rlnAutopickFigureOfMerit" in first
+
+    picks = _read_picks(project, listing)
+    assert set(picks["micrograph"]) == set(STEMS)
+    assert picks["x"].between(0, 1023).all() and picks["y"].between(0, 1023).all()
+    good = evaluate(picks, demo_labels_df, match_radius=14.0)
+    swapped = evaluate(picks.rename(columns={"x": "y", "y": "x"}), demo_labels_df, match_radius=14.0)
+    # picks within a quarter diameter of the labels; the same picks with x and y swapped do not match
+    print("AP", good.ap, swapped.ap, len(picks))
+    assert good.ap > 0.5, good.to_json_dict()
+    assert swapped.ap < good.ap / 3, (good.ap, swapped.ap)
+
+    log = (job / "run.out").read_text()
+    assert "RELION 5" in log and "picked 5 micrograph(s)" in log
+    assert "error" not in (job / "run.err").read_text()
+
+
+def test_relion4_continue_picks_only_new_micrographs(tmp_path, trained_model):
+    project = _project(tmp_path, 30001, trained_model)
+    project.write_micrographs(STEMS[:2], style="3.0")  # RELION 3.0-style micrographs STAR (no optics table)
+    out = "External/job008/"
+    job = project.root / out
+    params = {"threshold": "-1", "min_distance": "150", "max_picks": "60"}
+    assert _run(project, out, params).returncode == 0, (job / "run.err").read_text()
+    assert exit_files(job) == ["RELION_JOB_EXIT_SUCCESS"]
+    assert _nodes(project, out) == [("External/job008/autopick.star", "MicrographsCoords.star.relion.autopick")]
+    first = {p: p.stat().st_mtime_ns for p in (job / "Movies").glob("*_pupick.star")}
+    assert len(first) == 2
+    picks = _read_picks(project, _read_list(project, out))
+    assert len(picks) and (picks["score"] >= -1).all()
+    assert picks.groupby("micrograph").size().max() <= 60
+
+    # new micrographs arrive (on-the-fly): a rerun picks only those and lists all of them
+    time.sleep(0.01)
+    mics = project.write_micrographs(STEMS[:4], style="3.0")
+    assert _run(project, out, params).returncode == 0, (job / "run.err").read_text()
+    assert exit_files(job) == ["RELION_JOB_EXIT_SUCCESS"]
+    assert {p: p.stat().st_mtime_ns for p in first} == first  # finished files are never rewritten
+    assert _read_list(project, out)["rlnMicrographName"].tolist() == mics
+    assert len(list((job / "Movies").glob("*_pupick.star"))) == 4
+    assert "2 picked by an earlier run (kept), 2 to pick" in (job / "run.out").read_text()
+
+    # a continue with other settings would mix two kinds of picks in one job: refused, nothing touched
+    assert _run(project, out, {**params, "threshold": "0"}).returncode == 1
+    assert exit_files(job) == ["RELION_JOB_EXIT_FAILURE"]
+    assert "threshold: -1.0 -> 0.0" in (job / "run.err").read_text().splitlines()[-1]
+    assert {p: p.stat().st_mtime_ns for p in first} == first
+
+
+def test_abort_mid_run_then_continue(tmp_path, trained_model):
+    project = _project(tmp_path, 50001, trained_model)
+    mics = project.write_micrographs(STEMS, copies=3)  # 15 micrographs
+    out = "External/job009/"
+    job = project.root / out
+    proc = _run(project, out, background=True)
+    deadline = time.monotonic() + 120
+    while not list(job.glob("Movies/*_pupick.star")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (job / "RELION_JOB_ABORT_NOW").touch()  # RELION's Abort button
+    assert proc.wait(timeout=120) == 1, (job / "run.err").read_text()
+    assert exit_files(job) == ["RELION_JOB_EXIT_ABORTED"]
+    assert not (job / "RELION_JOB_ABORT_NOW").exists()
+    done = sorted(job.glob("Movies/*_pupick.star"))
+    assert 1 <= len(done) < len(mics)
+    assert not list(job.rglob("*.part*"))  # no half-written file
+    assert len(_read_list(project, out)) == len(done)  # the list names what was finished
+
+    before = {p: p.stat().st_mtime_ns for p in done}
+    assert _run(project, out).returncode == 0, (job / "run.err").read_text()
+    assert exit_files(job) == ["RELION_JOB_EXIT_SUCCESS"]
+    assert _read_list(project, out)["rlnMicrographName"].tolist() == mics
+    assert {p: p.stat().st_mtime_ns for p in done} == before
+
+
+@pytest.mark.parametrize("params, inputs, message", [
+    ({"model": MODEL, "treshold": "2"}, None, r"unknown parameter\(s\) treshold for pupick_relion_pick; it accepts"),
+    ({}, None, "parameter model is missing"),
+    ({"model": "External/job006/nothing.pt"}, None, "nothing.pt: model file not found"),
+    ({"model": "CtfFind/job003/micrographs_ctf.star"}, None, "not a pupick model file"),
+    ({"model": MODEL}, {}, "--in_mics is missing"),
+    ({"model": MODEL}, {"in_mics": "CtfFind/job003/none.star"}, "none.star: no such file"),
+    ({"model": MODEL, "device": "cpu", "gpu": "0"}, None, "either parameter device or gpu"),
+])
+def test_bad_input_fails_with_the_reason_in_run_err(tmp_path, trained_model, params, inputs, message):
+    project = _project(tmp_path, 50001, trained_model)
+    project.write_micrographs(STEMS[:1])
+    out = "External/job010/"
+    job = project.root / out
+    job.mkdir(parents=True)
+    (job / "RELION_JOB_EXIT_SUCCESS").touch()  # from an earlier run of this job
+    done = run_external(project, EXE, out, {"in_mics": project.mics_star} if inputs is None else inputs, params)
+    assert done.returncode == 1
+    assert exit_files(job) == ["RELION_JOB_EXIT_FAILURE"]
+    last = (job / "run.err").read_text().strip().splitlines()[-1]
+    assert last.startswith("pupick_relion_pick: error: ")
+    assert re.search(message, last), last
+    assert "Traceback" not in (job / "run.err").read_text()
+    assert not (job / "RELION_OUTPUT_NODES.star").exists() and not (job / "autopick.star").exists()
