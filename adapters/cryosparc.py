@@ -15,7 +15,8 @@ from pupick.core.tables import MIC_COLUMNS, stem, validate_picks
 
 from .naming import match_across, strip_motion_suffix, strip_uid
 
-# Fields of a particle `location` + `pick_stats` result, as cryoSPARC's pickers write them.
+# A particle `location` + `pick_stats` result as cryoSPARC pickers write it (live mode saves the server's own
+# field list from alloc_output instead, filling these where present).
 PARTICLE_FIELDS: list[tuple] = [
     ("location/micrograph_uid", "<u8"),
     ("location/exp_group_id", "<u4"),

@@ -225,6 +225,117 @@ def _pick_one(job: _Job, plan: _Plan, scorer: Any, config: PickConfig, mask_carb
     return make_picks(stem(job.path), x, y, s, path=str(job.path))
 
 
+MANIFEST = "pupick_pick.json"
+RECORDS = ".pupick_records"  # one CSV per finished micrograph: the resume marker and the source of picks.csv
+PICKS_TABLE = "picks.csv"
+# PickConfig fields that change the picks; a rerun into the same directory must agree on them
+RECORDED_FIELDS = ("method", "threshold", "min_distance_px", "max_picks", "border_px", "pixel_size", "stride",
+                   "seed", "diameter_A", "diameter_px", "dark_particles", "exclude_carbon", "top_n", "factor")
+
+
+@dataclass
+class DirRun:
+    """A pick run into a directory: this run's result, the micrographs skipped as already done, all picks."""
+
+    run: PickRun
+    skipped: list[Path]
+    picks: pd.DataFrame  # every requested micrograph's picks, including earlier runs'
+    picks_path: Path
+    model: Any  # the LoadedModel (None for the blob picker)
+
+
+def _read_record(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype={"micrograph": str, "path": str}, keep_default_na=False, na_values={"score": [""]})
+    return df.reindex(columns=PICK_TABLE_COLUMNS)
+
+
+def _write_record(df: pd.DataFrame, target: Path) -> None:
+    from .io import atomic_path
+
+    with atomic_path(target) as tmp:
+        df[PICK_TABLE_COLUMNS].to_csv(tmp, index=False, float_format="%.6g")
+
+
+def pick_to_dir(
+    micrographs: list[Path],
+    model: Path | Any | None,
+    config: PickConfig,
+    out_dir: Path,
+    writer: Callable[[pd.DataFrame, Path], None] | None = None,
+    settings: dict | None = None,
+    overwrite: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> DirRun:
+    """Resumable picking into OUT_DIR: per-micrograph outputs via `writer(picks, micrograph_path)`, then picks.csv.
+
+    Micrographs finished by an earlier run with the same settings and model are skipped; a different model or
+    settings (the picking fields of `config` plus `settings`, e.g. the output format) is refused unless `overwrite`.
+    Every file is written under a temporary name and renamed, so an interrupted run leaves no partial file.
+    """
+    import json
+
+    from . import __version__
+    from .io import write_text_atomic
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a directory")
+    if config.method == "cnn" and isinstance(model, (str, os.PathLike)):
+        from .modelfile import load_model
+
+        model = load_model(model)
+    conf = config.to_dict()
+    wanted = {
+        "model_sha256": getattr(model, "sha256", None) if config.method == "cnn" else None,
+        "pick": {k: conf[k] for k in RECORDED_FIELDS},
+        **(settings or {}),
+    }
+    manifest = out_dir / MANIFEST
+    records = out_dir / RECORDS
+    if manifest.exists() and not overwrite:
+        try:
+            previous = json.loads(manifest.read_text()).get("settings")
+        except (OSError, ValueError, AttributeError) as err:
+            raise InputError(f"{manifest}: unreadable ({err}); remove it or use --overwrite") from None
+        if previous != wanted:
+            changed = sorted(k for k in set(previous or {}) | set(wanted)
+                             if (previous or {}).get(k) != wanted.get(k))
+            detail = changed
+            if changed == ["pick"]:
+                detail = sorted(k for k in wanted["pick"] if previous["pick"].get(k) != wanted["pick"][k])
+            raise InputError(f"{out_dir}: holds picks made with a different {', '.join(detail)}; "
+                             "use another output directory or --overwrite")
+    if overwrite and records.is_dir():
+        for old in records.glob("*.csv"):
+            old.unlink()
+    records.mkdir(parents=True, exist_ok=True)
+    diameter = (model.config.get("diameter_px") if config.method == "cnn" else config.diameter_px) or None
+    write_text_atomic(manifest, json.dumps({"pupick_version": __version__, "settings": wanted,
+                                            "model": str(getattr(model, "path", "") or ""),
+                                            "diameter_px": diameter}, indent=1))
+
+    paths = [Path(p) for p in micrographs]
+    done = {p for p in paths if (records / f"{stem(p)}.csv").exists()}
+    todo = [p for p in paths if p not in done]
+    if done and log is not None:
+        log(f"{len(done)} micrograph(s) already picked in {out_dir}; skipping them")
+
+    def finish(path: Path, df: pd.DataFrame) -> None:
+        if writer is not None:
+            writer(df, path)
+        _write_record(df, records / f"{stem(path)}.csv")  # last: marks the micrograph done
+
+    run = pick(todo, model, config, on_done=finish, should_stop=should_stop, progress=progress, log=log)
+    frames = [_read_record(records / f"{stem(p)}.csv") for p in paths if (records / f"{stem(p)}.csv").exists()]
+    frames = [f for f in frames if len(f)]
+    picks = pd.concat(frames, ignore_index=True) if frames else empty_picks(with_path=True)[PICK_TABLE_COLUMNS]
+    picks_path = out_dir / PICKS_TABLE
+    _write_record(picks, picks_path)
+    return DirRun(run, sorted(done), picks, picks_path, model if config.method == "cnn" else None)
+
+
 def __getattr__(name: str) -> Any:
     # `train` is re-exported lazily so importing the pipeline does not pull in the training stack
     if name == "train":

@@ -101,6 +101,15 @@ def _preprocess_all(paths: list[Path], config: TrainConfig, cache: Path | None, 
 # ---------------------------------------------------------------- setup helpers
 
 
+def _load_validation(validation: tuple[list[Path], pd.DataFrame], config: TrainConfig, cache: Path | None,
+                     progress: bool) -> list[_Mic]:
+    paths = [Path(p) for p in validation[0]]
+    labels = validate_picks(validation[1], "validation labels")
+    groups, _ = assign_micrographs(labels, paths, "validation labels")
+    pre = _preprocess_all(paths, config, cache, progress)
+    return [_Mic(p, im, f, ps, sh, groups[i]) for i, (p, (im, f, ps, sh)) in enumerate(zip(paths, pre)) if i in groups]
+
+
 def _split(labeled: list[int], fraction: float, seed: int) -> list[int]:
     """Indices of validation micrographs: round(fraction * labeled), at least 1 when fraction > 0, never all."""
     if fraction <= 0 or len(labeled) < 2:
@@ -179,8 +188,13 @@ def train(
     output: Path,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    validation: tuple[list[Path], pd.DataFrame] | None = None,
 ) -> TrainResult:
-    """Train a picker on labeled positions (PU) and write OUTPUT (.pt) plus OUTPUT.train.tsv and OUTPUT.train.png."""
+    """Train a picker on labeled positions (PU) and write OUTPUT (.pt) plus OUTPUT.train.tsv and OUTPUT.train.png.
+
+    Validation micrographs are a seeded `config.test_split` share of the labeled ones, or, when `validation`
+    (micrographs, labels) is given, those instead (all given micrographs then train).
+    """
     t_start = time.perf_counter()
     output = Path(output)
     paths = [Path(p) for p in micrographs]
@@ -228,9 +242,13 @@ def train(
     if not labeled:
         raise InputError("labels: every labeled coordinate lies outside its micrograph (check x = column, y = row)")
 
-    val_idx = _split(labeled, config.test_split, config.seed)
-    train_mics = [m for i, m in enumerate(mics) if i not in val_idx]
-    val_mics = [mics[i] for i in val_idx]
+    if validation is not None:
+        val_mics = _load_validation(validation, config, cache, progress)
+        train_mics = mics
+    else:
+        val_idx = _split(labeled, config.test_split, config.seed)
+        train_mics = [m for i, m in enumerate(mics) if i not in val_idx]
+        val_mics = [mics[i] for i in val_idx]
     if config.test_split > 0 and not val_mics:
         log("only one labeled micrograph: no validation split, keeping the last epoch")
 

@@ -45,10 +45,20 @@ def _live(kw: dict) -> bool:
 
 
 def _connection(kw: dict):
+    """The connection options; where --url and --host/--base-port both arrive, the command line wins."""
     from .live import Connection
 
-    return Connection(url=kw["url"], host=kw["host"], base_port=kw["base_port"], license=kw["license"],
-                      email=kw["email"], password=kw["password"])
+    url, host, port = kw["url"], kw["host"], kw["base_port"]
+    if url and (host or port):
+        ctx = click.get_current_context()
+        typed = {n for n in ("url", "host", "base_port")
+                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE}
+        if "url" in typed and not typed & {"host", "base_port"}:
+            host = port = None
+        elif typed & {"host", "base_port"} and "url" not in typed:
+            url = None
+    return Connection(url=url, host=host, base_port=port, license=kw["license"], email=kw["email"],
+                      password=kw["password"])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,7 +78,8 @@ def cli() -> None:
               help="Offline: also write the score histogram (and PR curve with --labels) as PNG.")
 @click.option("--labels", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Offline: reference picks (CSV/STAR/.cs...) to report AP and draw the PR curve.")
-@click.option("--match-radius", type=float, default=None, help="With --labels: match radius in px (default: radius).")
+@click.option("--match-radius", type=float, default=None,
+              help="With --labels: match radius in px (default: particle radius).")
 @click.option("--threshold", type=float, default=PickConfig.threshold, show_default=True, help="Score (logit) cut.")
 @click.option("--min-distance", type=float, default=None, help="NMS distance in px (default: particle radius).")
 @click.option("--max-picks", type=int, default=None, help="At most this many picks per micrograph.")
@@ -80,7 +91,7 @@ def cli() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @_connection_options
 def pick_command(**kw) -> None:
-    """Pick cryoSPARC exposures; write a particles .cs (offline) or an External job's particles (live)."""
+    """Pick exposures: offline (.cs in, particles .cs out) or live (an External job's particles)."""
     config = PickConfig(threshold=kw["threshold"], min_distance_px=kw["min_distance"], max_picks=kw["max_picks"],
                         border_px=kw["border"], pixel_size=kw["pixel_size"], device=kw["device"],
                         method=kw["method"], diameter_A=kw["diameter"], diameter_px=kw["diameter_px"])
@@ -88,11 +99,16 @@ def pick_command(**kw) -> None:
         raise InputError("--model is required (or --method blob with --diameter-px)")
     model = Path(kw["model_path"]) if kw["model_path"] else None
     if _live(kw):
-        from .live import check_uids, connect, run_pick_job
+        from .live import check_uids, connect, parse_output_ref, run_pick_job
 
         if kw["output"] or kw["plot"] or kw["labels"]:
             raise InputError("-o/--plot/--labels are for offline mode; live outputs go to the External job")
         check_uids(kw["project"], kw["workspace"])
+        parse_output_ref(kw["exposures"][0], "--exposures")
+        if model is not None:  # a bad model file fails here, before a job is created
+            from pupick.core.modelfile import load_model
+
+            model = load_model(model)
         cs = connect(_connection(kw))
         run_pick_job(cs, kw["project"], kw["workspace"], kw["exposures"][0], model, config,
                      title=kw["title"] or "pupick pick", project_dir_override=kw["project_dir"], echo=click.echo)
@@ -129,7 +145,7 @@ def pick_command(**kw) -> None:
 @click.option("--device", default="auto", show_default=True)
 @_connection_options
 def train_command(**kw) -> None:
-    """Train a model from cryoSPARC particle picks on their exposures (live or offline)."""
+    """Train a model from cryoSPARC particles on their exposures (offline or live)."""
     pre = PreprocessConfig(factor=kw["scale"], diameter_A=kw["diameter"], diameter_px=kw["diameter_px"],
                            pixel_size=kw["pixel_size"], seed=kw["seed"])
     config = TrainConfig(preprocess=pre, arch=kw["arch"], units=kw["units"], objective=kw["objective"],
@@ -137,11 +153,13 @@ def train_command(**kw) -> None:
                          epochs=kw["epochs"], steps_per_epoch=kw["steps_per_epoch"], test_split=kw["test_split"],
                          seed=kw["seed"], device=kw["device"])
     if _live(kw):
-        from .live import check_uids, connect, run_train_job
+        from .live import check_uids, connect, parse_output_ref, run_train_job
 
         if kw["output"]:
             raise InputError("-o is for offline mode; live mode saves the model in the External job's directory")
         check_uids(kw["project"], kw["workspace"])
+        parse_output_ref(kw["exposures"][0], "--exposures")
+        parse_output_ref(kw["particles"], "--particles")
         cs = connect(_connection(kw))
         run_train_job(cs, kw["project"], kw["workspace"], kw["exposures"][0], kw["particles"], config,
                       title=kw["title"] or "pupick train", project_dir_override=kw["project_dir"], echo=click.echo)
@@ -160,7 +178,7 @@ def train_command(**kw) -> None:
               help="A particles .cs written by `pupick_cryosparc pick -o`.")
 @_connection_options
 def upload_command(**kw) -> None:
-    """Save an offline particles .cs into a project as an External job (from any machine with API access)."""
+    """Save an offline particles .cs into a project (needs API access, not the project directory)."""
     from .live import check_uids, connect, particles_for_upload, run_upload
 
     if not kw["project"] or not kw["workspace"]:

@@ -1,12 +1,14 @@
 """Live mode: a cryoSPARC External job driven through cryosparc-tools.
 
 The job's shape (inputs, outputs, slots) and the connection arguments are plain data built by functions
-that run without a server; the cryosparc-tools calls are confined to `connect`, `run_pick_job` and
-`run_train_job`, which need a reachable cryoSPARC instance.
+that run without a server, and the work inside the job is `picking.pick_exposures` / `training.train_on_exposures`.
+The cryosparc-tools calls are confined to `connect`, `create_job`, `save_output`, `lifecycle`, `run_pick_job`,
+`run_train_job` and `run_upload`, which need a reachable cryoSPARC instance.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import os
 import re
@@ -17,7 +19,7 @@ from pathlib import Path, PurePath
 from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
-from pupick.core.errors import InputError, PupickError
+from pupick.core.errors import AbortRequested, InputError, PupickError
 
 # The External job's ports. Input names double as passthrough sources for outputs.
 EXPOSURE_INPUT: dict[str, Any] = dict(type="exposure", name="micrographs", min=1, max=1, slots=["micrograph_blob"],
@@ -73,20 +75,19 @@ def connection_kwargs(conn: Connection, accepts_base_url: bool = True) -> dict[s
     """Keyword arguments for cryosparc.tools.CryoSPARC from a Connection (only what was given)."""
     if conn.url and (conn.host or conn.base_port):
         raise InputError("give either --url (cryoSPARC 5) or --host/--base-port (cryoSPARC 4), not both")
-    kwargs: dict[str, Any] = {}
+    # explicit None for the style not used: CryoSPARC() would otherwise fill it from the environment
+    kwargs: dict[str, Any] = {"base_url": None} if accepts_base_url else {}
     if conn.url:
         url = conn.url if re.match(r"^https?://", conn.url) else "http://" + conn.url
         if accepts_base_url:
-            kwargs["base_url"] = url
+            kwargs.update(base_url=url, host=None, base_port=None)
         else:  # 4.x tools: host and base port only
             parsed = urlparse(url)
             if not parsed.hostname:
                 raise InputError(f"--url: cannot read a host name from {conn.url!r}")
-            kwargs["host"] = parsed.hostname
-            kwargs["base_port"] = parsed.port or 39000
+            kwargs.update(host=parsed.hostname, base_port=parsed.port or 39000)
     elif conn.host or conn.base_port:
-        kwargs["host"] = conn.host or "localhost"
-        kwargs["base_port"] = int(conn.base_port or 39000)
+        kwargs.update(host=conn.host or "localhost", base_port=int(conn.base_port or 39000))
     else:
         raise InputError("no cryoSPARC instance given: use --url (5.x, e.g. http://csparc:39000) or "
                          "--host and --base-port (4.x), or set CRYOSPARC_BASE_URL")
@@ -168,13 +169,16 @@ def save_output(job, name: str, dset, image=None) -> None:
 
 @contextlib.contextmanager
 def lifecycle(job) -> Iterator[Any]:
-    """Run inside `job.run()`: the job ends completed, or failed with our one-line message in its log."""
+    """Run inside `job.run()`: the job ends completed, or failed (errors and Ctrl-C) with a line in its log."""
     with job.run():
         try:
             yield job
         except PupickError as err:
             job.log(f"pupick: error: {err}", level="error")
             raise
+        except KeyboardInterrupt:  # job.run() only fails on Exception; an interrupt would read "completed"
+            job.log("pupick: interrupted", level="error")
+            raise AbortRequested("interrupted; the External job is marked failed") from None
 
 
 def create_job(cs, project: str, workspace: str, title: str, inputs: list[tuple[dict, str]],
@@ -182,7 +186,7 @@ def create_job(cs, project: str, workspace: str, title: str, inputs: list[tuple[
     """Create the External job, add and connect its inputs, add its outputs (network)."""
     job = cs.find_project(project).create_external_job(workspace, title=title)
     for spec, ref in inputs:
-        source_job, source_output = parse_output_ref(ref)
+        source_job, source_output = parse_output_ref(ref, spec["name"])
         job.add_input(**spec)
         job.connect(spec["name"], source_job, source_output)
     for spec in outputs:
@@ -236,6 +240,8 @@ def run_train_job(cs, project: str, workspace: str, exposures_ref: str, particle
         local = target.is_dir() and os.access(target, os.W_OK)
         with tempfile.TemporaryDirectory(prefix="pupick_cryosparc_") as tmp:
             output = (target if local else Path(tmp)) / "pupick_model.pt"
+            if config.cache_dir is None:  # keep preprocessed micrographs out of the job directory
+                config = dataclasses.replace(config, cache_dir=str(Path(tmp) / "cache"))
             result = train_on_exposures(exposures, labels, root, config, output, log=job.log)
             if not local:  # the job directory is not mounted here: upload the files into it
                 for f in (output, output.with_suffix(".train.tsv"), output.with_suffix(".train.png")):

@@ -30,9 +30,7 @@ def _read_labels(path: str | os.PathLike, exposures: pd.DataFrame) -> pd.DataFra
 
 
 def default_match_radius(model: Path | None, config: PickConfig) -> float:
-    """Half the particle diameter in original px (model file, else --diameter-px), else the NMS distance."""
-    if config.min_distance_px:
-        return float(config.min_distance_px)
+    """Half the particle diameter in original px (--diameter-px, else the model's), else the NMS distance."""
     if config.diameter_px:
         return float(config.diameter_px) / 2
     if model is not None:
@@ -41,22 +39,25 @@ def default_match_radius(model: Path | None, config: PickConfig) -> float:
         diameter = load_model(model).config.get("diameter_px")
         if diameter:
             return float(diameter) / 2
+    if config.min_distance_px:
+        return float(config.min_distance_px)
     raise InputError("--labels needs --match-radius (the particle diameter is unknown)")
 
 
 def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model: Path | None, config: PickConfig,
-                 output: Path,
-                 plot: Path | None = None, labels: str | os.PathLike | None = None,
+                 output: Path, plot: Path | None = None, labels: str | os.PathLike | None = None,
                  match_radius: float | None = None, echo: Echo = print) -> PickResult:
     """Pick the exposures of an exposures .cs and write a particles .cs for import into cryoSPARC."""
+    inputs = [exposures_cs] if isinstance(exposures_cs, Path) else list(exposures_cs)
     if output.suffix.lower() != ".cs":
         raise InputError(f"{output}: the particles file must end in .cs")
-    exposures = read_exposures(exposures_cs)
+    if any(output.resolve() == Path(p).resolve() for p in inputs):
+        raise InputError(f"{output}: is an input file; choose another name for the particles")
+    exposures = read_exposures(inputs)
     if len(exposures) == 0:
-        raise InputError(f"{exposures_cs}: no exposures in the file")
+        raise InputError(f"{' + '.join(map(str, inputs))}: no exposures in the file")
     reference = _read_labels(labels, exposures) if labels is not None else None
-    result = pick_exposures(exposures, project_dir, model if model is not None else None, config,
-                            log=echo, salt=f"{output.name}", show_progress=True)
+    result = pick_exposures(exposures, project_dir, model, config, log=echo, salt=output.name, show_progress=True)
     save_dataset(result.particles, output)
     for line in summary_lines(result, len(exposures)):
         echo(line)
@@ -66,10 +67,12 @@ def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model: Path
         from pupick.core.evaluate import evaluate
 
         radius = match_radius or default_match_radius(model, config)
-        picked = exposures.loc[exposures["uid"].isin(result.picked_uids), "micrograph"].astype(str).tolist()
-        evaluation = evaluate(result.picks, reference, radius, micrographs=picked)
+        picked = exposures.loc[exposures["uid"].isin(result.picked_uids), "micrograph"].astype(str)
+        labelled = picked[picked.isin(set(reference["micrograph"]))].tolist()  # incomplete labels: only these
+        evaluation = evaluate(result.picks, reference, radius, micrographs=labelled)
         echo(f"against {labels}: AP {evaluation.ap:.3f}, best F1 {evaluation.best_f1:.3f} at score "
-             f"{evaluation.threshold:.2f} ({evaluation.n_labels} labels, match radius {radius:g} px)")
+             f"{evaluation.threshold:.2f} ({evaluation.n_labels} labels on {len(labelled)} micrographs, "
+             f"match radius {radius:g} px)")
     if plot is not None:
         from pupick.core.io import atomic_path
 

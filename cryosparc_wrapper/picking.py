@@ -83,7 +83,7 @@ def pick_exposures(
         problem = _shape_problem(Path(path), ny, nx)
         if problem:
             failures.append((str(exposures.at[i, "path"]), problem))
-            log(f"warning: {exposures.at[i, 'path']}: {problem}; skipped")
+            log(f"skipped {exposures.at[i, 'path']}: {problem}")
             return
         if not np.isfinite(ny) or not np.isfinite(nx):
             exposures.at[i, "ny"], exposures.at[i, "nx"] = read_shape(path)

@@ -147,7 +147,7 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
                     diameter_A=values["diameter"], workers=1,
                 )
                 run = pick([Path(p) for p in group["path"]], model, config, on_done=on_done,
-                           should_stop=job.abort_requested, progress=False)
+                           should_stop=job.abort_requested, progress=False, log=say)
                 failures.extend(run.failures)
         finally:
             n_listed = _write_list(job.out_dir, args.out_name, mics, rel, job.version)

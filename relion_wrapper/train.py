@@ -67,6 +67,16 @@ def _read_labels(kind: str, source: str) -> pd.DataFrame:
     return labels
 
 
+def _labelled(mics: pd.DataFrame, labels: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The micrographs that have labels (training reads every micrograph it is given, so leave the rest out)."""
+    from pupick.core.tables import describe_mismatch, match_names
+
+    hits = set(match_names(labels["micrograph"].astype(str), mics["path"].tolist(), source).values())
+    if not hits:
+        raise InputError(describe_mismatch(labels["micrograph"], mics["path"].tolist(), source))
+    return mics.iloc[sorted(hits)].reset_index(drop=True)
+
+
 def _pixel_size(mics: pd.DataFrame, source: str) -> float:
     sizes = sorted({round(v, 4) for v in mics["pixel_size"].map(pixel_size_of) if v is not None})
     if not sizes:
@@ -113,11 +123,13 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
         _finished(job, args)
         return
 
-    mics = read_micrographs(args.inputs["in_mics"])
-    pixel_size = _pixel_size(mics, args.inputs["in_mics"])
+    all_mics = read_micrographs(args.inputs["in_mics"])
     labels = _read_labels(kind, source)
-    say(f"{len(labels)} labelled particle(s) from {source}; {len(mics)} micrograph(s) from {args.inputs['in_mics']} "
-        f"at {pixel_size} Å/px; diameter {values['diameter']} Å = {values['diameter'] / pixel_size:.1f} px")
+    mics = _labelled(all_mics, labels, source)
+    pixel_size = _pixel_size(mics, args.inputs["in_mics"])
+    say(f"{len(labels)} labelled particle(s) from {source}; {len(mics)} of the {len(all_mics)} micrograph(s) in "
+        f"{args.inputs['in_mics']} have labels and are used; {pixel_size} Å/px; "
+        f"diameter {values['diameter']} Å = {values['diameter'] / pixel_size:.1f} px")
 
     from pupick.core.config import PreprocessConfig, TrainConfig
     from pupick.core.models import MODELS

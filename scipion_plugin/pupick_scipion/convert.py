@@ -106,12 +106,6 @@ def splitByKey(rows):
     return groups
 
 
-def topPicks(rows, maxPicks):
-    """The maxPicks best-scored rows (all when maxPicks <= 0), best first."""
-    ordered = sorted(rows, key=lambda r: -(r['score'] if r['score'] is not None else -math.inf))
-    return ordered[:maxPicks] if maxPicks and maxPicks > 0 else ordered
-
-
 def _normalized(name):
     return _CS_SUFFIX_RE.sub('', _CS_UID_RE.sub('', stem(name)))
 

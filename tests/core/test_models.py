@@ -8,7 +8,7 @@ from pupick.core.models import (MODELS, ModelConfig, aligned_padding, build, nat
                                 receptive_field)
 
 EXPECTED_RF = {"resnet8": 71, "resnet16": 127, "conv31": 31, "conv63": 63, "conv127": 127}
-CONFIGS = [pytest.param(ModelConfig(arch=a, units=4, pooling=p), id=f"{a}-{p}") for a in MODELS
+CONFIGS = [pytest.param(ModelConfig(arch=a, units=2, pooling=p), id=f"{a}-{p}") for a in MODELS
            for p in ("max", "stride")]
 
 
@@ -21,7 +21,7 @@ def test_registry_has_the_named_models():
 def _support(module: torch.nn.Module, size: int, seed: int = 0) -> tuple[int, int, int, int]:
     """Rows/cols of input pixels with a nonzero gradient for the centre output (union over random inputs)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(8, 1, size, size, generator=g).requires_grad_()
+    x = torch.randn(4, 1, size, size, generator=g).requires_grad_()
     y = module(x)
     cy, cx = y.shape[2] // 2, y.shape[3] // 2
     y[:, 0, cy, cx].sum().backward()
@@ -35,7 +35,7 @@ def _support(module: torch.nn.Module, size: int, seed: int = 0) -> tuple[int, in
 def test_receptive_field_by_gradient(cfg: ModelConfig, dense: bool):
     rf = receptive_field(cfg)
     module = build(cfg).eval().set_dense(dense)
-    size = rf + 4 * native_stride(cfg)
+    size = rf + 2 * native_stride(cfg)
     r0, r1, c0, c1 = _support(module, size)
     assert r1 - r0 + 1 == rf and c1 - c0 + 1 == rf
     # the window is centred on the output's nominal position
@@ -50,12 +50,12 @@ def test_dense_map_equals_native_map_at_its_positions(cfg: ModelConfig):
     torch.manual_seed(0)
     module = build(cfg).eval()
     j = native_stride(cfg)
-    x = torch.randn(1, 1, 37 + 2 * aligned_padding(cfg), 30 + 2 * aligned_padding(cfg))
+    x = torch.randn(1, 1, 21 + 2 * aligned_padding(cfg), 14 + 2 * aligned_padding(cfg))
     with torch.no_grad():
         native = module.set_dense(False)(x)
         dense = module.set_dense(True)(x)
-    assert tuple(dense.shape[2:]) == output_shape((37, 30), cfg, dense=True) == (37, 30)
-    assert tuple(native.shape[2:]) == output_shape((37, 30), cfg, dense=False)
+    assert tuple(dense.shape[2:]) == output_shape((21, 14), cfg, dense=True) == (21, 14)
+    assert tuple(native.shape[2:]) == output_shape((21, 14), cfg, dense=False)
     torch.testing.assert_close(dense[:, :, ::j, ::j], native, rtol=1e-4, atol=1e-5)
 
 

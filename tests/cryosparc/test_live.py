@@ -5,6 +5,8 @@ converters and pydantic job-spec models, the CryoSPARC client up to its first HT
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import io
 import re
 import socket
@@ -24,7 +26,7 @@ from cs_project import DIAMETER_PX, NAMES
 
 from pupick.adapters.cryosparc import PARTICLE_FIELDS, exposures_from_dataset, picks_from_dataset, write_particles
 from pupick.core.config import PickConfig
-from pupick.core.errors import InputError
+from pupick.core.errors import InputError, PupickError
 from pupick.cryosparc import live
 from pupick.cryosparc.cli import cli, main
 from pupick.cryosparc.picking import micrographs_passthrough, pick_exposures, score_figure
@@ -98,7 +100,32 @@ def test_check_uids():
 
 def test_connection_kwargs_5x_base_url():
     kw = live.connection_kwargs(live.Connection(url="csparc.example.org:39000", email="a@b.c", password="pw"))
-    assert kw == {"base_url": "http://csparc.example.org:39000", "email": "a@b.c", "password": "pw"}
+    assert kw == {"base_url": "http://csparc.example.org:39000", "host": None, "base_port": None,
+                  "email": "a@b.c", "password": "pw"}
+
+
+def test_connection_kwargs_5x_tools_with_host_and_port():
+    kw = live.connection_kwargs(live.Connection(host="csparc", base_port=39000, email="a@b.c"))
+    assert kw == {"base_url": None, "host": "csparc", "base_port": 39000, "email": "a@b.c"}
+
+
+def test_environment_of_the_other_style_does_not_leak(monkeypatch):
+    """CryoSPARC() fills host/base_port from the environment by default; ours are explicit, so --url works."""
+    monkeypatch.setenv("CRYOSPARC_MASTER_HOSTNAME", "oldhost")
+    kw = live.connection_kwargs(live.Connection(url="http://new:39000", email="a@b.c", password="pw"))
+    bound = inspect.signature(CryoSPARC.__init__).bind(None, **kw)
+    assert bound.arguments["host"] is None and bound.arguments["base_url"] == "http://new:39000"
+
+
+def test_command_line_url_beats_environment_host(monkeypatch, capsys):
+    monkeypatch.setenv("CRYOSPARC_MASTER_HOSTNAME", "127.0.0.1")
+    monkeypatch.setenv("CRYOSPARC_BASE_PORT", "1")
+    port = closed_port()
+    with pytest.raises(SystemExit):
+        main(["pick", "--project", "P3", "--workspace", "W1", "--exposures", "J12.exposures_accepted",
+              "--method", "blob", "--diameter-px", "56", "--url", f"http://127.0.0.1:{port}",
+              "--email", "a@b.c", "--password", "pw"])
+    assert f"cannot connect to cryoSPARC at http://127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_connection_kwargs_4x_host_port_license():
@@ -285,7 +312,7 @@ def test_upload_reaches_the_connection(cs_project, demo_labels, tmp_path, capsys
 def test_progress_logger_uses_named_events_when_the_tools_have_them():
     from cryosparc.controllers.job import ExternalJobController
 
-    assert "name" in __import__("inspect").signature(ExternalJobController.log).parameters  # tools 5.x
+    assert "name" in inspect.signature(ExternalJobController.log).parameters  # tools 5.x
     lines = []
 
     def log5(text, *, level="text", name=None):
@@ -301,3 +328,54 @@ def test_progress_logger_uses_named_events_when_the_tools_have_them():
     for done in range(1, 6):
         progress(done, 5, "m", 1)
     assert [t for t, _ in lines] == ["[1/5] m: 1 picks", "[2/5] m: 1 picks", "[4/5] m: 1 picks", "[5/5] m: 1 picks"]
+
+
+def test_live_cli_checks_refs_and_model_before_connecting(tmp_path, capsys):
+    url = f"http://127.0.0.1:{closed_port()}"
+    with pytest.raises(SystemExit):
+        main(["train", "--project", "P3", "--workspace", "W1", "--exposures", "J12.exposures_accepted",
+              "--particles", "particles.cs", "--url", url])
+    err = capsys.readouterr().err
+    assert "--particles: expected a job output like J12.exposures_accepted, got 'particles.cs'" in err
+    (tmp_path / "model.pt").write_bytes(b"not a model")
+    with pytest.raises(SystemExit):
+        main(["pick", "--project", "P3", "--workspace", "W1", "--exposures", "J12.exposures_accepted",
+              "--model", str(tmp_path / "model.pt"), "--url", url])
+    err = capsys.readouterr().err
+    assert "model.pt" in err and "cannot connect" not in err and err.count("\n") == 1
+
+
+class NetworklessJob:
+    """cryosparc-tools' own ExternalJobController.run(), with only its two HTTP calls (start/stop) recorded."""
+
+    from cryosparc.controllers.job import ExternalJobController as _real
+
+    run = _real.run
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, status="waiting"):
+        self.calls.append(("start", status))
+
+    def stop(self, error=""):
+        self.calls.append(("stop", "failed" if error else "completed"))
+
+    def log(self, text, *, level="text", name=None):
+        self.calls.append(("log", level, text))
+
+
+@pytest.mark.parametrize("raised,status,logged", [
+    (None, "completed", None),
+    (InputError("mic.mrc: no such file"), "failed", "pupick: error: mic.mrc: no such file"),
+    (KeyboardInterrupt(), "failed", "pupick: interrupted"),
+])
+def test_lifecycle_always_leaves_success_or_failure(raised, status, logged):
+    job = NetworklessJob()
+    with pytest.raises(PupickError) if raised is not None else contextlib.nullcontext():
+        with live.lifecycle(job):
+            if raised is not None:
+                raise raised
+    assert job.calls[0] == ("start", "running") and job.calls[-1] == ("stop", status)
+    logs = [c[2] for c in job.calls if c[0] == "log" and c[1] == "error"]
+    assert logs == ([logged] if logged else [])

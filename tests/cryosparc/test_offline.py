@@ -221,3 +221,12 @@ def test_help_lists_both_modes():
                    "--email", "--project", "--workspace"):
         assert option in out
     assert "CRYOSPARC_BASE_URL" in out
+
+
+def test_output_may_not_overwrite_the_exposures(cs_project, tmp_path, capsys):
+    copy = tmp_path / "exposures.cs"
+    copy.write_bytes(cs_project.exposures_cs.read_bytes())
+    code, err = run_main(["pick", "--exposures", str(copy), "--project-dir", str(cs_project.root),
+                          "--method", "blob", "--diameter-px", "56", "-o", str(copy)], capsys)
+    assert code == 1 and "is an input file" in err
+    assert copy.read_bytes() == cs_project.exposures_cs.read_bytes()

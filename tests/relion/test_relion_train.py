@@ -12,7 +12,7 @@ from pupick.core.modelfile import load_model
 from relion_project import DIAMETER_A, PIXEL_SIZE, STEMS, exit_files, make_project, run_external
 
 EXE = "pupick_relion_train"
-SHORT = {"diameter": str(DIAMETER_A), "epochs": "1", "steps_per_epoch": "2", "test_split": "0",
+SHORT = {"diameter": str(DIAMETER_A), "epochs": "1", "steps_per_epoch": "1", "test_split": "0",
          "expected_particles": "150"}
 
 
@@ -27,7 +27,7 @@ def _nodes(job) -> list[tuple[str, str]]:
 ])
 def test_train_from_picks_or_particles(tmp_path, demo_labels_df, version, labels_from, model_label):
     project = make_project(tmp_path / "project", version)
-    project.write_micrographs(STEMS[:2])
+    project.write_micrographs(STEMS[:3])  # the third has no labels: left out of training
     project.write_manual_picks(demo_labels_df, STEMS[:2])
     project.write_particles(demo_labels_df, STEMS[:2])
     labels = project.coords_list if labels_from == "in_coords" else project.particles_star
@@ -47,7 +47,8 @@ def test_train_from_picks_or_particles(tmp_path, demo_labels_df, version, labels
     n_labels = int(demo_labels_df["micrograph"].isin(STEMS[:2]).sum())
     summary = json.loads((job / "training.json").read_text())
     assert summary["n_labels"] == n_labels and summary["labels"] == labels
-    assert f"{n_labels} labelled particle(s) from {labels}" in (job / "run.out").read_text()
+    assert f"{n_labels} labelled particle(s) from {labels}; 2 of the 3 micrograph(s)" in (job / "run.out").read_text()
+    assert model.config["provenance"]["micrographs"] == STEMS[:2]
 
     # RELION's continue: the finished model is kept, nodes are listed again
     stamp = (job / "model.pt").stat().st_mtime_ns

@@ -7,8 +7,7 @@ from pwem.objects import Coordinate
 from pwem.protocols import ProtParticlePickingAuto
 
 from ..constants import SCORE_ATTR
-from ..convert import (ConvertError, boxSizeRule, linkMicrographs, readPicks, splitByKey, topPicks,
-                       writeRows)
+from ..convert import ConvertError, boxSizeRule, linkMicrographs, readPicks, splitByKey, writeRows
 from .common import PupickProtocolMixin, addExtraParams, addGpuParams
 
 MODEL_FROM_PROTOCOL = 0
@@ -91,6 +90,8 @@ class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
             args += ['--threshold', '%g' % self.threshold.get()]
         if self.minDistance.get():
             args += ['--min-distance', str(self.minDistance.get())]
+        if self.maxPicks.get():
+            args += ['--max-picks', str(self.maxPicks.get())]
         self._runPupick(args + self._deviceArgs() + self._extraArgs())
 
         groups = splitByKey(readPicks(os.path.join(outDir, 'picks.csv')))
@@ -99,7 +100,7 @@ class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
             raise ConvertError('pupick returned picks for micrographs outside this batch (ids %s)'
                                % ', '.join(str(i) for i in sorted(unknown)))
         for mic in micList:
-            rows = topPicks(groups.get(mic.getObjId(), []), self.maxPicks.get())
+            rows = groups.get(mic.getObjId(), [])
             writeRows(self._getMicCoordsFile(mic), ['x', 'y', 'score'],
                       [(r['x'], r['y'], r['score']) for r in rows])
 

@@ -12,7 +12,7 @@ import pupick_scipion
 from pupick_scipion import runner
 from pupick_scipion.constants import PUPICK_ACTIVATION_VAR, PUPICK_VAR
 from pupick_scipion.convert import (ConvertError, MicrographMatcher, boxSizeRule, linkMicrographs, micIdFromKey,
-                                    micKey, readPicks, splitByKey, stem, topPicks, writeRows)
+                                    micKey, readPicks, splitByKey, stem, writeRows)
 from pupick_scipion.protocols.protocol_train import bestValidationAp
 
 PROTOCOLS = ['ProtPupickImportCoordinates', 'ProtPupickTrain', 'ProtPupickPick']
@@ -178,8 +178,7 @@ class TestConvert(unittest.TestCase):
             rows = readPicks(path)
             groups = splitByKey(rows)
             self.assertEqual(sorted(groups), [1, 2])
-            self.assertEqual([r['score'] for r in topPicks(groups[1], 1)], [3.0])
-            self.assertEqual(len(topPicks(groups[1], 0)), 2)
+            self.assertEqual([(r['x'], r['y'], r['score']) for r in groups[1]], [(10.4, 20.6, 1.5), (30, 40, 3.0)])
             writeRows(path, ['micrograph', 'x', 'y'], [('a', 'ten', 3)])
             with self.assertRaises(ConvertError) as ctx:
                 readPicks(path)

@@ -1,0 +1,109 @@
+"""Scoring: tiles stitch into the untiled map, modes agree, maps align with the image, devices are checked."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pupick.core.config import PickConfig
+from pupick.core.errors import InputError
+from pupick.core.models import ModelConfig, build
+from pupick.core.score import Scorer, choose_device, choose_precision, score_micrograph, upsample_map
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A narrow ResNet8 with non-trivial batch-norm statistics, in eval mode."""
+    torch.manual_seed(0)
+    m = build(ModelConfig(arch="resnet8", units=4))
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.default_rng(0).normal(size=(203, 150)).astype(np.float32)
+
+
+def reference(module, image, dense):
+    """The unprepared module on the whole padded image (no tiles, no folding, fp32)."""
+    p = module.receptive_field // 2
+    module.set_dense(dense)
+    with torch.no_grad():
+        out = module(torch.from_numpy(np.pad(image, p))[None, None])[0, 0].numpy()
+    module.set_dense(False)
+    return out
+
+
+@pytest.mark.parametrize("stride", ["dense", "fast"])
+def test_stitched_tiles_equal_the_untiled_map(tiny, image, stride):
+    ref = reference(tiny, image, stride == "dense")
+    for tile in (32, 48, 4096):
+        got = Scorer(tiny, PickConfig(stride=stride, precision="fp32", device="cpu", tile_size=tile)).coarse(image)
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_fast_map_samples_the_dense_map_and_keeps_the_image_grid(tiny, image):
+    cfg = dict(precision="fp32", device="cpu")
+    dense = Scorer(tiny, PickConfig(stride="dense", **cfg))(image)
+    fast_scorer = Scorer(tiny, PickConfig(stride="fast", **cfg))
+    coarse = fast_scorer.coarse(image)
+    j = fast_scorer.stride
+    assert j == 4
+    np.testing.assert_allclose(coarse, dense[::j, ::j], atol=2e-5)
+    fast = fast_scorer(image)
+    assert fast.shape == dense.shape == image.shape
+    np.testing.assert_allclose(fast[::j, ::j], coarse, atol=1e-5)  # interpolation passes through the samples
+
+
+def test_map_is_aligned_with_the_image(tiny):
+    # a window-local network: moving the image content moves the map by the same pixels
+    rng = np.random.default_rng(2)
+    img = np.zeros((160, 160), np.float32)
+    img[40:120, 40:120] = rng.normal(size=(80, 80))
+    shifted = np.roll(img, (7, -5), axis=(0, 1))
+    s = Scorer(tiny, PickConfig(stride="dense", precision="fp32", device="cpu"))
+    a, b = s(img), s(shifted)
+    np.testing.assert_allclose(np.roll(a, (7, -5), axis=(0, 1))[20:140, 20:140], b[20:140, 20:140], atol=2e-5)
+
+
+def test_scoring_leaves_the_callers_module_alone(tiny, image):
+    tiny.train()
+    score_micrograph(tiny, image, PickConfig(stride="dense", precision="fp32", device="cpu"))
+    assert tiny.training and not tiny.dense
+    tiny.eval()
+
+
+def test_bf16_is_close_to_fp32(tiny, image):
+    a = score_micrograph(tiny, image, PickConfig(precision="fp32", device="cpu"))
+    b = score_micrograph(tiny, image, PickConfig(precision="bf16", device="cpu"))
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
+def test_upsample_passes_through_samples_and_covers_the_edge():
+    coarse = np.arange(12, dtype=np.float32).reshape(3, 4)
+    up = upsample_map(coarse, 4, (11, 15))
+    assert up.shape == (11, 15)
+    np.testing.assert_allclose(up[::4, ::4], coarse, atol=1e-5)
+
+
+def test_device_and_precision_choice():
+    assert choose_device("cpu").type == "cpu"
+    assert choose_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(InputError, match="device"):
+        choose_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            choose_device("cuda:0")
+    assert choose_precision("fp32", torch.device("cpu")) == torch.float32
+    assert choose_precision("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+    with pytest.raises(InputError, match="precision"):
+        choose_precision("fp8", torch.device("cpu"))
+    with pytest.raises(InputError, match="stride"):
+        Scorer(build(ModelConfig(units=2)), PickConfig(stride="sparse"))
