@@ -11,6 +11,7 @@ labels with match radius = half the diameter. Reports the median over seeds.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -44,9 +45,10 @@ def run_one(set_dir: str, seed: int, overrides: dict, threads: int) -> dict:
     bset = load_set(set_dir)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = bset.train_config(seed=seed, **overrides)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = train(bset.train, bset.train_labels, cfg, Path(tmp) / "model.pt", progress=False, log=lambda m: None)
         train_seconds = time.perf_counter() - t0
+        train_cpu_seconds = time.process_time() - c0  # all threads; on a busy shared machine wall time inflates
         model = load_model(result.model_path)
         pick_cfg = bset.pick_config()
         scorer = Scorer(model, pick_cfg)
@@ -61,7 +63,8 @@ def run_one(set_dir: str, seed: int, overrides: dict, threads: int) -> dict:
         pick_seconds = (time.perf_counter() - t1) / max(1, len(bset.test))
         ev = evaluate_test(pd.concat(frames, ignore_index=True), bset)
     ev.pop("curve", None)
-    return {"set": bset.name, "seed": seed, "train_seconds": train_seconds, "pick_seconds_per_micrograph": pick_seconds,
+    return {"set": bset.name, "seed": seed, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
+            "load_average": os.getloadavg()[0], "pick_seconds_per_micrograph": pick_seconds,
             "best_epoch": result.best_epoch, "val_ap": result.best_ap, "pi": result.pi, **ev}
 
 
@@ -96,13 +99,14 @@ def main(argv: list[str] | None = None) -> None:
             per_seed.append(r)
             runs.append(r)
             print(f"{bset.name} seed {seed}: AP {r['ap']:.3f} F1 {r['best_f1']:.3f} train {r['train_seconds']:.1f} s "
-                  f"(best epoch {r['best_epoch']}, val AP {r['val_ap']:.3f}) RSS {m.peak_rss_mb:.0f} MB", flush=True)
+                  f"(cpu {r['train_cpu_seconds']:.1f} s, load {r['load_average']:.1f}; best epoch {r['best_epoch']}, "
+                  f"val AP {r['val_ap']:.3f}) RSS {m.peak_rss_mb:.0f} MB", flush=True)
         if not per_seed:
             continue
         med = lambda k: statistics.median(r[k] for r in per_seed)  # noqa: E731
         topaz_ap, topaz_s = TOPAZ.get(bset.name, (None, None))
         row = quality_row(bset.name, "cnn", ap=med("ap"), best_f1=med("best_f1"), train_seconds=med("train_seconds"),
-                          peak_rss_mb=med("peak_rss_mb"), pick_seconds_per_micrograph=med("pick_seconds_per_micrograph"),
+                          train_cpu_seconds=med("train_cpu_seconds"), peak_rss_mb=med("peak_rss_mb"), pick_seconds_per_micrograph=med("pick_seconds_per_micrograph"),
                           precision=med("precision"), recall=med("recall"),
                           picks_per_micrograph=med("picks_per_micrograph"), ap_runs=[r["ap"] for r in per_seed],
                           notes=f"median of seeds {seeds}")

@@ -42,9 +42,10 @@ def _band_pass(image: np.ndarray, sigma: float, workers: int) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _robust_standardise(values: np.ndarray, seed: int = 0) -> np.ndarray:
-    """(values - median) / (1.4826 MAD), the statistics taken on a fixed-seed subsample for speed."""
-    flat = values.ravel()
+def _robust_standardise(values: np.ndarray, margin: int, seed: int = 0) -> np.ndarray:
+    """(values - median) / (1.4826 MAD), the statistics taken away from the edges on a fixed-seed subsample."""
+    inner = values[margin:values.shape[0] - margin, margin:values.shape[1] - margin] if margin > 0 else values
+    flat = (inner if inner.size else values).ravel()
     if flat.size > _STATS_SAMPLES:
         flat = flat[np.random.default_rng(seed).choice(flat.size, _STATS_SAMPLES, replace=False)]
     centre = float(np.median(flat))
@@ -59,6 +60,7 @@ def blob_score_map(
     diameter_ds: float,
     dark: bool = True,
     exclude_carbon: bool = False,
+    edge_margin: float | None = None,
     workers: int = -1,
 ) -> np.ndarray:
     """Score map (float32, same shape as `image_ds`) of particle-sized blobs: higher = more particle-like.
@@ -66,8 +68,9 @@ def blob_score_map(
     The response is the scale-normalised Laplacian of Gaussian at sigma = SIGMA_PER_RADIUS * radius, signed so that
     dark particles (the usual cryo-EM contrast) score high when `dark` (light ones otherwise), and standardised per
     micrograph by its median and MAD: a score of 3 is three robust standard deviations above the background, so
-    scores read like logits (0 = background level; threshold or take the top N). With `exclude_carbon`, pixels that
-    `ice_mask` flags get MASKED_SCORE.
+    scores read like logits (0 = background level; threshold or take the top N). Pixels closer than `edge_margin`
+    (downsampled px; default one particle radius) to the image edge, where a particle would be cut off and the
+    filter sees padding, and with `exclude_carbon` the pixels that `ice_mask` flags, get MASKED_SCORE.
     """
     image = np.asarray(image_ds, dtype=np.float32)
     if image.ndim != 2:
@@ -82,10 +85,51 @@ def blob_score_map(
     sigma = max(SIGMA_PER_RADIUS * diameter_ds / 2.0, 0.5)
     response = _band_pass(image, sigma, workers)
     # LoG is positive at a local minimum of intensity (a dark blob); light particles flip the sign
-    score = _robust_standardise(response if dark else -response)
+    margin = int(np.ceil(diameter_ds / 2.0 if edge_margin is None else max(0.0, edge_margin)))
+    margin = min(margin, (min(image.shape) - 1) // 2)
+    score = _robust_standardise(response if dark else -response, margin)
+    keep = np.ones(score.shape, dtype=bool)
+    if margin > 0:
+        keep[:margin] = keep[-margin:] = False
+        keep[:, :margin] = keep[:, -margin:] = False
     if exclude_carbon:
-        score[~ice_mask(image, diameter_ds)] = MASKED_SCORE
-    return score
+        keep &= ice_mask(image, diameter_ds)
+    return mask_scores(score, keep)
+
+
+def _local_maxima(score: np.ndarray) -> np.ndarray:
+    return score >= scipy.ndimage.maximum_filter(score, size=3, mode="nearest")
+
+
+def mask_scores(score: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Set score to MASKED_SCORE outside `keep`, without creating peaks at the mask's edge.
+
+    Cutting a map leaves the pixels just inside the cut as local maxima wherever the score was still rising across
+    it; NMS would pick them (junk picks at every edge and carbon boundary). Such pixels, which were no peak before
+    the cut, are masked too, repeatedly, so the surviving peaks are exactly the original peaks inside `keep`.
+    """
+    out = np.array(score, dtype=np.float32, copy=True)
+    if keep.all():
+        return out
+    was_peak = _local_maxima(out)
+    out[~keep] = MASKED_SCORE
+    band = scipy.ndimage.binary_dilation(~keep, structure=np.ones((3, 3), bool)) & keep
+    while True:
+        # only pixels next to the masked area can turn into new peaks
+        ys, xs = np.nonzero(band)
+        if ys.size == 0:
+            break
+        y0, y1 = max(0, ys.min() - 1), min(out.shape[0], ys.max() + 2)
+        x0, x1 = max(0, xs.min() - 1), min(out.shape[1], xs.max() + 2)
+        window = out[y0:y1, x0:x1]
+        new_peak = _local_maxima(window) & ~was_peak[y0:y1, x0:x1] & band[y0:y1, x0:x1]
+        if not new_peak.any():
+            break
+        window[new_peak] = MASKED_SCORE
+        grown = np.zeros(out.shape, dtype=bool)
+        grown[y0:y1, x0:x1] = new_peak
+        band = scipy.ndimage.binary_dilation(grown, structure=np.ones((3, 3), bool)) & (out > MASKED_SCORE)
+    return out
 
 
 def ice_mask(
@@ -94,6 +138,7 @@ def ice_mask(
     fit: MixtureFit | None = None,
     window_diameters: float = 2.0,
     min_separation: float = 3.0,
+    min_contrast: float = 0.75,
     seed: int = 0,
 ) -> np.ndarray:
     """Boolean mask, True on ice: False where the local mean intensity belongs to a component far from the ice.
@@ -101,9 +146,11 @@ def ice_mask(
     The micrograph is smoothed over `window_diameters` particle diameters (so single particles and noise do not
     count), then the same two-component mixture as the GMM normalisation is fitted to the smoothed values (or `fit`
     is used when given, fitted to such smoothed values). A pixel is off-ice where the non-ice component is the more
-    likely one AND it lies more than `min_separation` ice standard deviations from the ice mean; flagged regions are
-    grown by one particle radius, since picks at a carbon edge are junk too. An image without a distinct second
-    component comes back all True.
+    likely one AND it lies more than `min_separation` standard deviations of the smoothed ice AND more than
+    `min_contrast` from the ice mean, in the units of the normalised image (its per-pixel ice noise is 1): a slow
+    ice-thickness gradient is bimodal after smoothing too, but its contrast stays well below carbon's. Flagged regions
+    are grown by one particle radius, since picks at a carbon edge are junk too. Without such a region the mask is all
+    True.
     """
     image = np.asarray(image_ds, dtype=np.float32)
     if not (np.isfinite(diameter_ds) and diameter_ds > 0):
@@ -112,7 +159,7 @@ def ice_mask(
                                           mode="reflect")
     if fit is None:
         fit = fit_mixture(smooth, seed=seed)
-    far = np.abs(smooth - np.float32(fit.ice_mean)) > min_separation * fit.std
+    far = np.abs(smooth - np.float32(fit.ice_mean)) > max(min_separation * fit.std, min_contrast)
     other = fit.ice_probability(smooth) < 0.5
     off = far & other
     if not off.any():

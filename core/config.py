@@ -68,19 +68,20 @@ class TrainConfig:
     expected_particles: float | None = None  # per micrograph; None: from the labels (with a warning)
     label_radius: int = 3  # positive-label radius, downsampled pixels
     unlabeled_samples: int = 256  # N, unlabeled outputs per step in the GE penalty
-    epochs: int = 10
-    steps_per_epoch: int = 50
+    epochs: int = 6
+    steps_per_epoch: int = 10
     batch_size: int = 8  # tiles per step
-    tile_size: int = 256  # downsampled pixels, output tile (input adds the receptive field)
-    learning_rate: float = 2e-4
+    tile_size: int = 128  # downsampled pixels, output tile (input adds the receptive field)
+    learning_rate: float = 1e-3
     weight_decay: float = 0.0
     test_split: float = 0.2
-    augment_rotations: str = "90"  # 90 | any | none
+    augment_rotations: str = "90"  # 90 (random 90° rotations and flips) | none
     seed: int = 0
     device: str = "auto"
-    workers: int = 0
+    workers: int = 0  # unused: tiles are cut in the training thread (cheap next to a step)
     cache_dir: str | None = None
     precision: str = "auto"  # auto (bf16 autocast where the hardware has it) | fp32 | bf16; weights stay fp32
+    calibration_batches: int = 4  # batches that re-estimate batch-norm statistics after each epoch
     validation_stride: str = "fast"  # scorer mode for per-epoch validation AP: fast (native stride) | dense
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,7 +5,6 @@ Loadable with ``torch.load(..., weights_only=True)``: no pickled modules, datacl
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +102,3 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     module.to(device).eval()
     return LoadedModel(module, config, receptive_field(mcfg), native_stride(mcfg), file_sha256(path), path)
 
-
-def is_finite_number(x: Any) -> bool:
-    """True for a real, finite number (not bool)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -46,7 +46,10 @@ def plot_overlay(image: np.ndarray, picks: pd.DataFrame, target: str | os.PathLi
     plt = _pyplot()
     img = np.asarray(image, dtype=np.float32)
     step = max(1, int(np.ceil(max(img.shape) / max_side)))
-    shown = img[::step, ::step]
+    from scipy.ndimage import gaussian_filter
+
+    # a light low-pass (display only) so particles stand out of the shot noise
+    shown = gaussian_filter(img, sigma=max(1.0, radius / 12))[::step, ::step]
     lo, hi = np.percentile(shown, [1, 99])
     h, w = img.shape
     fig, ax = plt.subplots(figsize=(8, 8 * h / w), dpi=max(60, int(min(max_side, max(h, w)) / 8)))

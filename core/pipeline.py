@@ -54,7 +54,7 @@ class _Plan:
     def __init__(self, model: Any, config: PickConfig, log: Callable[[str], None]) -> None:
         self.config = config
         self.log = log
-        self.warned: set[float] = set()
+        self.warned: set = set()
         if config.method == "blob":
             if model is not None:
                 raise InputError("the blob picker takes no model (drop --model or use --method cnn)")
@@ -87,6 +87,10 @@ class _Plan:
             factor = float(cfg.factor) if cfg.factor else float(choose_factor(d))
             return factor, d
         factor, d = self.model_factor, self.model_diameter
+        if cfg.pixel_size and not self.model_ps and "unknown" not in self.warned:
+            self.warned.add("unknown")
+            self.log("warning: the model records no pixel size, so --pixel-size cannot rescale; micrographs are "
+                     f"downsampled by the model's factor {self.model_factor:g}")
         if ps and self.model_ps and abs(ps / self.model_ps - 1) > PIXEL_SIZE_TOLERANCE:
             ratio = self.model_ps / ps  # original pixels of this micrograph per original pixel of the model's
             factor = self.model_factor * ratio

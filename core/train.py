@@ -65,7 +65,32 @@ def _cache_key(path: Path, config: TrainConfig) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
+def _preprocessed_entry(path: Path) -> dict | None:
+    """The manifest entry when `path` is an output of `pupick preprocess` (its folder holds the manifest)."""
+    from .preprocess import MANIFEST
+
+    manifest = path.parent / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        doc = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{manifest}: unreadable preprocessing manifest") from None
+    entry = doc.get("micrographs", {}).get(stem(path))
+    if entry is None:
+        return None
+    return {**entry, "normalize": doc.get("settings", {}).get("normalize")}
+
+
 def _load_one(path: Path, config: TrainConfig, cache: Path | None) -> tuple[np.ndarray, float, float | None, tuple]:
+    entry = _preprocessed_entry(path)
+    if entry is not None:  # already downsampled and normalised: use as is; labels stay in the source's pixels
+        if entry.get("normalize") != config.preprocess.normalize:
+            raise InputError(f"{path}: preprocessed with normalisation {entry.get('normalize')!r}, "
+                             f"but training asks for {config.preprocess.normalize!r}")
+        image = read_micrograph(path).image
+        ps = entry.get("pixel_size")
+        return image, float(entry["factor"]), (float(ps) if ps else None), tuple(int(v) for v in entry["shape"])
     target = cache / f"{stem(path)}-{_cache_key(path, config)}.npz" if cache is not None else None
     if target is not None and target.exists():
         try:
@@ -156,6 +181,28 @@ def _validate(module: torch.nn.Module, mics: list[_Mic], radius_px: float, model
     return float(result.ap), float(result.best_f1)
 
 
+def _recalibrate_batchnorm(module: torch.nn.Module, batches: list[torch.Tensor],
+                           autocast: Callable[[], contextlib.AbstractContextManager]) -> None:
+    """Re-estimate batch-norm running statistics as plain averages over `batches` with the final weights.
+
+    With few steps, the exponential running averages still mix in statistics of much earlier weights, which makes
+    eval-mode scores drift from what training saw.
+    """
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    module.train()
+    with torch.no_grad(), autocast():
+        for x in batches:
+            module(x)
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom
+
+
 def _plot(history: pd.DataFrame, target: Path) -> None:
     import matplotlib
 
@@ -204,6 +251,8 @@ def train(
         raise InputError(f"unknown objective {config.objective!r}; choose from {', '.join(OBJECTIVES)}")
     if config.epochs < 1 or config.steps_per_epoch < 1:
         raise InputError("epochs and steps per epoch must be >= 1")
+    if config.augment_rotations not in ("90", "none"):
+        raise InputError(f"augmentation {config.augment_rotations!r}: choose 90 (90° rotations and flips) or none")
     if not config.label_radius >= 0:
         raise InputError(f"label radius must be >= 0 (got {config.label_radius})")
     from .models import MODELS
@@ -293,12 +342,15 @@ def train(
 
     device = choose_device(config.device)
     torch.manual_seed(config.seed)
-    module = build(model_cfg).to(device).to(memory_format=torch.channels_last)
+    module = build(model_cfg)
+    with torch.no_grad():  # start calibrated at the prior: otherwise the first hundreds of steps only move this bias
+        module.classifier.bias.fill_(math.log(pi / (1 - pi)))
+    module = module.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     pad = rf // 2
     out = max(stride, min(config.tile_size, max(max(m.shape) for m in masks)) // stride * stride)
     sampler = TileSampler([np.pad(m.image, pad) for m in train_mics], masks, out, pad, stride,
-                          "none" if config.augment_rotations == "none" else "90")
+                          config.augment_rotations)
     rng = np.random.default_rng([config.seed, 2])
     gen = torch.Generator().manual_seed(config.seed + 3)
     autocast = lambda: _precision_context(config.precision, device)  # noqa: E731
@@ -306,6 +358,10 @@ def train(
     radius_px = diameter / 2 if diameter else 20.0 * factor  # NMS distance and match radius (original px)
     pick_config = PickConfig(device=str(device), precision=config.precision, threshold=-1e9,
                              stride=config.validation_stride)
+
+    calib_rng = np.random.default_rng([config.seed, 4])  # its own stream: calibration never shifts training's draws
+    calibration = [torch.from_numpy(sampler.sample(calib_rng, config.batch_size)[0]).to(device).contiguous(
+        memory_format=torch.channels_last) for _ in range(config.calibration_batches)]
 
     from tqdm import tqdm
 
@@ -330,6 +386,7 @@ def train(
             losses.append(float(loss.detach()))
             bar.update()
         ap = f1 = math.nan
+        _recalibrate_batchnorm(module, calibration, autocast)
         if val_mics:
             module.eval()
             ap, f1 = _validate(module, val_mics, radius_px, {}, pick_config)

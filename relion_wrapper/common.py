@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,11 +29,24 @@ def run_external(program: str, body: Callable[[RelionJob, ExternalArgs], None], 
         report_error(None, f"{program}: error: --o (the job's output directory) is missing; "
                            "this program is meant to be run by RELION's External job")
         return 1
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        report_error(None, f"{program}: error: cannot create the job directory {out} ({err.strerror})")
+        return 1
     with relion_job(out, program=program) as job:
         say(f"{program} {' '.join(argv)}")
         args = parse_external(argv)
         body(job, args)
     return job.exit_code
+
+
+def end_process(code: int) -> None:
+    """Exit at once: the exit file is written and every output closed, and tearing down torch after an abort
+    can take many seconds in which RELION would still see a running process."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def set_version(job: RelionJob, override: str | None) -> None:

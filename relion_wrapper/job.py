@@ -1,7 +1,6 @@
 """The lifecycle of one RELION External job run: always exactly one exit file, output nodes before SUCCESS."""
 from __future__ import annotations
 
-import _thread
 import contextlib
 import os
 import signal
@@ -21,7 +20,6 @@ FAILURE = "RELION_JOB_EXIT_FAILURE"
 ABORTED = "RELION_JOB_EXIT_ABORTED"
 EXIT_FILES = (SUCCESS, FAILURE, ABORTED)
 ABORT_NOW = "RELION_JOB_ABORT_NOW"  # created by RELION's Abort button
-WATCH_SIGNAL = signal.SIGUSR1  # handler slot used by abort_watch (simulated with _thread.interrupt_main)
 
 
 class Terminated(PupickError):
@@ -46,34 +44,6 @@ class RelionJob:
         """Raise AbortRequested if RELION asked the job to stop."""
         if self.abort_requested():
             raise AbortRequested("abort requested (RELION_JOB_ABORT_NOW)")
-
-    @contextlib.contextmanager
-    def abort_watch(self, interval: float = 0.5) -> Iterator[None]:
-        """Stop the body as soon as the abort file appears, for long steps with no check point of their own
-        (a watcher thread makes the main thread raise AbortRequested at its next Python instruction)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        stop = threading.Event()
-
-        def on_signal(signum, frame):  # noqa: ARG001
-            raise AbortRequested("abort requested (RELION_JOB_ABORT_NOW)")
-
-        def watch() -> None:
-            while not stop.wait(interval):
-                if self.abort_requested():
-                    _thread.interrupt_main(WATCH_SIGNAL)  # runs on_signal in the main thread; no OS signal is sent
-                    return
-
-        previous = signal.signal(WATCH_SIGNAL, on_signal)
-        watcher = threading.Thread(target=watch, name="relion-abort-watch", daemon=True)
-        watcher.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            watcher.join()
-            signal.signal(WATCH_SIGNAL, previous)
 
     def add_output_node(self, name: str, label: str) -> None:
         """Register an output node (name relative to the project directory) to list on SUCCESS."""

@@ -8,10 +8,11 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from pupick.core.config import PickConfig
 from pupick.core.errors import InputError
 from pupick.core.io import atomic_path, write_text_atomic
 
-from .common import pixel_size_of, read_micrographs, run_external, say, set_threads, set_version
+from .common import end_process, pixel_size_of, read_micrographs, run_external, say, set_threads, set_version
 from .job import RelionJob
 from .nodes import LABELS, STAR_VERSIONS, coordinates_relpath, node_name
 from .protocol import ExternalArgs, Param, check_inputs, convert_params, device_spec, number, text, whole
@@ -91,7 +92,6 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     mics = read_micrographs(mics_star)
 
     from pupick.adapters.relion import write_coordinates_star
-    from pupick.core.config import PickConfig
     from pupick.core.modelfile import load_model
     from pupick.core.pipeline import pick
 
@@ -144,7 +144,7 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
                     min_distance_px=_distance_px(min_dist, ps, "min_distance" if values["min_distance"] else
                                                  "diameter", mics_star),
                     max_picks=values["max_picks"], pixel_size=ps, device=device,
-                    diameter_A=values["diameter"], workers=1,
+                    workers=1,
                 )
                 run = pick([Path(p) for p in group["path"]], model, config, on_done=on_done,
                            should_stop=job.abort_requested, progress=False, log=say)
@@ -160,19 +160,17 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
         seconds = (time.perf_counter() - started) / len(counts)
         say(f"picked {len(counts)} micrograph(s): {sum(counts)} picks, {sum(counts) / len(counts):.1f} per micrograph "
             f"(min {min(counts)}, max {max(counts)}), {seconds:.2f} s per micrograph")
-    if failures:
-        for path, reason in failures:
-            say(f"could not pick {path}: {reason}")
+    if failures:  # each was reported in run.out as it happened
         first_path, first_reason = failures[0]
         raise InputError(f"{len(failures)} micrograph(s) could not be picked (first: {first_path}: {first_reason}); "
                          "the others are saved - continue the job to retry")
     job.add_output_node(node_name(args.out_name, LIST_NAME), LABELS[job.version]["coords"])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point for RELION's External job."""
-    return run_external(PROGRAM, _body, argv)
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point for RELION's External job (ends the process once the exit file is written)."""
+    end_process(run_external(PROGRAM, _body, argv))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
+from pupick.core.config import PreprocessConfig, TrainConfig
 from pupick.core.errors import InputError
 from pupick.core.io import atomic_path, write_text_atomic
 
-from .common import pixel_size_of, read_micrographs, run_external, say, set_threads, set_version
+from .common import end_process, pixel_size_of, read_micrographs, run_external, say, set_version
 from .job import RelionJob
 from .nodes import LABELS, node_name
 from .protocol import ExternalArgs, Param, check_inputs, convert_params, device_spec, number, text, whole
+from .worker import run_training
 
 PROGRAM = "pupick_relion_train"
 MODEL_NAME = "model.pt"
@@ -131,12 +132,6 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
         f"{args.inputs['in_mics']} have labels and are used; {pixel_size} Å/px; "
         f"diameter {values['diameter']} Å = {values['diameter'] / pixel_size:.1f} px")
 
-    from pupick.core.config import PreprocessConfig, TrainConfig
-    from pupick.core.models import MODELS
-    from pupick.core.train import train
-
-    if values["arch"] is not None and values["arch"] not in MODELS:
-        raise InputError(f"parameter arch: {values['arch']!r} is not one of {', '.join(MODELS)}")
     defaults = TrainConfig()
     config = TrainConfig(
         preprocess=PreprocessConfig(diameter_A=values["diameter"], pixel_size=pixel_size),
@@ -149,15 +144,12 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
         seed=values["seed"] or 0,
         device=device,
     )
-    set_threads(args.threads)
     job.check_abort()
-
     started = time.perf_counter()
-    with job.abort_watch():  # training has no check point of its own; the watcher stops it within a second
-        result = train([Path(p) for p in mics["path"]], labels, config, model, progress=False, log=say)
-    best_ap = None if result.best_ap is None or math.isnan(result.best_ap) else float(result.best_ap)
+    result = run_training(job, [Path(p) for p in mics["path"]], labels, config, model, args.threads)
+    best_ap = result["best_ap"]
     summary = {
-        "model": str(model), "best_epoch": int(result.best_epoch), "best_ap": best_ap, "pi": float(result.pi),
+        "model": str(model), "best_epoch": result["best_epoch"], "best_ap": best_ap, "pi": result["pi"],
         "labels": source, "micrographs": args.inputs["in_mics"], "n_labels": int(len(labels)),
         "seconds": round(time.perf_counter() - started, 1), "config": config.to_dict(),
     }
@@ -167,10 +159,10 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     _finished(job, args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point for RELION's External job."""
-    return run_external(PROGRAM, _body, argv)
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point for RELION's External job (ends the process once the exit file is written)."""
+    end_process(run_external(PROGRAM, _body, argv))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -19,6 +19,12 @@ def demo_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def held_out_micrograph() -> str:
+    """Stem of the bundled micrograph that `trained_model` never saw."""
+    return HELD_OUT
+
+
+@pytest.fixture(scope="session")
 def demo_micrographs(demo_dir: Path) -> list[Path]:
     """The five bundled micrographs, sorted by name."""
     return sorted((demo_dir / "micrographs").glob("*.mrc"))
@@ -48,7 +54,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, demo_micrographs: li
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out = tmp_path_factory.mktemp("trained_model") / "model.pt"
     mics = [p for p in demo_micrographs if p.stem != HELD_OUT]
-    config = TrainConfig(preprocess=PreprocessConfig(diameter_px=56), units=16, epochs=2, steps_per_epoch=15,
+    config = TrainConfig(preprocess=PreprocessConfig(diameter_px=56), units=16, epochs=2, steps_per_epoch=8,
                          tile_size=128, batch_size=4, learning_rate=1e-3, expected_particles=150, test_split=0.0,
                          seed=0)
     train(mics, demo_labels, config, out, progress=False, log=lambda msg: None)

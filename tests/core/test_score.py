@@ -11,6 +11,15 @@ from pupick.core.models import ModelConfig, build
 from pupick.core.score import Scorer, choose_device, choose_precision, score_micrograph, upsample_map
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions run fastest (and disturb the shared machine least) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """A narrow ResNet8 with non-trivial batch-norm statistics, in eval mode."""
@@ -27,7 +36,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def image():
-    return np.random.default_rng(0).normal(size=(203, 150)).astype(np.float32)
+    return np.random.default_rng(0).normal(size=(150, 111)).astype(np.float32)
 
 
 def reference(module, image, dense):
@@ -43,7 +52,7 @@ def reference(module, image, dense):
 @pytest.mark.parametrize("stride", ["dense", "fast"])
 def test_stitched_tiles_equal_the_untiled_map(tiny, image, stride):
     ref = reference(tiny, image, stride == "dense")
-    for tile in (32, 48, 4096):
+    for tile in (48, 4096):
         got = Scorer(tiny, PickConfig(stride=stride, precision="fp32", device="cpu", tile_size=tile)).coarse(image)
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-5)

@@ -103,17 +103,15 @@ def test_failure_while_writing_nodes_is_failure(tmp_path):
     assert _exits(out) == [FAILURE]
 
 
-def test_abort_watch_stops_a_long_step_without_check_points(tmp_path):
-    import threading
-    import time
 
-    out = tmp_path / "job"
-    before = signal.getsignal(signal.SIGUSR1)
-    threading.Timer(0.3, lambda: (out / ABORT_NOW).touch()).start()
-    started = time.monotonic()
-    with relion_job(out, "prog") as job, job.abort_watch(interval=0.05):
-        while time.monotonic() - started < 20:  # stands in for a training loop that never checks
-            sum(range(1000))
-    assert time.monotonic() - started < 5
-    assert _exits(out) == [ABORTED] and not (out / ABORT_NOW).exists()
-    assert signal.getsignal(signal.SIGUSR1) is before
+def test_executable_without_o_explains_itself(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "pupick_relion_pick"
+    done = subprocess.run([str(exe), "--in_mics", "m.star", "--model", "m.pt"], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert done.returncode == 1
+    assert "--o (the job's output directory) is missing" in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []

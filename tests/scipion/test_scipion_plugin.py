@@ -8,6 +8,7 @@ checks the exported picks against the bundled labels with pupick's evaluation.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -24,7 +25,8 @@ PLUGIN = ROOT / "scipion_plugin"
 SIDE = Path(__file__).resolve().parent / "scipion_side"
 DEMO = ROOT / "data" / "demo"
 SCIPION_VENV = Path(os.environ.get("PUPICK_SCIPION_VENV", ROOT / ".venv-scipion"))
-RUN_TIMEOUT_S = 600  # the whole Scipion run; it takes ~1-2 minutes on 2 cores
+RUN_TIMEOUT_S = 600  # the whole Scipion run; about 1-2 minutes on 2 cores
+N_CHECKS = {"units_checks": 19, "workflow_checks": 9}  # tests in scipion_side/*_checks.py
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +69,7 @@ def scipion_run(scipion_python: Path, tmp_path_factory: pytest.TempPathFactory) 
     })
     (tmp / "home").mkdir()
     try:
-        proc = subprocess.run([str(scipion_python), "-m", "unittest", "-v", "units_checks", "workflow_checks"],
+        proc = subprocess.run([str(scipion_python), "run_checks.py", "units_checks", "workflow_checks"],
                               cwd=SIDE, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
         rc, output = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as err:
@@ -77,8 +79,20 @@ def scipion_run(scipion_python: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 def test_scipion_checks_pass(scipion_run: dict) -> None:
     """Registration, protocols.conf, runner, conversion, and the full import-train-pick-streaming workflow."""
-    assert scipion_run["rc"] == 0, scipion_run["output"][-12000:]
-    assert "Ran " in scipion_run["output"] and "\nOK" in scipion_run["output"]
+    results_file = scipion_run["out"] / "results.json"
+    assert results_file.exists(), "the Scipion-side checks did not run:\n" + scipion_run["output"][-12000:]
+    records = json.loads(results_file.read_text())
+    setup = scipion_run["out"] / "setup_seconds.txt"
+    print("workflow setUpClass (import, import coordinates, train):",
+          setup.read_text().strip() + " s" if setup.exists() else "did not finish")
+    for r in records:  # shown with -rP
+        print(f"{r['outcome']:>7} {r['seconds']:6.1f} s  {r['test']}")
+    failed = [r for r in records if r["outcome"] != "ok"]
+    assert not failed, "\n".join(f"{r['test']}: {r['outcome']}\n{r['detail']}" for r in failed) + \
+        "\n" + scipion_run["output"][-6000:]
+    ran = {module: sum(r["test"].startswith(module + ".") for r in records) for module in N_CHECKS}
+    assert ran == N_CHECKS, ran
+    assert scipion_run["rc"] == 0, scipion_run["output"][-6000:]
 
 
 @pytest.mark.parametrize("run", ["closed", "stream"])
@@ -89,6 +103,7 @@ def test_scipion_picks_recover_the_labels(scipion_run: dict, run: str) -> None:
     picks = pd.read_csv(path)
     labels = pd.read_csv(DEMO / "particles.csv")
     result = evaluate(picks, labels, match_radius=28.0)
+    print(result.to_json_dict())
     assert result.n_micrographs == 5
     assert result.ap >= 0.5, result.to_json_dict()
 

@@ -119,7 +119,7 @@ class TestRunner(unittest.TestCase):
 
     def test_missing_executable_is_a_clear_error(self):
         with self.assertRaises(runner.PupickRunError) as ctx:
-            runner.run(['/nonexistent/bin/pupick', 'pick'])
+            self._capture(['/nonexistent/bin/pupick', 'pick'])
         self.assertIn("cannot run '/nonexistent/bin/pupick'", str(ctx.exception))
         self.assertIn('PUPICK', str(ctx.exception))
 

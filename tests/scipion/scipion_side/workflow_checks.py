@@ -26,6 +26,7 @@ PIXEL_SIZE = 5.36  # nominal, DATA.md; the MRC headers say 0
 DIAMETER_A = 300.0  # 56 px
 MICS = sorted(f for f in os.listdir(os.path.join(DEMO, 'micrographs')) if f.endswith('.mrc'))
 TIMEOUT = 240
+TRAIN_EXTRA = '--units 16 --steps-per-epoch 15 --tile-size 128 --batch-size 4 --learning-rate 1e-3'
 
 
 def readLabels():
@@ -53,9 +54,47 @@ def exportPicks(coordSet, path):
     return rows
 
 
+# What RELION 3.1+ writes for a particles STAR after picking on motion-corrected micrographs
+RELION_PARTICLES = '''
+# version 30001
+
+data_optics
+
+loop_ 
+_rlnOpticsGroupName #1 
+_rlnOpticsGroup #2 
+_rlnMicrographOriginalPixelSize #3 
+_rlnVoltage #4 
+_rlnSphericalAberration #5 
+_rlnAmplitudeContrast #6 
+_rlnImagePixelSize #7 
+_rlnImageSize #8 
+_rlnImageDimensionality #9 
+opticsGroup1            1     5.360000   300.000000     2.700000     0.100000     5.360000           84            2 
+ 
+
+# version 30001
+
+data_particles
+
+loop_ 
+_rlnCoordinateX #1 
+_rlnCoordinateY #2 
+_rlnAutopickFigureOfMerit #3 
+_rlnMicrographName #4 
+_rlnOpticsGroup #5 
+   535.000000   920.000000     1.250000 MotionCorr/job002/Movies/061_10028.mrc            1 
+   416.000000   256.000000     0.500000 MotionCorr/job002/Movies/061_10028.mrc            1 
+   100.000000   200.000000    -0.750000 MotionCorr/job002/Movies/062_10028.mrc            1 
+   512.000000  1500.000000     0.100000 MotionCorr/job002/Movies/062_10028.mrc            1 
+   300.000000   300.000000     0.200000 MotionCorr/job002/Movies/999_other.mrc            1 
+'''
+
+
 class TestPupickWorkflow(pwtests.BaseTest):
     @classmethod
     def setUpClass(cls):
+        start = time.time()
         config = os.path.join(os.environ['SCIPION_HOME'], 'config')
         os.makedirs(config, exist_ok=True)
         pwprot.HostConfig.writeBasic(os.path.join(config, 'hosts.conf'))
@@ -68,11 +107,15 @@ class TestPupickWorkflow(pwtests.BaseTest):
                                            filesPath=os.path.join(DEMO, 'particles.csv'), boxSize=84)
         pointTo(cls.importCoords, 'inputMicrographs', cls.importMics, 'outputMicrographs')
         cls.launchProtocol(cls.importCoords)
-        cls.train = cls.newProtocol(ProtPupickTrain, particleDiameter=DIAMETER_A,
-                                    epochs=int(os.environ.get('PUPICK_TEST_EPOCHS', 3)), testSplit=0.2, useGpu=False)
+        # a small, fast model (the training quality itself is tested in tests/core)
+        cls.train = cls.newProtocol(ProtPupickTrain, particleDiameter=DIAMETER_A, expectedParticles=150,
+                                    epochs=2, testSplit=0.2, useGpu=False,
+                                    extraParams=TRAIN_EXTRA)
         pointTo(cls.train, 'inputMicrographs', cls.importMics, 'outputMicrographs')
         pointTo(cls.train, 'inputCoordinates', cls.importCoords, 'outputCoordinates')
         cls.launchProtocol(cls.train)
+        with open(os.path.join(OUT, 'setup_seconds.txt'), 'w') as fh:
+            fh.write('%.1f\n' % (time.time() - start))
 
     # ---------------------------------------------------------------- helpers
     def waitFor(self, what, condition, timeout=TIMEOUT):
@@ -93,7 +136,7 @@ class TestPupickWorkflow(pwtests.BaseTest):
         self.assertTrue(prot.isFailed(), 'protocol %s should have failed' % prot.getRunName())
         return prot.getErrorMessage()
 
-    def checkPicks(self, coords, mics):
+    def checkPicks(self, coords, micSet):
         self.assertEqual(coords.getBoxSize(), boxSizeRule(DIAMETER_A / PIXEL_SIZE))
         self.assertEqual(coords.getBoxSize(), 84)
         perMic = {}
@@ -102,7 +145,7 @@ class TestPupickWorkflow(pwtests.BaseTest):
             self.assertTrue(0 <= c.getX() < 1024 and 0 <= c.getY() < 1024)
             score = getattr(c, SCORE_ATTR)
             self.assertTrue(math.isfinite(score.get()))
-        self.assertEqual(sorted(perMic), sorted(m.getMicName() for m in mics))
+        self.assertEqual(sorted(perMic), sorted(m.getMicName() for m in micSet))
         # the bundled micrographs hold ~100-250 particles each
         for name, n in perMic.items():
             self.assertTrue(20 <= n <= 2000, '%s: %d picks' % (name, n))
@@ -123,6 +166,27 @@ class TestPupickWorkflow(pwtests.BaseTest):
         first = next(iter(coords.iterCoordinates()))
         self.assertEqual((first.getX(), first.getY()), (int(float(labels[0]['x'])), int(float(labels[0]['y']))))
 
+    def test_a_import_relion_star_with_scores(self):
+        folder = os.path.join(OUT, 'relion')
+        os.makedirs(folder)
+        with open(os.path.join(folder, 'particles.star'), 'w') as fh:
+            fh.write(RELION_PARTICLES)
+        with open(os.path.join(folder, 'notes.txt'), 'w') as fh:
+            fh.write('not coordinates\n')
+        prot = self.newProtocol(ProtPupickImportCoordinates, filesPath=folder, filesPattern='*.star', boxSize=84)
+        pointTo(prot, 'inputMicrographs', self.importMics, 'outputMicrographs')
+        self.assertEqual(prot.validate(), [])
+        self.launchProtocol(prot)
+        coords = prot.outputCoordinates
+        got = sorted((stem(c.getMicName()), c.getX(), c.getY(), getattr(c, SCORE_ATTR).get())
+                     for c in coords.iterCoordinates())
+        # the picks on a micrograph outside the set and outside the image are dropped, and counted
+        self.assertEqual(got, [('061_10028', 416, 256, 0.5), ('061_10028', 535, 920, 1.25),
+                               ('062_10028', 100, 200, -0.75)])
+        summary = ' '.join(prot.summary())
+        self.assertIn('1 coordinates skipped: their micrographs (e.g. 999_other) are not in the input set', summary)
+        self.assertIn('1 coordinates skipped: outside the micrograph', summary)
+
     def test_b_train_output(self):
         model = self.train.outputModel
         self.assertTrue(os.path.isfile(model.getFileName()))
@@ -130,18 +194,39 @@ class TestPupickWorkflow(pwtests.BaseTest):
         self.assertAlmostEqual(model.getPixelSize(), PIXEL_SIZE)
         self.assertEqual(model.getArch(), 'resnet8')
         self.assertEqual(model.getObjective(), 'ge-binomial')
+        self.assertTrue(0 <= model.getBestAp() <= 1, model.getBestAp())  # validation AP from model.train.tsv
         labels = os.path.join(self.train._getExtraPath('labels.csv'))
         with open(labels) as fh:
             self.assertEqual(sum(1 for _ in fh) - 1, len(readLabels()))
+        summary = '\n'.join(self.train.summary())
+        self.assertIn('430 labeled particles on 5 of 5 micrographs.', summary)
+        self.assertIn('Model: PupickModel (resnet8, 300 Å particles, validation AP 0.', summary)
+        methods = '\n'.join(self.train.methods())
+        self.assertIn('A resnet8 network was trained with pupick', methods)
+        self.assertIn('Bepler', methods)  # the [Bepler2019] citation, resolved from bibtex.py
+        again = self.newProtocol(ProtPupickTrain, particleDiameter=DIAMETER_A, useGpu=False)
+        pointTo(again, 'inputMicrographs', self.importMics, 'outputMicrographs')
+        pointTo(again, 'inputCoordinates', self.importCoords, 'outputCoordinates')
+        self.assertEqual(again.validate(), [])
+        tiny = self.newProtocol(ProtPupickTrain, particleDiameter=10.0, useGpu=False)
+        pointTo(tiny, 'inputMicrographs', self.importMics, 'outputMicrographs')
+        pointTo(tiny, 'inputCoordinates', self.importCoords, 'outputCoordinates')
+        self.assertTrue(any('only 1.9 px across' in e for e in tiny.validate()), tiny.validate())
 
     def test_c_pick_closed_set(self):
         pick = self.newProtocol(ProtPupickPick, useGpu=False)
         pointTo(pick, 'inputMicrographs', self.importMics, 'outputMicrographs')
         pointTo(pick, 'inputModel', self.train, 'outputModel')
+        self.assertEqual(pick.streamingBatchSize.get(), 0)  # default: one pupick call per available batch
+        self.assertEqual(pick.validate(), [])
         self.launchProtocol(pick)
+        summary = '\n'.join(pick.summary())
+        self.assertIn('Particle size: 84', summary)
+        self.assertIn('Model: PupickModel (resnet8', summary)
+        self.assertIn('Particles were picked with pupick', '\n'.join(pick.methods()))
         coords = pick.outputCoordinates
         self.assertTrue(coords.isStreamClosed())
-        self.checkPicks(coords, list(self.importMics.outputMicrographs))
+        self.checkPicks(coords, self.importMics.outputMicrographs)
         exportPicks(coords, os.path.join(OUT, 'picks_closed.csv'))
         # the pupick tables behind the output: one per micrograph
         self.assertEqual(len(os.listdir(pick._getExtraPath('coordinates'))), len(MICS))
@@ -182,7 +267,7 @@ class TestPupickWorkflow(pwtests.BaseTest):
 
         coords = pick.outputCoordinates
         self.assertTrue(coords.isStreamClosed())
-        self.checkPicks(coords, list(importStream.outputMicrographs))
+        self.checkPicks(coords, importStream.outputMicrographs)
         rows = exportPicks(coords, os.path.join(OUT, 'picks_stream.csv'))
         # batches picked in streaming give exactly the picks of the closed run
         closedFile = os.path.join(OUT, 'picks_closed.csv')
@@ -208,12 +293,25 @@ class TestPupickWorkflow(pwtests.BaseTest):
         self.assertIn('not_a_model.pt', message)
         self.assertIn('pupick: error:', message)
 
+    def test_e_gpu_slot_reaches_pupick(self):
+        # Scipion's GPU list goes to pupick through the %(GPU)s slot; no machine has a GPU with id 97
+        pick = self.newProtocol(ProtPupickPick, useGpu=True, gpuList='97')
+        pointTo(pick, 'inputMicrographs', self.importMics, 'outputMicrographs')
+        pointTo(pick, 'inputModel', self.train, 'outputModel')
+        message = self.launchFailing(pick)
+        self.assertIn('pupick pick failed', message)
+        self.assertIn('cuda:97', message)
+
     def test_f_import_failure_names_both_sides(self):
         labels = os.path.join(OUT, 'foreign.csv')
         with open(labels, 'w') as fh:
             fh.write('micrograph,x,y\nother_sample_001,10,10\nother_sample_002,20,20\n')
         prot = self.newProtocol(ProtPupickImportCoordinates, filesPath=labels, boxSize=84)
         pointTo(prot, 'inputMicrographs', self.importMics, 'outputMicrographs')
+        missing = self.newProtocol(ProtPupickImportCoordinates, filesPath=os.path.join(OUT, 'nowhere'),
+                                   filesPattern='*.star', boxSize=84)
+        pointTo(missing, 'inputMicrographs', self.importMics, 'outputMicrographs')
+        self.assertTrue(any('No coordinate files found' in e for e in missing.validate()), missing.validate())
         message = self.launchFailing(prot)
         self.assertIn('other_sample_001', message)
         self.assertIn('061_10028', message)

@@ -1,0 +1,86 @@
+"""`pupick train`: learn a picker from micrographs and a few labeled particles (positive-unlabeled)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..config import PreprocessConfig, TrainConfig
+from ..errors import InputError
+from ..io import expand_inputs
+from ._common import run_core, size_options
+
+ARCHS = ["resnet8", "resnet16", "conv31", "conv63", "conv127"]  # core.models.MODELS, listed here to keep torch lazy
+OBJECTIVES = ["ge-binomial", "ge-kl", "nnpu", "pn"]  # core.objectives.OBJECTIVES
+
+
+def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
+    """A pick table: CSV/TSV with micrograph,x,y read here (out-of-image rows are train's to drop), else the adapters."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: labels file not found")
+    if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".txt"):
+        try:
+            df = pd.read_csv(p, sep=None, engine="python")
+        except Exception as err:  # pandas raises several types for malformed text
+            raise InputError(f"{p}: unreadable label table ({str(err).splitlines()[0]})") from None
+        missing = [c for c in ("micrograph", "x", "y") if c not in df.columns]
+        if missing:
+            raise InputError(f"{p}: missing column(s) {', '.join(missing)} (need micrograph, x, y)")
+        return df
+    try:
+        from pupick.adapters.registry import read_picks
+    except ImportError:
+        raise InputError(f"{p}: only CSV/TSV label tables are readable in this installation") from None
+    return read_picks(p)
+
+
+@click.command("train")
+@click.argument("micrographs", nargs=-1, required=True)
+@click.option("--labels", required=True, help="Labeled particles: any pick table (CSV/TSV micrograph,x,y, STAR, .box, ...).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write (.pt).")
+@click.option("--expected-particles", type=float, default=None,
+              help="Expected particles per micrograph (sets the class prior π). Default: twice the labeled mean.")
+@size_options
+@click.option("--label-radius", type=float, default=3, show_default=True, help="Positive radius, downsampled px.")
+@click.option("--arch", type=click.Choice(ARCHS), default="resnet8", show_default=True)
+@click.option("--units", type=int, default=32, show_default=True, help="Network width.")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="ge-binomial", show_default=True)
+@click.option("--slack", type=float, default=None, help="GE penalty weight (default 1 for ge-binomial, 10 for ge-kl).")
+@click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
+@click.option("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch, show_default=True)
+@click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True, help="Tiles per step.")
+@click.option("--tile-size", type=int, default=TrainConfig.tile_size, show_default=True, help="Tile side, downsampled px.")
+@click.option("--learning-rate", type=float, default=TrainConfig.learning_rate, show_default=True)
+@click.option("--test-split", type=float, default=TrainConfig.test_split, show_default=True,
+              help="Share of labeled micrographs held out for per-epoch AP (0: none, keep the last epoch).")
+@click.option("--normalize", type=click.Choice(["gmm", "affine", "none"]), default="gmm", show_default=True)
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="Preprocessed-micrograph cache (default: MODEL.cache/ next to the model).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def command(micrographs, labels, output, expected_particles, scale, diameter, diameter_px, pixel_size, label_radius,
+            arch, units, objective, slack, epochs, steps_per_epoch, batch_size, tile_size, learning_rate, test_split,
+            normalize, cache_dir, seed, device, precision, quiet):
+    """Train a picker on MICROGRAPHS (files, directories, globs, @list.txt) with the particles in --labels."""
+    from ..train import train
+
+    paths = run_core(expand_inputs, micrographs)
+    table = run_core(read_labels, labels)
+    if not 0 <= test_split < 1:
+        raise click.BadParameter("must be in [0, 1)", param_hint="--test-split")
+    pre = PreprocessConfig(factor=scale, diameter_A=diameter, diameter_px=diameter_px, pixel_size=pixel_size,
+                           normalize=normalize, seed=seed)
+    config = TrainConfig(preprocess=pre, arch=arch, units=units, objective=objective, slack=slack,
+                         expected_particles=expected_particles, label_radius=label_radius, epochs=epochs,
+                         steps_per_epoch=steps_per_epoch, batch_size=batch_size, tile_size=tile_size,
+                         learning_rate=learning_rate, test_split=test_split, seed=seed, device=device,
+                         precision=precision, cache_dir=cache_dir)
+    result = run_core(train, paths, table, config, Path(output), progress=not quiet, log=click.echo)
+    best = "" if result.best_ap != result.best_ap else f", validation AP {result.best_ap:.3f} (epoch {result.best_epoch})"
+    click.echo(f"model -> {result.model_path} (π = {result.pi:.4g}{best}); "
+               f"history -> {Path(output).with_suffix('.train.tsv')}")

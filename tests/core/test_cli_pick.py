@@ -1,0 +1,135 @@
+"""`pupick pick` and `pupick evaluate` in-process on the bundled micrographs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from pupick.adapters.registry import read_picks
+from pupick.core.cli import cli
+
+HELD_OUT = "312_10028"
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def two_mics(demo_micrographs):
+    return [str(p) for p in demo_micrographs if p.stem in ("311_10028", HELD_OUT)]
+
+
+@pytest.fixture(scope="module")
+def picked(runner, trained_model, two_mics, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pick") / "out"
+    res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--device", "cpu"])
+    return out, res
+
+
+def test_pick_writes_the_table_and_a_file_per_micrograph(picked):
+    out, res = picked
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(out / "picks.csv")
+    assert list(table.columns) == ["micrograph", "x", "y", "score", "path"]
+    assert set(table["micrograph"]) == {"311_10028", HELD_OUT}
+    for name in ("311_10028", HELD_OUT):
+        per = pd.read_csv(out / "coordinates" / f"{name}.csv")
+        assert len(per) == (table["micrograph"] == name).sum()
+    assert "per micrograph" in res.output and "s per micrograph" in res.output
+    assert "suggested threshold" in res.output  # at the model's expected particle count
+    manifest = json.loads((out / "pupick_pick.json").read_text())
+    assert len(manifest["settings"]["model_sha256"]) == 64
+
+
+def test_rerun_skips_and_other_settings_refuse(runner, picked, trained_model, two_mics):
+    out, _ = picked
+    res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "already picked" in res.output and "2 done earlier" in res.output
+    res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--threshold", "1"])
+    assert res.exit_code == 1 and "threshold" in res.output and "--overwrite" in res.output
+
+
+def test_star_and_box_formats_and_empty_micrographs(runner, trained_model, two_mics, tmp_path):
+    out = tmp_path / "star"
+    res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--format", "star",
+                              "--labels", str(Path(two_mics[0]).parents[1] / "particles.csv")])
+    assert res.exit_code == 0, res.output
+    assert "best F1" in res.output  # threshold suggested against the labels
+    star = read_picks(out / "coordinates" / f"{HELD_OUT}.star")
+    table = pd.read_csv(out / "picks.csv")
+    assert len(star) == (table["micrograph"] == HELD_OUT).sum()
+    assert (out / "coordinates.star").is_file()
+
+    out = tmp_path / "box"
+    res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--format", "box",
+                              "--threshold", "1000"])
+    assert res.exit_code == 0, res.output
+    for name in ("311_10028", HELD_OUT):  # nothing picked: every micrograph still gets its (empty) file
+        assert (out / "coordinates" / f"{name}.box").read_text().strip() == ""
+    assert len(pd.read_csv(out / "picks.csv")) == 0
+
+
+def test_box_size_default_is_even_and_1_5_diameters(runner, trained_model, two_mics, tmp_path):
+    out = tmp_path / "box"
+    res = runner.invoke(cli, ["pick", two_mics[1], "--model", str(trained_model), "-o", str(out), "--format", "box",
+                              "--max-picks", "3"])
+    assert res.exit_code == 0, res.output
+    rows = (out / "coordinates" / f"{HELD_OUT}.box").read_text().split("\n")
+    assert len([r for r in rows if r.strip()]) == 3
+    assert all(r.split()[2:4] == ["84", "84"] for r in rows if r.strip())  # 1.5 x 56
+
+
+def test_bad_inputs(runner, trained_model, two_mics, tmp_path):
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"\x00" * 100)
+    res = runner.invoke(cli, ["pick", two_mics[0], "--model", str(fake), "-o", str(tmp_path / "o1")])
+    assert res.exit_code == 1 and "not a pupick model" in res.output
+    bad = tmp_path / "bad.mrc"
+    bad.write_bytes(b"junk" * 50)
+    res = runner.invoke(cli, ["pick", str(bad), two_mics[1], "--model", str(trained_model), "-o",
+                              str(tmp_path / "o2")])
+    assert res.exit_code == 1 and "bad.mrc" in res.output
+    assert set(pd.read_csv(tmp_path / "o2" / "picks.csv")["micrograph"]) == {HELD_OUT}
+    res = runner.invoke(cli, ["pick", two_mics[0], "-o", str(tmp_path / "o3")])
+    assert res.exit_code != 0 and "--model" in res.output
+
+
+def test_blob_method(runner, two_mics, tmp_path):
+    res = runner.invoke(cli, ["pick", two_mics[1], "--method", "blob", "--diameter-px", "56", "--top-n", "25",
+                              "-o", str(tmp_path / "blob")])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(tmp_path / "blob" / "picks.csv")) == 25
+
+
+def test_evaluate_json_and_outputs(runner, picked, demo_dir, tmp_path):
+    out, _ = picked
+    labels = str(demo_dir / "particles.csv")
+    res = runner.invoke(cli, ["evaluate", "--picks", str(out / "picks.csv"), "--labels", labels, "--json",
+                              "--micrographs", f"311_10028,{HELD_OUT}"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert set(summary) >= {"ap", "best_f1", "precision", "recall", "threshold", "n_picks", "n_labels",
+                            "n_micrographs"}
+    assert summary["n_labels"] == 187 and summary["n_micrographs"] == 2 and 0 < summary["ap"] <= 1
+    # the radius comes from the pick directory's record (half of 56 px); a PREFIX writes the curve and plot
+    res = runner.invoke(cli, ["evaluate", "--picks", str(out / "picks.csv"), "--labels", labels,
+                              "-o", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    assert "match radius 28" in res.output
+    assert "3 labeled micrograph(s) have no picks" in res.output  # labels elsewhere count as misses
+    curve = pd.read_csv(tmp_path / "ev.tsv", sep="\t")
+    assert list(curve.columns) == ["threshold", "precision", "recall", "f1"]
+    assert (tmp_path / "ev.png").stat().st_size > 1000
+
+
+def test_evaluate_needs_a_radius(runner, demo_dir, tmp_path):
+    picks = tmp_path / "p.csv"
+    pd.DataFrame({"micrograph": [HELD_OUT], "x": [1.0], "y": [2.0]}).to_csv(picks, index=False)
+    res = runner.invoke(cli, ["evaluate", "--picks", str(picks), "--labels", str(demo_dir / "particles.csv")])
+    assert res.exit_code == 1 and "--match-radius" in res.output

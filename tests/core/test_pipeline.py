@@ -1,0 +1,148 @@
+"""The pick pipeline on the bundled micrographs: picks, failures, stop requests, rescaling, resumable directories."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+
+from pupick.core.config import PickConfig
+from pupick.core.errors import AbortRequested, InputError
+from pupick.core.evaluate import evaluate
+from pupick.core.io import read_micrograph
+from pupick.core.modelfile import load_model
+from pupick.core.pipeline import pick, pick_to_dir
+
+HELD_OUT = "312_10028"
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_model):
+    return load_model(trained_model)
+
+
+@pytest.fixture(scope="module")
+def held_out(demo_micrographs):
+    return [p for p in demo_micrographs if p.stem == HELD_OUT]
+
+
+@pytest.fixture(scope="module")
+def first_run(loaded, held_out):
+    calls = []
+    run = pick(held_out, loaded, PickConfig(device="cpu"), on_done=lambda p, df: calls.append((p, len(df))),
+               progress=False)
+    return run, calls
+
+
+def test_picks_table_and_callbacks(first_run, held_out):
+    run, calls = first_run
+    assert list(run.picks.columns) == ["micrograph", "x", "y", "score", "path"]
+    assert run.failures == [] and run.n_done == 1
+    assert calls == [(held_out[0], len(run.picks))]
+    p = run.picks
+    assert (p["micrograph"] == HELD_OUT).all() and (p["path"] == str(held_out[0])).all()
+    assert p["x"].between(0, 1023).all() and p["y"].between(0, 1023).all()
+    assert np.all(np.diff(p["score"].to_numpy()) <= 0)
+    # no two picks closer than the model's particle radius (28 px)
+    xy = p[["x", "y"]].to_numpy()
+    d = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
+    assert d[np.triu_indices(len(xy), 1)].min() > 28
+    assert run.seconds_per_micrograph > 0
+
+
+def test_picks_find_the_held_out_particles(first_run, demo_labels):
+    run, _ = first_run
+    result = evaluate(run.picks, demo_labels, match_radius=28, micrographs=[HELD_OUT])
+    assert result.n_labels == 94
+    assert result.ap > 0.4  # a few seconds of training on unseen data; the demo reaches ~0.8
+
+
+def test_unreadable_micrograph_is_reported_and_skipped(loaded, held_out, tmp_path):
+    bad = tmp_path / "broken.mrc"
+    bad.write_bytes(b"not an mrc file at all" * 10)
+    run = pick([bad] + held_out, loaded, PickConfig(device="cpu"), progress=False)
+    assert [p for p, _ in run.failures] == [bad]
+    assert "broken.mrc" in run.failures[0][1]
+    assert run.n_done == 1 and set(run.picks["micrograph"]) == {HELD_OUT}
+
+
+def test_stop_request_aborts_between_micrographs(loaded, demo_micrographs):
+    done = []
+    with pytest.raises(AbortRequested):
+        pick(demo_micrographs, loaded, PickConfig(device="cpu"), on_done=lambda p, df: done.append(p),
+             should_stop=lambda: len(done) >= 1, progress=False)
+    assert len(done) == 1
+
+
+def test_pixel_size_mismatch_rescales(loaded, held_out, first_run, tmp_path):
+    # the same micrograph Fourier-upsampled 2x, with half the pixel size: picks land on 2x the coordinates
+    img = read_micrograph(held_out[0]).image.astype(np.float64)
+    spec = np.fft.fftshift(np.fft.fft2(img))
+    big = np.zeros((2048, 2048), complex)
+    big[512:1536, 512:1536] = spec
+    up = np.real(np.fft.ifft2(np.fft.ifftshift(big))).astype(np.float32) * 4
+    path = tmp_path / f"{HELD_OUT}_x2.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(up)
+        m.voxel_size = 2.68
+    model = dataclasses.replace(loaded, config={**loaded.config, "pixel_size": 5.36})
+    messages = []
+    run = pick([path], model, PickConfig(device="cpu"), progress=False, log=messages.append)
+    assert any("differs from the model's" in m for m in messages)
+    ref = first_run[0].picks
+    top = run.picks.head(20)
+    for x, y in zip(top["x"], top["y"]):
+        assert np.hypot(ref["x"] * 2 - x, ref["y"] * 2 - y).min() <= 4  # within one downsampled pixel
+
+
+def test_blob_picker_and_top_n(held_out, tmp_path):
+    cfg = PickConfig(method="blob", diameter_px=56, top_n=40, score_map_dir=str(tmp_path / "maps"))
+    run = pick(held_out, None, cfg, progress=False)
+    assert len(run.picks) == 40
+    with mrcfile.open(tmp_path / "maps" / f"{HELD_OUT}.mrc") as m:
+        assert m.data.shape == (512, 512)  # factor 2 by the rule for 56 px
+    with pytest.raises(InputError, match="diameter"):
+        pick(held_out, None, PickConfig(method="blob"), progress=False)
+    with pytest.raises(InputError, match="model"):
+        pick(held_out, None, PickConfig(method="cnn"), progress=False)
+
+
+def test_duplicate_names_are_refused(loaded, held_out, tmp_path):
+    other = tmp_path / "x" / held_out[0].name
+    other.parent.mkdir()
+    other.write_bytes(held_out[0].read_bytes())
+    with pytest.raises(InputError, match="share the name"):
+        pick(held_out + [other], loaded, PickConfig(device="cpu"), progress=False)
+
+
+def test_pick_to_dir_resumes_and_guards_settings(trained_model, demo_micrographs, tmp_path):
+    mics = demo_micrographs[:2]
+    written = []
+    out = tmp_path / "out"
+    r1 = pick_to_dir(mics, trained_model, PickConfig(device="cpu", threshold=0.0), out,
+                     writer=lambda df, p: written.append(p), progress=False)
+    assert r1.run.n_done == 2 and written == mics
+    table = pd.read_csv(out / "picks.csv")
+    assert list(table.columns) == ["micrograph", "x", "y", "score", "path"]
+    assert len(table) == len(r1.picks) and set(table["micrograph"]) <= {p.stem for p in mics}
+    # rerun: nothing to do, same table
+    r2 = pick_to_dir(demo_micrographs[:3], trained_model, PickConfig(device="cpu", threshold=0.0), out,
+                     progress=False)
+    assert r2.skipped == sorted(mics) and r2.run.n_done == 1
+    assert len(r2.picks) >= len(r1.picks)
+    # other settings: refused, unless overwriting
+    with pytest.raises(InputError, match="threshold"):
+        pick_to_dir(mics, trained_model, PickConfig(device="cpu", threshold=-3.0), out, progress=False)
+    r3 = pick_to_dir(mics, trained_model, PickConfig(device="cpu", threshold=-3.0), out, overwrite=True,
+                     progress=False)
+    assert r3.run.n_done == 2 and len(r3.picks) >= len(r1.picks)
+    assert not list(out.glob("**/*.part*"))
+
+
+def test_train_is_reexported():
+    from pupick.core import pipeline, train
+
+    assert pipeline.train is train.train

@@ -1,0 +1,185 @@
+"""Training on the bundled data: the session model learns, outputs are complete, bad input fails clearly."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pupick.core.cli.train import command
+from pupick.core.config import PickConfig, PreprocessConfig, TrainConfig
+from pupick.core.errors import InputError
+from pupick.core.io import read_micrograph
+from pupick.core.modelfile import load_model
+from pupick.core.preprocess import preprocess_micrograph
+from pupick.core.score import score_micrograph
+from pupick.core.train import train
+
+
+def tiny(tmp_path, **kw) -> TrainConfig:
+    """A configuration that trains in well under a second."""
+    base = dict(preprocess=PreprocessConfig(diameter_px=56), arch="conv31", units=4, epochs=1, steps_per_epoch=2,
+                batch_size=2, tile_size=64, expected_particles=150, test_split=0.0, cache_dir=str(tmp_path / "cache"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_session_model_file_is_complete(trained_model, held_out_micrograph):
+    raw = torch.load(trained_model, weights_only=True)
+    cfg = raw["config"]
+    assert cfg["arch"] == "resnet8" and cfg["objective"] == "ge-binomial" and cfg["normalize"] == "gmm"
+    assert cfg["factor"] == 2.0 and cfg["diameter_px"] == 56.0 and cfg["label_radius"] == 3
+    assert cfg["pi"] == pytest.approx(29 * 150 / 512 ** 2)
+    assert 0 < cfg["pi_u"] < cfg["pi"]
+    assert held_out_micrograph not in cfg["provenance"]["micrographs"]
+    history = pd.read_csv(trained_model.with_suffix(".train.tsv"), sep="\t")
+    assert list(history.columns) == ["epoch", "loss", "ap", "best_f1", "seconds"] and len(history) == 2
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    assert trained_model.with_suffix(".train.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((trained_model.parent / "model.cache").glob("*.npz"))
+
+
+def test_session_model_scores_particles_above_background_on_a_held_out_micrograph(trained_model, demo_dir,
+                                                                                   demo_labels, held_out_micrograph):
+    HELD_OUT = held_out_micrograph
+    model = load_model(trained_model)
+    pre = preprocess_micrograph(read_micrograph(demo_dir / "micrographs" / f"{HELD_OUT}.mrc"),
+                                PreprocessConfig(diameter_px=56))
+    smap = score_micrograph(model, pre.image, PickConfig(stride="dense"))
+    assert smap.shape == pre.image.shape
+    lab = demo_labels[demo_labels["micrograph"] == HELD_OUT]
+    rows = np.rint(lab["y"].to_numpy() / pre.factor).astype(int)
+    cols = np.rint(lab["x"].to_numpy() / pre.factor).astype(int)
+    at_labels = smap[rows, cols]
+    rng = np.random.default_rng(0)
+    background = smap[rng.integers(0, smap.shape[0], 2000), rng.integers(0, smap.shape[1], 2000)]
+    # probability that a labeled particle outscores a random pixel (an AUC); 0.5 would be chance
+    auc = (at_labels[:, None] > background[None, :]).mean()
+    assert auc > 0.85, auc
+    assert np.median(at_labels) > np.median(background) + 1.0
+
+
+def test_same_seed_same_model_other_seed_other_model(tmp_path, demo_micrographs, demo_labels):
+    def weights(seed, name):
+        out = tmp_path / f"{name}.pt"
+        train(demo_micrographs[:1], demo_labels, tiny(tmp_path, seed=seed), out, progress=False, log=lambda m: None)
+        return torch.load(out, weights_only=True)["state_dict"]
+
+    a, b, c = weights(3, "a"), weights(3, "b"), weights(4, "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_validation_split_records_ap_and_keeps_the_best_epoch(tmp_path, demo_micrographs, demo_labels):
+    out = tmp_path / "m.pt"
+    result = train(demo_micrographs[:2], demo_labels, tiny(tmp_path, epochs=2, test_split=0.5), out, progress=False,
+                   log=lambda m: None)
+    assert result.history["ap"].notna().all()
+    assert result.best_epoch == int(result.history["ap"].idxmax()) + 1
+    assert result.best_ap == pytest.approx(result.history["ap"].max())
+    assert len(torch.load(out, weights_only=True)["config"]["provenance"]["validation"]) == 1
+
+
+def test_labels_matching_nothing_list_both_sides(tmp_path, demo_micrographs):
+    labels = pd.DataFrame({"micrograph": ["mic_A", "mic_B"], "x": [10.0, 20.0], "y": [10.0, 20.0]})
+    with pytest.raises(InputError) as err:
+        train(demo_micrographs[:2], labels, tiny(tmp_path), tmp_path / "m.pt", progress=False)
+    assert "mic_A" in str(err.value) and "061_10028" in str(err.value)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_outside_and_foreign_labels_are_dropped_with_counts(tmp_path, demo_micrographs, demo_labels):
+    one = demo_labels[demo_labels["micrograph"] == "061_10028"]
+    extra = pd.DataFrame({"micrograph": ["061_10028", "061_10028", "999_other"], "x": [-5.0, 2000.0, 5.0],
+                          "y": [10.0, 10.0, 5.0]})
+    messages: list[str] = []
+    train(demo_micrographs[:1], pd.concat([one, extra]), tiny(tmp_path), tmp_path / "m.pt", progress=False,
+          log=messages.append)
+    text = "\n".join(messages)
+    assert "2 label(s) lie outside" in text and "1 label(s) name micrographs that were not given" in text
+
+
+def test_expected_count_below_the_labels(tmp_path, demo_micrographs, demo_labels):
+    with pytest.raises(InputError, match="expected-particles"):
+        train(demo_micrographs[:1], demo_labels, tiny(tmp_path, expected_particles=10), tmp_path / "m.pt",
+              progress=False)
+    messages: list[str] = []  # PN does not need unlabeled positives: a warning only
+    train(demo_micrographs[:1], demo_labels, tiny(tmp_path, expected_particles=10, objective="pn"),
+          tmp_path / "m.pt", progress=False, log=messages.append)
+    assert any("warning" in m for m in messages)
+
+
+def test_no_labels_is_an_error(tmp_path, demo_micrographs):
+    empty = pd.DataFrame({"micrograph": [], "x": [], "y": []})
+    with pytest.raises(InputError, match="no particle"):
+        train(demo_micrographs[:1], empty, tiny(tmp_path), tmp_path / "m.pt", progress=False)
+
+
+@pytest.mark.parametrize("objective", ["ge-kl", "nnpu"])
+def test_other_objectives_train(tmp_path, demo_micrographs, demo_labels, objective):
+    result = train(demo_micrographs[:1], demo_labels, tiny(tmp_path, objective=objective), tmp_path / "m.pt",
+                   progress=False, log=lambda m: None)
+    assert math.isfinite(result.history["loss"].iloc[0])
+    assert torch.load(result.model_path, weights_only=True)["config"]["objective"] == objective
+
+
+def test_cli_trains_and_reports(tmp_path, demo_micrographs, demo_dir):
+    out = tmp_path / "cli.pt"
+    args = [str(p) for p in demo_micrographs[:2]] + [
+        "--labels", str(demo_dir / "particles.csv"), "-o", str(out), "--diameter-px", "56", "--arch", "conv31",
+        "--units", "4", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--tile-size", "64",
+        "--expected-particles", "150", "--test-split", "0", "--quiet"]
+    res = CliRunner().invoke(command, args)
+    assert res.exit_code == 0, res.output
+    assert out.exists() and "model ->" in res.output and "π =" in res.output
+    assert (tmp_path / "cli.cache").is_dir()
+
+
+def test_cli_unmatched_labels_exit_nonzero_without_traceback(tmp_path, demo_micrographs):
+    labels = tmp_path / "l.csv"
+    labels.write_text("micrograph,x,y\nnope,1,2\n")
+    res = CliRunner().invoke(command, [str(demo_micrographs[0]), "--labels", str(labels), "-o",
+                                       str(tmp_path / "m.pt"), "--diameter-px", "56"])
+    assert res.exit_code != 0 and "nope" in res.output and "Traceback" not in res.output
+
+
+def test_cli_module_does_not_import_torch():
+    code = "import sys, pupick.core.cli.train; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_trains_on_a_preprocessed_directory(tmp_path, demo_micrographs, demo_labels):
+    from pupick.core.preprocess import preprocess_to_dir
+
+    pre_dir = tmp_path / "pre"
+    preprocess_to_dir(demo_micrographs[:1], pre_dir, PreprocessConfig(diameter_px=56), progress=False)
+    out = tmp_path / "m.pt"
+    messages: list[str] = []
+    train(sorted(pre_dir.glob("*.mrc")), demo_labels, tiny(tmp_path, cache_dir=None), out, progress=False,
+          log=messages.append)
+    cfg = torch.load(out, weights_only=True)["config"]
+    assert cfg["factor"] == 2.0  # from the manifest; labels stayed in the original pixels
+    assert not any("outside" in m for m in messages)
+    assert not list((tmp_path / "m.cache").glob("*.npz"))  # nothing to cache
+
+
+@pytest.mark.parametrize("rotations", ["none", "90"])
+def test_tile_labels_sit_under_their_outputs(rotations):
+    """With image == mask, the label of output (k, l) equals the input pixel at its window centre, after any flip."""
+    from pupick.core.tiles import TileSampler, positive_mask
+
+    rng = np.random.default_rng(0)
+    mask = positive_mask((90, 70), rng.uniform(0, 90, 30), rng.uniform(0, 70, 30), 3)
+    assert mask.sum() > 100
+    pad, stride = 15, 4
+    sampler = TileSampler([np.pad(mask.astype(np.float32), pad)], [mask], 32, pad, stride, rotations)
+    xs, ys = sampler.sample(np.random.default_rng(1), 16)
+    n = ys.shape[1]
+    centres = xs[:, 0, pad:pad + (n - 1) * stride + 1:stride, pad:pad + (n - 1) * stride + 1:stride]
+    assert xs.shape[2] == (n - 1) * stride + 2 * pad + 1
+    np.testing.assert_array_equal(centres, ys.astype(np.float32))
