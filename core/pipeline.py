@@ -246,6 +246,7 @@ class DirRun:
     picks: pd.DataFrame  # every requested micrograph's picks, including earlier runs'
     picks_path: Path
     model: Any  # the LoadedModel (None for the blob picker)
+    micrographs: list[str] = field(default_factory=list)  # stems of every requested micrograph now done
 
 
 def _read_record(path: Path) -> pd.DataFrame:
@@ -332,12 +333,12 @@ def pick_to_dir(
         _write_record(df, records / f"{stem(path)}.csv")  # last: marks the micrograph done
 
     run = pick(todo, model, config, on_done=finish, should_stop=should_stop, progress=progress, log=log)
-    frames = [_read_record(records / f"{stem(p)}.csv") for p in paths if (records / f"{stem(p)}.csv").exists()]
-    frames = [f for f in frames if len(f)]
+    finished = [stem(p) for p in paths if (records / f"{stem(p)}.csv").exists()]
+    frames = [f for f in (_read_record(records / f"{s}.csv") for s in finished) if len(f)]
     picks = pd.concat(frames, ignore_index=True) if frames else empty_picks(with_path=True)[PICK_TABLE_COLUMNS]
     picks_path = out_dir / PICKS_TABLE
     _write_record(picks, picks_path)
-    return DirRun(run, sorted(done), picks, picks_path, model if config.method == "cnn" else None)
+    return DirRun(run, sorted(done), picks, picks_path, model if config.method == "cnn" else None, finished)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,1 +1,1 @@
-"""relion_wrapper"""
+"""RELION External job executables: pupick_relion_train and pupick_relion_pick (see README, RELION section)."""

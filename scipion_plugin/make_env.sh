@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or update the Scipion virtualenv used to test the pupick Scipion plugin:
-# scipion-pyworkflow + scipion-em (pinned) + pytest + this plugin (editable).
+# scipion-pyworkflow + scipion-em (pinned) + this plugin (editable). The checks use unittest, as Scipion does.
 #
 #   scipion_plugin/make_env.sh [VENV]        (default VENV: .venv-scipion next to scipion_plugin/)
 #
@@ -14,11 +14,10 @@ venv="${1:-$root/.venv-scipion}"
 python="${PYTHON:-python3}"
 pyworkflow_spec="${PYWORKFLOW_SPEC:-scipion-pyworkflow==3.11.7}"
 scipion_em_spec="${SCIPION_EM_SPEC:-scipion-em==3.11.1}"
-pytest_spec="${PYTEST_SPEC:-pytest>=7}"
 
 fail() { echo "make_env.sh: $*" >&2; exit 1; }
 
-want="$(cat "$here/make_env.sh" "$here/pyproject.toml" | sha256sum | cut -d' ' -f1) $pyworkflow_spec $scipion_em_spec $pytest_spec"
+want="$(cat "$here/make_env.sh" "$here/pyproject.toml" | sha256sum | cut -d' ' -f1) $pyworkflow_spec $scipion_em_spec"
 stamp="$venv/.pupick-scipion-env"
 
 if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
@@ -40,7 +39,7 @@ fi
 
 echo "make_env.sh: installing $pyworkflow_spec, $scipion_em_spec and the pupick plugin into $venv" >&2
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "$pyworkflow_spec" "$scipion_em_spec" "$pytest_spec" \
+        "$pyworkflow_spec" "$scipion_em_spec" \
     || fail "pip could not install $pyworkflow_spec $scipion_em_spec (is PyPI reachable?)"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here" \
     || fail "pip could not install the plugin from $here"

@@ -64,7 +64,7 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
     if labels is not None:
         from ..evaluate import evaluate
 
-        ev = evaluate(picks, labels, match_radius, micrographs=picks["micrograph"].unique().tolist())
+        ev = evaluate(picks, labels, match_radius, micrographs=result.micrographs)
         if np.isfinite(ev.threshold):
             return (f"suggested threshold {ev.threshold:.2f}: best F1 {ev.best_f1:.3f} (precision {ev.precision:.3f}, "
                     f"recall {ev.recall:.3f}) against the labels; AP {ev.ap:.3f}")

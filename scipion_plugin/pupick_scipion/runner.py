@@ -1,6 +1,7 @@
 """Run the `pupick` command line as a subprocess with an argument list, streaming its output to the log."""
 import collections
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ def substituteGpu(args, gpus):
         return list(args)
     if not gpus:
         raise PupickRunError('pupick was asked to run on a GPU, but Scipion assigned no GPU to this step; '
-                             'set "GPU IDs" or switch "Use GPU" off')
+                             'set the GPU id or switch "Use GPU" off')
     return [a.replace(GPU_PLACEHOLDER, str(gpus[0])) for a in args]
 
 
@@ -64,7 +65,7 @@ def run(command, env=None, cwd=None, out=None):
     out = out or sys.stdout
     head = command[3:5] if command[0] == 'bash' else command[:2]
     name = ' '.join([os.path.basename(head[0])] + head[1:])
-    out.write('** Running: %s\n' % ' '.join(command))
+    out.write('** Running: %s\n' % shlex.join(command))
     out.flush()
     try:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pupick.core.blob import MASKED_SCORE, blob_score_map, ice_mask
+from pupick.core.blob import MASKED_SCORE, blob_score_map, ice_mask, mask_scores
 from pupick.core.config import PickConfig, PreprocessConfig
 from pupick.core.errors import InputError
 from pupick.core.evaluate import evaluate
@@ -78,9 +78,10 @@ def test_score_map_shape_and_scale(prepped):
     assert 3.0 < float(np.percentile(inner, 99.9)) < 40.0
     # within a particle radius of the edge a particle is cut off: masked, so never picked
     assert (smap[:m] == MASKED_SCORE).all() and (smap[:, -m:] == MASKED_SCORE).all()
-    assert (inner > MASKED_SCORE).all()
     open_edges = blob_score_map(pre.image, DIAMETER / pre.factor, edge_margin=0)
     assert (open_edges > MASKED_SCORE).all()
+    # the mask removes the edge peaks and adds none at its border: the interior peaks are exactly the unmasked ones
+    np.testing.assert_array_equal(_peaks(smap)[m:-m, m:-m], _peaks(open_edges)[m:-m, m:-m])
 
 
 def test_dark_light_inversion(prepped, labels):
@@ -131,7 +132,27 @@ def test_ice_mask_flags_a_carbon_like_region(prepped):
     assert mask[:, : nx // 3 - int(d)].mean() < 0.05  # the region is flagged...
     assert mask[:, nx // 3 + 2 * int(d):].mean() > 0.95  # ...and the ice beyond its grown edge is not
     smap = blob_score_map(image, d, exclude_carbon=True, edge_margin=0)
-    assert (smap[~mask] == MASKED_SCORE).all() and (smap[mask] > MASKED_SCORE).all()
+    assert (smap[~mask] == MASKED_SCORE).all()
+    np.testing.assert_array_equal(_peaks(smap), _peaks(blob_score_map(image, d, edge_margin=0)) & mask)
+
+
+def _peaks(score: np.ndarray) -> np.ndarray:
+    """3x3 local maxima above the masked level, as extract_picks finds them."""
+    from scipy.ndimage import maximum_filter
+
+    return (score == maximum_filter(score, size=3, mode="nearest")) & (score > MASKED_SCORE)
+
+
+def test_mask_scores_adds_no_peak_at_the_cut():
+    # a score rising towards the right, with one real peak on the left: cutting the right half must not leave
+    # a new peak along the cut (where NMS would pick junk)
+    yy, xx = np.mgrid[0:40, 0:60].astype(np.float32)
+    score = xx / 10 + 5 * np.exp(-((xx - 10) ** 2 + (yy - 20) ** 2) / 8)
+    keep = xx < 40
+    out = mask_scores(score, keep)
+    assert (out[~keep] == MASKED_SCORE).all()
+    assert list(zip(*np.nonzero(_peaks(out)))) == [(20, 10)]
+    np.testing.assert_array_equal(mask_scores(score, np.ones_like(keep)), score)
 
 
 @pytest.mark.parametrize("diameter", [0.0, -3.0, float("nan"), 5000.0])

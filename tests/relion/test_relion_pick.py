@@ -9,11 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import starfile
+from scipy.spatial.distance import pdist
 
 from pupick.core.evaluate import evaluate
 from pupick.core.modelfile import load_model
 
-from relion_project import STEMS, Project, exit_files, make_project, run_external
+from relion_project import PIXEL_SIZE, STEMS, Project, exit_files, make_project, run_external
 
 EXE = "pupick_relion_pick"
 MODEL = "External/job006/model.pt"
@@ -93,7 +94,7 @@ def test_relion4_continue_picks_only_new_micrographs(tmp_path, trained_model):
     project.write_micrographs(STEMS[:2], style="3.0")  # RELION 3.0-style micrographs STAR (no optics table)
     out = "External/job008/"
     job = project.root / out
-    params = {"threshold": "-1", "min_distance": "150", "max_picks": "60"}
+    params = {"threshold": "-1", "min_distance": "400", "max_picks": "60"}
     assert _run(project, out, params).returncode == 0, (job / "run.err").read_text()
     assert exit_files(job) == ["RELION_JOB_EXIT_SUCCESS"]
     assert _nodes(project, out) == [("External/job008/autopick.star", "MicrographsCoords.star.relion.autopick")]
@@ -102,6 +103,9 @@ def test_relion4_continue_picks_only_new_micrographs(tmp_path, trained_model):
     picks = _read_picks(project, _read_list(project, out))
     assert len(picks) and (picks["score"] >= -1).all()
     assert picks.groupby("micrograph").size().max() <= 60
+    # min_distance is in Å: 400 Å at 5.36 Å/px (rlnDetectorPixelSize * 1e4 / rlnMagnification) is 74.6 px
+    closest = min(pdist(g[["x", "y"]].to_numpy()).min() for _, g in picks.groupby("micrograph"))
+    assert 400 / PIXEL_SIZE - 0.5 <= closest < 1.5 * 400 / PIXEL_SIZE, closest
 
     # new micrographs arrive (on-the-fly): a rerun picks only those and lists all of them
     time.sleep(0.01)

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +25,7 @@ SIDE = Path(__file__).resolve().parent / "scipion_side"
 DEMO = ROOT / "data" / "demo"
 SCIPION_VENV = Path(os.environ.get("PUPICK_SCIPION_VENV", ROOT / ".venv-scipion"))
 RUN_TIMEOUT_S = 600  # the whole Scipion run; about 1-2 minutes on 2 cores
-N_CHECKS = {"units_checks": 19, "workflow_checks": 9}  # tests in scipion_side/*_checks.py
+N_CHECKS = {"units_checks": 20, "workflow_checks": 9}  # tests in scipion_side/*_checks.py
 
 
 @pytest.fixture(scope="session")
@@ -121,12 +120,3 @@ def test_plugin_imports_only_pyworkflow_pwem_and_the_standard_library() -> None:
                 continue
             for name in names:
                 assert name.split(".")[0] in allowed, f"{path}: imports {name}"
-
-
-def test_plugin_distribution_metadata() -> None:
-    meta = tomllib.loads((PLUGIN / "pyproject.toml").read_text())
-    project = meta["project"]
-    assert project["name"] == "scipion-em-pupick"
-    assert project["entry-points"]["pyworkflow.plugin"] == {"pupick_scipion": "pupick_scipion"}
-    assert [d.split(">")[0].split("=")[0].strip() for d in project["dependencies"]] == ["scipion-em"]
-    assert (PLUGIN / "pupick_scipion" / "protocols.conf").exists()

@@ -1,5 +1,6 @@
 """Scipion-side unit checks of the pupick plugin: runs in the Scipion virtualenv (unittest), not in pytest."""
 import configparser
+import importlib.metadata
 import json
 import os
 import sys
@@ -50,6 +51,15 @@ class TestRegistration(unittest.TestCase):
 
         found = set(values(views['Protocols SPA']))
         self.assertTrue(set(PROTOCOLS) <= found, found)
+
+    def test_installed_distribution_metadata(self):
+        dist = importlib.metadata.distribution('scipion-em-pupick')
+        self.assertEqual([ep.value for ep in dist.entry_points if ep.group == 'pyworkflow.plugin'
+                          and ep.name == 'pupick_scipion'], ['pupick_scipion'])
+        self.assertEqual([r.split('>')[0].split('=')[0].strip() for r in dist.requires], ['scipion-em'])
+        with self.assertRaises(importlib.metadata.PackageNotFoundError):
+            importlib.metadata.distribution('torch')  # Scipion's environment must never get torch
+        self.assertEqual(dist.version, pupick_scipion.__version__)
 
     def test_bibtex_reference(self):
         Domain.getPlugins()  # registration parses bibtex.py
