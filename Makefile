@@ -21,8 +21,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/pupick demo -o demo_output
 
+# The Scipion plugin's tests run real Scipion in its own virtualenv (Scipion pins its own numpy/scipy; no torch).
+SCIPION_VENV ?= .venv-scipion
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	scipion_plugin/make_env.sh $(SCIPION_VENV)
+	PUPICK_SCIPION_VENV=$(SCIPION_VENV) $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

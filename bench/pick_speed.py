@@ -141,6 +141,39 @@ def score_seconds(model_path: Path, shape: tuple[int, int], stride: str, precisi
     return statistics.median(times)
 
 
+def stage_cpu_seconds(model_path: Path, mrc: Path, stride: str, precision: str) -> dict:
+    """Per-stage CPU seconds on ONE thread (process time: robust to a busy machine), warm second run."""
+    import torch
+
+    from pupick.core.config import PickConfig
+    from pupick.core.extract import extract_picks
+    from pupick.core.io import read_micrograph
+    from pupick.core.modelfile import load_model
+    from pupick.core.preprocess import downsample, normalize
+    from pupick.core.score import Scorer, upsample_map
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = load_model(model_path)
+    scorer = Scorer(model, PickConfig(stride=stride, precision=precision, device="cpu"))
+    clock = time.process_time
+    for _ in range(2):
+        t: dict[str, float] = {}
+        a = clock(); mic = read_micrograph(mrc); t["read"] = clock() - a  # noqa: E702
+        a = clock(); ds = downsample(mic.image, 4, workers=1); t["fourier_crop"] = clock() - a  # noqa: E702
+        a = clock(); img = normalize(ds, "gmm"); t["gmm"] = clock() - a  # noqa: E702
+        a = clock(); c = scorer.coarse(img); t["score"] = clock() - a  # noqa: E702
+        a = clock()
+        smap = upsample_map(c, scorer.stride, img.shape) if scorer.stride > 1 else c
+        t["refine"] = clock() - a
+        a = clock()
+        extract_picks(smap, 4, model.config["diameter_px"] * 4 / 2, -6.0)
+        t["nms"] = clock() - a
+    torch.set_num_threads(before)
+    t["total"] = sum(t.values())
+    return t
+
+
 def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 5) -> float:
     """Best GFLOP/s of an n x n matmul on this process's torch threads."""
     import torch
@@ -202,11 +235,14 @@ def main() -> None:
                 "achieved_gflops": flops / 1e9 / s_score, "matmul_peak_gflops": peaks[precision],
                 "fraction_of_peak": flops / 1e9 / s_score / peaks[precision],
             }
+            row["stage_cpu_seconds_1thread"] = stage_cpu_seconds(model, mrcs[0], stride, precision)
             results.append(row)
             print(f"  4096² {stride:5s} {precision}: {row['s_per_micrograph']:.2f} s/micrograph, peak RSS "
                   f"{row['peak_rss_mb']:.0f} MiB; {row['gflop_per_micrograph']:.0f} GFLOP, scoring "
                   f"{s_score:.2f} s = {row['achieved_gflops']:.0f} GFLOP/s ({row['fraction_of_peak']:.0%} of "
                   f"{peaks[precision]:.0f} matmul peak)", flush=True)
+            print("     CPU s on 1 thread: " + ", ".join(f"{k} {v:.3f}" for k, v in
+                                                     row["stage_cpu_seconds_1thread"].items()), flush=True)
         gpu = None
         if torch.cuda.is_available():
             gpu = {"device": torch.cuda.get_device_name(0)}

@@ -34,6 +34,7 @@ class PickRun:
     failures: list[tuple[Path, str]] = field(default_factory=list)
     seconds_per_micrograph: float = math.nan
     n_done: int = 0
+    diameters: dict[str, float] = field(default_factory=dict)  # particle diameter in each micrograph's own pixels
 
 
 @dataclass
@@ -164,6 +165,7 @@ def pick(
     map_dir = Path(config.score_map_dir) if config.score_map_dir else None
 
     frames: list[pd.DataFrame] = []
+    diameters: dict[str, float] = {}
     failures: list[tuple[Path, str]] = []
     t0 = time.perf_counter()
     n_done = 0
@@ -189,6 +191,8 @@ def pick(
                 bar.update()
                 continue
             frames.append(df)
+            if job.diameter_px:
+                diameters[stem(path)] = float(job.diameter_px)
             n_done += 1
             if on_done is not None:
                 on_done(path, df)
@@ -200,7 +204,8 @@ def pick(
         pool.shutdown(wait=True, cancel_futures=True)
     elapsed = time.perf_counter() - t0
     picks = pd.concat(frames, ignore_index=True) if frames else empty_picks(with_path=True)
-    return PickRun(picks[PICK_TABLE_COLUMNS], failures, elapsed / n_done if n_done else math.nan, n_done)
+    return PickRun(picks[PICK_TABLE_COLUMNS], failures, elapsed / n_done if n_done else math.nan, n_done,
+                   diameters)
 
 
 def _pick_one(job: _Job, plan: _Plan, scorer: Any, config: PickConfig, mask_carbon: bool,
@@ -316,10 +321,8 @@ def pick_to_dir(
         for old in records.glob("*.csv"):
             old.unlink()
     records.mkdir(parents=True, exist_ok=True)
-    diameter = (model.config.get("diameter_px") if config.method == "cnn" else config.diameter_px) or None
-    write_text_atomic(manifest, json.dumps({"pupick_version": __version__, "settings": wanted,
-                                            "model": str(getattr(model, "path", "") or ""),
-                                            "diameter_px": diameter}, indent=1))
+    record = {"pupick_version": __version__, "settings": wanted, "model": str(getattr(model, "path", "") or "")}
+    write_text_atomic(manifest, json.dumps(record, indent=1))
 
     paths = [Path(p) for p in micrographs]
     done = {p for p in paths if (records / f"{stem(p)}.csv").exists()}
@@ -338,6 +341,9 @@ def pick_to_dir(
     picks = pd.concat(frames, ignore_index=True) if frames else empty_picks(with_path=True)[PICK_TABLE_COLUMNS]
     picks_path = out_dir / PICKS_TABLE
     _write_record(picks, picks_path)
+    if run.diameters:  # in the micrographs' own pixels (after any pixel-size rescaling), for `pupick evaluate`
+        record["diameter_px"] = float(np.median(list(run.diameters.values())))
+        write_text_atomic(manifest, json.dumps(record, indent=1))
     return DirRun(run, sorted(done), picks, picks_path, model if config.method == "cnn" else None, finished)
 
 

@@ -106,6 +106,9 @@ def command(picks, labels, match_radius, diameter_px, model, mic_list, prefix, a
                f"(match radius {radius:g} px)")
     if result.n_picks_ignored:
         click.echo(f"{result.n_picks_ignored} pick(s) on micrographs outside the evaluated set were ignored")
+    if result.n_labels == 0:
+        click.echo("no labels on the evaluated micrographs: nothing to measure (check the micrograph names)")
+        return
     click.echo(f"AP {result.ap:.3f}")
     if result.n_picks and result.n_labels:
         click.echo(f"best F1 {result.best_f1:.3f} at threshold {result.threshold:.3f}: precision "

@@ -65,6 +65,8 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
         from ..evaluate import evaluate
 
         ev = evaluate(picks, labels, match_radius, micrographs=result.micrographs)
+        if ev.n_labels == 0:
+            return "no threshold suggested: the labels name none of the picked micrographs"
         if np.isfinite(ev.threshold):
             return (f"suggested threshold {ev.threshold:.2f}: best F1 {ev.best_f1:.3f} (precision {ev.precision:.3f}, "
                     f"recall {ev.recall:.3f}) against the labels; AP {ev.ap:.3f}")
@@ -156,7 +158,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
         run_core(_write_star_list, paths, out)
     radius = match_radius
     if label_table is not None and radius is None:
-        d = _diameter(result.model, config)
+        d = _diameter(result, config)
         if d is None:
             raise click.UsageError("--labels needs --match-radius (the model records no particle diameter)")
         radius = d / 2
@@ -175,9 +177,14 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
         sys.exit(1)
 
 
-def _diameter(model, config: PickConfig) -> float | None:
-    if model is not None:
-        return model.config.get("diameter_px")
+def _diameter(result, config: PickConfig) -> float | None:
+    """The particle diameter in the micrographs' pixels (after any rescaling), when known."""
+    import numpy as np
+
+    if result.run.diameters:
+        return float(np.median(list(result.run.diameters.values())))
+    if result.model is not None:
+        return result.model.config.get("diameter_px")
     return config.diameter_px
 
 

@@ -133,3 +133,26 @@ def test_evaluate_needs_a_radius(runner, demo_dir, tmp_path):
     pd.DataFrame({"micrograph": [HELD_OUT], "x": [1.0], "y": [2.0]}).to_csv(picks, index=False)
     res = runner.invoke(cli, ["evaluate", "--picks", str(picks), "--labels", str(demo_dir / "particles.csv")])
     assert res.exit_code == 1 and "--match-radius" in res.output
+
+
+def test_cryosparc_particles_with_exposures(runner, trained_model, two_mics, tmp_path):
+    import numpy as np
+    from cryosparc.dataset import Dataset
+
+    exposures = tmp_path / "exposures.cs"
+    dset = Dataset({"uid": np.array([11, 12], dtype=np.uint64)})
+    dset.add_fields([("micrograph_blob/path", "O"), ("micrograph_blob/shape", "<u4", (2,)),
+                     ("micrograph_blob/psize_A", "<f4")])
+    dset["micrograph_blob/path"] = np.array([f"J1/imported/{Path(p).name}" for p in two_mics], dtype=object)
+    dset["micrograph_blob/shape"] = np.array([(1024, 1024)] * 2, dtype=np.uint32)
+    dset["micrograph_blob/psize_A"] = np.array([0.0, 0.0], dtype=np.float32)
+    dset.save(exposures)
+    out = tmp_path / "cs"
+    res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--format", "cs",
+                              "--exposures", str(exposures), "--threshold", "0"])
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(out / "picks.csv")
+    particles = read_picks(out / "particles.cs")
+    assert len(particles) == len(table) > 0
+    res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--format", "cs"])
+    assert res.exit_code != 0 and "--exposures" in res.output

@@ -26,7 +26,7 @@ PIXEL_SIZE = 5.36  # nominal, DATA.md; the MRC headers say 0
 DIAMETER_A = 300.0  # 56 px
 MICS = sorted(f for f in os.listdir(os.path.join(DEMO, 'micrographs')) if f.endswith('.mrc'))
 TIMEOUT = 240
-TRAIN_EXTRA = '--units 16 --steps-per-epoch 15 --tile-size 128 --batch-size 4 --learning-rate 1e-3'
+TRAIN_EXTRA = '--units 16 --steps-per-epoch 10 --tile-size 128 --batch-size 4 --learning-rate 1e-3'
 
 
 def readLabels():
