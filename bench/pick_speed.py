@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import (DATA_ROOT, bench_args, evaluate_test, load_set, machine_info, run_measured, set_threads,  # noqa: E402
+from common import (bench_args, evaluate_test, load_set, run_measured, set_threads,  # noqa: E402
                     summarize, write_result)
 
 MODES = [("fast", "bf16"), ("fast", "fp32"), ("dense", "bf16"), ("dense", "fp32")]

@@ -35,8 +35,9 @@ SCRIPTS = [
     ("blob_bootstrap", "Blob picker and zero-label bootstrap"),
 ]
 # wall-clock limit per script (s): keeps `make bench` bounded even when one script misbehaves
-TIMEOUT = {"full": {"train_quality": 900, "blob_bootstrap": 600}, "quick": {}}
-DEFAULT_TIMEOUT = {"full": 300, "quick": 240}
+# (a script cut off keeps its previous JSON, which is then rendered with its own, older date)
+TIMEOUT = {"full": {"preprocess_speed": 180, "train_quality": 1200, "blob_bootstrap": 900}, "quick": {}}
+DEFAULT_TIMEOUT = {"full": 420, "quick": 420}
 MARKDOWN = REPO / "BENCHMARKS.md"
 PR_PNG = REPO / "BENCHMARKS_pr.png"
 METHOD_ORDER = {"cnn": 0, "blob": 1, "blob+mask": 2, "bootstrap": 3}
@@ -166,7 +167,7 @@ def _noise(r: dict) -> str:
 def render_quality(rows: list[dict]) -> list[str]:
     """The main table: per set and method."""
     lines = ["| set | method | AP | best F1 (P / R) | picks / mic | train time | pick time / mic | peak RSS | "
-             "runs (AP range) |", "|---|---|---|---|---|---|---|---|---|"]
+             "runs (AP range) | measured |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f1 = (f"{_num(r.get('best_f1'))} ({_num(r.get('precision'), 2)} / {_num(r.get('recall'), 2)})"
               if r.get("best_f1") is not None else "–")
@@ -174,7 +175,8 @@ def render_quality(rows: list[dict]) -> list[str]:
         train = "none" if r["method"].startswith("blob") else _seconds(r.get("train_seconds"))
         lines.append(f"| {r['set']} | {r['method']} | {_num(r.get('ap'))} | {f1} | "
                      f"{_num(r.get('picks_per_micrograph'))} | {train} | "
-                     f"{_seconds(r.get('pick_seconds_per_micrograph'))} | {rss} | {_noise(r)} |")
+                     f"{_seconds(r.get('pick_seconds_per_micrograph'))} | {rss} | {_noise(r)} | "
+                     f"{str(r.get('_date') or '?')[:16].replace('T', ' ')} |")
     return lines
 
 
@@ -299,6 +301,15 @@ def render(statuses: list[dict] | None, mode: str, total_seconds: float | None) 
               "and preprocessing; peak RSS is the whole process's.", ""]
     lines += render_quality(rows) if rows else ["No quality results yet (run `make bench`)."]
     lines += render_targets(rows)
+    boot = [r for r in rows if r.get("label_precision") is not None]
+    if boot:
+        lines += ["", "Bootstrap labels (blob picks on the train micrographs; compared with the hand labels only for this "
+                      "table — hand labels are incomplete, so precision is a lower bound):", "",
+                  "| set | labels / mic | precision vs hand labels | recall of hand labels | expected / mic (blob) | "
+                  "hand labels / mic |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['set']} | {_num(r.get('labels_per_micrograph'))} | {_num(r.get('label_precision'), 2)} | "
+                  f"{_num(r.get('label_recall'), 2)} | {_num(r.get('expected_particles'))} | "
+                  f"{_num(r.get('hand_expected_particles'))} |" for r in boot]
     if render_pr_png(rows, PR_PNG):
         lines += ["", f"PR curves per set (median run per method): [{PR_PNG.name}]({PR_PNG.name})", "",
                   f"![PR curves]({PR_PNG.name})"]
@@ -327,6 +338,9 @@ def render(statuses: list[dict] | None, mode: str, total_seconds: float | None) 
     if statuses is not None:
         lines += ["## This run", "", "| script | status | wall time |", "|---|---|---|"]
         lines += [f"| {s['script']} | {s['status']} | {_seconds(s['seconds'])} |" for s in statuses]
+        if any(s["status"] != "ok" for s in statuses):
+            lines += ["", "A script that did not finish keeps the results of its last complete run (dated in its "
+                          "section above), if any."]
         if total_seconds is not None:
             lines += ["", f"Total: {total_seconds / 60:.1f} min ({mode})."]
     text = "\n".join(lines) + "\n"

@@ -21,9 +21,9 @@ from .gmm import MixtureFit, fit_mixture
 
 # Gaussian width as a fraction of the particle radius. A uniform disk of radius R peaks at R/sqrt(2); projected
 # particles are denser in the middle and often touch their neighbours, so a narrower band works better: measured on
-# the three shared sets (AP), 0.5 is within 0.03 of the best per-set choice on each.
+# the three shared sets (AP), 0.5 is within about 0.03 of the best per-set choice on each.
 SIGMA_PER_RADIUS = 0.5
-MASKED_SCORE = -1000.0  # score given to masked (carbon) pixels: far below any threshold in use
+MASKED_SCORE = -1000.0  # score of masked pixels (edge margin, carbon): far below any threshold in use
 _MAD_TO_STD = 1.4826
 _STATS_SAMPLES = 262_144  # pixels subsampled for the robust centre/scale of the response
 

@@ -65,11 +65,11 @@ class TrainConfig:
     pooling: str = "max"  # max | stride
     objective: str = "ge-binomial"
     slack: float | None = None  # None: the objective's default (1 for ge-binomial, 10 for ge-kl)
-    expected_particles: float | None = None  # per micrograph; None: from the labels (with a warning)
+    expected_particles: float | None = None  # per micrograph; None: twice the labeled mean (with a warning)
     label_radius: int = 3  # positive-label radius, downsampled pixels
     unlabeled_samples: int = 256  # N, unlabeled outputs per step in the GE penalty
-    epochs: int = 6
-    steps_per_epoch: int = 10
+    epochs: int = 4
+    steps_per_epoch: int = 6
     batch_size: int = 8  # tiles per step
     tile_size: int = 128  # downsampled pixels, output tile (input adds the receptive field)
     learning_rate: float = 1e-3
@@ -81,7 +81,7 @@ class TrainConfig:
     workers: int = 0  # unused: tiles are cut in the training thread (cheap next to a step)
     cache_dir: str | None = None
     precision: str = "auto"  # auto (bf16 autocast where the hardware has it) | fp32 | bf16; weights stay fp32
-    calibration_batches: int = 4  # batches that re-estimate batch-norm statistics after each epoch
+    calibration_batches: int = 2  # batches that re-estimate batch-norm statistics after each epoch
     validation_stride: str = "fast"  # scorer mode for per-epoch validation AP: fast (native stride) | dense
 
     def to_dict(self) -> dict[str, Any]:

@@ -84,6 +84,12 @@ def _keys(names: Iterable[str]) -> list[str]:
     return [stem(str(n)) for n in names]
 
 
+def _key_series(names: pd.Series) -> pd.Series:
+    """Stems of a name column, computed once per distinct name (tables hold millions of rows, few names)."""
+    lookup = {n: stem(str(n)) for n in names.unique()}
+    return names.map(lookup).astype(object)
+
+
 def evaluate(
     picks: pd.DataFrame,
     labels: pd.DataFrame,
@@ -101,8 +107,8 @@ def evaluate(
         raise InputError(f"match radius must be a positive number of pixels (got {match_radius})")
     picks = validate_picks(picks, "picks")
     labels = validate_picks(labels, "labels")
-    pkeys = pd.Series(_keys(picks["micrograph"]), index=picks.index, dtype=object)
-    lkeys = pd.Series(_keys(labels["micrograph"]), index=labels.index, dtype=object)
+    pkeys = _key_series(picks["micrograph"])
+    lkeys = _key_series(labels["micrograph"])
     if micrographs is not None:
         evaluated = list(dict.fromkeys(_keys(micrographs)))
     else:

@@ -140,8 +140,12 @@ def pick(
     should_stop: Callable[[], bool] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    keep_picks: bool = True,
 ) -> PickRun:
-    """Pick particles on micrographs with a model (path or LoadedModel), or with the blob picker (method='blob')."""
+    """Pick particles on micrographs with a model (path or LoadedModel), or with the blob picker (method='blob').
+
+    With keep_picks=False the returned table is empty (the picks went to `on_done`), which bounds memory on long runs.
+    """
     from tqdm import tqdm
 
     if log is None:
@@ -190,7 +194,8 @@ def pick(
                 log(f"skipped {path}: {err}")
                 bar.update()
                 continue
-            frames.append(df)
+            if keep_picks:
+                frames.append(df)
             if job.diameter_px:
                 diameters[stem(path)] = float(job.diameter_px)
             n_done += 1
@@ -266,6 +271,26 @@ def _write_record(df: pd.DataFrame, target: Path) -> None:
         df[PICK_TABLE_COLUMNS].to_csv(tmp, index=False, float_format="%.6g")
 
 
+def _gather(records: Path, names: list[str]) -> pd.DataFrame:
+    """All finished micrographs' picks in one table; names and paths as categoricals, so 10^7 picks stay small."""
+    frames = [f for f in (_read_record(records / f"{s}.csv") for s in names) if len(f)]
+    if not frames:
+        return empty_picks(with_path=True)[PICK_TABLE_COLUMNS]
+    sizes = [len(f) for f in frames]
+    codes = np.repeat(np.arange(len(frames)), sizes)
+    mics = [str(f["micrograph"].iloc[0]) for f in frames]
+    paths = [str(f["path"].iloc[0]) for f in frames]
+    num = {c: np.concatenate([f[c].to_numpy(dtype=float) for f in frames]) for c in ("x", "y", "score")}
+    path_index = {p: i for i, p in enumerate(dict.fromkeys(paths))}
+    path_cats = list(path_index)
+    path_codes = np.array([path_index[p] for p in paths])[codes]
+    return pd.DataFrame({
+        "micrograph": pd.Categorical.from_codes(codes, categories=mics),
+        **num,
+        "path": pd.Categorical.from_codes(path_codes, categories=path_cats),
+    })
+
+
 def pick_to_dir(
     micrographs: list[Path],
     model: Path | Any | None,
@@ -304,17 +329,19 @@ def pick_to_dir(
     }
     manifest = out_dir / MANIFEST
     records = out_dir / RECORDS
+    earlier: dict = {}
     if manifest.exists() and not overwrite:
         try:
-            previous = json.loads(manifest.read_text()).get("settings")
+            earlier = json.loads(manifest.read_text())
+            previous = earlier.get("settings")
         except (OSError, ValueError, AttributeError) as err:
             raise InputError(f"{manifest}: unreadable ({err}); remove it or use --overwrite") from None
         if previous != wanted:
-            changed = sorted(k for k in set(previous or {}) | set(wanted)
-                             if (previous or {}).get(k) != wanted.get(k))
-            detail = changed
-            if changed == ["pick"]:
-                detail = sorted(k for k in wanted["pick"] if previous["pick"].get(k) != wanted["pick"][k])
+            previous = previous if isinstance(previous, dict) else {}
+            before = previous.get("pick") if isinstance(previous.get("pick"), dict) else {}
+            detail = [{"model_sha256": "model"}.get(k, k) for k in sorted(set(previous) | set(wanted))
+                      if k != "pick" and previous.get(k) != wanted.get(k)]
+            detail += [k for k in RECORDED_FIELDS if before.get(k) != wanted["pick"][k]]
             raise InputError(f"{out_dir}: holds picks made with a different {', '.join(detail)}; "
                              "use another output directory or --overwrite")
     if overwrite and records.is_dir():
@@ -322,6 +349,8 @@ def pick_to_dir(
             old.unlink()
     records.mkdir(parents=True, exist_ok=True)
     record = {"pupick_version": __version__, "settings": wanted, "model": str(getattr(model, "path", "") or "")}
+    if earlier.get("diameter_px"):
+        record["diameter_px"] = earlier["diameter_px"]
     write_text_atomic(manifest, json.dumps(record, indent=1))
 
     paths = [Path(p) for p in micrographs]
@@ -335,10 +364,10 @@ def pick_to_dir(
             writer(df, path)
         _write_record(df, records / f"{stem(path)}.csv")  # last: marks the micrograph done
 
-    run = pick(todo, model, config, on_done=finish, should_stop=should_stop, progress=progress, log=log)
+    run = pick(todo, model, config, on_done=finish, should_stop=should_stop, progress=progress, log=log,
+               keep_picks=False)
     finished = [stem(p) for p in paths if (records / f"{stem(p)}.csv").exists()]
-    frames = [f for f in (_read_record(records / f"{s}.csv") for s in finished) if len(f)]
-    picks = pd.concat(frames, ignore_index=True) if frames else empty_picks(with_path=True)[PICK_TABLE_COLUMNS]
+    picks = _gather(records, finished)
     picks_path = out_dir / PICKS_TABLE
     _write_record(picks, picks_path)
     if run.diameters:  # in the micrographs' own pixels (after any pixel-size rescaling), for `pupick evaluate`

@@ -1,4 +1,11 @@
-"""PU training loop: preprocess (cached), dense-tile minibatches, objective, Adam, per-epoch validation AP."""
+"""PU training loop: preprocess (cached), dense-tile minibatches, objective, Adam, per-epoch validation AP.
+
+Each step draws `batch_size` tiles (random micrograph by area, random position, random 90° rotation and flip) and
+takes the loss over every output of the network on them at its native stride: positives are outputs within
+`label_radius` of a label, the unlabeled outputs are shuffled into groups of `unlabeled_samples` for the GE penalty.
+Mixed precision (bf16 autocast, fp32 master weights) where the hardware runs it natively. The classifier bias
+starts at logit(π); batch-norm statistics are re-estimated with the final weights of each epoch before validating.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -162,7 +169,7 @@ def _unlabeled_groups(s_u: torch.Tensor, n: int, gen: torch.Generator) -> torch.
     return s_u[perm].reshape(g, n)
 
 
-def _validate(module: torch.nn.Module, mics: list[_Mic], radius_px: float, model_cfg: dict,
+def _validate(module: torch.nn.Module, mics: list[_Mic], radius_px: float,
               pick_config: PickConfig) -> tuple[float, float]:
     """AP and best F1 of the current module on the validation micrographs (picking's scorer, extractor, evaluator)."""
     from .evaluate import evaluate
@@ -389,7 +396,7 @@ def train(
         _recalibrate_batchnorm(module, calibration, autocast)
         if val_mics:
             module.eval()
-            ap, f1 = _validate(module, val_mics, radius_px, {}, pick_config)
+            ap, f1 = _validate(module, val_mics, radius_px, pick_config)
             if ap > best_ap:
                 best_ap, best_epoch = ap, epoch
                 best_state = copy.deepcopy(module.state_dict())

@@ -41,7 +41,7 @@ def _summary(result, config: PickConfig, seconds: float, labels, match_radius) -
     n_mics = run.n_done + len(result.skipped)
     lines = []
     if n_mics:
-        counts = picks.groupby("micrograph").size().to_numpy() if len(picks) else np.zeros(0, int)
+        counts = picks.groupby("micrograph", observed=True).size().to_numpy() if len(picks) else np.zeros(0, int)
         counts = np.r_[counts, np.zeros(max(0, n_mics - len(counts)), int)]
         lines.append(f"{len(picks)} picks on {n_mics} micrograph(s) at threshold {config.threshold:g}: "
                      f"{counts.mean():.1f} per micrograph (median {np.median(counts):g}, range {counts.min()}-"

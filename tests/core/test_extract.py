@@ -35,10 +35,13 @@ def test_nms_long_chain_falls_back_correctly():
 
 
 def synthetic_micrograph(ny, nx, centres, sigma=6.0):
-    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    """Gaussian blobs at sub-pixel centres (x, y), each drawn within 5 sigma of its centre."""
     img = np.zeros((ny, nx), np.float32)
+    w = int(5 * sigma)
     for (x, y) in centres:
-        img += np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+        y0, y1, x0, x1 = max(0, int(y) - w), min(ny, int(y) + w + 1), max(0, int(x) - w), min(nx, int(x) + w + 1)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        img[y0:y1, x0:x1] += np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
     return img
 
 

@@ -183,3 +183,11 @@ def test_tile_labels_sit_under_their_outputs(rotations):
     centres = xs[:, 0, pad:pad + (n - 1) * stride + 1:stride, pad:pad + (n - 1) * stride + 1:stride]
     assert xs.shape[2] == (n - 1) * stride + 2 * pad + 1
     np.testing.assert_array_equal(centres, ys.astype(np.float32))
+
+
+def test_cli_choices_match_the_registries():
+    from pupick.core.cli import train as cli_train
+    from pupick.core.models import MODELS
+    from pupick.core.objectives import OBJECTIVES
+
+    assert set(cli_train.ARCHS) == set(MODELS) and set(cli_train.OBJECTIVES) == set(OBJECTIVES)
