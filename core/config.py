@@ -82,6 +82,7 @@ class TrainConfig:
     cache_dir: str | None = None
     precision: str = "auto"  # auto (bf16 autocast where the hardware has it) | fp32 | bf16; weights stay fp32
     calibration_batches: int = 2  # batches that re-estimate batch-norm statistics after each epoch
+    train_stride: str = "native"  # outputs in the loss: native (network stride) | dense (every pixel, dilated)
     validation_stride: str = "fast"  # scorer mode for per-epoch validation AP: fast (native stride) | dense
 
     def to_dict(self) -> dict[str, Any]:

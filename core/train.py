@@ -354,6 +354,11 @@ def train(
         module.classifier.bias.fill_(math.log(pi / (1 - pi)))
     module = module.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.train_stride not in ("native", "dense"):
+        raise InputError(f"train stride {config.train_stride!r}: choose native or dense")
+    if config.train_stride == "dense":  # every pixel an output (dilated network): more, finer, but costlier outputs
+        module.set_dense(True)
+        stride = 1
     pad = rf // 2
     out = max(stride, min(config.tile_size, max(max(m.shape) for m in masks)) // stride * stride)
     sampler = TileSampler([np.pad(m.image, pad) for m in train_mics], masks, out, pad, stride,
@@ -414,7 +419,7 @@ def train(
     model_config = {
         **model_cfg.to_dict(),
         "receptive_field": rf,
-        "stride": stride,
+        "stride": native_stride(model_cfg),
         "factor": float(factor),
         "pixel_size": float(ps0) if ps0 else None,
         "diameter_px": float(diameter) if diameter else None,
