@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/pupick demo -o demo_output
 
 # The Scipion plugin's tests run real Scipion in its own virtualenv (Scipion pins its own numpy/scipy; no torch).
-SCIPION_VENV ?= .venv-scipion
+SCIPION_VENV ?= $(CURDIR)/.venv-scipion
 
 test: $(STAMP)
 	scipion_plugin/make_env.sh $(SCIPION_VENV)

@@ -49,7 +49,7 @@ def run_blob(set_dir: str, exclude_carbon: bool, repeats: int) -> dict:
             "train_seconds": 0.0, **ev}
 
 
-def bootstrap_labels(bset, log=print):
+def bootstrap_labels(bset):
     """Blob picks on the train micrographs -> (labels, expected particles per micrograph, label stats)."""
     from pupick.core.evaluate import evaluate
     from pupick.core.pipeline import pick

@@ -39,7 +39,11 @@ SCRIPTS = [
 TIMEOUT = {"full": {"preprocess_speed": 180, "train_quality": 1200, "blob_bootstrap": 900}, "quick": {}}
 DEFAULT_TIMEOUT = {"full": 420, "quick": 420}
 MARKDOWN = REPO / "BENCHMARKS.md"
+STATUS = OUT_DIR / ".run_all_status.json"  # the last run's per-script status, for --render
 PR_PNG = REPO / "BENCHMARKS_pr.png"
+# Topaz 0.3.20 under the same protocol (issue 3): better of two trained runs, its train time, and its DoG picker
+TOPAZ_REFERENCE = {"empiar10028": (0.815, 165.0, 0.772), "empiar10017": (0.709, 188.0, 0.570),
+                   "empiar10059": (0.724, 139.0, 0.506)}
 METHOD_ORDER = {"cnn": 0, "blob": 1, "blob+mask": 2, "bootstrap": 3}
 
 
@@ -109,7 +113,10 @@ def _flatten(d, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
+        if isinstance(v, dict) and {"median", "min", "max"} <= set(v):  # a common.summarize() result
+            out[key] = (f"{_num(v['median'])} ({_num(v['min'])}–{_num(v['max'])}, n={v.get('n', '?')})"
+                        if v["median"] is not None else None)
+        elif isinstance(v, dict):
             out.update(_flatten(v, key + "."))
         elif isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
             out[key] = ", ".join(_num(float(x)) for x in v[:8]) + (" …" if len(v) > 8 else "")
@@ -136,6 +143,8 @@ def load_results() -> dict[str, dict]:
     """Every bench/out/*.json, by name; unreadable ones are reported as such."""
     docs = {}
     for path in sorted(OUT_DIR.glob("*.json")):
+        if path.name.startswith("."):
+            continue
         try:
             docs[path.stem] = json.loads(path.read_text())
         except (OSError, ValueError) as err:
@@ -301,6 +310,13 @@ def render(statuses: list[dict] | None, mode: str, total_seconds: float | None) 
               "and preprocessing; peak RSS is the whole process's.", ""]
     lines += render_quality(rows) if rows else ["No quality results yet (run `make bench`)."]
     lines += render_targets(rows)
+    ref_sets = sorted({r["set"] for r in rows} & set(TOPAZ_REFERENCE))
+    if ref_sets:
+        lines += ["", "Reference, Topaz 0.3.20 measured under the same protocol (issue 3): trained ResNet8-u32 (better "
+                      "of two runs), its train time, and a plain difference-of-Gaussians picker:", "",
+                  "| set | Topaz trained AP | Topaz train time | DoG AP |", "|---|---|---|---|"]
+        lines += [f"| {n} | {TOPAZ_REFERENCE[n][0]:.3f} | {TOPAZ_REFERENCE[n][1]:.0f} s | {TOPAZ_REFERENCE[n][2]:.3f} |"
+                  for n in ref_sets]
     boot = [r for r in rows if r.get("label_precision") is not None]
     if boot:
         lines += ["", "Bootstrap labels (blob picks on the train micrographs; compared with the hand labels only for this "
@@ -336,7 +352,7 @@ def render(statuses: list[dict] | None, mode: str, total_seconds: float | None) 
             lines += [f"### {name}" + (f": {topic}" if topic else ""), "", "No results (script missing or not run).",
                       ""]
     if statuses is not None:
-        lines += ["## This run", "", "| script | status | wall time |", "|---|---|---|"]
+        lines += ["## Last `run_all` run", "", "| script | status | wall time |", "|---|---|---|"]
         lines += [f"| {s['script']} | {s['status']} | {_seconds(s['seconds'])} |" for s in statuses]
         if any(s["status"] != "ok" for s in statuses):
             lines += ["", "A script that did not finish keeps the results of its last complete run (dated in its "
@@ -372,9 +388,16 @@ def main(argv: list[str] | None = None) -> int:
             limit = TIMEOUT[mode].get(name, DEFAULT_TIMEOUT[mode])
             statuses.append(run_script(name, args.quick, limit))
         total = time.perf_counter() - t0
+        STATUS.write_text(json.dumps({"date": now_utc(), "mode": mode, "total_seconds": total, "statuses": statuses}))
+    elif STATUS.is_file():
+        try:
+            last = json.loads(STATUS.read_text())
+            statuses, mode, total = last["statuses"], last["mode"], last["total_seconds"]
+        except (OSError, ValueError, KeyError):
+            pass
     path = render(statuses, mode, total)
     print(f"\nwrote {path}" + (f" and {PR_PNG.name}" if PR_PNG.exists() else ""))
-    bad = [s for s in statuses or [] if s["status"] not in ("ok",)]
+    bad = [s for s in statuses or [] if s["status"] not in ("ok",)] if not args.render else []
     for s in bad:
         print(f"  {s['script']}: {s['status']}")
     return 1 if any(s["status"] not in ("ok", "missing") for s in bad) else 0

@@ -227,9 +227,9 @@ def _pick_one(job: _Job, plan: _Plan, scorer: Any, config: PickConfig, mask_carb
         if mask_carbon:
             if d_ds is None:
                 raise InputError("excluding carbon needs the particle diameter, which the model does not record")
-            from .blob import MASKED_SCORE, ice_mask
+            from .blob import ice_mask, mask_scores
 
-            smap[~ice_mask(job.image, d_ds)] = MASKED_SCORE
+            smap = mask_scores(smap, ice_mask(job.image, d_ds))  # no junk peaks along the mask's edge
     if map_dir is not None:
         from .io import write_mrc
 

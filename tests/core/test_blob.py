@@ -15,7 +15,7 @@ from pupick.core.extract import extract_picks
 from pupick.core.io import read_micrograph
 from pupick.core.pipeline import pick
 from pupick.core.preprocess import preprocess_micrograph
-from pupick.core.tables import make_picks, stem
+from pupick.core.tables import make_picks
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 DIAMETER = 56.0  # original pixels; the rule gives factor 2

@@ -34,6 +34,7 @@ def _support(module: torch.nn.Module, size: int, seed: int = 0) -> tuple[int, in
 @pytest.mark.parametrize("dense", [False, True], ids=["native", "dense"])
 def test_receptive_field_by_gradient(cfg: ModelConfig, dense: bool):
     rf = receptive_field(cfg)
+    torch.manual_seed(0)
     module = build(cfg).eval().set_dense(dense)
     size = rf + 2 * native_stride(cfg)
     r0, r1, c0, c1 = _support(module, size)

@@ -191,3 +191,10 @@ def test_cli_choices_match_the_registries():
     from pupick.core.objectives import OBJECTIVES
 
     assert set(cli_train.ARCHS) == set(MODELS) and set(cli_train.OBJECTIVES) == set(OBJECTIVES)
+
+
+def test_dense_stride_training_saves_a_native_model(tmp_path, demo_micrographs, demo_labels):
+    result = train(demo_micrographs[:1], demo_labels, tiny(tmp_path, train_stride="dense", tile_size=16),
+                   tmp_path / "m.pt", progress=False, log=lambda m: None)
+    model = load_model(result.model_path)
+    assert not model.module.dense and model.config["stride"] == 2

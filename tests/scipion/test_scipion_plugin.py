@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "scipion_plugin"
 SIDE = Path(__file__).resolve().parent / "scipion_side"
 DEMO = ROOT / "data" / "demo"
-SCIPION_VENV = Path(os.environ.get("PUPICK_SCIPION_VENV", ROOT / ".venv-scipion"))
+SCIPION_VENV = Path(os.environ.get("PUPICK_SCIPION_VENV", ROOT / ".venv-scipion")).resolve()
 RUN_TIMEOUT_S = 600  # the whole Scipion run; about 1-2 minutes on 2 cores
 N_CHECKS = {"units_checks": 20, "workflow_checks": 9}  # tests in scipion_side/*_checks.py
 
