@@ -69,7 +69,7 @@ class TrainConfig:
     label_radius: int = 3  # positive-label radius, downsampled pixels
     unlabeled_samples: int = 256  # N, unlabeled outputs per step in the GE penalty
     epochs: int = 4
-    steps_per_epoch: int = 6
+    steps_per_epoch: int = 12
     batch_size: int = 8  # tiles per step
     tile_size: int = 128  # downsampled pixels, output tile (input adds the receptive field)
     learning_rate: float = 1e-3
