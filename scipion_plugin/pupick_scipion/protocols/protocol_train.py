@@ -54,7 +54,7 @@ class ProtPupickTrain(PupickProtocolMixin, EMProtocol):
                       label='Objective',
                       help='ge-binomial: generalized-expectation criterion (default); ge-kl; nnpu: '
                            'non-negative PU; pn: treat unlabeled pixels as negatives.')
-        form.addParam('epochs', params.IntParam, default=10, validators=[params.Positive],
+        form.addParam('epochs', params.IntParam, default=4, validators=[params.Positive],
                       label='Epochs')
         form.addParam('testSplit', params.FloatParam, default=0.2, validators=[params.Range(0, 0.9)],
                       label='Test split',
