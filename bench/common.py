@@ -399,7 +399,9 @@ def run_measured(cmd: Sequence[str], env: dict | None = None, cwd: str | os.Path
         proc = subprocess.Popen([str(c) for c in cmd], stdout=fo, stderr=fe, text=True,
                                 env={**os.environ, **(env or {})}, cwd=cwd)
         note = ""
+        hwm = 0.0
         while True:
+            hwm = max(hwm, _vm_hwm_mb(proc.pid))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -411,7 +413,21 @@ def run_measured(cmd: Sequence[str], env: dict | None = None, cwd: str | os.Path
         proc.returncode = os.waitstatus_to_exitcode(status)
         fo.seek(0)
         fe.seek(0)
-        return Measured(seconds, usage.ru_maxrss / 1024.0, proc.returncode, fo.read(), fe.read() + note)
+        # ru_maxrss is NOT used: Linux carries it over fork and exec, so a child of a large parent (this bench, after
+        # training) reports the parent's size. VmHWM belongs to the child's own address space since its exec.
+        return Measured(seconds, hwm or usage.ru_maxrss / 1024.0, proc.returncode, fo.read(), fe.read() + note)
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a running process in MiB; 0 if it cannot be read (or has exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
+    return 0.0
 
 
 def timed(fn: Callable, *args: Any, **kwargs: Any) -> tuple[Any, float]:

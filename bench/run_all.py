@@ -36,7 +36,7 @@ SCRIPTS = [
 ]
 # wall-clock limit per script (s): keeps `make bench` bounded even when one script misbehaves
 # (a script cut off keeps its previous JSON, which is then rendered with its own, older date)
-TIMEOUT = {"full": {"preprocess_speed": 180, "train_quality": 1200, "blob_bootstrap": 900}, "quick": {}}
+TIMEOUT = {"full": {"preprocess_speed": 180, "train_quality": 1200, "blob_bootstrap": 900, "pick_speed": 600}, "quick": {}}
 DEFAULT_TIMEOUT = {"full": 420, "quick": 420}
 MARKDOWN = REPO / "BENCHMARKS.md"
 STATUS = OUT_DIR / ".run_all_status.json"  # the last run's per-script status, for --render

@@ -101,7 +101,7 @@ class PickConfig:
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16
     stride: str = "fast"  # fast (native stride + refinement) | dense (exact dense map)
-    tile_size: int | None = None  # downsampled pixels per scoring tile side; None: 1024 fast, 512 dense
+    tile_size: int | None = None  # downsampled pixels per scoring tile side; None: 512
     workers: int = 1  # reader/preprocessor threads overlapping with scoring
     write_score_maps: bool = False  # kept for callers; maps are written when score_map_dir is set
     score_map_dir: str | None = None  # write each score map as <dir>/<stem>.mrc (downsampled grid)

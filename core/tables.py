@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import PurePosixPath
 from typing import Iterable, Mapping, Sequence
 

@@ -1,15 +1,14 @@
 """`pupick_cryosparc`: pick and train on cryoSPARC exposures, live (External job) or offline (.cs files)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from pupick.core import __version__
-from pupick.core.cli._common import size_options
+from pupick.core.cli._common import run_cli, size_options
 from pupick.core.config import PickConfig, PreprocessConfig, TrainConfig
-from pupick.core.errors import InputError, PupickError
+from pupick.core.errors import InputError
 
 PROG = "pupick_cryosparc"
 
@@ -192,16 +191,4 @@ def upload_command(**kw) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and exit status 1."""
-    try:
-        cli.main(args=argv, prog_name=PROG, standalone_mode=False)
-    except PupickError as err:
-        click.echo(f"{PROG}: error: {err}", err=True)
-        sys.exit(1)
-    except click.exceptions.Abort:
-        click.echo(f"{PROG}: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except click.exceptions.Exit as err:
-        sys.exit(err.exit_code)
+    run_cli(cli, PROG, argv)

@@ -6,12 +6,11 @@ Commands live one per module and are imported only when invoked, so `pupick --he
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
 from .. import __version__
-from ..errors import PupickError
+from ._common import run_cli
 
 # command name -> module (relative to this package) defining a click command called `command`
 COMMANDS = {
@@ -45,16 +44,4 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and exit status 1."""
-    try:
-        cli.main(args=argv, prog_name="pupick", standalone_mode=False)
-    except PupickError as err:
-        click.echo(f"pupick: error: {err}", err=True)
-        sys.exit(1)
-    except click.exceptions.Abort:
-        click.echo("pupick: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except click.exceptions.Exit as err:
-        sys.exit(err.exit_code)
+    run_cli(cli, "pupick", argv)

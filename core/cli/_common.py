@@ -1,6 +1,7 @@
 """Options and helpers shared by several commands."""
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import click
@@ -30,3 +31,20 @@ def size_options(f: Callable) -> Callable:
     f = click.option("--diameter", type=float, default=None, help="Particle diameter in Å (needs a pixel size).")(f)
     f = click.option("--scale", type=float, default=None, help="Downsampling factor (default: from the diameter).")(f)
     return f
+
+
+def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> None:
+    """Run a click command as a console script: user errors become one line `PROG: error: ...` and exit status 1."""
+    try:
+        group.main(args=argv, prog_name=prog, standalone_mode=False)
+    except PupickError as err:
+        click.echo(f"{prog}: error: {err}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo(f"{prog}: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
