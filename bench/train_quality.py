@@ -3,7 +3,7 @@
 Per set: micrographs sorted by name, first floor(0.6 n) train, rest test; 30% of the pooled train labels (seed 0);
 expected particles = mean labels per train micrograph; default TrainConfig otherwise. Each (set, seed) runs in its own
 subprocess (clean peak RSS); train seconds = the `train()` call, preprocessing included (fresh cache each run).
-Picking uses the default PickConfig (score_micrograph + extract_picks with the particle radius); AP against all test
+Picking uses the default PickConfig (score_micrograph + extract_picks with the particle radius as distance and border); AP against all test
 labels with match radius = half the diameter. Reports the median over seeds.
 
     python bench/train_quality.py [--quick] [--sets empiar10028 ...] [--seeds 0 1 2] [--set-config '{"epochs": 6}']
@@ -57,7 +57,7 @@ def run_one(set_dir: str, seed: int, overrides: dict, threads: int) -> dict:
         t1 = time.perf_counter()
         for path in bset.test:
             pre = preprocess_micrograph(read_micrograph(path), cfg.preprocess)
-            x, y, s = extract_picks(scorer(pre.image), pre.factor, radius, pick_cfg.threshold,
+            x, y, s = extract_picks(scorer(pre.image), pre.factor, radius, pick_cfg.threshold, border_px=radius,
                                     original_shape=pre.source_shape)
             frames.append(pd.DataFrame({"micrograph": bset.stems([path])[0], "x": x, "y": y, "score": s}))
         pick_seconds = (time.perf_counter() - t1) / max(1, len(bset.test))

@@ -127,6 +127,14 @@ def _min_distance(config: PickConfig, job: _Job) -> float:
     raise InputError("the model records no particle diameter: give --min-distance (original pixels)")
 
 
+def _border(config: PickConfig, job: _Job) -> float:
+    if config.border_px is not None:
+        if not config.border_px >= 0:
+            raise InputError(f"--border must be >= 0 (got {config.border_px})")
+        return float(config.border_px)
+    return job.diameter_px / 2 if job.diameter_px else 0.0
+
+
 def _max_picks(config: PickConfig) -> int | None:
     limits = [n for n in (config.max_picks, config.top_n) if n is not None]
     return min(limits) if limits else None
@@ -235,7 +243,7 @@ def _pick_one(job: _Job, plan: _Plan, scorer: Any, config: PickConfig, mask_carb
 
         write_mrc(map_dir / f"{stem(job.path)}.mrc", smap, job.pixel_size_ds)
     x, y, s = extract_picks(smap, job.factor, _min_distance(config, job), config.threshold,
-                            border_px=config.border_px, max_picks=_max_picks(config), original_shape=job.source_shape)
+                            border_px=_border(config, job), max_picks=_max_picks(config), original_shape=job.source_shape)
     return make_picks(stem(job.path), x, y, s, path=str(job.path))
 
 

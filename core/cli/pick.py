@@ -102,8 +102,8 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @click.option("--workers", type=int, default=1, show_default=True, help="Reader threads ahead of the scorer.")
 @click.option("--overwrite", is_flag=True, help="Redo every micrograph, even with other settings than before.")
 @click.option("--max-picks", type=int, default=None, help="Keep at most this many picks per micrograph.")
-@click.option("--border", type=float, default=0.0, show_default=True,
-              help="Drop picks closer than this to an edge (original pixels).")
+@click.option("--border", type=float, default=None,
+              help="Drop picks closer than this to an edge (original pixels; default: the particle radius, 0 keeps all).")
 @click.option("--dense", is_flag=True, help="Score every pixel exactly (slower) instead of the native stride.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
 @click.option("--score-maps", is_flag=True, help="Also write each score map as OUTDIR/score_maps/<stem>.mrc.")
