@@ -48,3 +48,10 @@ def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> N
         sys.exit(err.exit_code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+
+
+def read_pick_table(path: str):
+    """Any pick table the adapters read (CSV/TSV, STAR, .box, Topaz, .cs, or a directory of per-micrograph files)."""
+    from pupick.adapters.registry import read_picks  # the CLI is the composition root: it may use the adapters
+
+    return read_picks(path)

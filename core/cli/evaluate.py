@@ -7,19 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from ._common import run_core
-
-
-def _read(path: str, what: str):
-    try:
-        from pupick.adapters.registry import read_picks
-    except ImportError:  # pragma: no cover - the adapters ship with pupick
-        import pandas as pd
-
-        from ..tables import validate_picks
-
-        return validate_picks(pd.read_csv(path, sep=None, engine="python"), path)
-    return read_picks(path)
+from ._common import read_pick_table, run_core
 
 
 def _micrograph_list(spec: str) -> list[str]:
@@ -93,8 +81,8 @@ def command(picks, labels, match_radius, diameter_px, model, mic_list, prefix, a
     from ..evaluate import evaluate
 
     radius = run_core(_match_radius, match_radius, diameter_px, model, picks)
-    p = run_core(_read, picks, "picks")
-    lab = run_core(_read, labels, "labels")
+    p = run_core(read_pick_table, picks)
+    lab = run_core(read_pick_table, labels)
     names = run_core(_micrograph_list, mic_list) if mic_list else None
     result = run_core(evaluate, p, lab, radius, names)
     if prefix:

@@ -8,7 +8,7 @@ import click
 
 from ..config import PickConfig
 from ..io import atomic_path, expand_inputs
-from ._common import run_core
+from ._common import read_pick_table, run_core
 
 FORMATS = ("csv", "star", "box", "tsv", "cs")
 COORD_DIR = "coordinates"  # per-micrograph files live in OUTDIR/coordinates/<stem>.<ext>
@@ -142,7 +142,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
                         exclude_carbon=exclude_carbon, top_n=top_n)
     label_table = None
     if labels:
-        label_table = run_core(_read_labels, labels)
+        label_table = run_core(read_pick_table, labels)
     box = None
     if fmt == "box":
         box = run_core(_box_size, box_size, model_path, config)
@@ -186,16 +186,6 @@ def _diameter(result, config: PickConfig) -> float | None:
     if result.model is not None:
         return result.model.config.get("diameter_px")
     return config.diameter_px
-
-
-def _read_labels(path: str):
-    try:
-        from pupick.adapters.registry import read_picks
-    except ImportError:  # pragma: no cover - the adapters ship with pupick
-        import pandas as pd
-
-        return pd.read_csv(path, sep=None, engine="python")
-    return read_picks(path)
 
 
 def _box_size(box_size: int | None, model_path: str | None, config: PickConfig) -> int:

@@ -8,7 +8,7 @@ import click
 from ..config import PreprocessConfig, TrainConfig
 from ..errors import InputError
 from ..io import expand_inputs
-from ._common import run_core, size_options
+from ._common import read_pick_table, run_core, size_options
 
 ARCHS = ["resnet8", "resnet16", "conv31", "conv63", "conv127"]  # core.models.MODELS, listed here to keep torch lazy
 OBJECTIVES = ["ge-binomial", "ge-kl", "nnpu", "pn"]  # core.objectives.OBJECTIVES
@@ -30,11 +30,7 @@ def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
         if missing:
             raise InputError(f"{p}: missing column(s) {', '.join(missing)} (need micrograph, x, y)")
         return df
-    try:
-        from pupick.adapters.registry import read_picks
-    except ImportError:
-        raise InputError(f"{p}: only CSV/TSV label tables are readable in this installation") from None
-    return read_picks(p)
+    return read_pick_table(str(p))
 
 
 @click.command("train")
