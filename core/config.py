@@ -102,6 +102,8 @@ class PickConfig:
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16
     stride: str = "fast"  # fast (native stride + refinement) | dense (exact dense map)
+    views: int | None = None  # test-time augmentation: mean score over 1, 2, 4 or 8 rotated/mirrored copies of the
+    # micrograph; None: 4 in the fast mode, 1 (the exact map) in the dense mode
     tile_size: int | None = None  # downsampled pixels per scoring tile side; None: 512
     workers: int = 1  # reader/preprocessor threads overlapping with scoring
     write_score_maps: bool = False  # kept for callers; maps are written when score_map_dir is set

@@ -251,7 +251,7 @@ MANIFEST = "pupick_pick.json"
 RECORDS = ".pupick_records"  # one CSV per finished micrograph: the resume marker and the source of picks.csv
 PICKS_TABLE = "picks.csv"
 # PickConfig fields that change the picks; a rerun into the same directory must agree on them
-RECORDED_FIELDS = ("method", "threshold", "min_distance_px", "max_picks", "border_px", "pixel_size", "stride",
+RECORDED_FIELDS = ("method", "threshold", "min_distance_px", "max_picks", "border_px", "pixel_size", "stride", "views",
                    "seed", "diameter_A", "diameter_px", "dark_particles", "exclude_carbon", "top_n", "factor")
 
 
@@ -330,6 +330,10 @@ def pick_to_dir(
 
         model = load_model(model)
     conf = config.to_dict()
+    if conf["views"] is None and config.method == "cnn":  # record what the default means, so 4 == default
+        from .score import DEFAULT_VIEWS
+
+        conf["views"] = 1 if config.stride == "dense" else DEFAULT_VIEWS
     wanted = {
         "model_sha256": getattr(model, "sha256", None) if config.method == "cnn" else None,
         "pick": {k: conf[k] for k in RECORDED_FIELDS},

@@ -4,7 +4,9 @@ Geometry (see core.models): the network uses valid convolutions; padding the ima
 aligns output [i, j] with input pixel (i, j) in dense mode, and with pixel (k J, l J) at the native stride J. Each
 output depends only on the input window centred on it, so tiles cut from the padded image (overlapping by 2 P) stitch
 into exactly the untiled map. The fast mode scores at the native stride and refines peak positions by bicubic
-interpolation of the coarse map onto the dense grid; the dense mode computes every pixel.
+interpolation of the coarse map onto the dense grid; the dense mode computes every pixel. Test-time views average
+the map over rotated/mirrored copies of the micrograph (each mapped back): a particle's score should not depend on
+its orientation, and the average is a smoother, better-ranked map (fast mode default 4; dense mode default 1).
 """
 from __future__ import annotations
 
@@ -21,6 +23,10 @@ import torch.nn.functional as F
 from .config import PickConfig
 from .errors import InputError
 
+# test-time views: (quarter turns, mirror first); scores are averaged over the dihedral copies of the image
+VIEWS = {1: [(0, False)], 2: [(0, False), (2, True)], 4: [(0, False), (1, False), (2, False), (3, False)],
+         8: [(t, f) for f in (False, True) for t in range(4)]}
+DEFAULT_VIEWS = 4  # fast mode: +0.01 to +0.03 AP on the shared sets (4 and 8 views score alike), ~4x the network time
 DEFAULT_TILE = {"fast": 512, "dense": 512}  # downsampled pixels per tile side (512: same speed as 1024, ~100 MB less peak memory)
 
 
@@ -106,6 +112,10 @@ class Scorer:
         self.module = module.to(self.device).to(memory_format=torch.channels_last).eval()
         tile = config.tile_size or DEFAULT_TILE[config.stride]
         self.tile = max(self.stride, int(tile) // self.stride * self.stride)
+        views = config.views if config.views is not None else (1 if self.dense else DEFAULT_VIEWS)
+        if views not in VIEWS:
+            raise InputError(f"views {views!r}: choose {', '.join(map(str, VIEWS))}")
+        self.views = VIEWS[views]
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:
@@ -132,12 +142,27 @@ class Scorer:
                     out[y0 // j:y0 // j + oh, x0 // j:x0 // j + ow] = y[:oh, :ow]
         return out
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Score map on the image's grid (float32, same shape): map[i, j] scores a particle centred on pixel (i, j)."""
+    def single(self, image: np.ndarray) -> np.ndarray:
+        """Score map of the image as given (one view)."""
         coarse = self.coarse(image)
         if self.stride == 1:
             return coarse
         return upsample_map(coarse, self.stride, np.asarray(image).shape)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Score map on the image's grid (float32, same shape): map[i, j] scores a particle centred on pixel (i, j).
+
+        With several views, the mean logit over rotated/flipped copies of the image, each mapped back.
+        """
+        image = np.asarray(image, dtype=np.float32)
+        if len(self.views) == 1:
+            return self.single(image)
+        total = np.zeros(image.shape, dtype=np.float32)
+        for turns, flip in self.views:
+            view = np.rot90(image[:, ::-1] if flip else image, turns)
+            s = np.rot90(self.single(np.ascontiguousarray(view)), -turns)
+            total += s[:, ::-1] if flip else s
+        return total / np.float32(len(self.views))
 
 
 def upsample_map(coarse: np.ndarray, stride: int, shape: tuple[int, int]) -> np.ndarray:

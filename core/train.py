@@ -369,7 +369,7 @@ def train(
     diameter = config.preprocess.diameter_in_px(mics[0].pixel_size)
     radius_px = diameter / 2 if diameter else 20.0 * factor  # NMS distance and match radius (original px)
     pick_config = PickConfig(device=str(device), precision=config.precision, threshold=-1e9,
-                             stride=config.validation_stride)
+                             stride=config.validation_stride, views=1)
 
     calib_rng = np.random.default_rng([config.seed, 4])  # its own stream: calibration never shifts training's draws
     calibration = [torch.from_numpy(sampler.sample(calib_rng, config.batch_size)[0]).to(device).contiguous(

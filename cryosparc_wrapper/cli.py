@@ -87,13 +87,15 @@ def cli() -> None:
 @click.option("--diameter", type=float, default=None, help="Blob picker: particle diameter in Å.")
 @click.option("--diameter-px", type=float, default=None, help="Blob picker: particle diameter in px.")
 @click.option("--pixel-size", type=float, default=None, help="Å/px of the micrographs (overrides the headers).")
+@click.option("--views", type=click.Choice(["1", "2", "4", "8"]), default=None,
+              help="Average the score over this many rotated/mirrored copies (default 4).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @_connection_options
 def pick_command(**kw) -> None:
     """Pick exposures: offline (.cs in, particles .cs out) or live (an External job's particles)."""
     config = PickConfig(threshold=kw["threshold"], min_distance_px=kw["min_distance"], max_picks=kw["max_picks"],
                         border_px=kw["border"], pixel_size=kw["pixel_size"], device=kw["device"],
-                        method=kw["method"], diameter_A=kw["diameter"], diameter_px=kw["diameter_px"])
+                        views=int(kw["views"]) if kw["views"] else None, method=kw["method"], diameter_A=kw["diameter"], diameter_px=kw["diameter_px"])
     if kw["method"] == "cnn" and not kw["model_path"]:
         raise InputError("--model is required (or --method blob with --diameter-px)")
     model = Path(kw["model_path"]) if kw["model_path"] else None

@@ -15,7 +15,7 @@ from pupick.core.io import atomic_path, write_text_atomic
 from .common import end_process, pixel_size_of, read_micrographs, run_external, say, set_threads, set_version
 from .job import RelionJob
 from .nodes import LABELS, STAR_VERSIONS, coordinates_relpath, node_name
-from .protocol import ExternalArgs, Param, check_inputs, convert_params, device_spec, number, text, whole
+from .protocol import ExternalArgs, Param, check_inputs, choice, convert_params, device_spec, number, text, whole
 
 PROGRAM = "pupick_relion_pick"
 LIST_NAME = "autopick.star"
@@ -31,6 +31,8 @@ PARAMS = (
     Param("device", text, "auto, cpu, cuda or cuda:N (default auto)"),
     Param("gpu", text, "GPU to use, as RELION writes it (0, or empty for any)", allow_empty=True),
     Param("max_picks", whole("max_picks", minimum=1), "at most this many picks per micrograph"),
+    Param("views", choice("views", ["1", "2", "4", "8"]), "score averaged over this many rotated/mirrored copies "
+          "of each micrograph (default 4; 1 is fastest)"),
     Param("relion_version", text, "4 or 5 (default: from default_pipeline.star)"),
 )
 
@@ -111,7 +113,7 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     settings = {
         "model_sha256": model.sha256,
         "diameter": values["diameter"], "threshold": values["threshold"],
-        "min_distance": values["min_distance"], "max_picks": values["max_picks"],
+        "min_distance": values["min_distance"], "max_picks": values["max_picks"], "views": values["views"],
     }
     _check_settings(job.out_dir, settings, n_done)
     todo = mics[[not d for d in done]]
@@ -144,7 +146,7 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
                     min_distance_px=_distance_px(min_dist, ps, "min_distance" if values["min_distance"] else
                                                  "diameter", mics_star),
                     max_picks=values["max_picks"], pixel_size=ps, device=device,
-                    workers=1,
+                    views=int(values["views"]) if values["views"] else None, workers=1,
                 )
                 run = pick([Path(p) for p in group["path"]], model, config, on_done=on_done,
                            should_stop=job.abort_requested, progress=False, log=say)

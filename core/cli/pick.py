@@ -105,6 +105,9 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @click.option("--border", type=float, default=None,
               help="Drop picks closer than this to an edge (original pixels; default: the particle radius, 0 keeps all).")
 @click.option("--dense", is_flag=True, help="Score every pixel exactly (slower) instead of the native stride.")
+@click.option("--views", type=click.Choice(["1", "2", "4", "8"]), default=None,
+              help="Average the score over this many rotated/mirrored copies of each micrograph (more: smoother, "
+                   "slower; default 4, or 1 with --dense).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
 @click.option("--score-maps", is_flag=True, help="Also write each score map as OUTDIR/score_maps/<stem>.mrc.")
 @click.option("--method", type=click.Choice(["cnn", "blob"]), default="cnn", show_default=True,
@@ -118,7 +121,7 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
               help="Optional labels: the summary suggests the best-F1 threshold against them.")
 @click.option("--match-radius", type=float, default=None, help="With --labels: match radius (default: radius).")
 def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_size, fmt, box_size, exposures, device,
-            workers, overwrite, max_picks, border, dense, precision, score_maps, method, diameter, diameter_px,
+            workers, overwrite, max_picks, border, dense, views, precision, score_maps, method, diameter, diameter_px,
             light, top_n, exclude_carbon, labels, match_radius):
     """Pick particles on MICROGRAPHS (files, directories, globs, @list.txt) into OUTDIR/picks.csv."""
     import time
@@ -136,7 +139,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
         raise click.UsageError("--format cs needs --exposures EXPOSURES.cs (the micrographs' exposures)")
     config = PickConfig(threshold=threshold, min_distance_px=min_distance, max_picks=max_picks, border_px=border,
                         pixel_size=pixel_size, device=device, precision=precision,
-                        stride="dense" if dense else "fast", workers=workers,
+                        stride="dense" if dense else "fast", views=int(views) if views else None, workers=workers,
                         score_map_dir=str(out / "score_maps") if score_maps else None, method=method,
                         diameter_A=diameter, diameter_px=diameter_px, dark_particles=not light,
                         exclude_carbon=exclude_carbon, top_n=top_n)

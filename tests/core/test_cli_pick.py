@@ -55,6 +55,21 @@ def test_rerun_skips_and_other_settings_refuse(runner, picked, trained_model, tw
     assert res.exit_code == 1 and "threshold" in res.output and "--overwrite" in res.output
 
 
+def test_views_option_changes_the_score_map_and_is_a_recorded_setting(runner, picked, trained_model, two_mics,
+                                                                     tmp_path):
+    out, _ = picked
+    res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--views", "1"])
+    assert res.exit_code == 1 and "views" in res.output  # the default (4 views) made the picks already there
+    one = tmp_path / "one"
+    res = runner.invoke(cli, ["pick", two_mics[1], "--model", str(trained_model), "-o", str(one), "--views", "1",
+                              "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    a = pd.read_csv(out / "coordinates" / f"{HELD_OUT}.csv")
+    b = pd.read_csv(one / "coordinates" / f"{HELD_OUT}.csv")
+    assert len(a) > 10 and len(b) > 10
+    assert a["score"].iloc[:10].tolist() != pytest.approx(b["score"].iloc[:10].tolist(), abs=1e-3)
+
+
 def test_star_and_box_formats_and_empty_micrographs(runner, trained_model, two_mics, tmp_path):
     out = tmp_path / "star"
     res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--format", "star",

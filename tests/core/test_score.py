@@ -61,7 +61,7 @@ def test_stitched_tiles_equal_the_untiled_map(tiny, image, stride):
 def test_fast_map_samples_the_dense_map_and_keeps_the_image_grid(tiny, image):
     cfg = dict(precision="fp32", device="cpu")
     dense = Scorer(tiny, PickConfig(stride="dense", **cfg))(image)
-    fast_scorer = Scorer(tiny, PickConfig(stride="fast", **cfg))
+    fast_scorer = Scorer(tiny, PickConfig(stride="fast", views=1, **cfg))
     coarse = fast_scorer.coarse(image)
     j = fast_scorer.stride
     assert j == 4
@@ -69,6 +69,36 @@ def test_fast_map_samples_the_dense_map_and_keeps_the_image_grid(tiny, image):
     fast = fast_scorer(image)
     assert fast.shape == dense.shape == image.shape
     np.testing.assert_allclose(fast[::j, ::j], coarse, atol=1e-5)  # interpolation passes through the samples
+
+
+def test_views_default_to_four_in_fast_mode_and_one_in_dense_mode(tiny, image):
+    cfg = dict(precision="fp32", device="cpu")
+    assert len(Scorer(tiny, PickConfig(stride="fast", **cfg)).views) == 4
+    assert len(Scorer(tiny, PickConfig(stride="dense", **cfg)).views) == 1
+    with pytest.raises(InputError, match="views 3"):
+        Scorer(tiny, PickConfig(views=3, **cfg))
+
+
+@pytest.mark.parametrize("views", [4, 8])
+def test_averaged_views_make_the_map_follow_the_micrograph_when_turned(tiny, image, views):
+    # the views form a group, so scoring a turned (or mirrored) micrograph gives the turned map, which one view
+    # does not at the native stride (the coarse grid lands on other pixels)
+    cfg = dict(precision="fp32", device="cpu", stride="fast")
+    many = Scorer(tiny, PickConfig(views=views, **cfg))
+    one = Scorer(tiny, PickConfig(views=1, **cfg))
+    turned = np.ascontiguousarray(np.rot90(image))
+    np.testing.assert_allclose(many(turned), np.rot90(many(image)), atol=1e-4)
+    assert np.abs(one(turned) - np.rot90(one(image))).max() > 1e-2
+    if views == 8:
+        mirrored = np.ascontiguousarray(image[:, ::-1])
+        np.testing.assert_allclose(many(mirrored), many(image)[:, ::-1], atol=1e-4)
+
+
+def test_averaged_views_are_the_mean_of_the_single_view_maps(tiny, image):
+    cfg = dict(precision="fp32", device="cpu", stride="fast")
+    one = Scorer(tiny, PickConfig(views=1, **cfg))
+    expected = (one(image) + np.rot90(one(np.ascontiguousarray(np.rot90(image[:, ::-1], 2))), -2)[:, ::-1]) / 2
+    np.testing.assert_allclose(Scorer(tiny, PickConfig(views=2, **cfg))(image), expected, atol=1e-5)
 
 
 def test_map_is_aligned_with_the_image(tiny):

@@ -161,6 +161,7 @@ def test_abort_mid_run_then_continue(tmp_path, trained_model):
     ({"model": MODEL}, {}, "--in_mics is missing"),
     ({"model": MODEL}, {"in_mics": "CtfFind/job003/none.star"}, "none.star: no such file"),
     ({"model": MODEL, "device": "cpu", "gpu": "0"}, None, "either parameter device or gpu"),
+    ({"model": MODEL, "views": "3"}, None, "parameter views: '3' is not one of 1, 2, 4, 8"),
 ])
 def test_bad_input_fails_with_the_reason_in_run_err(tmp_path, trained_model, params, inputs, message):
     project = _project(tmp_path, 50001, trained_model)
