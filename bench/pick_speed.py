@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (bench_args, evaluate_test, load_set, run_measured, set_threads,  # noqa: E402
                     summarize, write_result)
 
-MODES = [("fast", "bf16"), ("fast", "fp32"), ("dense", "bf16"), ("dense", "fp32")]
+# (stride, precision, views): the default fast mode averages 4 views; one view of it is shown for reference
+MODES = [("fast", "bf16", 4), ("fast", "bf16", 1), ("fast", "fp32", 4), ("dense", "bf16", 1), ("dense", "fp32", 1)]
 FULL_PIXEL_SIZE = 1.77
 
 
@@ -47,13 +48,14 @@ def mode_quality(bset, model_path: Path, quick: bool) -> list[dict]:
     model = load_model(model_path)
     mics = bset.test[:3] if quick else bset.test
     rows = []
-    for stride, precision in MODES:
+    for stride, precision, views in MODES:
         t0 = time.perf_counter()
-        run = pick(mics, model, PickConfig(stride=stride, precision=precision, device="cpu"), progress=False)
+        run = pick(mics, model, PickConfig(stride=stride, precision=precision, views=views, device="cpu"),
+                   progress=False)
         seconds = (time.perf_counter() - t0) / len(mics)
         ev = evaluate_test(run.picks, bset, micrographs=bset.stems(mics))
         ev.pop("curve", None)
-        rows.append({**ev, "stride": stride, "dtype": precision, "s_per_micrograph_1024": seconds})
+        rows.append({**ev, "stride": stride, "dtype": precision, "views": views, "s_per_micrograph_1024": seconds})
     ref = next(r["ap"] for r in rows if r["stride"] == "dense" and r["dtype"] == "fp32")
     for r in rows:
         r["ap_delta_vs_dense_fp32"] = r["ap"] - ref
@@ -72,7 +74,7 @@ def convert_full(src: Path, dst: Path) -> list[Path]:
     return out
 
 
-def child(model: str, mrcs: list[str], stride: str, precision: str, threads: int) -> None:
+def child(model: str, mrcs: list[str], stride: str, precision: str, views: int, threads: int) -> None:
     """Pick the micrographs twice (pass 1 warms up) into fresh directories; print per-micrograph seconds as JSON."""
     set_threads(threads)
     import torch
@@ -94,14 +96,14 @@ def child(model: str, mrcs: list[str], stride: str, precision: str, threads: int
                 stamps.append(time.perf_counter())
 
             res = pick_to_dir([Path(m) for m in mrcs], model, PickConfig(stride=stride, precision=precision,
-                                                                          device="cpu"), out, writer=write,
+                                                                          views=views, device="cpu"), out, writer=write,
                               progress=False, log=lambda m: None)
             passes.append({"seconds": [b - a for a, b in zip(stamps, stamps[1:])], "n_picks": len(res.picks)})
     print(json.dumps({"passes": passes}))
 
 
-def conv_flops(model_path: Path, shape: tuple[int, int], stride: str) -> float:
-    """Multiply-adds x 2 of every convolution for one scored image of `shape` (downsampled pixels)."""
+def conv_flops(model_path: Path, shape: tuple[int, int], stride: str, views: int) -> float:
+    """Multiply-adds x 2 of every convolution for one scored image of `shape` (downsampled pixels), all views."""
     import numpy as np
     import torch
 
@@ -109,7 +111,7 @@ def conv_flops(model_path: Path, shape: tuple[int, int], stride: str) -> float:
     from pupick.core.modelfile import load_model
     from pupick.core.score import Scorer
 
-    scorer = Scorer(load_model(model_path), PickConfig(stride=stride, precision="fp32", device="cpu"))
+    scorer = Scorer(load_model(model_path), PickConfig(stride=stride, precision="fp32", views=views, device="cpu"))
     total = [0.0]
 
     def hook(mod, inp, out):
@@ -117,20 +119,20 @@ def conv_flops(model_path: Path, shape: tuple[int, int], stride: str) -> float:
         total[0] += 2.0 * out.numel() * k
 
     handles = [m.register_forward_hook(hook) for m in scorer.module.modules() if isinstance(m, torch.nn.Conv2d)]
-    scorer.coarse(np.zeros(shape, np.float32))
+    scorer(np.zeros(shape, np.float32))
     for h in handles:
         h.remove()
     return total[0]
 
 
-def score_seconds(model_path: Path, shape: tuple[int, int], stride: str, precision: str, n: int) -> float:
+def score_seconds(model_path: Path, shape: tuple[int, int], stride: str, precision: str, views: int, n: int) -> float:
     import numpy as np
 
     from pupick.core.config import PickConfig
     from pupick.core.modelfile import load_model
     from pupick.core.score import Scorer
 
-    scorer = Scorer(load_model(model_path), PickConfig(stride=stride, precision=precision, device="cpu"))
+    scorer = Scorer(load_model(model_path), PickConfig(stride=stride, precision=precision, views=views, device="cpu"))
     img = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     scorer(img)
     times = []
@@ -141,8 +143,9 @@ def score_seconds(model_path: Path, shape: tuple[int, int], stride: str, precisi
     return statistics.median(times)
 
 
-def stage_cpu_seconds(model_path: Path, mrc: Path, stride: str, precision: str) -> dict:
+def stage_cpu_seconds(model_path: Path, mrc: Path, stride: str, precision: str, views: int) -> dict:
     """Per-stage CPU seconds on ONE thread (process time: robust to a busy machine), warm second run."""
+    import numpy as np
     import torch
 
     from pupick.core.config import PickConfig
@@ -155,16 +158,18 @@ def stage_cpu_seconds(model_path: Path, mrc: Path, stride: str, precision: str) 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     model = load_model(model_path)
-    scorer = Scorer(model, PickConfig(stride=stride, precision=precision, device="cpu"))
+    scorer = Scorer(model, PickConfig(stride=stride, precision=precision, views=views, device="cpu"))
     clock = time.process_time
     for _ in range(2):
         t: dict[str, float] = {}
         a = clock(); mic = read_micrograph(mrc); t["read"] = clock() - a  # noqa: E702
         a = clock(); ds = downsample(mic.image, 4, workers=1); t["fourier_crop"] = clock() - a  # noqa: E702
         a = clock(); img = normalize(ds, "gmm"); t["gmm"] = clock() - a  # noqa: E702
-        a = clock(); c = scorer.coarse(img); t["score"] = clock() - a  # noqa: E702
+        turned = [np.ascontiguousarray(np.rot90(img[:, ::-1] if f else img, k)) for k, f in scorer.views]
+        a = clock(); cs = [scorer.coarse(v) for v in turned]; t["score"] = clock() - a  # noqa: E702
         a = clock()
-        smap = upsample_map(c, scorer.stride, img.shape) if scorer.stride > 1 else c
+        maps = [upsample_map(c, scorer.stride, v.shape) if scorer.stride > 1 else c for c, v in zip(cs, turned)]
+        smap = sum(np.rot90(m, -k)[:, ::-1] if f else np.rot90(m, -k) for m, (k, f) in zip(maps, scorer.views))
         t["refine"] = clock() - a
         a = clock()
         extract_picks(smap, 4, model.config["diameter_px"] * 4 / 2, -6.0)
@@ -191,8 +196,8 @@ def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 5) -> float:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _, _, model, stride, precision, threads, *mrcs = sys.argv
-        child(model, mrcs, stride, precision, int(threads))
+        _, _, model, stride, precision, views, threads, *mrcs = sys.argv
+        child(model, mrcs, stride, precision, int(views), int(threads))
         return
     args = bench_args(__doc__.splitlines()[0], extra=lambda ap: ap.add_argument(
         "--model", type=Path, default=None, help="reuse this model (trained on empiar10017) instead of training"))
@@ -211,33 +216,34 @@ def main() -> None:
             print(f"trained on {len(bset.train)} micrographs in {t_train:.0f} s", flush=True)
         quality = mode_quality(bset, model, args.quick)
         for r in quality:
-            print(f"  {r['stride']:5s} {r['dtype']}: AP {r['ap']:.3f} ({r['ap_delta_vs_dense_fp32']:+.3f} vs "
+            print(f"  {r['stride']:5s} {r['dtype']} {r['views']} view(s): AP {r['ap']:.3f} ({r['ap_delta_vs_dense_fp32']:+.3f} vs "
                   f"dense fp32), {r['s_per_micrograph_1024']:.2f} s per 1024² micrograph", flush=True)
         mrcs = convert_full(bset.dir / "full4096", tmp)
         peaks = {p: matmul_peak(p) for p in ("bf16", "fp32")}
-        modes = [("fast", "bf16"), ("dense", "bf16")] if args.quick else MODES
-        for stride, precision in modes:
-            m = run_measured([sys.executable, __file__, "--child", str(model), stride, precision, str(args.threads),
+        modes = [("fast", "bf16", 4), ("dense", "bf16", 1)] if args.quick else MODES
+        for stride, precision, views in modes:
+            m = run_measured([sys.executable, __file__, "--child", str(model), stride, precision, str(views),
+                              str(args.threads),
                               *map(str, mrcs)], timeout=1200)
             if m.returncode != 0:
                 print(f"  {stride} {precision}: child failed: {m.stderr[-500:]}", flush=True)
-                results.append({"stride": stride, "dtype": precision, "error": m.stderr[-500:]})
+                results.append({"stride": stride, "dtype": precision, "views": views, "error": m.stderr[-500:]})
                 continue
             passes = json.loads(m.stdout.strip().splitlines()[-1])["passes"]
             per_mic = summarize(passes[1]["seconds"])
-            flops = conv_flops(model, (1024, 1024), stride)
-            s_score = score_seconds(model, (1024, 1024), stride, precision, 1 if args.quick else 3)
+            flops = conv_flops(model, (1024, 1024), stride, views)
+            s_score = score_seconds(model, (1024, 1024), stride, precision, views, 1 if args.quick else 3)
             row = {
-                "stride": stride, "dtype": precision, "s_per_micrograph": per_mic["median"],
+                "stride": stride, "dtype": precision, "views": views, "s_per_micrograph": per_mic["median"],
                 "s_per_micrograph_runs": per_mic, "first_pass_seconds": passes[0]["seconds"],
                 "peak_rss_mb": m.peak_rss_mb, "picks_per_micrograph": passes[1]["n_picks"] / len(mrcs),
                 "gflop_per_micrograph": flops / 1e9, "score_seconds": s_score,
                 "achieved_gflops": flops / 1e9 / s_score, "matmul_peak_gflops": peaks[precision],
                 "fraction_of_peak": flops / 1e9 / s_score / peaks[precision],
             }
-            row["stage_cpu_seconds_1thread"] = stage_cpu_seconds(model, mrcs[0], stride, precision)
+            row["stage_cpu_seconds_1thread"] = stage_cpu_seconds(model, mrcs[0], stride, precision, views)
             results.append(row)
-            print(f"  4096² {stride:5s} {precision}: {row['s_per_micrograph']:.2f} s/micrograph, peak RSS "
+            print(f"  4096² {stride:5s} {precision} {views} view(s): {row['s_per_micrograph']:.2f} s/micrograph, peak RSS "
                   f"{row['peak_rss_mb']:.0f} MiB; {row['gflop_per_micrograph']:.0f} GFLOP, scoring "
                   f"{s_score:.2f} s = {row['achieved_gflops']:.0f} GFLOP/s ({row['fraction_of_peak']:.0%} of "
                   f"{peaks[precision]:.0f} matmul peak)", flush=True)

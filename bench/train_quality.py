@@ -5,8 +5,9 @@ expected particles = mean labels per train micrograph; no validation split (`--t
 training micrographs, a sixth of them is worth more than epoch selection on it: +0.01 to +0.02 AP on every shared
 set), default TrainConfig otherwise. Each (set, seed) runs in its own
 subprocess (clean peak RSS); train seconds = the `train()` call, preprocessing included (fresh cache each run).
-Picking uses the default PickConfig (4 views; score_micrograph + extract_picks with the particle radius as distance and border); AP against all test
-labels with match radius = half the diameter. Reports the median over seeds.
+Picking is `pupick pick` with its defaults (core.pipeline.pick: 4 views, the particle radius as suppression distance,
+the border the model learned from its training labels); AP against all test labels with match radius = half the
+diameter. Reports the median over seeds.
 
     python bench/train_quality.py [--quick] [--sets empiar10028 ...] [--seeds 0 1 2] [--set-config '{"epochs": 6}']
 """
@@ -37,12 +38,9 @@ def run_one(set_dir: str, seed: int, overrides: dict, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from pupick.core.extract import extract_picks
-    from pupick.core.io import read_micrograph
-    from pupick.core.preprocess import preprocess_micrograph
-    from pupick.core.score import Scorer
-    from pupick.core.train import train
     from pupick.core.modelfile import load_model
+    from pupick.core.pipeline import pick
+    from pupick.core.train import train
 
     bset = load_set(set_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,22 +50,18 @@ def run_one(set_dir: str, seed: int, overrides: dict, threads: int) -> dict:
         train_seconds = time.perf_counter() - t0
         train_cpu_seconds = time.process_time() - c0  # all threads; on a busy shared machine wall time inflates
         model = load_model(result.model_path)
-        pick_cfg = bset.pick_config()
-        scorer = Scorer(model, pick_cfg)
-        radius = model.config["diameter_px"] / 2
-        frames = []
         t1 = time.perf_counter()
-        for path in bset.test:
-            pre = preprocess_micrograph(read_micrograph(path), cfg.preprocess)
-            x, y, s = extract_picks(scorer(pre.image), pre.factor, radius, pick_cfg.threshold, border_px=radius,
-                                    original_shape=pre.source_shape)
-            frames.append(pd.DataFrame({"micrograph": bset.stems([path])[0], "x": x, "y": y, "score": s}))
+        run = pick(bset.test, model, bset.pick_config(), progress=False, log=lambda m: None)  # `pupick pick` defaults
+        if run.failures:
+            raise RuntimeError(f"picking failed: {run.failures}")
         pick_seconds = (time.perf_counter() - t1) / max(1, len(bset.test))
+        frames = [run.picks]
         ev = evaluate_test(pd.concat(frames, ignore_index=True), bset)
     ev.pop("curve", None)
     return {"set": bset.name, "seed": seed, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
             "load_average": os.getloadavg()[0], "pick_seconds_per_micrograph": pick_seconds,
-            "best_epoch": result.best_epoch, "val_ap": result.best_ap, "pi": result.pi, **ev}
+            "best_epoch": result.best_epoch, "val_ap": result.best_ap, "pi": result.pi,
+            "label_edge_margin": model.config.get("label_edge_margin"), **ev}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,7 +96,8 @@ class PickConfig:
     threshold: float = -6.0  # logit; low on purpose so recall (and AP) is not capped
     min_distance_px: float | None = None  # original pixels; None: the model's particle radius
     max_picks: int | None = None  # per micrograph
-    border_px: float | None = None  # original pixels; picks closer to the edge are dropped. None: the particle radius
+    border_px: float | None = None  # original pixels; picks closer to the edge are dropped. None: the particle radius,
+    # or the model's learned label edge margin when wider (at most a diameter)
     # (a particle centred nearer the edge is cut by it: its box cannot be extracted, and experts do not label it)
     pixel_size: float | None = None  # Å/px override for the micrographs (rescales if it differs from the model's)
     device: str = "auto"

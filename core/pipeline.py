@@ -63,6 +63,7 @@ class _Plan:
                 raise InputError("the blob picker needs the particle diameter: --diameter (Å) or --diameter-px")
             self.model = None
             self.normalize = "gmm"
+            self.edge_margin = 0.0
         elif config.method == "cnn":
             if model is None:
                 raise InputError("picking with a CNN needs a model (--model MODEL.pt), or use --method blob")
@@ -76,6 +77,7 @@ class _Plan:
             self.model_ps = mc.get("pixel_size") or None
             self.model_diameter = mc.get("diameter_px") or None
             self.normalize = mc.get("normalize") or "gmm"
+            self.edge_margin = float(mc.get("label_edge_margin") or 0.0)
         else:
             raise InputError(f"unknown picking method {config.method!r} (cnn | blob)")
 
@@ -127,12 +129,13 @@ def _min_distance(config: PickConfig, job: _Job) -> float:
     raise InputError("the model records no particle diameter: give --min-distance (original pixels)")
 
 
-def _border(config: PickConfig, job: _Job) -> float:
+def _border(config: PickConfig, job: _Job, edge_margin: float = 0.0) -> float:
+    """--border, else the particle radius or, when wider, the edge margin the model learned from its labels."""
     if config.border_px is not None:
         if not config.border_px >= 0:
             raise InputError(f"--border must be >= 0 (got {config.border_px})")
         return float(config.border_px)
-    return job.diameter_px / 2 if job.diameter_px else 0.0
+    return job.diameter_px * max(0.5, edge_margin) if job.diameter_px else 0.0
 
 
 def _max_picks(config: PickConfig) -> int | None:
@@ -243,7 +246,7 @@ def _pick_one(job: _Job, plan: _Plan, scorer: Any, config: PickConfig, mask_carb
 
         write_mrc(map_dir / f"{stem(job.path)}.mrc", smap, job.pixel_size_ds)
     x, y, s = extract_picks(smap, job.factor, _min_distance(config, job), config.threshold,
-                            border_px=_border(config, job), max_picks=_max_picks(config), original_shape=job.source_shape)
+                            border_px=_border(config, job, plan.edge_margin), max_picks=_max_picks(config), original_shape=job.source_shape)
     return make_picks(stem(job.path), x, y, s, path=str(job.path))
 
 

@@ -142,6 +142,27 @@ def _load_validation(validation: tuple[list[Path], pd.DataFrame], config: TrainC
     return [_Mic(p, im, f, ps, sh, groups[i]) for i, (p, (im, f, ps, sh)) in enumerate(zip(paths, pre)) if i in groups]
 
 
+def label_edge_margin(mics: list[_Mic], diameter_px: float | None) -> float | None:
+    """How close to a micrograph edge the user labels particles, in particle diameters (0 to 1); None if unknown.
+
+    Users seldom label a particle whose extraction box would leave the micrograph, so picks nearer the edge than every
+    label are mostly unwanted. Estimated as the smallest label-to-edge distance m over n labels, less its expected
+    excess for labels spread uniformly over the area left (side L - 2m): L' / (4 n); capped at one diameter, so a few
+    labels bunched in the middle cannot blank a wide frame.
+    """
+    labeled = [m for m in mics if len(m.labels)]
+    if not diameter_px or not labeled:
+        return None
+    edge = np.concatenate([np.minimum.reduce([m.labels["x"].to_numpy(), m.labels["y"].to_numpy(),
+                                              m.source_shape[1] - 1 - m.labels["x"].to_numpy(),
+                                              m.source_shape[0] - 1 - m.labels["y"].to_numpy()])
+                           for m in labeled])
+    nearest = float(edge.min())
+    side = min(min(m.source_shape) for m in labeled)
+    excess = max(side - 2 * nearest, 0.0) / (4 * len(edge))
+    return float(np.clip((nearest - excess) / diameter_px, 0.0, 1.0))
+
+
 def _split(labeled: list[int], fraction: float, seed: int) -> list[int]:
     """Indices of validation micrographs: round(fraction * labeled), at least 1 when fraction > 0, never all."""
     if fraction <= 0 or len(labeled) < 2:
@@ -169,7 +190,7 @@ def _unlabeled_groups(s_u: torch.Tensor, n: int, gen: torch.Generator) -> torch.
     return s_u[perm].reshape(g, n)
 
 
-def _validate(module: torch.nn.Module, mics: list[_Mic], radius_px: float,
+def _validate(module: torch.nn.Module, mics: list[_Mic], radius_px: float, border_px: float,
               pick_config: PickConfig) -> tuple[float, float]:
     """AP and best F1 of the current module on the validation micrographs (picking's scorer, extractor, evaluator)."""
     from .evaluate import evaluate
@@ -180,7 +201,8 @@ def _validate(module: torch.nn.Module, mics: list[_Mic], radius_px: float,
     labels = []
     for m in mics:
         smap = score_micrograph(module, m.image, pick_config)
-        x, y, s = extract_picks(smap, m.factor, radius_px, pick_config.threshold, original_shape=m.source_shape)
+        x, y, s = extract_picks(smap, m.factor, radius_px, pick_config.threshold, border_px=border_px,
+                                original_shape=m.source_shape)
         frames.append(pd.DataFrame({"micrograph": stem(m.path), "x": x, "y": y, "score": s}))
         labels.append(m.labels.assign(micrograph=stem(m.path)))
     result = evaluate(pd.concat(frames, ignore_index=True), pd.concat(labels, ignore_index=True), radius_px,
@@ -368,6 +390,11 @@ def train(
     autocast = lambda: _precision_context(config.precision, device)  # noqa: E731
     diameter = config.preprocess.diameter_in_px(mics[0].pixel_size)
     radius_px = diameter / 2 if diameter else 20.0 * factor  # NMS distance and match radius (original px)
+    edge_margin = label_edge_margin(mics, diameter)
+    border_px = max(radius_px, edge_margin * diameter) if edge_margin is not None else radius_px
+    if edge_margin is not None and edge_margin > 0.5:
+        log(f"labels keep at least {edge_margin * diameter:.0f} px ({edge_margin:.2f} diameters) from the micrograph "
+            "edges; picks will too (pupick pick --border to change)")
     pick_config = PickConfig(device=str(device), precision=config.precision, threshold=-1e9,
                              stride=config.validation_stride, views=1)
 
@@ -401,7 +428,7 @@ def train(
         _recalibrate_batchnorm(module, calibration, autocast)
         if val_mics:
             module.eval()
-            ap, f1 = _validate(module, val_mics, radius_px, pick_config)
+            ap, f1 = _validate(module, val_mics, radius_px, border_px, pick_config)
             if ap > best_ap:
                 best_ap, best_epoch = ap, epoch
                 best_state = copy.deepcopy(module.state_dict())
@@ -426,6 +453,7 @@ def train(
         "diameter_A": float(diameter * ps0) if diameter and ps0 else None,
         "normalize": config.preprocess.normalize,
         "label_radius": r,
+        "label_edge_margin": edge_margin,  # diameters; picking's default border is max(radius, this)
         "pi": float(pi),
         "pi_u": float(pi_u),
         "expected_particles": float(expected),

@@ -82,7 +82,7 @@ def cli() -> None:
 @click.option("--threshold", type=float, default=PickConfig.threshold, show_default=True, help="Score (logit) cut.")
 @click.option("--min-distance", type=float, default=None, help="NMS distance in px (default: particle radius).")
 @click.option("--max-picks", type=int, default=None, help="At most this many picks per micrograph.")
-@click.option("--border", type=float, default=None, help="Drop picks closer than this to the edge (px; default: the particle radius).")
+@click.option("--border", type=float, default=None, help="Drop picks closer than this to the edge (px; default: the particle radius, or the model's label margin).")
 @click.option("--method", type=click.Choice(["cnn", "blob"]), default="cnn", show_default=True)
 @click.option("--diameter", type=float, default=None, help="Blob picker: particle diameter in Å.")
 @click.option("--diameter-px", type=float, default=None, help="Blob picker: particle diameter in px.")

@@ -103,7 +103,8 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @click.option("--overwrite", is_flag=True, help="Redo every micrograph, even with other settings than before.")
 @click.option("--max-picks", type=int, default=None, help="Keep at most this many picks per micrograph.")
 @click.option("--border", type=float, default=None,
-              help="Drop picks closer than this to an edge (original pixels; default: the particle radius, 0 keeps all).")
+              help="Drop picks closer than this to an edge (original pixels; default: the particle radius, or as close as "
+                   "the training labels came when that is wider, at most a diameter; 0 keeps all).")
 @click.option("--dense", is_flag=True, help="Score every pixel exactly (slower) instead of the native stride.")
 @click.option("--views", type=click.Choice(["1", "2", "4", "8"]), default=None,
               help="Average the score over this many rotated/mirrored copies of each micrograph (more: smoother, "

@@ -97,6 +97,23 @@ def test_pixel_size_mismatch_rescales(loaded, held_out, first_run, tmp_path):
         assert np.hypot(ref["x"] * 2 - x, ref["y"] * 2 - y).min() <= 4  # within one downsampled pixel
 
 
+def _edge_distance(picks: pd.DataFrame) -> np.ndarray:
+    return np.minimum.reduce([picks["x"], picks["y"], 1023 - picks["x"], 1023 - picks["y"]])
+
+
+def test_border_defaults_to_the_radius_or_the_learned_label_margin(loaded, held_out, first_run):
+    near = _edge_distance(first_run[0].picks)
+    assert near.min() >= 28 and (near < 56).any()  # the session model: its margin is about the radius
+    wide = dataclasses.replace(loaded, config={**loaded.config, "label_edge_margin": 1.0})
+    run = pick(held_out, wide, PickConfig(device="cpu"), progress=False)
+    assert _edge_distance(run.picks).min() >= 56 and len(run.picks) > 20
+    run = pick(held_out, wide, PickConfig(device="cpu", border_px=0), progress=False)  # --border wins
+    assert _edge_distance(run.picks).min() < 28
+    old = dataclasses.replace(loaded, config={k: v for k, v in loaded.config.items() if k != "label_edge_margin"})
+    run = pick(held_out, old, PickConfig(device="cpu"), progress=False)  # model files from before: the radius
+    assert _edge_distance(run.picks).min() >= 28 and (_edge_distance(run.picks) < 56).any()
+
+
 def test_blob_picker_and_top_n(held_out, tmp_path):
     cfg = PickConfig(method="blob", diameter_px=56, top_n=40, score_map_dir=str(tmp_path / "maps"))
     run = pick(held_out, None, cfg, progress=False)

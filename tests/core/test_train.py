@@ -18,7 +18,7 @@ from pupick.core.io import read_micrograph
 from pupick.core.modelfile import load_model
 from pupick.core.preprocess import preprocess_micrograph
 from pupick.core.score import score_micrograph
-from pupick.core.train import train
+from pupick.core.train import _Mic, label_edge_margin, train
 
 
 def tiny(tmp_path, **kw) -> TrainConfig:
@@ -36,6 +36,8 @@ def test_session_model_file_is_complete(trained_model, held_out_micrograph):
     assert cfg["factor"] == 2.0 and cfg["diameter_px"] == 56.0 and cfg["label_radius"] == 3
     assert cfg["pi"] == pytest.approx(29 * 150 / 512 ** 2)
     assert 0 < cfg["pi_u"] < cfg["pi"]
+    # the bundled labels keep >= 33 px (0.59 diameters) from the edges; the estimate sits a little inside that
+    assert 0.5 < cfg["label_edge_margin"] < 33 / 56
     assert held_out_micrograph not in cfg["provenance"]["micrographs"]
     history = pd.read_csv(trained_model.with_suffix(".train.tsv"), sep="\t")
     assert list(history.columns) == ["epoch", "loss", "ap", "best_f1", "seconds"] and len(history) == 2
@@ -198,3 +200,23 @@ def test_dense_stride_training_saves_a_native_model(tmp_path, demo_micrographs, 
                    tmp_path / "m.pt", progress=False, log=lambda m: None)
     model = load_model(result.model_path)
     assert not model.module.dense and model.config["stride"] == 2
+
+
+def _mic_with(xy: np.ndarray, shape=(1024, 1024)) -> _Mic:
+    labels = pd.DataFrame({"micrograph": "m", "x": xy[:, 0], "y": xy[:, 1]})
+    return _Mic(None, None, 1.0, None, shape, labels)
+
+
+def test_label_edge_margin_learns_how_close_users_label():
+    rng = np.random.default_rng(0)
+    spread = _mic_with(rng.uniform(40, 983, size=(400, 2)))  # a labeller who keeps 40 px off the edges
+    m = label_edge_margin([spread, _mic_with(np.empty((0, 2)))], diameter_px=80)
+    assert 0.45 < m <= 0.5  # 40 px = half a diameter, less the sampling excess
+    # labels up to the edge: no margin
+    assert label_edge_margin([_mic_with(np.vstack([[0.0, 500.0], rng.uniform(40, 983, (50, 2))]))], 80) == 0
+    # three labels in the middle say little: the estimate is capped at one diameter
+    assert label_edge_margin([_mic_with(np.array([[500.0, 510], [520, 505], [490, 530]]))], 80) == 1.0
+    # few labels near the edge: the expected excess of their minimum is taken off
+    few = label_edge_margin([_mic_with(np.array([[60.0, 500], [500, 700], [700, 300], [300, 300]]))], 80)
+    assert few < 60 / 80
+    assert label_edge_margin([spread], None) is None and label_edge_margin([], 80) is None
