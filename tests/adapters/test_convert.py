@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pandas as pd
-import pytest
 import starfile
 from click.testing import CliRunner
 

@@ -1,12 +1,10 @@
 """Fourier-crop downsampling, the factor rule, and the normalisations on the bundled micrographs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.signal
 
 from pupick.core.config import PreprocessConfig, choose_factor
 from pupick.core.errors import InputError
