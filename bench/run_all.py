@@ -195,11 +195,16 @@ def render_targets(rows: list[dict]) -> list[str]:
     if not tgt:
         return []
     lines = ["", "Targets (issue 3: AP ≥ Topaz 0.3.20's better run + 0.05, in ≤ 1/10 of its training time):", "",
-             "| set | method | AP | target AP | train time | target time | met |", "|---|---|---|---|---|---|---|"]
+             "| set | method | AP | target AP | train time | target time | met | AP with 1 view, radius border "
+             "| learned edge margin |", "|---|---|---|---|---|---|---|---|---|"]
     for r in tgt:
         lines.append(f"| {r['set']} | {r['method']} | {_num(r.get('ap'))} | {_num(r.get('target_ap'))} | "
                      f"{_seconds(r.get('train_seconds'))} | {_seconds(r.get('target_train_seconds'))} | "
-                     f"{_num(r.get('meets_target'))} |")
+                     f"{_num(r.get('meets_target'))} | {_num(r.get('ap_one_view_radius_border'))} | "
+                     f"{_num(r.get('label_edge_margin'), 2)} diameters |")
+    lines += ["", "The last two columns: the same models picked with one view and a border of the particle radius "
+              "(the picking defaults' share of the AP), and the edge margin each model learned from its labels "
+              "(median over seeds)."]
     return lines
 
 
@@ -303,7 +308,9 @@ def render(statuses: list[dict] | None, mode: str, total_seconds: float | None) 
               "Protocol (issue 3): micrographs sorted by name, the first 60% train, the rest test; 30% of the train "
               "labels (seed 0); expected particles = mean labels per train micrograph; AP / best F1 on the test "
               "micrographs against all their labels, match radius half the particle diameter. `cnn` = trained on "
-              "those labels; `blob` = training-free band-pass picker (`pupick pick --method blob`), `blob+mask` "
+              "those labels with the default settings and `--test-split 0` (no validation micrograph), picked "
+              "with `pupick pick`'s defaults (4 views; border = the radius or the edge margin learned from the "
+              "training labels, whichever is wider); `blob` = training-free band-pass picker (`pupick pick --method blob`), `blob+mask` "
               "with the carbon/ice mask; `bootstrap` = zero hand labels: blob picks on the train micrographs become "
               "the labels for `pupick train`, and that model picks the test micrographs. Train time includes "
               "preprocessing (and, for bootstrap, the blob labelling); pick time per micrograph includes reading "

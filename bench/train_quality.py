@@ -56,12 +56,16 @@ def run_one(set_dir: str, seed: int, overrides: dict, threads: int) -> dict:
             raise RuntimeError(f"picking failed: {run.failures}")
         pick_seconds = (time.perf_counter() - t1) / max(1, len(bset.test))
         frames = [run.picks]
+        # ablation: what the picking defaults add (one view, border = the particle radius)
+        radius = model.config["diameter_px"] / 2
+        plain = pick(bset.test, model, bset.pick_config(views=1, border_px=radius), progress=False, log=lambda m: None)
+        ap_plain = evaluate_test(plain.picks, bset)["ap"]
         ev = evaluate_test(pd.concat(frames, ignore_index=True), bset)
     ev.pop("curve", None)
     return {"set": bset.name, "seed": seed, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
             "load_average": os.getloadavg()[0], "pick_seconds_per_micrograph": pick_seconds,
             "best_epoch": result.best_epoch, "val_ap": result.best_ap, "pi": result.pi,
-            "label_edge_margin": model.config.get("label_edge_margin"), **ev}
+            "label_edge_margin": model.config.get("label_edge_margin"), "ap_one_view_radius_border": ap_plain, **ev}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
                           train_cpu_seconds=med("train_cpu_seconds"), peak_rss_mb=med("peak_rss_mb"), pick_seconds_per_micrograph=med("pick_seconds_per_micrograph"),
                           precision=med("precision"), recall=med("recall"),
                           picks_per_micrograph=med("picks_per_micrograph"), ap_runs=[r["ap"] for r in per_seed],
+                          ap_one_view_radius_border=med("ap_one_view_radius_border"),
+                          label_edge_margin=med("label_edge_margin"),
                           notes=f"median of seeds {seeds}")
         if topaz_ap is not None:
             row["target_ap"] = round(topaz_ap + 0.05, 3)
