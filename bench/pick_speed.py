@@ -145,7 +145,6 @@ def score_seconds(model_path: Path, shape: tuple[int, int], stride: str, precisi
 
 def stage_cpu_seconds(model_path: Path, mrc: Path, stride: str, precision: str, views: int) -> dict:
     """Per-stage CPU seconds on ONE thread (process time: robust to a busy machine), warm second run."""
-    import numpy as np
     import torch
 
     from pupick.core.config import PickConfig
@@ -153,7 +152,7 @@ def stage_cpu_seconds(model_path: Path, mrc: Path, stride: str, precision: str, 
     from pupick.core.io import read_micrograph
     from pupick.core.modelfile import load_model
     from pupick.core.preprocess import downsample, normalize
-    from pupick.core.score import Scorer, upsample_map
+    from pupick.core.score import Scorer, unview, upsample_map, view
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -165,11 +164,11 @@ def stage_cpu_seconds(model_path: Path, mrc: Path, stride: str, precision: str, 
         a = clock(); mic = read_micrograph(mrc); t["read"] = clock() - a  # noqa: E702
         a = clock(); ds = downsample(mic.image, 4, workers=1); t["fourier_crop"] = clock() - a  # noqa: E702
         a = clock(); img = normalize(ds, "gmm"); t["gmm"] = clock() - a  # noqa: E702
-        turned = [np.ascontiguousarray(np.rot90(img[:, ::-1] if f else img, k)) for k, f in scorer.views]
+        turned = [view(img, k, f) for k, f in scorer.views]
         a = clock(); cs = [scorer.coarse(v) for v in turned]; t["score"] = clock() - a  # noqa: E702
         a = clock()
         maps = [upsample_map(c, scorer.stride, v.shape) if scorer.stride > 1 else c for c, v in zip(cs, turned)]
-        smap = sum(np.rot90(m, -k)[:, ::-1] if f else np.rot90(m, -k) for m, (k, f) in zip(maps, scorer.views))
+        smap = sum(unview(m, k, f) for m, (k, f) in zip(maps, scorer.views))
         t["refine"] = clock() - a
         a = clock()
         extract_picks(smap, 4, model.config["diameter_px"] * 4 / 2, -6.0)

@@ -69,6 +69,14 @@ def _finish_serially(state: np.ndarray, order: np.ndarray, better: np.ndarray, w
         state[i] = -1 if (state[above] == 1).any() else 1
 
 
+def default_border_px(diameter_px: float | None, edge_margin: float | None = None) -> float:
+    """Picking's default border (original px): the particle radius, or the model's learned label edge margin (in
+    diameters) when that is wider; 0 without a diameter."""
+    if not diameter_px:
+        return 0.0
+    return float(diameter_px) * max(0.5, edge_margin or 0.0)
+
+
 def extract_picks(
     score_map: np.ndarray,
     factor: float,

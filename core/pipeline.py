@@ -135,7 +135,9 @@ def _border(config: PickConfig, job: _Job, edge_margin: float = 0.0) -> float:
         if not config.border_px >= 0:
             raise InputError(f"--border must be >= 0 (got {config.border_px})")
         return float(config.border_px)
-    return job.diameter_px * max(0.5, edge_margin) if job.diameter_px else 0.0
+    from .extract import default_border_px
+
+    return default_border_px(job.diameter_px, edge_margin)
 
 
 def _max_picks(config: PickConfig) -> int | None:
@@ -333,10 +335,8 @@ def pick_to_dir(
 
         model = load_model(model)
     conf = config.to_dict()
-    if conf["views"] is None and config.method == "cnn":  # record what the default means, so 4 == default
-        from .score import DEFAULT_VIEWS
-
-        conf["views"] = 1 if config.stride == "dense" else DEFAULT_VIEWS
+    if config.method == "cnn":  # record what the default means, so 4 == default
+        conf["views"] = config.resolved_views()
     wanted = {
         "model_sha256": getattr(model, "sha256", None) if config.method == "cnn" else None,
         "pick": {k: conf[k] for k in RECORDED_FIELDS},

@@ -26,6 +26,7 @@ import torch
 from . import __version__
 from .config import PickConfig, TrainConfig
 from .errors import InputError
+from .extract import default_border_px
 from .io import atomic_path, read_micrograph
 from .models import ModelConfig, build, native_stride, receptive_field
 from .modelfile import save_model
@@ -391,7 +392,7 @@ def train(
     diameter = config.preprocess.diameter_in_px(mics[0].pixel_size)
     radius_px = diameter / 2 if diameter else 20.0 * factor  # NMS distance and match radius (original px)
     edge_margin = label_edge_margin(mics, diameter)
-    border_px = max(radius_px, edge_margin * diameter) if edge_margin is not None else radius_px
+    border_px = default_border_px(diameter, edge_margin) if diameter else radius_px  # as picking will use
     if edge_margin is not None and edge_margin > 0.5:
         log(f"labels keep at least {edge_margin * diameter:.0f} px ({edge_margin:.2f} diameters) from the micrograph "
             "edges; picks will too (pupick pick --border to change)")

@@ -7,7 +7,7 @@ import click
 
 from pupick.core import __version__
 from pupick.core.cli._common import run_cli, size_options
-from pupick.core.config import PickConfig, PreprocessConfig, TrainConfig
+from pupick.core.config import VIEW_COUNTS, PickConfig, PreprocessConfig, TrainConfig
 from pupick.core.errors import InputError
 
 PROG = "pupick_cryosparc"
@@ -87,7 +87,7 @@ def cli() -> None:
 @click.option("--diameter", type=float, default=None, help="Blob picker: particle diameter in Å.")
 @click.option("--diameter-px", type=float, default=None, help="Blob picker: particle diameter in px.")
 @click.option("--pixel-size", type=float, default=None, help="Å/px of the micrographs (overrides the headers).")
-@click.option("--views", type=click.Choice(["1", "2", "4", "8"]), default=None,
+@click.option("--views", type=click.Choice([str(v) for v in VIEW_COUNTS]), default=None,
               help="Average the score over this many rotated/mirrored copies (default 4).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @_connection_options

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from pupick.core.config import PickConfig
+from pupick.core.config import VIEW_COUNTS, PickConfig
 from pupick.core.errors import InputError
 from pupick.core.io import atomic_path, write_text_atomic
 
@@ -31,7 +31,7 @@ PARAMS = (
     Param("device", text, "auto, cpu, cuda or cuda:N (default auto)"),
     Param("gpu", text, "GPU to use, as RELION writes it (0, or empty for any)", allow_empty=True),
     Param("max_picks", whole("max_picks", minimum=1), "at most this many picks per micrograph"),
-    Param("views", choice("views", ["1", "2", "4", "8"]), "score averaged over this many rotated/mirrored copies "
+    Param("views", choice("views", [str(v) for v in VIEW_COUNTS]), "score averaged over this many rotated/mirrored copies "
           "of each micrograph (default 4; 1 is fastest)"),
     Param("relion_version", text, "4 or 5 (default: from default_pipeline.star)"),
 )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..config import PickConfig
+from ..config import VIEW_COUNTS, PickConfig
 from ..io import atomic_path, expand_inputs
 from ._common import read_pick_table, run_core
 
@@ -106,7 +106,7 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
               help="Drop picks closer than this to an edge (original pixels; default: the particle radius, or as close as "
                    "the training labels came when that is wider, at most a diameter; 0 keeps all).")
 @click.option("--dense", is_flag=True, help="Score every pixel exactly (slower) instead of the native stride.")
-@click.option("--views", type=click.Choice(["1", "2", "4", "8"]), default=None,
+@click.option("--views", type=click.Choice([str(v) for v in VIEW_COUNTS]), default=None,
               help="Average the score over this many rotated/mirrored copies of each micrograph (more: smoother, "
                    "slower; default 4, or 1 with --dense).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
