@@ -93,7 +93,8 @@ def pick_exposures(
             progress(len(found) + len(failures), total, name, len(df))
 
     start = time.perf_counter()
-    run = pick(paths, model, config, on_done=on_done, progress=show_progress, log=log)  # it logs its failures
+    run = pick(paths, model, config, on_done=on_done, progress=show_progress, log=log,  # it logs its failures
+               keep_picks=False)  # on_done keeps them
     seconds = time.perf_counter() - start
     for path, reason in run.failures:
         i = row_of.get(str(path))

@@ -125,36 +125,31 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     started = time.perf_counter()
 
     def on_done(path: Path, picks: pd.DataFrame) -> None:
-        target = job.out_dir / out_of[str(Path(path))]
-        with atomic_path(target) as tmp:
-            write_coordinates_star(picks, tmp, version=STAR_VERSIONS[job.version])
+        write_coordinates_star(picks, job.out_dir / out_of[str(Path(path))], version=STAR_VERSIONS[job.version])
         counts.append(len(picks))
         say(f"[{n_done + len(counts)}/{len(mics)}] {path}: {len(picks)} picks")
 
-    if len(todo):
-        set_threads(args.threads)
-        job.check_abort()
-        pixel_sizes = todo["pixel_size"].map(pixel_size_of)
-        try:
+    try:
+        if len(todo):
+            set_threads(args.threads)
+            job.check_abort()
+            pixel_sizes = todo["pixel_size"].map(pixel_size_of)
+            min_dist = values["min_distance"]
+            if min_dist is None and values["diameter"] is not None:
+                min_dist = values["diameter"] / 2
             for ps in dict.fromkeys(pixel_sizes):  # one run per pixel size (optics groups may differ)
-                group = todo[pixel_sizes.map(lambda v: v == ps or (v is None and ps is None))]
-                min_dist = values["min_distance"]
-                if min_dist is None and values["diameter"] is not None:
-                    min_dist = values["diameter"] / 2
+                group = todo[pixel_sizes.map(lambda v: v == ps)]
                 config = PickConfig(
-                    threshold=-6.0 if values["threshold"] is None else values["threshold"],
+                    threshold=PickConfig.threshold if values["threshold"] is None else values["threshold"],
                     min_distance_px=_distance_px(min_dist, ps, "min_distance" if values["min_distance"] else
                                                  "diameter", mics_star),
                     max_picks=values["max_picks"], pixel_size=ps, device=device,
                     views=int(values["views"]) if values["views"] else None, workers=1,
                 )
                 run = pick([Path(p) for p in group["path"]], model, config, on_done=on_done,
-                           should_stop=job.abort_requested, progress=False, log=say)
+                           should_stop=job.abort_requested, progress=False, log=say, keep_picks=False)
                 failures.extend(run.failures)
-        finally:
-            n_listed = _write_list(job.out_dir, args.out_name, mics, rel, job.version)
-            say(f"{job.out_dir / LIST_NAME}: lists {n_listed} micrograph(s)")
-    else:
+    finally:
         n_listed = _write_list(job.out_dir, args.out_name, mics, rel, job.version)
         say(f"{job.out_dir / LIST_NAME}: lists {n_listed} micrograph(s)")
 

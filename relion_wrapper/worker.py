@@ -13,6 +13,7 @@ import pandas as pd
 
 from pupick.core.errors import PupickError
 
+from .common import set_threads
 from .job import RelionJob
 
 POLL_SECONDS = 0.2
@@ -25,11 +26,9 @@ class TrainingCrashed(PupickError):
 def _child(conn, micrographs: list[Path], labels: pd.DataFrame, config: Any, output: Path, threads: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's SIGTERM handler must not outlive the fork
     try:
-        import torch
-
         from pupick.core.train import train
 
-        torch.set_num_threads(max(1, int(threads)))
+        set_threads(threads)
         result = train(micrographs, labels, config, output, progress=False,
                        log=lambda message: print(message, flush=True))
         best_ap = float(result.best_ap)

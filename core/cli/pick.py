@@ -27,9 +27,7 @@ def _writer(fmt: str, out_dir: Path, box_size: int | None):
     def write(df, path: Path) -> None:
         from ..tables import stem
 
-        target = out_dir / COORD_DIR / f"{stem(path)}{ext}"
-        with atomic_path(target) as tmp:
-            write_picks(df, tmp, fmt=adapter_fmt, box_size=box_size)
+        write_picks(df, out_dir / COORD_DIR / f"{stem(path)}{ext}", fmt=adapter_fmt, box_size=box_size)  # atomic
 
     return write
 
@@ -206,8 +204,8 @@ def _box_size(box_size: int | None, model_path: str | None, config: PickConfig) 
 def _write_cs(picks, target: Path, exposures: str) -> None:
     from pupick.adapters.registry import read_micrographs, write_picks
 
-    with atomic_path(target) as tmp:
-        write_picks(picks, tmp, fmt="cs", micrographs=read_micrographs(exposures))
+    # the adapter writes atomically, and salts the particle uids with the file's real name (same picks, same uids)
+    write_picks(picks, target, fmt="cs", micrographs=read_micrographs(exposures))
 
 
 def _write_star_list(paths: list[Path], out: Path) -> None:
