@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -251,9 +252,10 @@ def _file_stem(picks: pd.DataFrame) -> dict[str, str]:
     if "path" in picks.columns:
         paths = picks.dropna(subset=["path"]).groupby("micrograph")["path"].first().astype(str).to_dict()
     stems = [stem(n) for n in names]
+    counts = Counter(stems)
     out = {}
     for n, s in zip(names, stems):
-        if stems.count(s) == 1:
+        if counts[s] == 1:
             out[n] = s
         else:
             rel = JOB_PREFIX.sub("", paths.get(n, n).replace("\\", "/").lstrip("/"), count=1)

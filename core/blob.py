@@ -17,6 +17,7 @@ import scipy.fft
 import scipy.ndimage
 
 from .errors import InputError
+from .extract import local_maxima
 from .gmm import MixtureFit, fit_mixture
 
 # Gaussian width as a fraction of the particle radius. A uniform disk of radius R peaks at R/sqrt(2); projected
@@ -102,10 +103,6 @@ def blob_score_map(
     return mask_scores(score, keep)
 
 
-def _local_maxima(score: np.ndarray) -> np.ndarray:
-    return score >= scipy.ndimage.maximum_filter(score, size=3, mode="nearest")
-
-
 def mask_scores(score: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Set score to MASKED_SCORE outside `keep`, without creating peaks at the mask's edge.
 
@@ -118,7 +115,7 @@ def mask_scores(score: np.ndarray, keep: np.ndarray) -> np.ndarray:
     keep = np.asarray(keep, dtype=bool)
     if keep.all():
         return out
-    was_peak = _local_maxima(out)
+    was_peak = local_maxima(out)
     out[~keep] = MASKED_SCORE
     ny, nx = out.shape
     offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]

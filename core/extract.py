@@ -8,11 +8,15 @@ from scipy.spatial import cKDTree
 _MAX_PARALLEL_ROUNDS = 64  # after this many vectorised rounds, finish the (rare) long chains one by one
 
 
+def local_maxima(score_map: np.ndarray) -> np.ndarray:
+    """Mask of the 3x3 local maxima (plateaus give several; NaN never is one): the peaks every picker extracts."""
+    return score_map == ndimage.maximum_filter(score_map, size=3, mode="nearest")
+
+
 def find_peaks(score_map: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns of the 3x3 local maxima with score >= threshold (plateaus give several)."""
     s = np.asarray(score_map, dtype=np.float32)
-    peak = (s == ndimage.maximum_filter(s, size=3, mode="nearest")) & (s >= threshold)
-    return np.nonzero(peak)
+    return np.nonzero(local_maxima(s) & (s >= threshold))
 
 
 def non_max_suppression(

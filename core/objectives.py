@@ -104,9 +104,10 @@ OBJECTIVES: dict[str, Objective] = {
 
 
 def disk_pixels(radius: float) -> int:
-    """Number of integer lattice points (i, j) with i² + j² ≤ r² (29 at r = 3)."""
-    r = int(math.floor(radius))
-    return sum(1 for i in range(-r, r + 1) for j in range(-r, r + 1) if i * i + j * j <= radius * radius)
+    """Number of integer lattice points (i, j) with i² + j² ≤ r² (29 at r = 3): the positives each label marks."""
+    from .tiles import disk_offsets
+
+    return int(len(disk_offsets(radius)[0]))
 
 
 def class_prior(expected_particles: float, radius: float, pixels_per_micrograph: float) -> float:

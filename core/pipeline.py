@@ -20,7 +20,7 @@ import pandas as pd
 
 from .config import PickConfig, PreprocessConfig, choose_factor
 from .errors import AbortRequested, InputError
-from .tables import empty_picks, make_picks, stem
+from .tables import duplicate_stems, empty_picks, make_picks, stem
 
 PIXEL_SIZE_TOLERANCE = 0.01  # relative pixel-size difference below which no rescaling happens
 PICK_TABLE_COLUMNS = ["micrograph", "x", "y", "score", "path"]
@@ -167,7 +167,7 @@ def pick(
 
     paths = [Path(p) for p in micrographs]
     stems = [stem(p) for p in paths]
-    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    dupes = duplicate_stems(stems)
     if dupes:
         raise InputError(f"two micrographs share the name {dupes[0]!r}; their picks could not be told apart")
     if config.write_score_maps and not config.score_map_dir:

@@ -141,7 +141,7 @@ def preprocess_to_dir(
 
     from . import __version__
     from .io import read_micrograph, write_mrc, write_text_atomic
-    from .tables import stem
+    from .tables import duplicate_stems, stem
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,7 @@ def preprocess_to_dir(
                 "use another directory or --overwrite"
             )
     stems = [stem(p) for p in paths]
-    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    dupes = duplicate_stems(stems)
     if dupes:
         raise InputError(f"two input micrographs share the name {dupes[0]!r}; outputs would collide")
 

@@ -72,6 +72,13 @@ def choose_precision(spec: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
+def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision in `dtype` on `device` (weights stay fp32); a no-op for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def _fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     """An eval-mode copy with every BatchNorm that directly follows a conv (as `.conv` then `.bn`) folded into it."""
     module = copy.deepcopy(module).eval()
@@ -118,9 +125,7 @@ class Scorer:
         self.views = VIEWS[views]
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast_context(self.device, self.dtype)
 
     def coarse(self, image: np.ndarray) -> np.ndarray:
         """Map at the scorer's stride: [k, l] scores pixel (k * stride, l * stride); tiled, exact."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
@@ -26,6 +27,11 @@ def stem(name: str | os.PathLike) -> str:
         if lower.endswith(ext) and len(base) > len(ext):
             return base[: -len(ext)]
     return base
+
+
+def duplicate_stems(stems: Iterable[str]) -> list[str]:
+    """The stems that occur more than once, sorted (names that would collide in outputs or label matching)."""
+    return sorted(s for s, n in Counter(stems).items() if n > 1)
 
 
 def empty_picks(with_path: bool = False) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -32,7 +33,7 @@ from .models import ModelConfig, build, native_stride, receptive_field
 from .modelfile import save_model
 from .objectives import OBJECTIVES, class_prior
 from .preprocess import preprocess_micrograph
-from .tables import assign_micrographs, stem, validate_picks
+from .tables import assign_micrographs, duplicate_stems, stem, validate_picks
 from .tiles import TileSampler, positive_mask
 
 CACHE_VERSION = 1
@@ -73,6 +74,15 @@ def _cache_key(path: Path, config: TrainConfig) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=8)
+def _read_manifest(manifest: Path, mtime_ns: int, size: int) -> dict:
+    """A preprocessing manifest, parsed once per version of the file (not once per micrograph it lists)."""
+    try:
+        return json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{manifest}: unreadable preprocessing manifest") from None
+
+
 def _preprocessed_entry(path: Path) -> dict | None:
     """The manifest entry when `path` is an output of `pupick preprocess` (its folder holds the manifest)."""
     from .preprocess import MANIFEST
@@ -80,10 +90,8 @@ def _preprocessed_entry(path: Path) -> dict | None:
     manifest = path.parent / MANIFEST
     if not manifest.is_file():
         return None
-    try:
-        doc = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        raise InputError(f"{manifest}: unreadable preprocessing manifest") from None
+    st = manifest.stat()
+    doc = _read_manifest(manifest, st.st_mtime_ns, st.st_size)
     entry = doc.get("micrographs", {}).get(stem(path))
     if entry is None:
         return None
@@ -173,15 +181,6 @@ def _split(labeled: list[int], fraction: float, seed: int) -> list[int]:
     return sorted(rng.choice(labeled, size=n, replace=False).tolist())
 
 
-def _precision_context(spec: str, device: torch.device) -> contextlib.AbstractContextManager:
-    from .score import choose_precision
-
-    dtype = choose_precision(spec, device)
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def _unlabeled_groups(s_u: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     """Shuffle the unlabeled outputs and cut them into [G, n] groups (the remainder is dropped)."""
     g = s_u.numel() // n
@@ -196,12 +195,13 @@ def _validate(module: torch.nn.Module, mics: list[_Mic], radius_px: float, borde
     """AP and best F1 of the current module on the validation micrographs (picking's scorer, extractor, evaluator)."""
     from .evaluate import evaluate
     from .extract import extract_picks
-    from .score import score_micrograph
+    from .score import Scorer
 
+    scorer = Scorer(module, pick_config)  # once per call: the weights change between epochs
     frames = []
     labels = []
     for m in mics:
-        smap = score_micrograph(module, m.image, pick_config)
+        smap = scorer(m.image)
         x, y, s = extract_picks(smap, m.factor, radius_px, pick_config.threshold, border_px=border_px,
                                 original_shape=m.source_shape)
         frames.append(pd.DataFrame({"micrograph": stem(m.path), "x": x, "y": y, "score": s}))
@@ -295,7 +295,7 @@ def train(
     if labels.empty:
         raise InputError("labels: no particle coordinates (need at least one labeled particle)")
     stems = [stem(p) for p in paths]
-    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    dupes = duplicate_stems(stems)
     if dupes:
         raise InputError(f"two micrographs share the name {dupes[0]!r}; labels could not tell them apart")
     groups, unmatched = assign_micrographs(labels, paths, "labels")
@@ -368,7 +368,7 @@ def train(
         f"factor {factor:g}, π = {pi:.4g}, π_U = {pi_u:.4g}, objective {config.objective}")
 
     # model, optimiser, data
-    from .score import choose_device
+    from .score import autocast_context, choose_device, choose_precision
 
     device = choose_device(config.device)
     torch.manual_seed(config.seed)
@@ -388,7 +388,8 @@ def train(
                           config.augment_rotations)
     rng = np.random.default_rng([config.seed, 2])
     gen = torch.Generator().manual_seed(config.seed + 3)
-    autocast = lambda: _precision_context(config.precision, device)  # noqa: E731
+    dtype = choose_precision(config.precision, device)
+    autocast = lambda: autocast_context(device, dtype)  # noqa: E731
     diameter = config.preprocess.diameter_in_px(mics[0].pixel_size)
     radius_px = diameter / 2 if diameter else 20.0 * factor  # NMS distance and match radius (original px)
     edge_margin = label_edge_margin(mics, diameter)
