@@ -254,6 +254,8 @@ def particle_uids(mic_uid: np.ndarray, x: np.ndarray, y: np.ndarray, salt: str =
     yi = np.round(np.asarray(y, dtype=float) * 16).astype(np.int64).astype(np.uint64)
     with np.errstate(over="ignore"):
         uids = _mix64(_mix64(_mix64(np.asarray(mic_uid, dtype=np.uint64) ^ salt64) ^ xi) ^ (yi << np.uint64(1)))
+    if np.unique(uids).size == uids.size:
+        return uids
     # identical picks (or a hash collision) get the next free value
     seen: set[int] = set()
     for i, u in enumerate(uids.tolist()):

@@ -215,9 +215,11 @@ def check_coordinates(picks: pd.DataFrame, source: str, micrographs: pd.DataFram
         from .naming import match_across
 
         mapping = match_across(picks["micrograph"].astype(str), micrographs["path"].astype(str).tolist(), source)
-        idx = picks["micrograph"].astype(str).map(mapping)
-        nx = idx.map(lambda i: micrographs["nx"].iloc[int(i)] if pd.notna(i) else np.nan).to_numpy(dtype=float)
-        ny = idx.map(lambda i: micrographs["ny"].iloc[int(i)] if pd.notna(i) else np.nan).to_numpy(dtype=float)
+        rows = picks["micrograph"].astype(str).map(mapping).to_numpy(dtype=float)  # NaN: no micrograph row
+        known = ~np.isnan(rows)
+        nx, ny = np.full(len(picks), np.nan), np.full(len(picks), np.nan)
+        nx[known] = micrographs["nx"].to_numpy(dtype=float)[rows[known].astype(int)]
+        ny[known] = micrographs["ny"].to_numpy(dtype=float)[rows[known].astype(int)]
         outside = (np.isfinite(nx) & (x >= nx)) | (np.isfinite(ny) & (y >= ny))
         if outside.any():
             i = int(np.flatnonzero(outside)[0])

@@ -14,12 +14,8 @@ from ._common import run_core
 FORMAT_NAMES = ["star", "relion", "box", "eman2", "topaz", "csv", "tsv", "cs"]
 
 
-def _diameter_px(diameter_px: float | None, diameter: float | None, pixel_size: float | None,
-                 mics: pd.DataFrame | None) -> float | None:
-    if diameter_px is not None:
-        return diameter_px
-    if diameter is None:
-        return None
+def _diameter_px(diameter: float, pixel_size: float | None, mics: pd.DataFrame | None) -> float:
+    """--diameter (Å) in pixels, by --pixel-size or the micrographs' one pixel size."""
     ps = pixel_size
     if ps is None and mics is not None and mics["pixel_size"].notna().any():
         sizes = mics["pixel_size"].dropna().unique()
@@ -34,12 +30,15 @@ def _diameter_px(diameter_px: float | None, diameter: float | None, pixel_size: 
 
 
 def convert(inputs: list[str], output: str, from_fmt: str | None, to_fmt: str | None, coord_factor: float,
-            threshold: float | None, box_size: int | None, diameter_px: float | None, micrographs: str | None,
-            suffix: str, relion_version: str, force: bool) -> tuple[pd.DataFrame, list[Path]]:
-    """Read every input, scale and filter, write the output; returns (picks written, files)."""
+            threshold: float | None, box_size: int | None, diameter_px: float | None,
+            micrographs: str | pd.DataFrame | None, suffix: str, relion_version: str, force: bool
+            ) -> tuple[pd.DataFrame, list[Path]]:
+    """Read every input, scale and filter, write the output; returns (picks written, files).
+
+    `micrographs` is a micrograph table's file (or an already read table)."""
     from pupick.adapters import registry
 
-    mics = registry.read_micrographs(micrographs) if micrographs else None
+    mics = registry.read_micrographs(micrographs) if isinstance(micrographs, (str, Path)) else micrographs
     tables = [registry.read_picks(path, fmt=from_fmt) for path in inputs]
     picks = pd.concat(tables, ignore_index=True) if tables else None
     if coord_factor != 1:
@@ -82,15 +81,14 @@ def command(inputs, output, from_fmt, to_fmt, coord_factor, threshold, box_size,
             micrographs, suffix, relion_version, force) -> None:
     """Convert pick coordinates between formats: INPUTS... -> OUTPUT."""
     def run():
-        mics = None
+        from pupick.adapters.registry import read_micrographs
+
+        mics = read_micrographs(micrographs) if micrographs else None  # read once, before any picks
         d_px = diameter_px
         if d_px is None and diameter is not None:
-            from pupick.adapters.registry import read_micrographs
-
-            mics = read_micrographs(micrographs) if micrographs and pixel_size is None else None
-            d_px = _diameter_px(None, diameter, pixel_size, mics)
+            d_px = _diameter_px(diameter, pixel_size, mics)
         return convert(list(inputs), output, from_fmt, to_fmt, coord_factor, threshold, box_size, d_px,
-                       micrographs, suffix, relion_version, force)
+                       mics, suffix, relion_version, force)
 
     picks, written = run_core(run)
     n_mics = picks["micrograph"].nunique() if len(picks) else 0
