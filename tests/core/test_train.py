@@ -192,7 +192,7 @@ def test_cli_choices_match_the_registries():
     from pupick.core.models import MODELS
     from pupick.core.objectives import OBJECTIVES
 
-    assert set(cli_train.ARCHS) == set(MODELS) and set(cli_train.OBJECTIVES) == set(OBJECTIVES)
+    assert set(cli_train.ARCHITECTURES) == set(MODELS) and set(cli_train.OBJECTIVES) == set(OBJECTIVES)
 
 
 def test_dense_stride_training_saves_a_native_model(tmp_path, demo_micrographs, demo_labels):
