@@ -104,62 +104,31 @@ class TrainConfig:
         return asdict(self)
 
 
-# ---- TrainConfig validation: every message names the option as `pupick train` spells it
-
-from numbers import Integral as _Integral, Real as _Real  # noqa: E402
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, _Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _need(ok: bool, option: str, rule: str, value: Any) -> None:
-    if not ok:
-        raise InputError(f"{option} must be {rule} (got {value!r})" if not isinstance(value, float)
-                         else f"{option} must be {rule} (got {value:g})")
-
-
-def _whole(value: Any, least: int) -> bool:
-    return isinstance(value, _Integral) and not isinstance(value, bool) and value >= least
-
-
-def _check_preprocess(pre: PreprocessConfig) -> None:
-    """Options of the preprocessing a training uses (the same rules picking applies)."""
-    for option, value in (("--scale", pre.factor), ("--diameter", pre.diameter_A), ("--diameter-px", pre.diameter_px),
-                          ("--pixel-size", pre.pixel_size)):
-        if value is not None:
-            floor = 1 if option == "--scale" else 0
-            _need(_finite(value) and (value >= 1 if floor else value > 0), option,
-                  "a finite number >= 1" if floor else "a finite number > 0", value)
-    _need(pre.normalize in ("gmm", "affine", "none"), "--normalize", "gmm, affine or none", pre.normalize)
-    _need(_whole(pre.gmm_samples, 1), "gmm_samples", "a whole number >= 1", pre.gmm_samples)
-
-
 def _check_train_config(c: "TrainConfig") -> None:
-    """Raise InputError (one line naming the option) for a TrainConfig that cannot work."""
-    _check_preprocess(c.preprocess)
-    _need(_finite(c.learning_rate) and c.learning_rate > 0, "--learning-rate", "a finite number > 0", c.learning_rate)
+    """Raise InputError (one line naming the option as `pupick train` spells it) for a config that cannot work."""
+    _finite(c.learning_rate, "--learning-rate", minimum=0, strict=True)
     for option, value in (("--units", c.units), ("--epochs", c.epochs), ("--steps-per-epoch", c.steps_per_epoch),
                           ("--batch-size", c.batch_size), ("--tile-size", c.tile_size),
                           ("--unlabeled-samples", c.unlabeled_samples)):
-        _need(_whole(value, 1), option, "a whole number >= 1", value)
-    _need(_whole(c.calibration_batches, 0), "calibration_batches", "a whole number >= 0", c.calibration_batches)
-    _need(_whole(c.seed, 0), "--seed", "a whole number >= 0", c.seed)
-    _need(_finite(c.test_split) and 0 <= c.test_split < 1, "--test-split", "in [0, 1)", c.test_split)
-    _need(_finite(c.label_radius) and c.label_radius >= 0, "--label-radius", "a finite number >= 0", c.label_radius)
-    _need(_finite(c.weight_decay) and c.weight_decay >= 0, "--weight-decay", "a finite number >= 0", c.weight_decay)
-    _need(_finite(c.dropout) and 0 <= c.dropout < 1, "--dropout", "in [0, 1)", c.dropout)
-    if c.expected_particles is not None:
-        _need(_finite(c.expected_particles) and c.expected_particles > 0, "--expected-particles",
-              "a finite number > 0", c.expected_particles)
-    if c.slack is not None:
-        _need(_finite(c.slack) and c.slack >= 0, "--slack", "a finite number >= 0", c.slack)
-    for option, value, choices in (("--pooling", c.pooling, ("max", "stride")),
-                                   ("--augment", c.augment_rotations, ("90", "none")),
-                                   ("--train-stride", c.train_stride, ("native", "dense")),
-                                   ("--validation-stride", c.validation_stride, ("fast", "dense")),
-                                   ("--precision", c.precision, ("auto", "fp32", "bf16"))):
-        _need(value in choices, option, " or ".join(choices), value)
+        _whole(value, option, 1)
+    _whole(c.calibration_batches, "calibration_batches", 0)
+    _whole(c.seed, "--seed", 0)
+    if not (isinstance(c.test_split, (int, float)) and 0 <= c.test_split < 1):
+        raise InputError(f"--test-split must be in [0, 1) (got {c.test_split!r})")
+    _finite(c.label_radius, "--label-radius", minimum=0)
+    _finite(c.weight_decay, "--weight-decay", minimum=0)
+    _finite(c.dropout, "--dropout", minimum=0)
+    if c.dropout >= 1:
+        raise InputError(f"--dropout must be below 1 (got {c.dropout:g})")
+    _finite(c.expected_particles, "--expected-particles", minimum=0, strict=True)
+    _finite(c.slack, "--slack", minimum=0)
+    _one_of(c.arch, "--arch", ARCHITECTURES)
+    _one_of(c.pooling, "--pooling", ("max", "stride"))
+    _one_of(c.augment_rotations, "--augment", ("90", "none"))
+    _one_of(c.train_stride, "--train-stride", STRIDE_MODES)
+    _one_of(c.validation_stride, "--validation-stride", STRIDE_MODES)
+    _one_of(c.precision, "--precision", PRECISIONS)
+    check_device(c.device)
 
 
 VIEW_COUNTS = (1, 2, 4, 8)  # test-time views the scorer offers (see core.score.VIEWS)
@@ -179,7 +148,8 @@ def _finite(value: float, option: str, *, minimum: float | None = None, strict: 
         ok = value > minimum if strict else value >= minimum
     if not ok:
         bound = "" if minimum is None else (f" > {minimum:g}" if strict else f" >= {minimum:g}")
-        raise InputError(f"{option} must be a finite number{bound} (got {value})")
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        raise InputError(f"{option} must be a finite number{bound} (got {shown})")
 
 
 def _whole(value: int | None, option: str, minimum: int) -> None:

@@ -231,8 +231,8 @@ def test_result_saves_atomically_and_loads_like_the_file(tmp_path, demo_microgra
     raw = torch.load(path, weights_only=True)
     assert set(raw) == {"format", "version", "state_dict", "config"}
     image = np.random.default_rng(0).normal(size=(96, 96)).astype(np.float32)
-    a = score_micrograph(result.load(), image, PickConfig(stride="dense"))
-    b = score_micrograph(load_model(path), image, PickConfig(stride="dense"))
+    a = score_micrograph(result.load(), image, ScoreConfig(stride="dense"))
+    b = score_micrograph(load_model(path), image, ScoreConfig(stride="dense"))
     np.testing.assert_array_equal(a, b)
     # the same seed makes the same file, byte for byte (a model's identity is its content)
     again = train(demo_micrographs[:1], demo_labels, tiny(tmp_path), log=lambda m: None).save(tmp_path / "n.pt")
@@ -298,7 +298,7 @@ def test_divergence_fails_clearly(tmp_path, demo_micrographs, demo_labels):
     ("test_split", 1.0, r"--test-split must be in \[0, 1\)"),
     ("expected_particles", float("inf"), "--expected-particles must be a finite number > 0"),
     ("label_radius", -1.0, "--label-radius must be"),
-    ("train_stride", "sparse", "--train-stride must be native or dense"),
+    ("train_stride", "sparse", "--train-stride must be one of native, dense"),
 ])
 def test_train_config_refuses_bad_values(field, value, message):
     with pytest.raises(InputError, match=message):
