@@ -16,9 +16,14 @@ def _micrograph_paths(specs: tuple[str, ...]) -> list[Path] | None:
         return None
     from pupick.adapters.registry import read_micrographs
 
+    from ..io import expand_inputs
+
     paths: list[Path] = []
     for spec in specs:
-        paths += [Path(p) for p in read_micrographs(spec)["path"]]
+        if spec.lower().endswith((".star", ".cs")):
+            paths += [Path(p) for p in read_micrographs(spec)["path"]]
+        else:  # only the names: an unreadable micrograph is listed as failed, not refused here
+            paths += expand_inputs([spec])
     return paths
 
 

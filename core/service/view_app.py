@@ -66,7 +66,7 @@ def make_app(state: ViewState, port: int, token: str) -> FastAPI:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("Content-Security-Policy",
-                                    "default-src 'self'; img-src 'self' blob:; style-src 'self'; connect-src 'self'; "
+                                    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; connect-src 'self'; "
                                     "frame-ancestors 'none'")
         return response
 

@@ -55,7 +55,7 @@ export class Viewer {
       if (!down.moved && Math.hypot(dx, dy) < 4) return;
       down.moved = true;
       st.classList.add('panning');
-      this.ox = down.ox + dx; this.oy = down.oy + dy;
+      this.ox = down.ox + dx; this.oy = down.oy + dy; this.moved = true;
       this.redraw();
     });
     st.addEventListener('pointerup', (ev) => {
@@ -79,7 +79,7 @@ export class Viewer {
     const dpr = window.devicePixelRatio || 1;
     const w = this.stage.clientWidth, h = this.stage.clientHeight;
     for (const c of [this.img, this.overlay]) { c.width = Math.round(w * dpr); c.height = Math.round(h * dpr); }
-    if (this.picture && !this._fitted) this.fit(); else this.redraw();
+    if (this.picture && !this.moved) this.fit(); else this.redraw();  // untouched views keep fitting
   }
 
   setMicrograph({ picture, factor, shape, picks, labels, radius, range }) {
@@ -99,14 +99,14 @@ export class Viewer {
     const [ny, nx] = this.shape;
     this.k = Math.min(w / nx, h / ny);
     this.ox = (w - nx * this.k) / 2; this.oy = (h - ny * this.k) / 2;
-    this._fitted = true;
+    this.moved = false;
     this.redraw();
   }
 
   zoomAt(sx, sy, f) {
     const k = Math.min(64, Math.max(0.02, this.k * f));
     f = k / this.k;
-    this.ox = sx - (sx - this.ox) * f; this.oy = sy - (sy - this.oy) * f; this.k = k;
+    this.ox = sx - (sx - this.ox) * f; this.oy = sy - (sy - this.oy) * f; this.k = k; this.moved = true;
     this.redraw();
     if (this.onZoom) this.onZoom(this.k * this.factor);
   }
