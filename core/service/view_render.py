@@ -1,4 +1,8 @@
-"""Micrographs as pictures for the browser: Fourier-cropped, contrast-stretched, encoded once and cached on disk."""
+"""Micrographs as pictures for the browser: binned, contrast-stretched, encoded once and cached on disk.
+
+Binning (the mean of factor x factor blocks) rather than the pipeline's Fourier crop: for display it looks the same,
+and it reads a 4096² MRC straight from its memory map in a fraction of the FFT's time (the first view's budget is 1 s).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 SIZES = {"thumb": 192, "view": 1024, "detail": 2048}  # longest side of the picture, at most
 STRETCH_PERCENTILES = (0.5, 99.5)
 
 
 @dataclass(frozen=True)
 class Picture:
-    """An encoded picture and the downsampling factor from original pixels (x_picture = x_original / factor)."""
+    """An encoded picture and its binning factor: picture pixel i covers original pixels i*factor ... i*factor+factor-1."""
 
     data: bytes
     media_type: str
@@ -39,6 +43,49 @@ def stretch(image: np.ndarray) -> np.ndarray:
         lo, hi = float(flat.min()), float(flat.max()) or 1.0
     out = (image - lo) * (255.0 / (hi - lo))
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks (the remainder rows/columns are dropped); picture pixel i covers original
+    pixels i*factor ... i*factor + factor - 1. Fast on a memory map: the file is read once, in order."""
+    if factor == 1:
+        return np.asarray(image, dtype=np.float32)
+    ny, nx = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    blocks = np.asarray(image[:ny, :nx], dtype=np.float32).reshape(ny // factor, factor, nx // factor, factor)
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
+
+
+def binned(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int], int]:
+    """(picture pixels as float32, the original (ny, nx), the factor) for the longest side <= size.
+
+    An MRC is read through a memory map (no full copy); other formats through core.io."""
+    from ..errors import InputError
+    from ..io import read_micrograph
+
+    if path.suffix.lower() not in (".mrc", ".mrcs"):
+        image = read_micrograph(path).image
+        factor = factor_for(image.shape, size)
+        return bin_image(image, factor), tuple(int(v) for v in image.shape), factor
+    import warnings
+
+    import mrcfile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+                data = mrc.data
+                if data is None:
+                    raise ValueError("no data block; truncated or corrupt header")
+                if data.ndim == 3 and data.shape[0] == 1:
+                    data = data[0]
+                if data.ndim != 2 or min(data.shape) < 2:
+                    raise ValueError(f"expected a 2-D image, got shape {tuple(data.shape)}")
+                shape = (int(data.shape[0]), int(data.shape[1]))
+                factor = factor_for(shape, size)
+                return bin_image(data, factor).copy(), shape, factor
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable MRC file ({err})") from None
 
 
 def _encode(pixels: np.ndarray) -> tuple[bytes, str]:
@@ -105,8 +152,7 @@ class Renderer:
         return None
 
     def _render(self, path: Path, size: str, name: str, key: str) -> Picture:
-        from ..io import atomic_path, read_micrograph
-        from ..preprocess import downsample
+        from ..io import atomic_path
 
         if size == "thumb":  # from the viewer's picture: the expensive read and crop happen once for both
             view = self.picture(path, "view")
@@ -118,11 +164,8 @@ class Renderer:
             factor = view.shape[1] / pixels.shape[1]  # thumbnails carry no picks: an approximate factor is enough
             shape = view.shape
         else:
-            image = read_micrograph(path).image
-            shape = tuple(int(v) for v in image.shape)
-            factor = factor_for(shape, SIZES[size])
-            small = downsample(image, factor) if factor > 1 else image
-            pixels = stretch(small)
+            image, shape, factor = binned(path, SIZES[size])
+            pixels = stretch(image)
         data, media = _encode(pixels)
         pic = Picture(data, media, float(factor), shape)
         ext = ".webp" if media == "image/webp" else ".png"

@@ -98,6 +98,7 @@ def test_slider_counts_and_circles_match_picks_csv(page, outdir: Path) -> None:
     table = page.locator("#mics tbody tr")
     assert table.count() == 5
     _open(page, MIC)
+    assert page.locator("#stage").is_visible() and page.locator("#mics").is_hidden()
     mine = picks[picks["micrograph"] == MIC]
     for t in (float(mine["score"].quantile(0.3)), 2.5, float(mine["score"].max()) - 0.01):
         page.locator("#threshold").fill(repr(t))
@@ -112,6 +113,7 @@ def test_slider_counts_and_circles_match_picks_csv(page, outdir: Path) -> None:
     # the table's counts follow the slider too
     page.locator("#back").click()
     page.wait_for_selector("body[data-view='table']")
+    assert page.locator("#mics").is_visible() and page.locator("#stage").is_hidden()
     for name, g in picks.groupby("micrograph"):
         row = page.locator(f"tr[data-name='{name}'] td.count")
         assert int(row.inner_text()) == int((g["score"] >= 2.5).sum())
@@ -173,7 +175,7 @@ def test_label_mode_adds_and_removes_labels_in_the_file(page, outdir: Path) -> N
 
 def test_train_then_pick_all_makes_round_1(page, outdir: Path) -> None:
     original = _sha(outdir / "picks.csv")
-    page.locator("#epochs").fill("2")
+    page.locator("#epochs").fill("1")
     page.locator("#train").click()
     page.wait_for_selector("#job-text[data-state='train:done']", timeout=120_000)
     assert (outdir / "rounds" / "1" / "model.pt").is_file()
