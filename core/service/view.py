@@ -30,7 +30,7 @@ __all__ = ["ViewState", "make_router"]
 UI_DIR = Path(__file__).with_name("ui")
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
 EXPORT_DIR = "exports"
-MAX_CURVE_POINTS = 1000
+MAX_CURVE_POINTS = 20_000  # exact operating points up to this many distinct scores; thinned beyond
 # formats `pupick convert` writes that need nothing but the picks (cryoSPARC .cs also needs the exposures)
 EXPORT_FORMATS = ("csv", "tsv", "star", "relion", "box", "eman2", "topaz")
 

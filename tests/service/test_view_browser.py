@@ -108,6 +108,25 @@ def test_slider_counts_and_circles_match_picks_csv(page, outdir: Path) -> None:
         assert int(page.locator("#pick-layer").get_attribute("data-drawn")) == expected
         assert int(page.locator("#total-count").inner_text()) == int((picks["score"] >= t).sum())
     page.locator("#threshold").fill("2.5")
+    # the PR curve's operating point is core.evaluate's curve read at 2.5
+    from pupick.core.evaluate import evaluate
+
+    curve = evaluate(picks, pd.read_csv(DEMO / "particles.csv"), DIAMETER / 2).curve
+    kept = curve[curve["threshold"] >= 2.5].iloc[-1]
+    text = page.locator("#pr-text").inner_text()
+    assert f"precision {kept.precision:.3f}, recall {kept.recall:.3f}" in text, text
+    # keyboard: p and l toggle the picks and labels, n and b step through the micrographs
+    page.keyboard.press("p")
+    assert page.locator("#pick-layer").get_attribute("data-drawn") == "0"
+    page.keyboard.press("p")
+    assert int(page.locator("#pick-layer").get_attribute("data-drawn")) == int((mine["score"] >= 2.5).sum())
+    page.keyboard.press("l")
+    assert not page.locator("#show-labels").is_checked()
+    page.keyboard.press("l")
+    page.keyboard.press("n")
+    page.wait_for_selector("body[data-micrograph='062_10028']")
+    page.keyboard.press("b")
+    page.wait_for_selector(f"body[data-micrograph='{MIC}']")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "view_viewer.png"))
     # the table's counts follow the slider too

@@ -220,8 +220,9 @@ $('prev').addEventListener('click', () => step(-1));
 $('next').addEventListener('click', () => step(1));
 
 document.addEventListener('keydown', (ev) => {
-  const tag = ev.target.tagName;
-  if ((tag === 'INPUT' && ev.target.type !== 'checkbox') || tag === 'SELECT') return;
+  const tag = ev.target.tagName, type = ev.target.type;
+  if ((tag === 'INPUT' && type !== 'checkbox' && type !== 'range') || tag === 'SELECT') return;
+  if (type === 'range' && ev.key.startsWith('Arrow')) return;  // the slider's own keys
   if ((ev.ctrlKey || ev.metaKey) && ev.key === 'z') { ev.preventDefault(); undo(); return; }
   if (ev.ctrlKey || ev.metaKey || ev.altKey || !S.current || $('viewer-view').hidden) return;
   const actions = {
