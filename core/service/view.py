@@ -3,6 +3,14 @@
 It carries no authentication of its own: `pupick view` (view_app.py) and `pupick serve` (at /ui) put it behind
 their token and host checks. The pages are static files in ui/ (ES modules, no build step); every data endpoint is
 under api/ and answers a JSON error of one sentence on bad input.
+
+Mounting it elsewhere (what `pupick serve` does):
+
+    app.include_router(make_router(ViewState(outdir)), prefix="/ui")
+
+`/ui/` (the page) and `/ui/static/*` hold no data; everything under `/ui/api/` must be behind the app's token. The
+page takes the token from its own URL (`/ui/?token=...`), drops it from the address bar, and sends it on every api/
+request as `Authorization: Bearer ...`; every URL in the page is relative, so any prefix works.
 """
 from __future__ import annotations
 

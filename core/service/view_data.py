@@ -132,7 +132,7 @@ class ViewState:
             return out
         for name, g in df.groupby("micrograph", sort=False):
             g = g.sort_values("score", ascending=False, kind="stable")
-            out[str(name)] = {c: [_finite(v) for v in g[c].to_numpy(dtype=float)] for c in ("x", "y", "score")}
+            out[str(name)] = {c: _finite_list(g[c].to_numpy(dtype=float)) for c in ("x", "y", "score")}
         return out
 
     # ------------------------------------------------------------ micrographs
@@ -241,6 +241,13 @@ class ViewState:
             return dict(load_model(path).config)
         except Exception:  # an unreadable model only loses the defaults it would give
             return {}
+
+
+def _finite_list(values: np.ndarray) -> list[float | None]:
+    """Plain floats for JSON, with None where a value is not finite (JSON has no NaN)."""
+    if np.isfinite(values).all():
+        return values.tolist()
+    return [_finite(v) for v in values]
 
 
 def _finite(v: float) -> float | None:
