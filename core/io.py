@@ -177,6 +177,8 @@ def expand_inputs(items: Sequence[str | os.PathLike], extensions: Sequence[str] 
                 raise InputError(f"{listfile}: cannot read the list file ({err.strerror})") from None
             base = listfile.parent
             entries = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+            if not entries:
+                raise InputError(f"{listfile}: the list file names no micrographs (nothing to do)")
             out.extend(expand_inputs([e if os.path.isabs(e) or Path(e).exists() else str(base / e) for e in entries], extensions))
             continue
         p = Path(s)

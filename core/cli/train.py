@@ -1,16 +1,16 @@
 """`pupick train`: learn a picker from micrographs and a few labeled particles (positive-unlabeled)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
-from ..config import PreprocessConfig, TrainConfig
+from ..config import ARCHITECTURES, PreprocessConfig, TrainConfig
 from ..errors import InputError
 from ..io import expand_inputs
-from ._common import read_pick_table, run_core, size_options
+from ._common import DEVICE, UserError, read_pick_table, run_core, size_options
 
-ARCHS = ["resnet8", "resnet16", "conv31", "conv63", "conv127"]  # core.models.MODELS, listed here to keep torch lazy
 OBJECTIVES = ["ge-binomial", "ge-kl", "nnpu", "pn"]  # core.objectives.OBJECTIVES
 
 
@@ -41,7 +41,7 @@ def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
               help="Expected particles per micrograph (sets the class prior π). Default: twice the labeled mean.")
 @size_options
 @click.option("--label-radius", type=float, default=3, show_default=True, help="Positive radius, downsampled px.")
-@click.option("--arch", type=click.Choice(ARCHS), default="resnet8", show_default=True)
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default="resnet8", show_default=True)
 @click.option("--units", type=int, default=32, show_default=True, help="Network width.")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="ge-binomial", show_default=True)
 @click.option("--slack", type=float, default=None, help="GE penalty weight (default 1 for ge-binomial, 10 for ge-kl).")
@@ -56,27 +56,64 @@ def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="Preprocessed-micrograph cache (default: MODEL.cache/ next to the model).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where the network trains.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(micrographs, labels, output, expected_particles, scale, diameter, diameter_px, pixel_size, label_radius,
             arch, units, objective, slack, epochs, steps_per_epoch, batch_size, tile_size, learning_rate, test_split,
             normalize, cache_dir, seed, device, precision, quiet):
     """Train a picker on MICROGRAPHS (files, directories, globs, @list.txt) with the particles in --labels."""
+    output = Path(output)
+    try:  # options first: a bad one costs nothing and exits 2
+        pre = PreprocessConfig(factor=scale, diameter_A=diameter, diameter_px=diameter_px, pixel_size=pixel_size,
+                               normalize=normalize, seed=seed)
+        config = TrainConfig(preprocess=pre, arch=arch, units=units, objective=objective, slack=slack,
+                             expected_particles=expected_particles, label_radius=label_radius, epochs=epochs,
+                             steps_per_epoch=steps_per_epoch, batch_size=batch_size, tile_size=tile_size,
+                             learning_rate=learning_rate, test_split=test_split, seed=seed, device=device,
+                             precision=precision, cache_dir=cache_dir or str(output.with_name(output.stem + ".cache")))
+    except InputError as err:
+        raise BadOption(str(err)) from None
+    paths = run_core(expand_inputs, micrographs)
+    try:
+        check_output(output, [*paths, Path(labels)])
+    except InputError as err:
+        raise BadOption(str(err)) from None
+    table = run_core(read_labels, labels)
     from ..train import train
 
-    paths = run_core(expand_inputs, micrographs)
-    table = run_core(read_labels, labels)
-    if not 0 <= test_split < 1:
-        raise click.BadParameter("must be in [0, 1)", param_hint="--test-split")
-    pre = PreprocessConfig(factor=scale, diameter_A=diameter, diameter_px=diameter_px, pixel_size=pixel_size,
-                           normalize=normalize, seed=seed)
-    config = TrainConfig(preprocess=pre, arch=arch, units=units, objective=objective, slack=slack,
-                         expected_particles=expected_particles, label_radius=label_radius, epochs=epochs,
-                         steps_per_epoch=steps_per_epoch, batch_size=batch_size, tile_size=tile_size,
-                         learning_rate=learning_rate, test_split=test_split, seed=seed, device=device,
-                         precision=precision, cache_dir=cache_dir)
-    result = run_core(train, paths, table, config, Path(output), progress=not quiet, log=click.echo)
+    result = run_core(train, paths, table, config, progress=not quiet, log=click.echo)
+    try:
+        result.save(output)
+    except OSError as err:
+        raise UserError(f"{output}: cannot write the model ({err.strerror or err})") from None
     best = "" if result.best_ap != result.best_ap else f", validation AP {result.best_ap:.3f} (epoch {result.best_epoch})"
-    click.echo(f"model -> {result.model_path} (π = {result.pi:.4g}{best}); "
-               f"history -> {Path(output).with_suffix('.train.tsv')}")
+    click.echo(f"model -> {output} (π = {result.pi:.4g}{best}); history -> {output.with_suffix('.train.tsv')}")
+
+
+class BadOption(UserError):
+    """An option that cannot work: one line, exit status 2 (bad usage), before any work."""
+
+    exit_code = 2
+
+
+def check_output(output: Path, inputs: list[Path]) -> None:
+    """Refuse an output that is one of the inputs, or an existing file that is not a pupick model."""
+    for item in inputs:
+        if item.exists() and output.exists() and os.path.samefile(item, output):
+            raise InputError(f"{output}: is one of this command's inputs; give another -o")
+    if output.is_dir():
+        raise InputError(f"{output}: is a directory; -o takes the model file to write")
+    if output.exists():
+        from ..errors import ModelFileError
+        from ..modelfile import load_model
+
+        try:
+            load_model(output)
+        except ModelFileError:
+            raise InputError(f"{output}: exists and is not a pupick model; refusing to overwrite it") from None
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{output}: cannot be created ({parent} is not a directory)")
