@@ -163,7 +163,10 @@ class ViewState:
     def failures(self, n: int = 0) -> dict[str, str]:
         """{stem: reason} for requested micrographs the round did not pick (from the manifest when it records them)."""
         out: dict[str, str] = {}
-        for item in self.manifest(n).get("failures") or []:
+        recorded = self.manifest(n).get("failures") or []
+        if isinstance(recorded, dict):  # {micrograph: reason}, as core.outputs records them
+            recorded = list(recorded.items())
+        for item in recorded:
             if isinstance(item, dict):
                 where, reason = item.get("micrograph") or item.get("path"), item.get("error") or item.get("reason")
             elif isinstance(item, (list, tuple)) and len(item) == 2:

@@ -18,8 +18,9 @@ from ..errors import AbortRequested, InputError, PupickError
 from .view_data import MODEL, ViewState
 from .view_labels import LabelStore
 
-# the picking settings of the original run that carry over to a round's CNN picking
-CARRIED_PICK_SETTINGS = ("threshold", "min_distance_px", "max_picks", "border_px", "pixel_size", "seed")
+# the picking settings of the original run that carry over to a round's CNN picking: manifest field -> setting name
+CARRIED_PICK_SETTINGS = {"threshold": "threshold", "min_distance_px": "min_distance", "min_distance_A": "min_distance_A",
+                         "max_picks": "max_picks", "border_px": "border", "pixel_size": "pixel_size", "seed": "seed"}
 
 
 @dataclass
@@ -231,12 +232,10 @@ class RoundRunner:
         from ..config import PickConfig
 
         pick = (self.state.manifest(0).get("settings") or {}).get("pick") or {}
-        kept = {k: pick[k] for k in CARRIED_PICK_SETTINGS if pick.get(k) is not None}
+        kept = {option: pick[field] for field, option in CARRIED_PICK_SETTINGS.items() if pick.get(field) is not None}
         if pick.get("method", "cnn") == "cnn":
-            for k in ("stride", "views"):
-                if pick.get(k) is not None:
-                    kept[k] = pick[k]
-        return PickConfig(**kept)
+            kept.update({k: pick[k] for k in ("stride", "views") if pick.get(k) is not None})
+        return PickConfig.from_settings(kept)
 
     def start_pick(self, n: int | None = None) -> dict[str, Any]:
         """Re-pick every micrograph with round N's model (default: the newest trained round) into rounds/N/."""
