@@ -28,7 +28,7 @@ from . import __version__
 from .config import PickConfig, TrainConfig
 from .errors import InputError
 from .extract import default_border_px
-from .io import atomic_path, read_micrograph
+from .io import atomic_path, check_output, read_micrograph
 from .models import ModelConfig, build, native_stride, receptive_field
 from .modelfile import save_model
 from .objectives import OBJECTIVES, class_prior
@@ -113,7 +113,7 @@ def _load_one(path: Path, config: TrainConfig, cache: Path | None) -> tuple[np.n
             with np.load(target) as z:
                 ps = float(z["pixel_size"])
                 return z["image"], float(z["factor"]), (ps if ps > 0 else None), tuple(int(v) for v in z["shape"])
-        except (OSError, ValueError, KeyError):
+        except Exception:  # noqa: BLE001 - a corrupt .npz raises zip, pickle, OS or value errors: rebuild it
             pass  # unreadable cache entry: recompute and overwrite
     mic = read_micrograph(path)
     pre = preprocess_micrograph(mic, config.preprocess)
@@ -277,6 +277,8 @@ def train(
     paths = [Path(p) for p in micrographs]
     if not paths:
         raise InputError("no micrographs given to train on")
+    for target, kind in output_files(output):
+        check_output(target, kind, paths)
     if config.objective not in OBJECTIVES:
         raise InputError(f"unknown objective {config.objective!r}; choose from {', '.join(OBJECTIVES)}")
     if config.epochs < 1 or config.steps_per_epoch < 1:
@@ -484,6 +486,12 @@ def train(
     else:
         log(f"wrote {output} in {seconds:.1f} s")
     return TrainResult(output, history, best_epoch, best_ap, pi, pi_u, seconds)
+
+
+def output_files(output: Path) -> list[tuple[Path, str]]:
+    """The files train writes for OUTPUT, each with its kind (see io.check_output)."""
+    output = Path(output)
+    return [(output, "torch"), (output.with_suffix(".train.tsv"), "text"), (output.with_suffix(".train.png"), "png")]
 
 
 def _plain_train_config(config: TrainConfig) -> dict:

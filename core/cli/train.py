@@ -7,7 +7,7 @@ import click
 
 from ..config import PreprocessConfig, TrainConfig
 from ..errors import InputError
-from ..io import expand_inputs
+from ..io import check_output, expand_inputs
 from ._common import read_pick_table, run_core, size_options
 
 ARCHS = ["resnet8", "resnet16", "conv31", "conv63", "conv127"]  # core.models.MODELS, listed here to keep torch lazy
@@ -63,9 +63,11 @@ def command(micrographs, labels, output, expected_particles, scale, diameter, di
             arch, units, objective, slack, epochs, steps_per_epoch, batch_size, tile_size, learning_rate, test_split,
             normalize, cache_dir, seed, device, precision, quiet):
     """Train a picker on MICROGRAPHS (files, directories, globs, @list.txt) with the particles in --labels."""
-    from ..train import train
+    from ..train import output_files, train
 
     paths = run_core(expand_inputs, micrographs)
+    for target, kind in output_files(Path(output)):  # never over an input, nor over another kind of file
+        run_core(check_output, target, kind, [*paths, labels])
     table = run_core(read_labels, labels)
     if not 0 <= test_split < 1:
         raise click.BadParameter("must be in [0, 1)", param_hint="--test-split")
