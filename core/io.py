@@ -258,11 +258,14 @@ def _writable_ancestor(target: Path) -> None:
         raise InputError(f"{target}: cannot write in {parent} ({err.strerror or err})") from None
 
 
-def check_output(target: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] = ()) -> None:
+def check_output(target: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] = (),
+                 probe: bool = True) -> None:
     """Refuse an output that is one of `inputs`, an existing file of another kind, or cannot be written.
 
     `kind` is what will be written (a `file_kind` value, e.g. "torch" for a model, "text" for CSV/STAR/JSON);
     an empty file of any kind may be replaced. Inputs that are directories protect every file inside them.
+    `probe=False` skips the writability probe (for many files in one directory already checked with
+    check_output_dir).
     """
     target = Path(target)
     if target.is_dir():
@@ -280,7 +283,8 @@ def check_output(target: str | os.PathLike, kind: str, inputs: Sequence[str | os
                 raise InputError(f"{target}: exists and is {KIND_NAMES.get(found, found)}, not "
                                  f"{KIND_NAMES.get(kind, kind)}; refusing to replace it (remove it or choose "
                                  "another name)")
-    _writable_ancestor(target)
+    if probe:
+        _writable_ancestor(target)
 
 
 def check_output_dir(path: str | os.PathLike) -> None:

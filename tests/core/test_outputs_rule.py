@@ -138,3 +138,91 @@ def test_unwritable_output_is_one_line(unwritable):
         check_output_dir(unwritable / "picks")
     with pytest.raises(InputError, match=r"cannot write"):
         write_text_atomic(unwritable / "a.txt", "x")
+
+
+# ---------------------------------------------------------------- every command applies the rule
+
+
+def _run(capsys, args) -> tuple[int, str]:
+    from pupick.core.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def labels(tmp_path) -> Path:
+    p = tmp_path / "labels.csv"
+    p.write_bytes((DEMO / "particles.csv").read_bytes())
+    return p
+
+
+@pytest.mark.parametrize("to", ["labels.csv", "labels.star", "061_10028.mrc"])
+def test_convert_never_writes_over_an_input(capsys, tmp_path, labels, to):
+    labels.write_text("".join(ln for ln in labels.read_text().splitlines(keepends=True)
+                              if ln.startswith(("micrograph", "061_10028"))))
+    star = tmp_path / "labels.star"
+    assert _run(capsys, ["convert", labels, "-o", star])[0] == 0
+    mic = tmp_path / "061_10028.mrc"
+    mic.write_bytes((DEMO / "micrographs" / "061_10028.mrc").read_bytes())
+    before = {p: p.read_bytes() for p in (labels, star, mic)}
+    code, err = _run(capsys, ["convert", labels, star, "--micrographs", mic, "-o", tmp_path / to, "--force",
+                              "--to", "csv"])
+    assert code == 1 and "is an input of this command" in err and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_convert_force_replaces_only_the_same_kind(capsys, tmp_path, labels):
+    other = tmp_path / "picture.csv"
+    other.write_bytes((DEMO / "micrographs" / "061_10028.mrc").read_bytes()[:4096])
+    code, err = _run(capsys, ["convert", labels, "-o", other, "--force"])
+    assert code == 1 and "exists and is an MRC image, not a text file" in err
+    out = tmp_path / "out.csv"
+    out.write_text("micrograph,x,y\n")
+    assert _run(capsys, ["convert", labels, "-o", out, "--force"])[0] == 0
+
+
+def test_convert_into_an_input_directory_is_refused(capsys, tmp_path, labels):
+    coords = tmp_path / "coords"
+    assert _run(capsys, ["convert", labels, "-o", coords, "--to", "relion"])[0] == 0
+    files = {p: p.read_bytes() for p in coords.rglob("*.star")}
+    code, err = _run(capsys, ["convert", coords, "--from", "relion", "-o", coords, "--to", "relion", "--force"])
+    assert code == 1 and "lies in the input directory" in err
+    assert {p: p.read_bytes() for p in files} == files
+
+
+def test_evaluate_never_writes_over_its_inputs(capsys, tmp_path, labels):
+    picks = tmp_path / "picks.tsv"
+    picks.write_bytes(labels.read_bytes().replace(b",", b"\t"))
+    before = picks.read_bytes()
+    code, err = _run(capsys, ["evaluate", "--picks", picks, "--labels", labels, "--match-radius", "20",
+                              "-o", tmp_path / "picks"])
+    assert code == 1 and "picks.tsv: is an input of this command" in err and picks.read_bytes() == before
+    (tmp_path / "ev.png").write_text("a note\n")
+    code, err = _run(capsys, ["evaluate", "--picks", picks, "--labels", labels, "--match-radius", "20",
+                              "-o", tmp_path / "ev"])
+    assert code == 1 and "ev.png: exists and is a text file, not a PNG image" in err
+    assert not (tmp_path / "ev.tsv").exists()  # checked before any work
+
+
+def test_preprocess_into_the_micrographs_folder_is_refused(capsys, tmp_path):
+    mic = tmp_path / "061_10028.mrc"
+    mic.write_bytes((DEMO / "micrographs" / "061_10028.mrc").read_bytes())
+    before = mic.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        code, err = _run(capsys, ["preprocess", mic, "-o", tmp_path, "--scale", "2", *extra])
+        assert code == 1 and "is an input of this command" in err and err.count("\n") == 1
+    assert mic.read_bytes() == before and not (tmp_path / "pupick_preprocess.json").exists()
+
+
+@pytest.mark.parametrize("command", ["preprocess", "convert"])
+def test_output_directory_under_a_file_is_one_line(capsys, tmp_path, labels, command):
+    (tmp_path / "f").write_text("x")
+    args = {"preprocess": ["preprocess", DEMO / "micrographs" / "061_10028.mrc", "-o", tmp_path / "f" / "sub"],
+            "convert": ["convert", labels, "-o", tmp_path / "f" / "sub", "--to", "box", "--box-size", "80"]}[command]
+    code, err = _run(capsys, args)
+    assert code == 1 and err.count("\n") == 1 and "f is a file, not a directory" in err
