@@ -1,6 +1,9 @@
 """Options and helpers shared by several commands."""
 from __future__ import annotations
 
+import io
+import os
+import stat
 import sys
 from typing import Callable
 
@@ -33,8 +36,43 @@ def size_options(f: Callable) -> Callable:
     return f
 
 
+class _QuietPipe(io.RawIOBase):
+    """A file descriptor that swallows writes once its reader has gone (`pupick pick ... | head`)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd, self.broken = fd, False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data) -> int:
+        if not self.broken:
+            try:
+                return os.write(self._fd, data)
+            except BrokenPipeError:
+                self.broken = True
+        return len(data)
+
+
+def quiet_broken_pipe() -> None:
+    """When stdout is a pipe, let a closed reader cost nothing: the run finishes its work and exits normally."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode):
+            return
+    except (AttributeError, OSError, ValueError):  # not a real file (e.g. captured by a test)
+        return
+    sys.stdout.flush()
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_QuietPipe(sys.stdout.fileno())), encoding=sys.stdout.encoding,
+                                  errors=sys.stdout.errors, line_buffering=True)
+
+
 def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> None:
     """Run a click command as a console script: user errors become one line `PROG: error: ...` and exit status 1."""
+    quiet_broken_pipe()
     try:
         group.main(args=argv, prog_name=prog, standalone_mode=False)
     except PupickError as err:

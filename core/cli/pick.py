@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..config import VIEW_COUNTS, PickConfig
-from ..io import atomic_path, expand_inputs
+from ..io import atomic_path, check_output_dir, expand_inputs
 from ._common import read_pick_table, run_core
 
 FORMATS = ("csv", "star", "box", "tsv", "cs")
@@ -130,6 +130,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
 
     paths = run_core(expand_inputs, micrographs)
     out = Path(out_dir)
+    run_core(check_output_dir, out)  # one line for -o under a file or in an unwritable place, before any work
     if method == "cnn" and not model_path:
         raise click.UsageError("--model is required (or --method blob with --diameter/--diameter-px)")
     if method == "blob" and model_path:
@@ -170,7 +171,8 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
         lines = [f"(no threshold suggestion: {err})"]
     for line in lines:
         click.echo(line)
-    click.echo(f"wrote {result.picks_path}" + (f" and {fmt} files in {out / COORD_DIR}" if writer else ""))
+    coords = out / COORD_DIR
+    click.echo(f"wrote {result.picks_path}" + (f" and {fmt} files in {coords}" if writer and coords.is_dir() else ""))
     failures = result.run.failures
     for path, reason in failures:
         click.echo(f"  failed: {reason}", err=True)
