@@ -298,7 +298,10 @@ def particles_dataset(picks: pd.DataFrame, exposures: pd.DataFrame, template=Non
     if not (np.isfinite(ny).all() and np.isfinite(nx).all() and (ny > 0).all() and (nx > 0).all()):
         raise InputError(f"{source}: the exposures lack micrograph_blob/shape; cannot compute fractional coordinates")
     x, y = picks["x"].to_numpy(), picks["y"].to_numpy()
-    outside = (x < 0) | (y < 0) | (x > nx) | (y > ny) | ~np.isfinite(x) | ~np.isfinite(y)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        i = int(np.flatnonzero(~(np.isfinite(x) & np.isfinite(y)))[0])
+        raise InputError(f"{source}: row {i + 1}: coordinate ({x[i]:g}, {y[i]:g}) is not a finite number")
+    outside = (x < 0) | (y < 0) | (x > nx) | (y > ny)
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
         raise InputError(f"{source}: row {i + 1}: coordinate ({x[i]:g}, {y[i]:g}) lies outside micrograph "

@@ -88,3 +88,12 @@ def test_a_corrupt_cache_entry_is_rebuilt(capsys, tmp_path, inputs, damage):
     assert code == 0, err
     with np.load(entries[0]) as z:  # rewritten whole
         assert z["image"].ndim == 2
+
+
+@pytest.mark.parametrize("cell", ["nan", ""])
+def test_nan_label_coordinates_are_not_called_outside(capsys, tmp_path, inputs, cell):
+    mics, labels = inputs
+    labels.write_text(labels.read_text() + f"061_10028,{cell},100\n")
+    code, err = run(capsys, [*mics, "--labels", labels, "-o", tmp_path / "m.pt", *FAST])
+    assert code == 1 and err.count("\n") == 1 and "outside" not in err
+    assert "no coordinate" in err and "every pick needs a number for x and y" in err
