@@ -5,7 +5,9 @@ Loadable with ``torch.load(..., weights_only=True)``: no pickled modules, datacl
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,24 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def content_sha256(state: dict[str, torch.Tensor], config: dict[str, Any]) -> str:
+    """A model's identity: SHA-256 of its weights (name, dtype, shape, values) and its canonical config JSON.
+
+    The save date (config provenance.date) is left out, so retraining with the same seed is the same model, and
+    re-saving or copying a file does not change it.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    ident = dict(config)
+    if isinstance(ident.get("provenance"), dict):
+        ident["provenance"] = {k: v for k, v in ident["provenance"].items() if k != "date"}
+    h.update(json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str).encode())
+    return h.hexdigest()
+
+
 def save_model(path: str | os.PathLike, module: torch.nn.Module, config: dict[str, Any]) -> None:
     """Write the module's state_dict (fp32, CPU) and the plain config atomically."""
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
@@ -78,11 +98,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, foreign pickle, or not a torch file at all
-        raise ModelFileError(f"{path}: not a pupick model file ({type(err).__name__})") from None
+        reason = "not a torch file" if not zipfile.is_zipfile(path) else "holds more than weights and plain settings"
+        raise ModelFileError(f"{path}: not a pupick model file ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a pupick model file (no '{FORMAT}' marker)")
     version = payload.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ModelFileError(f"{path}: model file format version {version!r} is not valid (this pupick reads "
+                             f"whole-number versions 1 to {FORMAT_VERSION}); the file was not written by pupick")
+    if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model file format version {version} is newer than this pupick reads ({FORMAT_VERSION}); "
             "upgrade pupick"
@@ -100,5 +124,5 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     except (RuntimeError, ValueError, TypeError) as err:
         raise ModelFileError(f"{path}: weights do not fit architecture {mcfg.arch!r}: {str(err).splitlines()[0]}") from None
     module.to(device).eval()
-    return LoadedModel(module, config, receptive_field(mcfg), native_stride(mcfg), file_sha256(path), path)
+    return LoadedModel(module, config, receptive_field(mcfg), native_stride(mcfg), content_sha256(state, config), path)
 
