@@ -245,6 +245,17 @@ def _mix64(values: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def exposure_uids(names: Sequence[str]) -> np.ndarray:
+    """Deterministic 64-bit exposure uids derived from micrograph names (same name, same uid), for tables without.
+
+    cryoSPARC's Import Particles matches particles to its own exposures by micrograph name, not by these uids.
+    """
+    import hashlib
+
+    return np.array([int.from_bytes(hashlib.sha256(f"pupick-exposure:{n}".encode()).digest()[:8], "little")
+                     for n in names], dtype=np.uint64)
+
+
 def particle_uids(mic_uid: np.ndarray, x: np.ndarray, y: np.ndarray, salt: str = "") -> np.ndarray:
     """Deterministic, content-derived 64-bit particle uids (same picks and salt -> same uids; all distinct)."""
     import hashlib
@@ -276,9 +287,14 @@ def particles_dataset(picks: pd.DataFrame, exposures: pd.DataFrame, template=Non
     from cryosparc.dataset import Dataset
 
     picks = validate_picks(picks, source)
-    for col in ("uid", "path", "ny", "nx"):
+    if "path" not in exposures.columns:
+        raise InputError(f"{source}: the micrographs give no file paths; give a RELION micrographs STAR, a cryoSPARC "
+                         "exposures .cs or the micrograph files")
+    if "uid" not in exposures.columns:  # a RELION (or any) micrograph table: uids from the names, as cryoSPARC
+        exposures = exposures.assign(uid=exposure_uids(exposures["micrograph"].astype(str)))  # matches by name
+    for col in ("ny", "nx"):
         if col not in exposures.columns:
-            raise InputError(f"{source}: the exposures table has no {col!r} column (read it with read_exposures)")
+            exposures = exposures.assign(**{col: np.nan})
     keys = picks["micrograph_uid"] if "micrograph_uid" in picks.columns else None
     if keys is not None:
         index = {int(u): i for i, u in enumerate(exposures["uid"].to_numpy(dtype=np.uint64))}
@@ -296,7 +312,9 @@ def particles_dataset(picks: pd.DataFrame, exposures: pd.DataFrame, template=Non
     ny = exposures["ny"].to_numpy(dtype=float)[rows]
     nx = exposures["nx"].to_numpy(dtype=float)[rows]
     if not (np.isfinite(ny).all() and np.isfinite(nx).all() and (ny > 0).all() and (nx > 0).all()):
-        raise InputError(f"{source}: the exposures lack micrograph_blob/shape; cannot compute fractional coordinates")
+        raise InputError(f"{source}: the micrograph sizes are unknown (a cryoSPARC .cs stores coordinates as fractions "
+                         "of them): give an exposures .cs with micrograph_blob/shape, or micrographs whose files can "
+                         "be read from here (run from the RELION project directory)")
     x, y = picks["x"].to_numpy(), picks["y"].to_numpy()
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         i = int(np.flatnonzero(~(np.isfinite(x) & np.isfinite(y)))[0])

@@ -115,7 +115,7 @@ def connect(conn: Connection):
     except Exception as err:  # cryosparc-tools raises RuntimeError/ValueError/TypeError with long texts
         cause = err.__cause__ or err
         lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
-        reason = lines[0].split(". ")[0].rstrip(".") if lines else type(cause).__name__
+        reason = lines[0].split(". ")[0].rstrip(".") if lines else "no reason given"
         hint = ""
         if "authentication" in reason.lower():
             hint = " (give --email and --password, or log in once with `python -m cryosparc.tools login`)"

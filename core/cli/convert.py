@@ -86,7 +86,11 @@ def command(inputs, output, from_fmt, to_fmt, coord_factor, threshold, box_size,
     def run():
         from pupick.adapters.registry import read_micrographs
 
-        mics = read_micrographs(micrographs) if micrographs else None  # read once, before any picks
+        from pupick.adapters.registry import detect_format
+
+        fmt = to_fmt or detect_format(Path(output), for_writing=True)
+        # read once, before any picks; a .cs stores fractions of the micrograph sizes, so read those too
+        mics = read_micrographs(micrographs, read_shapes=fmt == "cs") if micrographs else None
         d_px = diameter_px
         if d_px is None and diameter is not None:
             d_px = _diameter_px(diameter, pixel_size, mics)
