@@ -17,6 +17,7 @@ from pupick.adapters.cryosparc import particles_dataset
 from pupick.core.config import PickConfig
 from pupick.core.errors import InputError
 from pupick.core.io import read_shape
+from pupick.core.tables import stem
 
 Log = Callable[[str], None]
 Progress = Callable[[int, int, str, int], None]  # (done, total, micrograph name, picks on it)
@@ -113,7 +114,12 @@ def pick_exposures(
         part["micrograph_uid"] = np.full(len(part), exposures.at[i, "uid"], dtype=np.uint64)
         parts.append(part)
     picks = pd.concat(parts, ignore_index=True) if parts else _empty()
-    particles = particles_dataset(picks, exposures, template=template, salt=salt, source="picks")
+    # the NMS distance each micrograph was picked with (original px), for location/min_dist_A
+    radius = {name: d / 2 for name, d in run.diameters.items()}
+    min_dist = (np.full(len(picks), float(config.min_distance_px)) if config.min_distance_px is not None else
+                np.array([radius.get(stem(p), 0.0) for p in picks["path"]], dtype=float))
+    particles = particles_dataset(picks, exposures, template=template, salt=salt, source="picks",
+                                  min_dist_px=min_dist)
     picked = exposures["uid"].to_numpy(dtype=np.uint64)[sorted(found)]
     return PickResult(picks, particles, picked, failures, seconds)
 
