@@ -25,6 +25,7 @@ PARTICLE_FIELDS: list[tuple] = [
     ("location/micrograph_psize_A", "<f4"),
     ("location/center_x_frac", "<f4"),
     ("location/center_y_frac", "<f4"),
+    ("location/min_dist_A", "<f4"),  # the pickers' minimum distance between picks (0 when unknown)
     ("pick_stats/ncc_score", "<f4"),
     ("pick_stats/power", "<f4"),
     ("pick_stats/template_idx", "<u4"),
@@ -278,11 +279,12 @@ def particle_uids(mic_uid: np.ndarray, x: np.ndarray, y: np.ndarray, salt: str =
 
 
 def particles_dataset(picks: pd.DataFrame, exposures: pd.DataFrame, template=None, salt: str = "",
-                      drop_unmatched: bool = False, source: str = "picks"):
+                      drop_unmatched: bool = False, source: str = "picks", min_dist_px=None):
     """A cryoSPARC particle Dataset (location + pick_stats) for picks on the given exposures.
 
-    With a `template` (e.g. a server-allocated output) the result has exactly its fields: ours filled, others zero.
-    Picks on micrographs missing from the exposures are an error unless `drop_unmatched`.
+    With a `template` (e.g. a server-allocated output) the result has exactly its fields, with the template's types:
+    ours filled, others zero. Picks on micrographs missing from the exposures are an error unless `drop_unmatched`.
+    `min_dist_px` (one value, or one per pick) fills location/min_dist_A with the micrograph's pixel size.
     """
     from cryosparc.dataset import Dataset
 
@@ -333,9 +335,9 @@ def particles_dataset(picks: pd.DataFrame, exposures: pd.DataFrame, template=Non
     group = exposures["optics_group"].to_numpy()[rows] if "optics_group" in exposures.columns else np.ones(len(rows))
 
     dset = Dataset({"uid": particle_uids(mic_uid, x, y, salt)})
-    dset.add_fields(PARTICLE_FIELDS)
-    if template is not None:
-        dset.add_fields([f for f in template.descr() if f[0] != "uid"])
+    served = [f for f in template.descr() if f[0] != "uid"] if template is not None else []
+    names = {f[0] for f in served}
+    dset.add_fields(served + [f for f in PARTICLE_FIELDS if f[0] not in names])  # the server's types win
     dset["location/micrograph_uid"] = mic_uid
     dset["location/exp_group_id"] = np.nan_to_num(np.asarray(group, dtype=float), nan=1).astype(np.uint32)
     dset["location/micrograph_path"] = exposures["path"].astype(str).to_numpy(dtype=object)[rows]
@@ -343,6 +345,9 @@ def particles_dataset(picks: pd.DataFrame, exposures: pd.DataFrame, template=Non
     dset["location/micrograph_psize_A"] = np.nan_to_num(psize, nan=0.0).astype(np.float32)
     dset["location/center_x_frac"] = (x / nx).astype(np.float32)
     dset["location/center_y_frac"] = (y / ny).astype(np.float32)
+    dist = np.zeros(len(rows)) if min_dist_px is None else np.broadcast_to(
+        np.asarray(min_dist_px, dtype=float)[~unmatched] if np.ndim(min_dist_px) else float(min_dist_px), len(rows))
+    dset["location/min_dist_A"] = np.nan_to_num(dist * psize, nan=0.0).astype(np.float32)
     dset["pick_stats/power"] = score.astype(np.float32)
     dset["pick_stats/ncc_score"] = _sigmoid(score).astype(np.float32)
     if template is not None:  # the server's field list is authoritative: save exactly those
