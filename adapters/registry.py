@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pupick.core.errors import InputError
-from pupick.core.io import check_output, check_output_dir
+from pupick.core.io import Protected, check_output, check_output_dir
 from pupick.core.tables import IMAGE_EXTENSIONS, empty_picks, stem, validate_picks
 
 
@@ -298,8 +298,9 @@ def write_picks(df: pd.DataFrame, path: str | os.PathLike, fmt: str | None = Non
 def _guard(targets: list[Path], kind: str, inputs: list) -> None:
     """The output rule for every target, probing the writability of each directory once."""
     probed: set[Path] = set()
+    protected = Protected(inputs)
     for t in targets:
-        check_output(t, kind, inputs, probe=t.parent not in probed)
+        check_output(t, kind, protected, probe=t.parent not in probed)
         probed.add(t.parent)
 
 

@@ -235,12 +235,36 @@ def file_kind(path: str | os.PathLike) -> str:
     return "binary"
 
 
-def _is_inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
+class Protected:
+    """The inputs of a command, indexed once: files by device and inode, directories by resolved path."""
+
+    def __init__(self, inputs: Sequence[str | os.PathLike] = ()) -> None:
+        self.files: dict[tuple[int, int], Path] = {}
+        self.folders: list[tuple[Path, Path]] = []
+        for item in inputs:
+            p = Path(item)
+            try:
+                st = p.stat()
+            except (OSError, ValueError):
+                continue
+            if p.is_dir():
+                self.folders.append((p, p.resolve()))
+            else:
+                self.files[(st.st_dev, st.st_ino)] = p
+
+    def why(self, target: Path) -> str | None:
+        """Why writing `target` would write over an input, or None."""
+        try:
+            st = target.stat()
+        except OSError:
+            return None
+        if (st.st_dev, st.st_ino) in self.files:
+            return "is an input of this command"
+        resolved = target.resolve()
+        for shown, folder in self.folders:
+            if resolved.is_relative_to(folder):
+                return f"lies in the input directory {shown}"
+        return None
 
 
 def _writable_ancestor(target: Path) -> None:
@@ -258,31 +282,27 @@ def _writable_ancestor(target: Path) -> None:
         raise InputError(f"{target}: cannot write in {parent} ({err.strerror or err})") from None
 
 
-def check_output(target: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] = (),
+def check_output(target: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] | Protected = (),
                  probe: bool = True) -> None:
     """Refuse an output that is one of `inputs`, an existing file of another kind, or cannot be written.
 
     `kind` is what will be written (a `file_kind` value, e.g. "torch" for a model, "text" for CSV/STAR/JSON);
     an empty file of any kind may be replaced. Inputs that are directories protect every file inside them.
     `probe=False` skips the writability probe (for many files in one directory already checked with
-    check_output_dir).
+    check_output_dir). For many targets, pass the inputs once as `Protected(inputs)`.
     """
     target = Path(target)
     if target.is_dir():
         raise InputError(f"{target}: is a directory; give a file name")
-    if target.exists() or target.is_symlink():
-        for item in inputs:
-            p = Path(item)
-            if p.is_dir() and _is_inside(target, p):
-                raise InputError(f"{target}: lies in the input directory {p}; choose another output name")
-            if p.exists() and target.exists() and os.path.samefile(target, p):
-                raise InputError(f"{target}: is an input of this command; choose another output name")
-        if target.exists():
-            found = file_kind(target)
-            if found != kind and found != "empty":
-                raise InputError(f"{target}: exists and is {KIND_NAMES.get(found, found)}, not "
-                                 f"{KIND_NAMES.get(kind, kind)}; refusing to replace it (remove it or choose "
-                                 "another name)")
+    if target.exists():
+        why = (inputs if isinstance(inputs, Protected) else Protected(inputs)).why(target)
+        if why:
+            raise InputError(f"{target}: {why}; choose another output name")
+        found = file_kind(target)
+        if found != kind and found != "empty":
+            raise InputError(f"{target}: exists and is {KIND_NAMES.get(found, found)}, not "
+                             f"{KIND_NAMES.get(kind, kind)}; refusing to replace it (remove it or choose "
+                             "another name)")
     if probe:
         _writable_ancestor(target)
 

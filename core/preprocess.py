@@ -140,7 +140,7 @@ def preprocess_to_dir(
     from tqdm import tqdm
 
     from . import __version__
-    from .io import check_output, check_output_dir, read_micrograph, write_mrc, write_text_atomic
+    from .io import Protected, check_output, check_output_dir, read_micrograph, write_mrc, write_text_atomic
     from .tables import duplicate_stems, stem
 
     out_dir = Path(out_dir)
@@ -162,9 +162,10 @@ def preprocess_to_dir(
     dupes = duplicate_stems(stems)
     if dupes:
         raise InputError(f"two input micrographs share the name {dupes[0]!r}; outputs would collide")
-    check_output(manifest_path, "text", paths)
+    inputs = Protected(paths)
+    check_output(manifest_path, "text", inputs)
     for name in stems:  # never over an input (e.g. OUT_DIR is where the micrographs are), nor another kind of file
-        check_output(out_dir / f"{name}.mrc", "mrc", paths, probe=False)
+        check_output(out_dir / f"{name}.mrc", "mrc", inputs, probe=False)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     fft_workers = max(1, (os.cpu_count() or 1) // max(1, workers))
