@@ -5,9 +5,11 @@ Loadable with ``torch.load(..., weights_only=True)``: no pickled modules, datacl
 from __future__ import annotations
 
 import hashlib
-import io
-import os
 import dataclasses
+import io
+import json
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,15 +99,21 @@ def save_model(path: str | os.PathLike, module: torch.nn.Module, config: dict[st
     save_state(path, module.state_dict(), config)
 
 
-def content_sha256(state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -> str:
-    """Hex SHA-256 of a model's content: every tensor's name, dtype, shape and bytes, and the config as JSON."""
-    import json
+def content_sha256(state: dict[str, torch.Tensor], config: dict[str, Any]) -> str:
+    """A model's identity: SHA-256 of its weights (name, dtype, shape, values) and its canonical config JSON.
 
-    h = hashlib.sha256(json.dumps(plain(dict(config)), sort_keys=True).encode())
-    for k in sorted(state_dict):
-        v = state_dict[k].detach().to("cpu").contiguous()
-        h.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
-        h.update(v.numpy().tobytes() if v.dtype != torch.bfloat16 else v.float().numpy().tobytes())
+    The save date (config provenance.date) is left out, so retraining with the same seed is the same model, and
+    re-saving or copying a file does not change it.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    ident = dict(config)
+    if isinstance(ident.get("provenance"), dict):
+        ident["provenance"] = {k: v for k, v in ident["provenance"].items() if k != "date"}
+    h.update(json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str).encode())
     return h.hexdigest()
 
 
@@ -137,12 +145,16 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         raise ModelFileError(f"{path}: model file not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, foreign pickle, or not a torch file at all
-        raise ModelFileError(f"{path}: not a pupick model file ({type(err).__name__})") from None
+    except Exception:  # corrupt, foreign pickle, or not a torch file at all
+        reason = "not a torch file" if not zipfile.is_zipfile(path) else "holds more than weights and plain settings"
+        raise ModelFileError(f"{path}: not a pupick model file ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a pupick model file (no '{FORMAT}' marker)")
     version = payload.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ModelFileError(f"{path}: model file format version {version!r} is not valid (this pupick reads "
+                             f"whole-number versions 1 to {FORMAT_VERSION}); the file was not written by pupick")
+    if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model file format version {version} is newer than this pupick reads ({FORMAT_VERSION}); "
             "upgrade pupick"
@@ -151,7 +163,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     state = payload.get("state_dict")
     if not isinstance(config, dict) or not isinstance(state, dict) or "arch" not in config:
         raise ModelFileError(f"{path}: model file is incomplete (missing config or weights)")
-    return _build_loaded(state, config, device, str(path), file_sha256(path), path)
+    return _build_loaded(state, config, device, str(path), content_sha256(state, config), path)
 
 
 def needs_particle_size(model: LoadedModel) -> bool:

@@ -139,14 +139,21 @@ def preprocess_to_dir(
     import pandas as pd
     from tqdm import tqdm
 
-    from .io import read_micrograph, write_mrc
+    from .io import Protected, check_output, check_output_dir, read_micrograph, write_mrc
     from .outputs import OutputDir
     from .tables import duplicate_stems, stem
 
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir)
     stems = [stem(p) for p in paths]
     dupes = duplicate_stems(stems)
     if dupes:
         raise InputError(f"two input micrographs share the name {dupes[0]!r}; outputs would collide")
+    inputs = Protected(paths)
+    check_output(out_dir / "pupick_preprocess.json", "text", inputs)
+    for name in stems:  # never over an input (e.g. OUT_DIR is where the micrographs are), nor another kind of file
+        check_output(out_dir / f"{name}.mrc", "mrc", inputs, probe=False)
+
     fft_workers = max(1, (os.cpu_count() or 1) // max(1, workers))
     result = BatchResult([], [], [], {})
     with OutputDir(out_dir, "preprocess", _manifest_settings(config), overwrite=overwrite) as out:

@@ -30,7 +30,7 @@ from .config import ScoreConfig, TrainConfig
 from .errors import AbortRequested, InputError, PupickError
 from .evaluate import default_match_radius
 from .extract import default_border_px
-from .io import atomic_path, read_micrograph
+from .io import atomic_path, check_output, read_micrograph
 from .models import ModelConfig, build, native_stride, receptive_field
 from .modelfile import LoadedModel, loaded_from_state, plain, save_state
 from .objectives import OBJECTIVES, class_prior
@@ -77,6 +77,8 @@ class TrainResult:
     def save(self, path: str | os.PathLike, history: bool = True) -> Path:
         """Write the model file atomically; with `history`, also PATH.train.tsv and the plot PATH.train.png."""
         path = Path(path)
+        for target, kind in output_files(path)[: 3 if history else 1]:  # never over another kind of file
+            check_output(target, kind)
         save_state(path, self.state_dict, self.config)
         self.path = path
         if history:
@@ -150,7 +152,7 @@ def _load_one(path: Path, config: TrainConfig, cache: Path | None) -> tuple[np.n
             with np.load(target) as z:
                 ps = float(z["pixel_size"])
                 return z["image"], float(z["factor"]), (ps if ps > 0 else None), tuple(int(v) for v in z["shape"])
-        except (OSError, ValueError, KeyError):
+        except Exception:  # noqa: BLE001 - a corrupt .npz raises zip, pickle, OS or value errors: rebuild it
             pass  # unreadable cache entry: recompute and overwrite
     mic = read_micrograph(path)
     pre = preprocess_micrograph(mic, config.preprocess)
@@ -638,3 +640,11 @@ def train(
     else:
         log(f"trained in {result.seconds:.1f} s")
     return result
+
+
+def output_files(output: Path) -> list[tuple[Path, str]]:
+    """The files train writes for OUTPUT, each with its kind (see io.check_output)."""
+    output = Path(output)
+    return [(output, "torch"), (output.with_suffix(".train.tsv"), "text"), (output.with_suffix(".train.png"), "png")]
+
+

@@ -1,15 +1,14 @@
 """`pupick train`: learn a picker from micrographs and a few labeled particles (positive-unlabeled)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from ..config import ARCHITECTURES, PreprocessConfig, TrainConfig
 from ..errors import InputError
-from ..io import expand_inputs
-from ._common import DEVICE, UserError, read_pick_table, run_core, size_options
+from ..io import check_output, expand_inputs
+from ._common import DEVICE, BadOption, UserError, read_pick_table, run_core, size_options, usage
 
 OBJECTIVES = ["ge-binomial", "ge-kl", "nnpu", "pn"]  # core.objectives.OBJECTIVES
 
@@ -74,14 +73,12 @@ def command(micrographs, labels, output, expected_particles, scale, diameter, di
                              precision=precision, cache_dir=cache_dir or str(output.with_name(output.stem + ".cache")))
     except InputError as err:
         raise BadOption(str(err)) from None
-    paths = run_core(expand_inputs, micrographs)
-    try:
-        check_output(output, [*paths, Path(labels)])
-    except InputError as err:
-        raise BadOption(str(err)) from None
-    table = run_core(read_labels, labels)
-    from ..train import train
+    paths = usage(expand_inputs, micrographs)
+    from ..train import output_files, train
 
+    for target, kind in output_files(output):  # never over an input, nor over another kind of file
+        usage(check_output, target, kind, [*paths, labels])
+    table = run_core(read_labels, labels)
     result = run_core(train, paths, table, config, progress=not quiet, log=click.echo)
     try:
         result.save(output)
@@ -89,31 +86,3 @@ def command(micrographs, labels, output, expected_particles, scale, diameter, di
         raise UserError(f"{output}: cannot write the model ({err.strerror or err})") from None
     best = "" if result.best_ap != result.best_ap else f", validation AP {result.best_ap:.3f} (epoch {result.best_epoch})"
     click.echo(f"model -> {output} (π = {result.pi:.4g}{best}); history -> {output.with_suffix('.train.tsv')}")
-
-
-class BadOption(UserError):
-    """An option that cannot work: one line, exit status 2 (bad usage), before any work."""
-
-    exit_code = 2
-
-
-def check_output(output: Path, inputs: list[Path]) -> None:
-    """Refuse an output that is one of the inputs, or an existing file that is not a pupick model."""
-    for item in inputs:
-        if item.exists() and output.exists() and os.path.samefile(item, output):
-            raise InputError(f"{output}: is one of this command's inputs; give another -o")
-    if output.is_dir():
-        raise InputError(f"{output}: is a directory; -o takes the model file to write")
-    if output.exists():
-        from ..errors import ModelFileError
-        from ..modelfile import load_model
-
-        try:
-            load_model(output)
-        except ModelFileError:
-            raise InputError(f"{output}: exists and is not a pupick model; refusing to overwrite it") from None
-    parent = output.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(f"{output}: cannot be created ({parent} is not a directory)")
