@@ -77,7 +77,7 @@ def command(micrographs, labels, output, expected_particles, scale, diameter, di
     from ..train import output_files, train
 
     for target, kind in output_files(output):  # never over an input, nor over another kind of file
-        usage(check_output, target, kind, [*paths, labels])
+        run_core(check_output, target, kind, [*paths, labels])
     table = run_core(read_labels, labels)
     result = run_core(train, paths, table, config, progress=not quiet, log=click.echo)
     try:

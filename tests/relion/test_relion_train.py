@@ -64,7 +64,7 @@ def test_train_from_picks_or_particles(tmp_path, demo_labels_df, version, labels
     ({"in_mics": "m", "in_coords": "c", "in_parts": "p"}, SHORT, "--in_coords .* or --in_parts .*, not both"),
     ({"in_mics": "m"}, {"epochs": "1"}, "parameter diameter is missing"),
     ({"in_mics": "m", "in_3dref": "r.mrc"}, SHORT, "does not read --in_3dref"),
-    ({"in_mics": "m", "in_coords": "c"}, {**SHORT, "arch": "resnet9"}, "unknown architecture 'resnet9'; choose from resnet8"),
+    ({"in_mics": "m", "in_coords": "c"}, {**SHORT, "arch": "resnet9"}, r"--arch must be one of resnet8, .* \(got 'resnet9'\)"),
     ({"in_mics": "m", "in_coords": "c"}, {**SHORT, "epoch": "3"}, r"unknown parameter\(s\) epoch "),
     ({"in_mics": "m"}, SHORT, "no labels: put hand-picked coordinates"),
 ])
