@@ -65,17 +65,18 @@ def _pick(mics, model, config):
     return pick(mics, model, config, progress=False, log=lambda m: None)
 
 
-def mode_quality(bset, model_path: Path, modes, device: str) -> list[dict]:
+def mode_quality(bset, model_path: Path, modes, device: str, quick: bool) -> list[dict]:
     from pupick.core.config import PickConfig
     from pupick.core.modelfile import load_model
 
     model = load_model(model_path)
+    mics = bset.test[:3] if quick else bset.test
     rows = []
     for stride, precision, views in modes:
         t0 = time.perf_counter()
-        run = _pick(bset.test, model, PickConfig(stride=stride, precision=precision, views=views, device=device))
-        seconds = (time.perf_counter() - t0) / len(bset.test)
-        ev = evaluate_test(run.picks, bset)
+        run = _pick(mics, model, PickConfig(stride=stride, precision=precision, views=views, device=device))
+        seconds = (time.perf_counter() - t0) / len(mics)
+        ev = evaluate_test(run.picks, bset, micrographs=bset.stems(mics))
         ev.pop("curve", None)
         rows.append({**ev, "stride": stride, "dtype": precision, "views": views or default_views(stride),
                      "s_per_micrograph_1024": seconds})
@@ -350,7 +351,7 @@ def main() -> None:
             model, t_train = train_model(bset, tmp / "model.pt", args.quick, device)
             print(f"trained on {len(bset.train)} micrographs in {t_train:.0f} s", flush=True)
         modes = MODES[:1] if args.quick else MODES
-        quality = mode_quality(bset, model, modes, device)
+        quality = mode_quality(bset, model, modes, device, args.quick)
         for r in quality:
             delta = "" if r["ap_delta_vs_dense_fp32"] is None else f" ({r['ap_delta_vs_dense_fp32']:+.3f} vs dense fp32)"
             print(f"  {r['stride']:5s} {r['dtype']} {r['views']} view(s): AP {r['ap']:.3f}{delta}, "
@@ -411,11 +412,17 @@ def main() -> None:
         "warm": default["warm_s_per_micrograph"] <= targets["warm_s_max"],
         "whole_process_8x_topaz": default["x_faster_than_topaz"] >= targets["x_topaz_min"],
         "rss": default["peak_rss_mb"] <= targets["rss_mb_max"]}
-    path = write_result("pick_speed", results, quality=quality, ap_per_set=per_set, ablation=abl,
-                        train_seconds=t_train, set=bset.name, micrographs_4096=len(mrcs), device=device,
-                        threads=args.threads, startup_seconds=startup, topaz=topaz or {"recorded_s": TOPAZ_RECORDED_S,
-                                                                                       "recorded_rss_mb": TOPAZ_RECORDED_RSS_MB},
-                        load_average=[load0, load1], gpu=gpu, targets=targets, targets_met=met,
+    summary = {"device": device, "threads": args.threads, "startup_seconds": startup, "topaz_s_per_micrograph": topaz_s,
+               "topaz_timed_here": bool(topaz and "error" not in topaz), "load_average_start_end": [load0, load1]}
+    if default is not None:
+        summary.update({f"default_{k}": default[k] for k in ("views", "process_s_per_micrograph", "x_faster_than_topaz",
+                                                              "warm_s_per_micrograph", "peak_rss_mb")})
+        summary["targets_met"] = met
+    doc = {"summary": summary, "speed_4096": results, "quality_empiar10017": quality, "ap_per_set_by_views": per_set,
+           "scorer_ablation_1024": abl}
+    path = write_result("pick_speed", doc, train_seconds=t_train, set=bset.name, micrographs_4096=len(mrcs), gpu=gpu,
+                        targets=targets, topaz=topaz or {"recorded_s": TOPAZ_RECORDED_S,
+                                                         "recorded_rss_mb": TOPAZ_RECORDED_RSS_MB},
                         notes="process_s: the whole `pupick pick` process on the 4 micrographs, start-up included, "
                               "over 4; warm_s: median over in-process passes after the first; RSS of the pick "
                               "process. load_average: 1-min load at start/end (2 cores; >2 means a shared, noisy "

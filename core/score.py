@@ -30,15 +30,17 @@ import torch.nn.functional as F
 from .config import VIEW_COUNTS, PickConfig
 from .errors import InputError
 
-# test-time views: (quarter turns, mirror first); scores are averaged over the dihedral copies of the image
-VIEWS = {1: [(0, False)], 2: [(0, False), (2, True)], 4: [(0, False), (1, False), (2, False), (3, False)],
+# test-time views: (quarter turns, mirror first); scores are averaged over the dihedral copies of the image.
+# Two views: the half turn, whose native-stride grid lands 3 px off the first in both axes (the vertical mirror's only
+# in one): AP above the mirror pair in 5 of 6 (set, seed) runs on the shared sets, by -0.003 to +0.011 (BENCHMARKS.md)
+VIEWS = {1: [(0, False)], 2: [(0, False), (2, False)], 4: [(0, False), (1, False), (2, False), (3, False)],
          8: [(t, f) for f in (False, True) for t in range(4)]}
 assert tuple(VIEWS) == VIEW_COUNTS
-# downsampled pixels per tile side. CPU 512: as fast as 1024 and faster than 256/384 (bench/pick_speed.py's tile
-# rows), ~100 MB less peak memory; CUDA: a whole 2048² micrograph in one call
+# downsampled pixels per tile side. CPU 512: the fastest of 256/384/512/1024 (CPU seconds per view 1.26 : 1.10 : 1 :
+# 1.20 here; bench/pick_speed.py's scorer ablation), and less memory than 1024; CUDA: a 2048² micrograph in one call
 DEFAULT_TILE = {"cpu": 512, "cuda": 2048}
-# views per network call: CPU 1 (one view per call is ~1.4x faster per view than four: bench/pick_speed.py's batch
-# rows); elsewhere all the views of a tile at once
+# views per network call: CPU 1 (four views in one call cost 1.3-1.5x more per view: the working set leaves the
+# cache); elsewhere (GPU) all the views of a tile at once
 VIEW_BATCH = {"cpu": 1}
 
 
