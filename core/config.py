@@ -90,7 +90,7 @@ class TrainConfig:
 
 
 VIEW_COUNTS = (1, 2, 4, 8)  # test-time views the scorer offers (see core.score.VIEWS)
-DEFAULT_VIEWS = 4  # fast mode: +0.001 to +0.024 AP on the shared sets (4 and 8 views score alike), ~4x network time
+DEFAULT_VIEWS = 2  # fast mode: the half-turn pair, within 0.005 AP of 4 views on every shared set at half the network time (issue 15, BENCHMARKS.md pick_speed)
 
 
 @dataclass
@@ -108,7 +108,7 @@ class PickConfig:
     precision: str = "auto"  # auto | fp32 | bf16
     stride: str = "fast"  # fast (native stride + refinement) | dense (exact dense map)
     views: int | None = None  # test-time augmentation: mean score over 1, 2, 4 or 8 rotated/mirrored copies of the
-    # micrograph; None: 4 in the fast mode, 1 (the exact map) in the dense mode
+    # micrograph; None: DEFAULT_VIEWS in the fast mode, 1 (the exact map) in the dense mode
     tile_size: int | None = None  # downsampled pixels per scoring tile side; None: 512
     workers: int = 1  # reader/preprocessor threads overlapping with scoring
     write_score_maps: bool = False  # kept for callers; maps are written when score_map_dir is set
@@ -124,7 +124,7 @@ class PickConfig:
     factor: float | None = None  # blob picker's downsampling factor (None: the rule applied to the diameter)
 
     def resolved_views(self) -> int:
-        """`views`, else the default: 4 in the fast mode, 1 (the exact map) in the dense mode."""
+        """`views`, else the default: DEFAULT_VIEWS in the fast mode, 1 (the exact map) in the dense mode."""
         if self.views is not None:
             return self.views
         return 1 if self.stride == "dense" else DEFAULT_VIEWS
