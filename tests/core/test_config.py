@@ -59,5 +59,7 @@ def test_every_setting_is_a_field_of_its_section():
 
 
 def test_default_views_follow_the_stride_mode():
-    assert ScoreConfig().resolved_views() == 4 and ScoreConfig(stride="dense").resolved_views() == 1
-    assert PickConfig().recorded()["views"] == 4
+    from pupick.core.config import DEFAULT_VIEWS
+
+    assert ScoreConfig().resolved_views() == DEFAULT_VIEWS and ScoreConfig(stride="dense").resolved_views() == 1
+    assert PickConfig().recorded()["views"] == DEFAULT_VIEWS

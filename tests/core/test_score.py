@@ -75,7 +75,7 @@ def test_views_default_to_the_configured_count_in_fast_mode_and_one_in_dense_mod
     cfg = dict(precision="fp32", device="cpu")
     assert len(Scorer(tiny, ScoreConfig(stride="native", **cfg)).views) == DEFAULT_VIEWS
     assert len(Scorer(tiny, ScoreConfig(stride="dense", **cfg)).views) == 1
-    with pytest.raises(InputError, match="views 3"):
+    with pytest.raises(InputError, match="views"):
         Scorer(tiny, ScoreConfig(views=3, **cfg))
 
 
