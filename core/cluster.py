@@ -220,13 +220,15 @@ class DaskExecutor:
     """Runs `pick_batch(work, batch)` tasks on a Dask cluster; a context manager that closes what it started."""
 
     def __init__(self, config: ClusterConfig | None = None, *, client: Any = None, progress: bool = False,
-                 log: Callable[[str], None] | None = None, batch_function: Callable | None = None) -> None:
+                 log: Callable[[str], None] | None = None, batch_function: Callable | None = None,
+                 batch_size: int | None = None) -> None:
         if (config is None) == (client is None):
             raise ValueError("give a ClusterConfig or a running distributed.Client")
         self.config = config
         self.progress = progress
         self.log = log or (lambda msg: None)
         self.batch_function = batch_function  # None: pupick.core.pipeline.pick_batch (another: the bench's no-op)
+        self.fixed_batch = batch_size  # micrographs per task; None: sized from the measured time per micrograph
         self.client = client
         self._owns = client is None
         self._cluster: Any = None
@@ -353,7 +355,7 @@ class DaskExecutor:
                     if queue:
                         batch = queue.popleft()
                     else:
-                        n = batch_size(len(order), threads, _median(seconds))
+                        n = self.fixed_batch or batch_size(len(order), threads, _median(seconds))
                         batch, order = tuple(order[:n]), order[n:]
                     fut = client.submit(_run_batch, key, [items[i] for i in batch], self.batch_function,
                                         key=f"{key}-{batch[0]}-{len(batch)}-{uuid.uuid4().hex[:6]}", pure=False)
