@@ -191,12 +191,11 @@ class _LocalWorkerSetup(WorkerPlugin):
 
 def _run_batch(key: str, items: Sequence[Any], batch_function: Callable | None = None) -> list:
     """A task: pick one batch with the PickWork this worker already holds."""
-    work = _PAYLOADS.get(key)
-    if work is None:
+    if key not in _PAYLOADS:
         raise RuntimeError("this worker has no pupick work loaded (its plugin setup failed; see the worker's log)")
     if batch_function is None:
         from .pipeline import pick_batch as batch_function
-    return batch_function(work, items)
+    return batch_function(_PAYLOADS[key], items)
 
 
 def _worker_versions() -> dict:
@@ -321,7 +320,7 @@ class DaskExecutor:
     def run(self, work: Any, items: Sequence[Any], should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
         """Yield one MicrographResult per item, as tasks complete; on should_stop() cancel what is pending and
         raise AbortRequested."""
-        from distributed import as_completed
+        from distributed import wait
         from tqdm import tqdm
 
         from . import __version__
@@ -339,7 +338,6 @@ class DaskExecutor:
         inflight: dict[Any, tuple[int, ...]] = {}
         done: set[int] = set()
         seconds: list[float] = []
-        ac = as_completed()
         bar = tqdm(total=len(items), desc="pick (dask)", unit="mic", disable=not self.progress or None)
         threads, checked = 0, 0.0
         self.last_batch_sizes = []
@@ -360,12 +358,15 @@ class DaskExecutor:
                     fut = client.submit(_run_batch, key, [items[i] for i in batch], self.batch_function,
                                         key=f"{key}-{batch[0]}-{len(batch)}-{uuid.uuid4().hex[:6]}", pure=False)
                     inflight[fut] = batch
-                    ac.add(fut)
                     self.last_batch_sizes.append(len(batch))
-                ready = ac.next_batch(block=False) if ac.has_ready() else []
-                if not ready:
-                    time.sleep(0.02)
+                if not inflight:  # no worker yet
+                    time.sleep(0.2)
                     continue
+                try:  # wakes on the first completion; the timeout is for should_stop and joining workers
+                    wait(list(inflight), timeout=0.5, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    continue
+                ready = [f for f in inflight if f.done()]
                 for fut in ready:
                     batch = inflight.pop(fut)
                     for result in self._collect(fut, batch, items, isolated, queue):
