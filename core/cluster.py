@@ -285,7 +285,9 @@ class DaskExecutor:
         dashboard = "127.0.0.1:0" if importlib.util.find_spec("bokeh") else None
         # loopback only: a Dask scheduler runs whatever its clients send
         return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", scheduler_port=0,
-                            dashboard_address=dashboard, worker_dashboard_address=None, silence_logs=logging.ERROR)
+                            dashboard_address=dashboard, worker_dashboard_address=None, silence_logs=logging.ERROR,
+                            # the scheduler's HTTP server (health, metrics) listens even without a dashboard
+                            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
 
     def close(self) -> None:
         """Close the client, and the cluster when this executor started it."""

@@ -118,16 +118,56 @@ def test_batches_hold_a_hundred_times_the_task_overhead():
 # ---------------------------------------------------------------- real clusters
 
 
-def test_local_cluster_listens_on_loopback_only_and_closes_what_it_started():
+@pytest.fixture(scope="module")
+def local2():
+    """One `local:2` DaskExecutor for the tests that use the Python API (a cluster start costs seconds here)."""
     with executor_from_spec("local:2") as ex:
-        client = ex.client
-        info = client.scheduler_info()
-        addresses = [client.scheduler.address] + list(info["workers"]) + \
-            [w["nanny"] for w in info["workers"].values()]
-        assert len(info["workers"]) == 2
-        assert all(a.startswith("tcp://127.0.0.1:") for a in addresses), addresses
-        assert all(w["nthreads"] == 1 for w in info["workers"].values())
-        pids = list(client.run(os.getpid).values())
+        yield ex
+
+
+def test_local_cluster_listens_on_loopback_only(local2):
+    client = local2.client
+    info = client.scheduler_info()
+    addresses = [client.scheduler.address] + list(info["workers"]) + [w["nanny"] for w in info["workers"].values()]
+    assert len(info["workers"]) == 2
+    assert all(a.startswith("tcp://127.0.0.1:") for a in addresses), addresses
+    assert all(w["nthreads"] == 1 for w in info["workers"].values())
+    pids = [os.getpid(), *client.run(os.getpid).values()]
+    listening = _listening(pids)
+    assert len(listening) >= 5  # scheduler + its HTTP server, and each worker's and nanny's port
+    assert {host for host, _ in listening} == {"127.0.0.1"}, listening
+
+
+def _listening(pids: list[int]) -> set[tuple[str, int]]:
+    """(address, port) of every listening TCP socket the processes hold (from /proc; IPv4 and IPv6)."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            hexaddr, port = cols[1].split(":")
+            if width == 8:
+                host = ".".join(str(int(hexaddr[i:i + 2], 16)) for i in (6, 4, 2, 0))
+            else:
+                host = "::1" if hexaddr == "0" * 24 + "01000000" else hexaddr
+            found.add((host, int(port, 16)))
+    return found
+
+
+def test_the_executor_closes_what_it_started():
+    ex = executor_from_spec("local:1").__enter__()
+    pids = list(ex.client.run(os.getpid).values())
+    ex.__exit__(None, None, None)
     assert ex.client is None
     deadline = time.monotonic() + 30
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
@@ -141,3 +181,11 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_workers_with_another_pupick_version_are_refused_with_one_line(local2):
+    from pupick.core.errors import PupickError
+
+    with pytest.raises(PupickError, match=r"pupick 9\.9\.9") as err:
+        local2._register_work(local2.client, "pupick-test-version", None, "9.9.9")
+    assert "\n" not in str(err.value)
