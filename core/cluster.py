@@ -218,13 +218,12 @@ def batch_size(remaining: int, threads: int, seconds_per_micrograph: float | Non
 class DaskExecutor:
     """Runs `pick_batch(work, batch)` tasks on a Dask cluster; a context manager that closes what it started."""
 
-    def __init__(self, config: ClusterConfig | None = None, *, client: Any = None, progress: bool = False,
+    def __init__(self, config: ClusterConfig | None = None, *, client: Any = None,
                  log: Callable[[str], None] | None = None, batch_function: Callable | None = None,
                  batch_size: int | None = None) -> None:
         if (config is None) == (client is None):
             raise ValueError("give a ClusterConfig or a running distributed.Client")
         self.config = config
-        self.progress = progress
         self.log = log or (lambda msg: None)
         self.batch_function = batch_function  # None: pupick.core.pipeline.pick_batch (another: the bench's no-op)
         self.fixed_batch = batch_size  # micrographs per task; None: sized from the measured time per micrograph
@@ -323,7 +322,6 @@ class DaskExecutor:
         """Yield one MicrographResult per item, as tasks complete; on should_stop() cancel what is pending and
         raise AbortRequested."""
         from distributed import wait
-        from tqdm import tqdm
 
         from . import __version__
 
@@ -340,7 +338,6 @@ class DaskExecutor:
         inflight: dict[Any, tuple[int, ...]] = {}
         done: set[int] = set()
         seconds: list[float] = []
-        bar = tqdm(total=len(items), desc="pick (dask)", unit="mic", disable=not self.progress or None)
         threads, checked = 0, 0.0
         self.last_batch_sizes = []
         try:
@@ -379,11 +376,9 @@ class DaskExecutor:
                         res = result[1]
                         if getattr(res, "error", None) is None and getattr(res, "seconds", None):
                             seconds.append(float(res.seconds))
-                        bar.update()
                         yield res
                     fut.release()
         finally:
-            bar.close()
             if inflight:
                 client.cancel(list(inflight), force=True)
             try:
@@ -437,11 +432,9 @@ class DaskExecutor:
 
 
 def _failed(item: Any, reason: str) -> Any:
-    from .pipeline import MicrographResult
-    from .tables import empty_picks
+    from .pipeline import failed
 
-    return MicrographResult(micrograph=item.micrograph, path=item.path, picks=empty_picks(with_path=True),
-                            error=f"{item.path}: {reason}", seconds=0.0, diameter_px=None)
+    return failed(item, reason)
 
 
 def _one_line(err: BaseException) -> str:
@@ -469,8 +462,8 @@ def _visible_gpus() -> list[str]:
         return []
 
 
-def executor_from_spec(spec: str, workers: int | None = None, *, progress: bool = False,
+def executor_from_spec(spec: str, workers: int | None = None, *,
                        log: Callable[[str], None] | None = None) -> DaskExecutor:
     """A DaskExecutor for local[:N], tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml (checked now, started
     on first use or on entering the context)."""
-    return DaskExecutor(ClusterConfig(spec, workers), progress=progress, log=log)
+    return DaskExecutor(ClusterConfig(spec, workers), log=log)

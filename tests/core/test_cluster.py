@@ -189,3 +189,109 @@ def test_workers_with_another_pupick_version_are_refused_with_one_line(local2):
     with pytest.raises(PupickError, match=r"pupick 9\.9\.9") as err:
         local2._register_work(local2.client, "pupick-test-version", None, "9.9.9")
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- the real CLI and engine, serial vs cluster
+
+N_COPIES = 4  # the 5 bundled micrographs under 4 names each: 20 micrographs, so a run lasts long enough to kill a worker
+PICK_ARGS = ["--device", "cpu", "--threshold", "-3"]
+
+
+@pytest.fixture(scope="module")
+def many_mics(tmp_path_factory, demo_micrographs) -> tuple[Path, Path]:
+    """20 micrographs (links to the bundled five under new names) and one corrupt file among them."""
+    folder = tmp_path_factory.mktemp("mics")
+    for k in range(N_COPIES):
+        for src in demo_micrographs:
+            (folder / f"c{k}_{src.name}").symlink_to(src)
+    bad = folder / "c9_corrupt.mrc"
+    bad.write_bytes(b"MRC?" + os.urandom(3000))
+    return folder, bad
+
+
+def _pick(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "pupick"), "pick", *args], capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def serial_run(many_mics, trained_model, tmp_path_factory):
+    folder, bad = many_mics
+    out = tmp_path_factory.mktemp("serial") / "out"
+    res = _pick([str(folder), "--model", str(trained_model), "-o", str(out), *PICK_ARGS])
+    assert res.returncode == 1, res.stderr  # the corrupt micrograph fails the run's exit status, not the others
+    table = pd.read_csv(out / "picks.csv")
+    assert table["micrograph"].nunique() == 5 * N_COPIES and len(table) > 100
+    return out, table
+
+
+def _check_same_as_serial(out: Path, res: subprocess.CompletedProcess, serial_table: pd.DataFrame, bad: Path):
+    assert res.returncode == 1, res.stdout + res.stderr
+    failed = [line for line in res.stderr.splitlines() if "failed:" in line]
+    assert len(failed) == 1 and bad.name in failed[0], res.stderr  # reported once
+    assert "Traceback" not in res.stderr
+    table = pd.read_csv(out / "picks.csv")
+    pd.testing.assert_frame_equal(table, serial_table)  # row for row: nothing lost, nothing duplicated
+
+
+def test_local2_gives_the_serial_picks(many_mics, serial_run, trained_model, tmp_path):
+    folder, bad = many_mics
+    out = tmp_path / "out"
+    res = _pick([str(folder), "--model", str(trained_model), "-o", str(out), *PICK_ARGS, "--cluster", "local:2"])
+    _check_same_as_serial(out, res, serial_run[1], bad)
+    assert "Dask scheduler tcp://127.0.0.1:" in res.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cli_cluster(tmp_path):
+    """`dask scheduler` and two `dask worker` processes (Dask's own CLI) on loopback; yields the address."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    common = dict(stdout=subprocess.DEVNULL, stderr=open(tmp_path / "dask.log", "w"), cwd=tmp_path)
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], **common)]
+    for _ in range(2):
+        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+                                       "--no-dashboard"], **common))
+    try:
+        yield address
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_dask_cli_cluster_survives_a_killed_worker_with_the_serial_picks(many_mics, serial_run, trained_model,
+                                                                         tmp_path, dask_cli_cluster):
+    from distributed import Client
+
+    folder, bad = many_mics
+    out = tmp_path / "out"
+    with Client(dask_cli_cluster, timeout="60s") as monitor:
+        monitor.wait_for_workers(2, timeout=120)
+        pids = monitor.run(os.getpid)
+        run = subprocess.Popen([str(BIN / "pupick"), "pick", str(folder), "--model", str(trained_model), "-o",
+                                str(out), *PICK_ARGS, "--cluster", dask_cli_cluster],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killed = None
+        deadline = time.monotonic() + 240
+        while killed is None and run.poll() is None and time.monotonic() < deadline:
+            busy = [w for w, keys in monitor.processing().items() if any(str(k).startswith("pupick-") for k in keys)]
+            if busy and any((out / "coordinates").glob("*.csv")):  # mid-run: some done, some being picked
+                killed = pids[busy[0]]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        stdout, stderr = run.communicate(timeout=300)
+        assert killed is not None, "the run ended before a worker could be killed"
+        assert killed not in monitor.run(os.getpid).values()  # that worker process is gone (its nanny started another)
+    res = subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
+    _check_same_as_serial(out, res, serial_run[1], bad)
