@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import shutil
 import time
 import uuid
 from collections import deque
@@ -258,6 +259,10 @@ class DaskExecutor:
                                             name="pupick-local-setup")
             elif cfg.kind == "jobqueue":
                 self._cluster = jobqueue_cluster(cfg)
+                submit = (getattr(self._cluster.job_cls, "submit_command", None) or "").split()
+                if submit and shutil.which(submit[0]) is None:  # else the jobs fail unseen, and we wait forever
+                    raise PupickError(f"--cluster {cfg.spec}: {submit[0]} not found; run where the "
+                                      f"{cfg.jobqueue_system} commands work (a login or submit node)")
                 self._cluster.scale(cfg.workers)
                 self.client = Client(self._cluster)
                 self.log(f"dask-jobqueue: asked {cfg.jobqueue_system} for {cfg.workers} worker(s); picking starts "

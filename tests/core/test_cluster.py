@@ -295,3 +295,17 @@ def test_dask_cli_cluster_survives_a_killed_worker_with_the_serial_picks(many_mi
         assert killed not in monitor.run(os.getpid).values()  # that worker process is gone (its nanny started another)
     res = subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
     _check_same_as_serial(out, res, serial_run[1], bad)
+
+
+def test_jobqueue_without_the_batch_system_says_so(tmp_path):
+    """No SLURM here: starting the cluster stops at the missing sbatch, with one line, instead of waiting for jobs."""
+    from pupick.core.errors import PupickError
+
+    if shutil.which("sbatch"):
+        pytest.skip("sbatch exists here: this checks the message where it does not")
+    cfg = tmp_path / "slurm.yaml"
+    cfg.write_text(SLURM_YAML)
+    ex = executor_from_spec(f"jobqueue:{cfg}", 2)
+    with pytest.raises(PupickError, match="sbatch not found"):
+        ex.start()
+    assert ex.client is None
