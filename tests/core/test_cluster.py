@@ -309,3 +309,102 @@ def test_jobqueue_without_the_batch_system_says_so(tmp_path):
     with pytest.raises(PupickError, match="sbatch not found"):
         ex.start()
     assert ex.client is None
+
+
+# ---------------------------------------------------------------- the engine API on a cluster
+
+
+def _payload_keys() -> list[str]:
+    from pupick.core import cluster
+
+    return sorted(cluster._PAYLOADS)
+
+
+def test_each_worker_holds_the_work_once_and_drops_it_after_the_run(local2, trained_model, demo_micrographs):
+    from pupick.core.config import PickConfig
+    from pupick.core.pipeline import pick
+
+    seen: list[dict] = []
+
+    def on_result(res) -> None:
+        if not seen:
+            seen.append(local2.client.run(_payload_keys))
+
+    run = pick(demo_micrographs, trained_model, PickConfig(device="cpu"), executor=local2, on_result=on_result)
+    assert run.n_done == len(demo_micrographs) and not run.failures
+    keys = list(seen[0].values())
+    assert len(keys) == 2 and keys[0] == keys[1] and len(keys[0]) == 1  # one run's work on each worker
+    assert all(not k for k in local2.client.run(_payload_keys).values())  # unregistered when the run ended
+
+
+def test_stop_cancels_pending_tasks_and_a_rerun_resumes(local2, trained_model, demo_micrographs, tmp_path):
+    from pupick.core.config import PickConfig
+    from pupick.core.errors import AbortRequested
+    from pupick.core.pipeline import pick_to_dir
+
+    config = PickConfig(device="cpu")
+    out = tmp_path / "out"
+    done: list[str] = []
+    with pytest.raises(AbortRequested):
+        pick_to_dir(demo_micrographs, trained_model, config, out, executor=local2,
+                    on_result=lambda res: done.append(res.micrograph), should_stop=lambda: len(done) >= 1)
+    assert 1 <= len(done) < len(demo_micrographs)
+    deadline = time.monotonic() + 20  # cancelled: the scheduler forgets the run's tasks
+    while any(str(k).startswith("pupick-") for keys in local2.client.processing().values() for k in keys):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    again = pick_to_dir(demo_micrographs, trained_model, config, out, executor=local2)
+    assert set(done) <= set(again.skipped)  # what finished before the stop stayed finished
+    assert again.run.n_done == len(demo_micrographs) - len(again.skipped)
+    serial = pick_to_dir(demo_micrographs, trained_model, config, tmp_path / "serial")
+    pd.testing.assert_frame_equal(pd.read_csv(again.picks_path), pd.read_csv(serial.picks_path))
+
+
+@pytest.fixture
+def tls_certs(tmp_path) -> dict[str, Path]:
+    """A throw-away CA and one certificate for 127.0.0.1 (scheduler, worker and client share it)."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make test certificates")
+    d = tmp_path / "tls"
+    d.mkdir()
+    ssl = ["openssl"]
+    run = dict(cwd=d, check=True, capture_output=True)
+    subprocess.run(ssl + ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+                          "-days", "2", "-subj", "/CN=pupick-test-ca"], **run)
+    subprocess.run(ssl + ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr",
+                          "-subj", "/CN=127.0.0.1"], **run)
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    subprocess.run(ssl + ["x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                          "-out", "node.pem", "-days", "2", "-extfile", "ext"], **run)
+    return {"ca": d / "ca.pem", "cert": d / "node.pem", "key": d / "node.key"}
+
+
+def test_tls_scheduler_with_dask_security_config(many_mics, serial_run, trained_model, tmp_path, tls_certs):
+    """tls://: the scheduler and worker require TLS; pupick takes its certificates from Dask's configuration."""
+    folder, bad = many_mics
+    port = _free_port()
+    address = f"tls://127.0.0.1:{port}"
+    tls = ["--tls-ca-file", str(tls_certs["ca"]), "--tls-cert", str(tls_certs["cert"]), "--tls-key",
+           str(tls_certs["key"])]
+    log = open(tmp_path / "dask.log", "w")
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port",
+                               str(port), "--no-dashboard", *tls], stderr=log, stdout=log)]
+    procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+                                   "--no-dashboard", *tls], stderr=log, stdout=log))
+    try:
+        out = tmp_path / "out"
+        args = [str(folder), "--model", str(trained_model), "-o", str(out), *PICK_ARGS, "--cluster", address]
+        plain = _pick(args)  # no certificates configured: refused before any work
+        assert plain.returncode == 2 and "TLS configuration lacks" in plain.stderr and not out.exists()
+        env = dict(os.environ, DASK_DISTRIBUTED__COMM__TLS__CA_FILE=str(tls_certs["ca"]),
+                   DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=str(tls_certs["cert"]),
+                   DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=str(tls_certs["key"]))
+        res = _pick(args, env=env)
+        _check_same_as_serial(out, res, serial_run[1], bad)
+        assert f"Dask scheduler {address}" in res.stderr
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=20)
+        log.close()
