@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         model = load_model(train_model(bset, tmp / "model.pt", args.quick))
         mics = replicate(bset.micrographs, n_mics, tmp)
-        config = PickConfig(device="cpu")
+        config = PickConfig.from_settings({"device": "cpu"})
         throughput, extra_doc = measure_throughput(model, mics, config, repeats)
     for r in throughput:
         print(f"{r['mode']:8s} {r['mic_per_s']:.2f} mic/s (median of {repeats}, spread {r['seconds_spread']:.2f} s)"
