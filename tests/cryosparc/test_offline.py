@@ -230,3 +230,13 @@ def test_output_may_not_overwrite_the_exposures(cs_project, tmp_path, capsys):
                           "--method", "blob", "--diameter-px", "56", "-o", str(copy)], capsys)
     assert code == 1 and "is an input file" in err
     assert copy.read_bytes() == cs_project.exposures_cs.read_bytes()
+
+
+def test_cluster_option_is_checked_before_any_work(tmp_path, cs_project, trained_model, capsys):
+    out = tmp_path / "p.cs"
+    code, err = run_main(["pick", "--exposures", str(cs_project.exposures_cs), "--project-dir", str(cs_project.root),
+                          "--model", str(trained_model), "-o", str(out), "--cluster", "tcp://nohost"], capsys)
+    assert code == 2 and "tcp://HOST:PORT" in err and not out.exists()
+    code, err = run_main(["pick", "--exposures", str(cs_project.exposures_cs), "--project-dir", str(cs_project.root),
+                          "--model", str(trained_model), "-o", str(out), "--cluster-workers", "2"], capsys)
+    assert code == 2 and "--cluster-workers needs --cluster" in err
