@@ -337,9 +337,9 @@ class DaskExecutor:
         key = f"pupick-{uuid.uuid4().hex[:12]}"
         stop = should_stop or (lambda: False)
         self._register_work(client, key, work, __version__)
-        queue: deque[tuple[int, ...]] = deque()  # runs of item indices still to submit
+        queue: deque[tuple[int, ...]] = deque()  # items split out of a batch that killed workers: run alone
+        isolated: set[int] = set()
         order = list(range(len(items)))
-        isolated: set[int] = set()  # items split out of a batch that killed workers: run alone
         inflight: dict[Any, tuple[int, ...]] = {}
         done: set[int] = set()
         seconds: list[float] = []
@@ -351,14 +351,17 @@ class DaskExecutor:
                     raise AbortRequested("stop requested; the cluster's pending tasks were cancelled")
                 now = time.monotonic()
                 if now - checked > 1.0:
-                    threads, checked = self._threads(client, waiting=not inflight), now
+                    threads, checked = self._threads(client, waiting=not inflight, stop=stop), now
                 # keep every worker thread busy with the next batch queued behind the running one
-                while (queue or order) and threads and len(inflight) < threads * TASKS_PER_THREAD:
-                    if queue:
+                while threads and len(inflight) < threads * TASKS_PER_THREAD:
+                    # one isolated micrograph at a time: the one at fault then dies alone, not with the innocent
+                    if queue and not any(b[0] in isolated for b in inflight.values()):
                         batch = queue.popleft()
-                    else:
+                    elif order:
                         n = self.fixed_batch or batch_size(len(order), threads, _median(seconds))
                         batch, order = tuple(order[:n]), order[n:]
+                    else:
+                        break
                     fut = client.submit(_run_batch, key, [items[i] for i in batch], self.batch_function,
                                         key=f"{key}-{batch[0]}-{len(batch)}-{uuid.uuid4().hex[:6]}", pure=False)
                     inflight[fut] = batch
@@ -373,7 +376,7 @@ class DaskExecutor:
                 ready = [f for f in inflight if f.done()]
                 for fut in ready:
                     batch = inflight.pop(fut)
-                    for result in self._collect(fut, batch, items, isolated, queue):
+                    for result in self._collect(fut, batch, items, queue, isolated):
                         i = result[0]
                         if i in done:  # a rerun task delivered twice: keep the first
                             continue
@@ -398,20 +401,22 @@ class DaskExecutor:
             raise PupickError(f"the Dask workers could not take pupick's work ({_one_line(err)}); install pupick "
                               f"{version} in the workers' environment") from None
 
-    def _threads(self, client: Any, waiting: bool) -> int:
+    def _threads(self, client: Any, waiting: bool, stop: Callable[[], bool]) -> int:
         """Worker threads now in the cluster; while there are none, wait (logging once) for the first."""
         said = False
         while True:
             n = sum(client.nthreads().values())
             if n or not waiting:
                 return n
+            if stop():
+                raise AbortRequested("stop requested while waiting for Dask workers")
             if not said:
                 self.log(f"waiting for Dask workers to join {client.scheduler.address}")
                 said = True
             time.sleep(0.5)
 
-    def _collect(self, fut: Any, batch: tuple[int, ...], items: list, isolated: set[int],
-                 queue: deque) -> Iterator[tuple[int, Any]]:
+    def _collect(self, fut: Any, batch: tuple[int, ...], items: list, queue: deque,
+                 isolated: set[int]) -> Iterator[tuple[int, Any]]:
         from distributed import KilledWorker
 
         if fut.status == "finished":
@@ -424,10 +429,10 @@ class DaskExecutor:
             raise PupickError("the Dask scheduler cancelled pupick's tasks (was it restarted or shut down?)")
         err = fut.exception()
         if isinstance(err, KilledWorker):
-            if len(batch) > 1:  # find the micrograph at fault: each one alone, at the front of the queue
+            if len(batch) > 1 or batch[0] not in isolated:  # find the micrograph at fault: each one alone
                 isolated.update(batch)
-                queue.extendleft((i,) for i in reversed(batch))
-                self.log(f"a batch of {len(batch)} micrographs killed Dask workers repeatedly; retrying each alone")
+                queue.extend((i,) for i in batch)
+                self.log(f"Dask workers died running {len(batch)} micrograph(s) repeatedly; retrying each alone")
                 return
             i = batch[0]
             yield i, _failed(items[i], "the Dask worker picking it died every time it was tried (out of memory, or "
@@ -439,7 +444,7 @@ class DaskExecutor:
 def _failed(item: Any, reason: str) -> Any:
     from .pipeline import failed
 
-    return failed(item, reason)
+    return failed(item, f"{item.path}: {reason}")
 
 
 def _one_line(err: BaseException) -> str:

@@ -409,3 +409,31 @@ def test_tls_scheduler_with_dask_security_config(many_mics, serial_run, trained_
         for p in procs:
             p.wait(timeout=20)
         log.close()
+
+
+def _die_on_c(work, items):
+    """A batch function whose worker process dies on the micrograph named 'c' (as a segfault or the OOM killer would)."""
+    if any(item.micrograph == "c" for item in items):
+        os._exit(1)
+    return [f"picked {item.micrograph}" for item in items]
+
+
+def test_a_micrograph_that_kills_its_worker_is_isolated_and_reported_once():
+    """Dask gives up on a task after `allowed-failures` worker deaths (0 here, to be quick); the executor then runs
+    the batch's micrographs one by one, so only the one at fault is reported and the others are picked."""
+    import dask
+
+    from pupick.core.cluster import DaskExecutor
+    from pupick.core.pipeline import MicrographItem
+
+    items = [MicrographItem(name, f"/data/{name}.mrc") for name in "abcde"]
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        ex = DaskExecutor(ClusterConfig("local:1"), batch_function=_die_on_c, batch_size=5)
+        with ex:
+            results = list(ex.run(None, items))
+    picked = sorted(r for r in results if isinstance(r, str))
+    failed = [r for r in results if not isinstance(r, str)]
+    assert picked == ["picked a", "picked b", "picked d", "picked e"]
+    assert len(failed) == 1 and failed[0].micrograph == "c" and "/data/c.mrc" in failed[0].error
+    assert "died" in failed[0].error and failed[0].picks.empty
+    assert ex.last_batch_sizes == [5, 1, 1, 1, 1, 1]
