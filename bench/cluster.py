@@ -102,6 +102,8 @@ def measure_throughput(model, mics: list[Path], config, repeats: int) -> tuple[l
             if ex is not None:
                 ex.close()
         s = summarize(seconds)
+        print(f"{mode}: {len(mics)} micrographs in {s['median']:.1f} s (median of {repeats}); start-up "
+              f"{startup:.1f} s", flush=True)
         rows.append({"mode": mode, "micrographs": len(mics), "seconds_median": s["median"],
                      "seconds_spread": s["spread"], "mic_per_s": len(mics) / s["median"],
                      "startup_seconds": startup if ex is not None else None, "picks_equal_serial": same,
@@ -177,7 +179,9 @@ def main(argv=None) -> int:
     bset = load_set(Path(args.data or DATA_ROOT) / SET)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        t0 = time.perf_counter()
         model = load_model(train_model(bset, tmp / "model.pt", args.quick))
+        print(f"trained in {time.perf_counter() - t0:.1f} s", flush=True)
         mics = replicate(bset.micrographs, n_mics, tmp)
         config = PickConfig.from_settings({"device": "cpu"})
         throughput, extra_doc = measure_throughput(model, mics, config, repeats)

@@ -164,17 +164,6 @@ def _listening(pids: list[int]) -> set[tuple[str, int]]:
     return found
 
 
-def test_the_executor_closes_what_it_started():
-    ex = executor_from_spec("local:1").__enter__()
-    pids = list(ex.client.run(os.getpid).values())
-    ex.__exit__(None, None, None)
-    assert ex.client is None
-    deadline = time.monotonic() + 30
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(p) for p in pids)
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -418,7 +407,7 @@ def _die_on_c(work, items):
     return [f"picked {item.micrograph}" for item in items]
 
 
-def test_a_micrograph_that_kills_its_worker_is_isolated_and_reported_once():
+def test_a_micrograph_that_kills_its_worker_is_isolated_and_reported_once_and_close_ends_the_workers():
     """Dask gives up on a task after `allowed-failures` worker deaths (0 here, to be quick); the executor then runs
     the batch's micrographs one by one, so only the one at fault is reported and the others are picked."""
     import dask
@@ -431,6 +420,12 @@ def test_a_micrograph_that_kills_its_worker_is_isolated_and_reported_once():
         ex = DaskExecutor(ClusterConfig("local:1"), batch_function=_die_on_c, batch_size=5)
         with ex:
             results = list(ex.run(None, items))
+            pids = list(ex.client.run(os.getpid).values())
+    assert ex.client is None  # the executor closed what it started: the worker processes are gone
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pids and not any(_alive(p) for p in pids)
     picked = sorted(r for r in results if isinstance(r, str))
     failed = [r for r in results if not isinstance(r, str)]
     assert picked == ["picked a", "picked b", "picked d", "picked e"]
