@@ -28,6 +28,7 @@ from common import DATA_ROOT, bench_args, load_set, summarize, write_result  # n
 SET = "empiar10017"
 N_PROJECTED = 50_000
 PROJECTED_WORKERS = (10, 100, 1000)
+IDLE_CPU_S_PER_MIC = 0.62  # BENCHMARKS.md quality table: cnn pick time per empiar10017 micrograph, 2 idle cores
 
 
 def noop_batch(work, items):
@@ -157,7 +158,8 @@ def project(overhead_s: float, seconds_per_mic: dict[str, float]) -> list[dict]:
                 sched = tasks * overhead_s
                 rows.append({"worker_speed": label, "s_per_mic": t, "workers": workers, "batching": batching,
                              "batch": b, "tasks": tasks, "picking_hours": work / 3600,
-                             "scheduler_hours": sched / 3600, "scheduler_share": sched / work,
+                             "scheduler_hours": sched / 3600, "scheduler_busy": sched / work,
+                             "overhead_per_task": overhead_s / (b * t),
                              "bound_by": "scheduler" if sched > work else "picking"})
     return rows
 
@@ -193,7 +195,9 @@ def main(argv=None) -> int:
     print("overhead", overhead, flush=True)
     serial_rate = next(r["mic_per_s"] for r in throughput if r["mode"] == "local:1")
     per_task = statistics.median([overhead[m]["raw_map_s_per_task"] for m in overhead])
-    projection = project(per_task, {"this CPU worker (measured)": 1 / serial_rate, "a fast GPU worker": 0.05})
+    projection = project(per_task, {"this CPU worker (measured, loaded machine)": 1 / serial_rate,
+                                    "CPU worker, idle (BENCHMARKS pick time)": IDLE_CPU_S_PER_MIC,
+                                    "a fast GPU worker": 0.05})
     write_result("cluster", throughput, overhead=overhead, projection=projection, **extra_doc,
                  overhead_used_for_projection_s=per_task, usable_cores=len(os.sched_getaffinity(0)))
     return 0

@@ -27,14 +27,16 @@ SPEC_FORMS = "local[:N], tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yam
 # dask-jobqueue's cluster class for each batch system a config file may name
 JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster",
                     "htcondor": "HTCondorCluster", "moab": "MoabCluster", "oar": "OARCluster"}
-# Batch sizing. TASK_OVERHEAD_S is the scheduler's cost per task, with a margin (bench/cluster.py measures about
-# 2 ms per no-op task on loopback); a task holds at least 1/OVERHEAD_FRACTION times that much picking, so the
-# scheduler costs under 1% of the work. Until results say how long a micrograph takes, FAST_MICROGRAPH_S is assumed
-# (a fast GPU worker; CPU workers are ~10x slower, which only makes the first batches' overhead smaller).
+# Batch sizing. TASK_OVERHEAD_S is the scheduler's cost per task, with a margin (bench/cluster.py measured 1.6-3.5 ms
+# per no-op task on 2 loaded cores). A task holds at least 1/OVERHEAD_FRACTION times that much picking, so the
+# scheduler costs a worker under 1% of its time, and enough that the one scheduler stays under half busy however many
+# workers ask it for tasks. Until results say how long a micrograph takes, FAST_MICROGRAPH_S is assumed (a fast GPU
+# worker; CPU workers are ~10x slower, which only makes the first batches' overhead smaller).
 TASK_OVERHEAD_S = 0.005
 OVERHEAD_FRACTION = 0.01
+SCHEDULER_BUSY = 0.5
 FAST_MICROGRAPH_S = 0.05
-MAX_BATCH = 64  # a dying worker loses at most this much work
+MAX_TASK_S = 60.0  # a dying worker loses at most about this much work
 TASKS_PER_THREAD = 2  # tasks queued per worker thread: the next batch is there when one finishes
 CONNECT_TIMEOUT_S = 20
 
@@ -208,12 +210,14 @@ def _worker_versions() -> dict:
 # ---------------------------------------------------------------- the executor
 
 def batch_size(remaining: int, threads: int, seconds_per_micrograph: float | None) -> int:
-    """Micrographs per task: enough that the scheduler's overhead stays under 1% of the work, fewer at the tail
-    so every worker thread still gets a share, never more than MAX_BATCH."""
+    """Micrographs per task: enough that the scheduler's overhead stays under 1% of a task's work and the scheduler
+    under half busy, fewer at the tail so every worker thread still gets a share, at most MAX_TASK_S of work."""
     t = seconds_per_micrograph if seconds_per_micrograph and seconds_per_micrograph > 0 else FAST_MICROGRAPH_S
-    floor = math.ceil(TASK_OVERHEAD_S / (OVERHEAD_FRACTION * t))
+    per_task = TASK_OVERHEAD_S / (OVERHEAD_FRACTION * t)
+    scheduler = max(1, threads) * TASK_OVERHEAD_S / (SCHEDULER_BUSY * t)
+    floor = math.ceil(max(per_task, scheduler))
     share = math.ceil(remaining / max(1, threads * TASKS_PER_THREAD))
-    return max(1, min(floor, share, MAX_BATCH))
+    return max(1, min(floor, share, math.floor(MAX_TASK_S / t)))
 
 
 class DaskExecutor:

@@ -105,12 +105,16 @@ def test_jobqueue_slurm_config_renders_the_job_script(tmp_path):
         cluster.close()
 
 
-def test_batches_hold_a_hundred_times_the_task_overhead():
-    from pupick.core.cluster import MAX_BATCH, OVERHEAD_FRACTION, TASK_OVERHEAD_S
+def test_batches_hold_a_hundred_times_the_task_overhead_and_spare_the_scheduler():
+    from pupick.core.cluster import MAX_TASK_S, OVERHEAD_FRACTION, SCHEDULER_BUSY, TASK_OVERHEAD_S
 
     for seconds in (0.02, 0.05, 0.5, 5.0):
-        n = batch_size(50_000, 100, seconds)
-        assert TASK_OVERHEAD_S <= OVERHEAD_FRACTION * n * seconds or n == MAX_BATCH
+        for workers in (1, 10, 100, 1000):
+            n = batch_size(50_000, workers, seconds)
+            share = -(-50_000 // (workers * 2))  # too few micrographs to do better and keep every worker busy
+            capped = n in (int(MAX_TASK_S / seconds), share)
+            assert TASK_OVERHEAD_S <= OVERHEAD_FRACTION * n * seconds or capped
+            assert workers / (n * seconds) * TASK_OVERHEAD_S <= SCHEDULER_BUSY or capped  # scheduler's busy share
     assert batch_size(3, 2, 0.01) == 1  # the tail is shared out rather than left to one worker
     assert batch_size(1000, 2, None) >= 1
 
