@@ -33,6 +33,7 @@ SCRIPTS = [
     ("train_throughput", "Training throughput: dense tiles vs per-patch"),
     ("train_quality", "CNN training quality (issue 3 protocol)"),
     ("blob_bootstrap", "Blob picker and zero-label bootstrap"),
+    ("view", "Browser pages (pupick view): pictures, slider, retrain from the page"),
     ("cluster", "Scale-out on Dask: throughput, scheduler overhead, worker memory"),
 ]
 # wall-clock limit per script (s): keeps `make bench` bounded even when one script misbehaves

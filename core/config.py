@@ -80,13 +80,13 @@ class TrainConfig:
     expected_particles: float | None = None  # per micrograph; None: twice the labeled mean (with a warning)
     label_radius: int = 3  # positive-label radius, downsampled pixels
     unlabeled_samples: int = 256  # N, unlabeled outputs per step in the GE penalty
-    epochs: int = 4
+    epochs: int = 6  # with the weight average below: seed-to-seed AP range <= 0.025 on every shared set (issue 19)
     steps_per_epoch: int = 12
     batch_size: int = 8  # tiles per step
     tile_size: int = 128  # downsampled pixels, output tile (input adds the receptive field)
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
-    test_split: float = 0.2
+    test_split: float = 0.0  # a validation micrograph costs more AP than epoch selection gains (BENCHMARKS.md)
     augment_rotations: str = "90"  # 90 (random 90° rotations and flips) | none
     seed: int = 0
     device: str = "auto"
@@ -96,13 +96,50 @@ class TrainConfig:
     calibration_batches: int = 2  # batches that re-estimate batch-norm statistics after each epoch
     train_stride: str = "native"  # outputs in the loss: native (network stride) | dense (every pixel, dilated)
     validation_stride: str = "native"  # scorer mode for per-epoch validation AP (STRIDE_MODES)
+    init: str | None = None  # fine-tune from this model: a file or a shipped name (`general`); None: from scratch
+    ema_decay: float = 0.97  # weights saved = exponential moving average over steps with this decay (0: last step)
+
+    def __post_init__(self) -> None:
+        _check_train_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _check_train_config(c: "TrainConfig") -> None:
+    """Raise InputError (one line naming the option as `pupick train` spells it) for a config that cannot work."""
+    _finite(c.learning_rate, "--learning-rate", minimum=0, strict=True)
+    for option, value in (("--units", c.units), ("--epochs", c.epochs), ("--steps-per-epoch", c.steps_per_epoch),
+                          ("--batch-size", c.batch_size), ("--tile-size", c.tile_size),
+                          ("--unlabeled-samples", c.unlabeled_samples)):
+        _whole(value, option, 1)
+    _whole(c.calibration_batches, "calibration_batches", 0)
+    _whole(c.seed, "--seed", 0)
+    if not (isinstance(c.test_split, (int, float)) and 0 <= c.test_split < 1):
+        raise InputError(f"--test-split must be in [0, 1) (got {c.test_split!r})")
+    _finite(c.label_radius, "--label-radius", minimum=0)
+    _finite(c.weight_decay, "--weight-decay", minimum=0)
+    _finite(c.dropout, "--dropout", minimum=0)
+    if c.dropout >= 1:
+        raise InputError(f"--dropout must be below 1 (got {c.dropout:g})")
+    _finite(c.expected_particles, "--expected-particles", minimum=0, strict=True)
+    _finite(c.slack, "--slack", minimum=0)
+    if not (isinstance(c.ema_decay, (int, float)) and 0 <= c.ema_decay < 1):
+        raise InputError(f"--ema-decay must be in [0, 1) (got {c.ema_decay!r})")
+    if c.init is not None and not (isinstance(c.init, str) and c.init.strip()):
+        raise InputError(f"--init must be a model file or a shipped model's name (got {c.init!r})")
+    _one_of(c.arch, "--arch", ARCHITECTURES)
+    _one_of(c.pooling, "--pooling", ("max", "stride"))
+    _one_of(c.augment_rotations, "--augment", ("90", "none"))
+    _one_of(c.train_stride, "--train-stride", STRIDE_MODES)
+    _one_of(c.validation_stride, "--validation-stride", STRIDE_MODES)
+    _one_of(c.precision, "--precision", PRECISIONS)
+    check_device(c.device)
+
+
 VIEW_COUNTS = (1, 2, 4, 8)  # test-time views the scorer offers (see core.score.VIEWS)
-DEFAULT_VIEWS = 4  # native stride: +0.001 to +0.024 AP on the shared sets (4 and 8 views score alike), ~4x network time
+DEFAULT_VIEWS = 2  # native stride: the half-turn pair, within 0.005 AP of 4 views on every shared set at half the
+# network time (issue 15, BENCHMARKS.md pick_speed); 4 and 8 views score alike
 STRIDE_MODES = ("native", "dense")  # one name in training and picking: the network's own stride, or every pixel
 PRECISIONS = ("auto", "fp32", "bf16")
 METHODS = ("cnn", "blob")
@@ -118,7 +155,8 @@ def _finite(value: float, option: str, *, minimum: float | None = None, strict: 
         ok = value > minimum if strict else value >= minimum
     if not ok:
         bound = "" if minimum is None else (f" > {minimum:g}" if strict else f" >= {minimum:g}")
-        raise InputError(f"{option} must be a finite number{bound} (got {value})")
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        raise InputError(f"{option} must be a finite number{bound} (got {shown})")
 
 
 def _whole(value: int | None, option: str, minimum: int) -> None:
@@ -151,7 +189,7 @@ class ScoreConfig:
     device: str = "auto"
     precision: str = "auto"  # auto (bf16 where the hardware has it) | fp32 | bf16
     stride: str = "native"  # native (network stride + sub-pixel refinement) | dense (exact map at every pixel)
-    views: int | None = None  # mean score over 1, 2, 4 or 8 rotated/mirrored copies; None: 4 native, 1 dense
+    views: int | None = None  # mean score over 1, 2, 4 or 8 rotated/mirrored copies; None: DEFAULT_VIEWS native, 1 dense
     tile_size: int | None = None  # downsampled pixels per scoring tile side; None: 512
 
     def __post_init__(self) -> None:
@@ -163,7 +201,7 @@ class ScoreConfig:
         _whole(self.tile_size, "--tile-size", 16)
 
     def resolved_views(self) -> int:
-        """`views`, else the default: 4 at the native stride, 1 (the exact map) in the dense mode."""
+        """`views`, else the default: DEFAULT_VIEWS at the native stride, 1 (the exact map) in the dense mode."""
         if self.views is not None:
             return self.views
         return 1 if self.stride == "dense" else DEFAULT_VIEWS

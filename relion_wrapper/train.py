@@ -12,7 +12,8 @@ from pupick.core.config import PreprocessConfig, TrainConfig
 from pupick.core.errors import InputError
 from pupick.core.io import atomic_path, write_text_atomic
 
-from .common import end_process, pixel_size_of, read_micrographs, run_external, say, set_version
+from .common import (end_process, help_text, pixel_size_of, read_micrographs, run_external, say,
+                     set_version)
 from .job import RelionJob
 from .nodes import LABELS, node_name
 from .protocol import ExternalArgs, Param, check_inputs, convert_params, device_spec, number, text, whole
@@ -39,7 +40,8 @@ PARAMS = (
     Param("steps_per_epoch", whole("steps_per_epoch", minimum=1), f"optimiser steps per epoch (default {TrainConfig().steps_per_epoch})"),
     Param("arch", text, "network: resnet8, resnet16, conv31, conv63, conv127 (default resnet8)"),
     Param("units", whole("units", minimum=1), "filters in the first layer (default 32)"),
-    Param("test_split", _fraction, "fraction of micrographs held out to validate (default 0.2)"),
+    Param("test_split", _fraction, f"fraction of micrographs held out to validate (default {TrainConfig().test_split:g})"),
+    Param("init", text, "fine-tune from: general (the shipped general model) or a model file (default: from scratch)"),
     Param("seed", whole("seed"), "random seed (default 0)"),
     Param("device", text, "auto, cpu, cuda or cuda:N (default auto)"),
     Param("gpu", text, "GPU to use, as RELION writes it (0, or empty for any)", allow_empty=True),
@@ -143,6 +145,7 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
         test_split=defaults.test_split if values["test_split"] is None else values["test_split"],
         seed=values["seed"] or 0,
         device=device,
+        init=values["init"] or None,
     )
     job.check_abort()
     started = time.perf_counter()
@@ -161,7 +164,9 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point for RELION's External job (ends the process once the exit file is written)."""
-    end_process(run_external(PROGRAM, _body, argv))
+    end_process(run_external(PROGRAM, _body, argv, help_page=help_text(
+        PROGRAM, "Train a pupick picking model from RELION picks or particles on their micrographs.",
+        ("in_mics", "in_coords"), PARAMS)))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "convert": "convert",
     "demo": "demo",
+    "view": "view",
 }
 
 

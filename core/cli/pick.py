@@ -11,7 +11,7 @@ import dataclasses
 
 from ..config import DEFAULT_THRESHOLD, METHODS, PRECISIONS, VIEW_COUNTS, PickConfig
 from ..evaluate import default_match_radius
-from ..io import atomic_path, expand_inputs
+from ..io import Protected, atomic_path, check_output, check_output_dir, expand_inputs
 from ..pipeline import check_model
 from ._common import DEVICE, read_pick_table, run_core, usage
 
@@ -163,6 +163,10 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
         config = dataclasses.replace(config, score_map_dir=str(out / "score_maps"))
     executor = _executor(cluster, cluster_workers)  # checked before any work; started below
     paths = usage(expand_inputs, micrographs)
+    run_core(check_output_dir, out)  # -o under a file or in an unwritable place: one line, before any work
+    inputs = Protected([*paths, *(p for p in (labels, exposures, model_path) if p and Path(p).exists())])
+    for target, kind in ((out / "picks.csv", "text"), (out / "particles.cs", "npy")):  # never over an input
+        run_core(check_output, target, kind, inputs, probe=False)
     model = run_core(check_model, model_path, config)  # loaded once, here
     label_table = run_core(read_pick_table, labels) if labels else None
     box = run_core(_box_size, box_size, model, config) if fmt == "box" else None
