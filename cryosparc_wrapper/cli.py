@@ -1,6 +1,7 @@
 """`pupick_cryosparc`: pick and train on cryoSPARC exposures, live (External job) or offline (.cs files)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -91,6 +92,9 @@ def cli() -> None:
 @click.option("--views", type=click.Choice([str(v) for v in VIEW_COUNTS]), default=None,
               help="Average the score over this many rotated/mirrored copies (default 4).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where the network runs.")
+@click.option("--cluster", default=None, metavar="SPEC", help="Pick on a Dask cluster, as `pupick pick --cluster`: "
+              "local[:N], tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml.")
+@click.option("--cluster-workers", type=int, default=None, help="Workers to start (local and jobqueue clusters).")
 @_connection_options
 def pick_command(**kw) -> None:
     """Pick exposures: offline (.cs in, particles .cs out) or live (an External job's particles)."""
@@ -102,6 +106,13 @@ def pick_command(**kw) -> None:
         "views": int(kw["views"]) if kw["views"] else None, "method": kw["method"], "diameter": kw["diameter"],
         "diameter_px": kw["diameter_px"]})
     model = check_model(kw["model_path"], config)  # loaded once; a bad model file fails here, before any job
+    executor = None
+    if kw["cluster_workers"] is not None and not kw["cluster"]:
+        raise click.UsageError("--cluster-workers needs --cluster")
+    if kw["cluster"]:  # checked before any job; started with the picking
+        from pupick.core.cluster import executor_from_spec
+
+        executor = usage(executor_from_spec, kw["cluster"], kw["cluster_workers"], log=click.echo)
     if _live(kw):
         from .live import check_uids, connect, parse_output_ref, run_pick_job
 
@@ -110,17 +121,20 @@ def pick_command(**kw) -> None:
         check_uids(kw["project"], kw["workspace"])
         parse_output_ref(kw["exposures"][0], "--exposures")
         cs = connect(_connection(kw))
-        run_pick_job(cs, kw["project"], kw["workspace"], kw["exposures"][0], model, config,
-                     title=kw["title"] or "pupick pick", project_dir_override=kw["project_dir"], echo=click.echo)
+        with executor or contextlib.nullcontext():
+            run_pick_job(cs, kw["project"], kw["workspace"], kw["exposures"][0], model, config,
+                         title=kw["title"] or "pupick pick", project_dir_override=kw["project_dir"], echo=click.echo,
+                         executor=executor)
         return
     from .offline import pick_offline
 
     if not kw["output"] or not kw["project_dir"]:
         raise InputError("offline mode needs --exposures EXPOSURES.cs --project-dir DIR -o PARTICLES.cs "
                          "(or --project/--workspace for live mode)")
-    pick_offline([Path(p) for p in kw["exposures"]], Path(kw["project_dir"]), model, config, Path(kw["output"]),
-                 plot=Path(kw["plot"]) if kw["plot"] else None, labels=kw["labels"],
-                 match_radius=kw["match_radius"], echo=click.echo)
+    with executor or contextlib.nullcontext():
+        pick_offline([Path(p) for p in kw["exposures"]], Path(kw["project_dir"]), model, config, Path(kw["output"]),
+                     plot=Path(kw["plot"]) if kw["plot"] else None, labels=kw["labels"],
+                     match_radius=kw["match_radius"], echo=click.echo, executor=executor)
 
 
 @cli.command("train")

@@ -248,7 +248,7 @@ def log_plot(job, figure, text: str) -> None:
 
 
 def run_pick_job(cs, project: str, workspace: str, exposures_ref: str, model, config, title: str = "pupick pick",
-                 project_dir_override: str | None = None, echo=print) -> str:
+                 project_dir_override: str | None = None, echo=print, executor=None) -> str:
     """Create and run a picking External job; returns its uid (network)."""
     from pupick.adapters.cryosparc import exposures_from_dataset
 
@@ -264,7 +264,8 @@ def run_pick_job(cs, project: str, workspace: str, exposures_ref: str, model, co
         job.log(f"pupick: picking {len(exposures)} micrographs from {exposures_ref} in {root}")
 
         result = pick_exposures(exposures, root, model, config, log=job.log, progress=progress_logger(job.log),
-                                template=job.alloc_output(PARTICLE_OUTPUT["name"], 0), salt=f"{project}/{job.uid}")
+                                template=job.alloc_output(PARTICLE_OUTPUT["name"], 0), salt=f"{project}/{job.uid}",
+                                executor=executor)
         figure = score_figure(result.picks, config.extract.threshold)
         save_output(job, PARTICLE_OUTPUT["name"], result.particles, image=figure)
         save_output(job, MICROGRAPH_OUTPUT["name"], micrographs_passthrough(dset, result.picked_uids))

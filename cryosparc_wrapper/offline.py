@@ -43,7 +43,7 @@ def _match_radius(model, config: PickConfig) -> float:
 
 def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model, config: PickConfig,
                  output: Path, plot: Path | None = None, labels: str | os.PathLike | None = None,
-                 match_radius: float | None = None, echo: Echo = print) -> PickResult:
+                 match_radius: float | None = None, echo: Echo = print, executor=None) -> PickResult:
     """Pick the exposures of an exposures .cs and write a particles .cs for import into cryoSPARC."""
     inputs = [exposures_cs] if isinstance(exposures_cs, Path) else list(exposures_cs)
     if output.suffix.lower() != ".cs":
@@ -55,7 +55,8 @@ def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model, conf
     if len(exposures) == 0:
         raise InputError(f"{' + '.join(map(str, inputs))}: no exposures in the file")
     reference = _read_labels(labels, exposures) if labels is not None else None
-    result = pick_exposures(exposures, project_dir, model, config, log=echo, salt=output.name, show_progress=True)
+    result = pick_exposures(exposures, project_dir, model, config, log=echo, salt=output.name, show_progress=True,
+                            executor=executor)
     save_dataset(result.particles, output)
     for line in summary_lines(result, len(exposures)):
         echo(line)

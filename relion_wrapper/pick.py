@@ -1,6 +1,7 @@
 """`pupick_relion_pick`: pick micrographs as a RELION External job (resumable, on-the-fly friendly)."""
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -33,6 +34,8 @@ PARAMS = (
     Param("views", choice("views", [str(v) for v in VIEW_COUNTS]), "score averaged over this many rotated/mirrored copies "
           "of each micrograph (default 4; 1 is fastest)"),
     Param("relion_version", text, "4 or 5 (default: from default_pipeline.star)"),
+    Param("cluster", text, "pick on a Dask cluster: local:N, tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml "
+          "(default: this machine)"),
 )
 
 
@@ -94,6 +97,11 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     config = PickConfig.from_settings({
         "threshold": values["threshold"], "min_distance_A": min_dist, "max_picks": values["max_picks"],
         "device": device, "views": int(values["views"]) if values["views"] else None})
+    executor = None
+    if values["cluster"]:  # checked here, before any work; started with the picking
+        from pupick.core.cluster import executor_from_spec
+
+        executor = executor_from_spec(values["cluster"], log=say)
     files = PerMicrographFiles(
         target=lambda item: Path(rel_of[item.micrograph]),
         write=lambda df, target: write_coordinates_star(df, target, version=STAR_VERSIONS[job.version]))
@@ -111,9 +119,10 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     set_threads(args.threads)
     job.check_abort()
     try:
-        result = pick_to_dir(table, model, config, job.out_dir, files=files, on_result=on_result,
-                             should_stop=job.abort_requested, log=say,
-                             remedy="run a new job for new settings, so one job's picks stay comparable")
+        with executor or contextlib.nullcontext():
+            result = pick_to_dir(table, model, config, job.out_dir, files=files, on_result=on_result,
+                                 should_stop=job.abort_requested, log=say, executor=executor,
+                                 remedy="run a new job for new settings, so one job's picks stay comparable")
     finally:
         n_listed = _write_list(job.out_dir, args.out_name, mics, rel, job.version)
         say(f"{job.out_dir / LIST_NAME}: lists {n_listed} micrograph(s)")

@@ -1,6 +1,7 @@
 """`pupick pick`: score micrographs with a model (or the blob picker) and write picks, resumably."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -126,9 +127,13 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @click.option("--labels", type=click.Path(exists=True), default=None,
               help="Optional labels: the summary suggests the best-F1 threshold against them.")
 @click.option("--match-radius", type=float, default=None, help="With --labels: match radius (default: radius).")
+@click.option("--cluster", default=None, metavar="SPEC",
+              help="Pick on a Dask cluster: local[:N], tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml "
+                   "(README: Scaling out).")
+@click.option("--cluster-workers", type=int, default=None, help="Workers to start (local and jobqueue clusters).")
 def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_size, fmt, box_size, exposures, device,
             workers, overwrite, max_picks, top_n, border, dense, views, precision, score_maps, method, diameter,
-            diameter_px, light, exclude_carbon, seed, labels, match_radius):
+            diameter_px, light, exclude_carbon, seed, labels, match_radius, cluster, cluster_workers):
     """Pick particles on MICROGRAPHS (files, directories, globs, @list.txt) into OUTDIR/picks.csv."""
     import time
 
@@ -156,6 +161,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     config = usage(PickConfig.from_settings, settings)
     if score_maps:
         config = dataclasses.replace(config, score_map_dir=str(out / "score_maps"))
+    executor = _executor(cluster, cluster_workers)  # checked before any work; started below
     paths = usage(expand_inputs, micrographs)
     run_core(check_output_dir, out)  # -o under a file or in an unwritable place: one line, before any work
     inputs = Protected([*paths, *(p for p in (labels, exposures, model_path) if p and Path(p).exists())])
@@ -166,8 +172,12 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     box = run_core(_box_size, box_size, model, config) if fmt == "box" else None
     files = _files(fmt, box)
     t0 = time.perf_counter()
-    result = run_core(pick_to_dir, paths, model, config, out, files=files, settings={"format": fmt, "box_size": box},
-                      overwrite=overwrite, progress=True, log=lambda m: click.echo(m, err=True))
+    if executor is not None:
+        run_core(executor.start)  # a cluster that cannot start is one line, not a traceback
+    with executor or contextlib.nullcontext():
+        result = run_core(pick_to_dir, paths, model, config, out, files=files, settings={"format": fmt,
+                          "box_size": box}, overwrite=overwrite, executor=executor, progress=True,
+                          log=lambda m: click.echo(m, err=True))
     seconds = time.perf_counter() - t0
     if fmt == "cs":
         run_core(_write_cs, result.picks, out / "particles.cs", exposures)
@@ -195,6 +205,17 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     if failures:
         click.echo(f"pupick: error: {len(failures)} micrograph(s) could not be picked", err=True)
         sys.exit(1)
+
+
+def _executor(spec: str | None, workers: int | None):
+    """The Dask executor for --cluster (None: this machine); a bad spec is bad usage."""
+    if spec is None:
+        if workers is not None:
+            raise click.UsageError("--cluster-workers needs --cluster")
+        return None
+    from ..cluster import executor_from_spec
+
+    return usage(executor_from_spec, spec, workers, log=lambda m: click.echo(m, err=True))
 
 
 def _diameter(result, config: PickConfig) -> float | None:

@@ -294,3 +294,13 @@ def test_train_offline_refuses_to_write_over_its_particles(cs_project, tmp_path,
                           "--project-dir", str(cs_project.root), "-o", str(particles), "--diameter-px", "56",
                           "--epochs", "1", "--steps-per-epoch", "1"], capsys)
     assert code == 1 and "is an input of this command" in err and particles.read_bytes() == before
+
+
+def test_cluster_option_is_checked_before_any_work(tmp_path, cs_project, trained_model, capsys):
+    out = tmp_path / "p.cs"
+    code, err = run_main(["pick", "--exposures", str(cs_project.exposures_cs), "--project-dir", str(cs_project.root),
+                          "--model", str(trained_model), "-o", str(out), "--cluster", "tcp://nohost"], capsys)
+    assert code == 2 and "tcp://HOST:PORT" in err and not out.exists()
+    code, err = run_main(["pick", "--exposures", str(cs_project.exposures_cs), "--project-dir", str(cs_project.root),
+                          "--model", str(trained_model), "-o", str(out), "--cluster-workers", "2"], capsys)
+    assert code == 2 and "--cluster-workers needs --cluster" in err

@@ -162,6 +162,7 @@ def test_abort_mid_run_then_continue(tmp_path, trained_model):
     ({"model": MODEL}, {"in_mics": "CtfFind/job003/none.star"}, "none.star: no such file"),
     ({"model": MODEL, "device": "cpu", "gpu": "0"}, None, "either parameter device or gpu"),
     ({"model": MODEL, "views": "3"}, None, "parameter views: '3' is not one of 1, 2, 4, 8"),
+    ({"model": MODEL, "cluster": "sched:8786"}, None, r"--cluster 'sched:8786': expected local\[:N\], tcp://"),
 ])
 def test_bad_input_fails_with_the_reason_in_run_err(tmp_path, trained_model, params, inputs, message):
     project = _project(tmp_path, 50001, trained_model)
@@ -200,3 +201,17 @@ def test_unreadable_micrograph_fails_the_job_but_keeps_the_others(tmp_path, trai
     assert exit_files(job) == ["RELION_JOB_EXIT_SUCCESS"]
     assert _read_list(project, out)["rlnMicrographName"].tolist() == mics
     assert "2 picked by an earlier run (kept), 1 to pick" in (job / "run.out").read_text()
+
+
+def test_cluster_parameter_picks_on_dask_with_the_same_coordinates(tmp_path, trained_model):
+    """`cluster local:1`: the same coordinate files as this machine gives (the cluster is only where it runs)."""
+    project = _project(tmp_path, 50001, trained_model)
+    mics = project.write_micrographs(STEMS[:2])
+    runs = {}
+    for out, params in (("External/job020/", {"views": "1"}), ("External/job021/", {"views": "1", "cluster": "local:1"})):
+        done = _run(project, out, params)
+        assert done.returncode == 0, (project.root / out / "run.err").read_text()
+        runs[out] = _read_picks(project, _read_list(project, out))
+    assert "Dask scheduler tcp://127.0.0.1:" in (project.root / "External/job021/run.out").read_text()
+    assert len(runs["External/job020/"]) > 10 and runs["External/job020/"]["micrograph"].nunique() == len(mics)
+    pd.testing.assert_frame_equal(runs["External/job020/"], runs["External/job021/"])
