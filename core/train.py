@@ -595,7 +595,8 @@ def _run_epochs(s: _Session, data: _Data, prior: _Prior, config: TrainConfig,
     score_config = ScoreConfig(device=str(s.device), precision=config.precision, stride=config.validation_stride,
                                views=1)
     rows, best_state, best_ap, best_epoch = [], None, -math.inf, 0
-    ema = _Ema(s.module, config.ema_decay) if config.ema_decay > 0 else None
+    total = config.epochs * config.steps_per_epoch  # the average spans at most about half of a short run
+    ema = _Ema(s.module, min(config.ema_decay, 1 - 2 / total)) if config.ema_decay > 0 and total > 2 else None
     bar = tqdm(total=config.epochs * config.steps_per_epoch, desc="train", unit="step", disable=not progress or None)
     try:
         for epoch in range(1, config.epochs + 1):

@@ -66,3 +66,8 @@ def test_console_script_reports_a_semantic_version():
 
     assert proc.returncode == 0, proc.stderr
     assert re.fullmatch(r"\d+\.\d+\.\d+\n", proc.stdout)
+
+
+def test_the_shipped_general_model_travels_in_the_wheel(fresh_install):
+    shipped = _site_packages(fresh_install) / "pupick" / "core" / "shipped" / "general.pt"
+    assert shipped.is_file() and shipped.read_bytes() == (ROOT / "core" / "shipped" / "general.pt").read_bytes()
