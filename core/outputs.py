@@ -266,7 +266,7 @@ def pick_to_dir(
     from .pipeline import check_model, micrograph_items, pick
 
     items = micrograph_items(micrographs)
-    model = check_model(model, config)
+    model = check_model(model, config, items)
     kw = {"remedy": remedy} if remedy else {}
     with OutputDir(out_dir, "pick", pick_settings(model, config, settings), overwrite=overwrite, **kw) as out:
         root = out.path

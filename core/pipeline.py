@@ -309,19 +309,35 @@ def pick_batch(work: PickWork, items: Sequence[MicrographItem]) -> list[Microgra
     return list(read_ahead(picker, items, workers=1))
 
 
-def check_model(model: Any, config: PickConfig) -> Any:
-    """The model `pick` will use: loaded once (a path is read here), None for the blob picker; clear errors."""
+def check_model(model: Any, config: PickConfig, items: Sequence[MicrographItem] = ()) -> Any:
+    """The model `pick` will use: loaded once (a path or shipped name is read here), set to the particle size when
+    it is a general model, None for the blob picker; clear errors."""
     if config.method == "blob":
         if model is not None:
             raise InputError("the blob picker takes no model (drop --model or use --method cnn)")
         return None
     if model is None:
         raise InputError("picking with a CNN needs a model (--model MODEL.pt), or use --method blob")
-    if isinstance(model, (str, os.PathLike)):
-        from .modelfile import load_model
+    from .modelfile import for_particle, load_model, needs_particle_size
 
-        model = load_model(model)
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model)  # a file, or a shipped model's name (`general`)
+    if needs_particle_size(model):  # a general model picks any size: the diameter sets the downsampling
+        pre = config.preprocess
+        pixel_size = pre.pixel_size
+        if pre.diameter_px is None and pre.diameter_A is not None and not pixel_size and items:
+            pixel_size = items[0].pixel_size or _header_pixel_size(items[0].path)
+        model = for_particle(model, diameter_px=pre.diameter_px, diameter_A=pre.diameter_A, pixel_size=pixel_size)
     return model
+
+
+def _header_pixel_size(path: str) -> float | None:
+    from .io import read_micrograph
+
+    try:
+        return read_micrograph(path).pixel_size
+    except PupickError:
+        return None
 
 
 def pick(
@@ -350,7 +366,7 @@ def pick(
             tqdm.write(msg, file=sys.stderr)
 
     items = micrograph_items(micrographs)
-    work = PickWork(check_model(model, config), config)
+    work = PickWork(check_model(model, config, items), config)
     executor = executor if executor is not None else LocalExecutor(config.workers)
     frames: list[pd.DataFrame] = []
     diameters: dict[str, float] = {}

@@ -12,7 +12,7 @@ import dataclasses
 from ..config import DEFAULT_THRESHOLD, METHODS, PRECISIONS, VIEW_COUNTS, PickConfig
 from ..evaluate import default_match_radius
 from ..io import Protected, atomic_path, check_output, check_output_dir, expand_inputs
-from ..pipeline import check_model
+from ..pipeline import check_model, micrograph_items
 from ._common import DEVICE, read_pick_table, run_core, usage
 
 FORMATS = ("csv", "star", "box", "tsv", "cs")
@@ -87,7 +87,8 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @click.command("pick")
 @click.argument("micrographs", nargs=-1, required=True)
 @click.option("--model", "model_path", default=None,
-              help="Model file from `pupick train` (not with --method blob).")
+              help="Model file from `pupick train`, or `general` (the shipped general model: zero labels, needs "
+                   "--diameter or --diameter-px). Not with --method blob.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
               help="Keep picks scoring at least this (a logit; low on purpose so recall is not cut).")
@@ -119,8 +120,8 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @click.option("--score-maps", is_flag=True, help="Also write each score map as OUTDIR/score_maps/<stem>.mrc.")
 @click.option("--method", type=click.Choice(METHODS), default="cnn", show_default=True,
               help="cnn (a trained model) or blob (training-free band-pass picker; needs the diameter).")
-@click.option("--diameter", type=float, default=None, help="Blob picker: particle diameter in Å.")
-@click.option("--diameter-px", type=float, default=None, help="Blob picker: particle diameter in original pixels.")
+@click.option("--diameter", type=float, default=None, help="Particle diameter in Å: the size the blob picker or the general model looks for.")
+@click.option("--diameter-px", type=float, default=None, help="The same in original pixels.")
 @click.option("--light", is_flag=True, help="Blob picker: particles are lighter than the background.")
 @click.option("--exclude-carbon", is_flag=True, help="Drop picks on carbon/ice areas far from the ice component.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice (the GMM subsample).")
@@ -167,7 +168,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     inputs = Protected([*paths, *(p for p in (labels, exposures, model_path) if p and Path(p).exists())])
     for target, kind in ((out / "picks.csv", "text"), (out / "particles.cs", "npy")):  # never over an input
         run_core(check_output, target, kind, inputs, probe=False)
-    model = run_core(check_model, model_path, config)  # loaded once, here
+    model = run_core(check_model, model_path, config, micrograph_items(paths))  # loaded once, here
     label_table = run_core(read_pick_table, labels) if labels else None
     box = run_core(_box_size, box_size, model, config) if fmt == "box" else None
     files = _files(fmt, box)
