@@ -20,6 +20,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "convert": "convert",
     "demo": "demo",
+    "serve": "serve",  # the picking service (core/service/)
 }
 
 

@@ -1,0 +1,223 @@
+"""One scoring worker per device: takes the oldest queued job from the store and runs it through the engine.
+
+Jobs run one at a time per device, micrograph by micrograph, so they queue instead of thrashing. A synchronous
+upload (POST /v1/pick/upload) is served between two micrographs of a running job, on the same device.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import queue
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import AbortRequested, PupickError
+from ..tables import stem
+from . import settings as settings_map
+from .jobs import Job, JobStore
+from .metrics import Metrics
+from .models import ModelRegistry
+
+log = logging.getLogger("pupick.serve")
+
+
+class Workers:
+    """The device workers and the queue of urgent (synchronous) tasks they share."""
+
+    def __init__(self, devices: list[str], store: JobStore, registry: ModelRegistry, metrics: Metrics,
+                 executor: Any = None, cache_dir: Path | None = None) -> None:
+        self.store, self.registry, self.metrics, self.executor = store, registry, metrics, executor
+        self.cache_dir = cache_dir
+        self.urgent: queue.Queue[tuple[Callable[[str], Any], Future]] = queue.Queue()
+        self.stopping = threading.Event()
+        self.threads = [_Worker(self, device) for device in devices]
+        self.devices = devices
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the workers to stop between micrographs (a running job goes back to the queue) and wait."""
+        self.stopping.set()
+        self.store.notify()
+        for t in self.threads:
+            t.join(timeout)
+
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self.threads)
+
+    def call(self, fn: Callable[[str], Any], timeout: float | None = None) -> Any:
+        """Run fn(device) on a worker (between micrographs when one is busy) and return its result."""
+        fut: Future = Future()
+        self.urgent.put((fn, fut))
+        self.store.notify()
+        return fut.result(timeout)
+
+
+class _Worker(threading.Thread):
+    def __init__(self, pool: Workers, device: str) -> None:
+        super().__init__(name=f"pupick-worker-{device}", daemon=True)
+        self.pool, self.device = pool, device
+
+    def serve_urgent(self) -> None:
+        while True:
+            try:
+                fn, fut = self.pool.urgent.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(self.device))
+            except BaseException as err:  # handed to the waiting request, which reports it
+                fut.set_exception(err)
+
+    def run(self) -> None:
+        store = self.pool.store
+        while not self.pool.stopping.is_set():
+            self.serve_urgent()
+            job = store.claim()
+            if job is None:
+                with store.wakeup:
+                    if self.pool.urgent.empty():
+                        store.wakeup.wait(0.5)
+                continue
+            self.run_job(job)
+
+    # ---------------------------------------------------------------- one job
+    def run_job(self, job: Job) -> None:
+        store = self.pool.store
+        t0 = time.perf_counter()
+        state, error, result = "done", None, None
+        try:
+            if job.kind == "pick":
+                self.pick(job)
+            elif job.kind == "train":
+                result = self.train(job)
+            else:
+                raise PupickError(f"unknown job kind {job.kind!r}")
+        except AbortRequested:
+            state = "queued" if self.pool.stopping.is_set() and not store.cancel_requested(job.id) else "cancelled"
+        except PupickError as err:
+            state, error = "failed", _one_line(str(err))
+        except Exception as err:  # a bug must not kill the worker: the job fails with one line, the log has the rest
+            state, error = "failed", _one_line(f"internal error: {type(err).__name__}: {err}")
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+        store.finish(job.id, state, error, result)
+        if state != "queued":
+            self.pool.metrics.job_seconds.labels(job.kind).observe(time.time() - job.created)
+        done = store.get(job.id)
+        log.info(json.dumps({"event": "job", "job": job.id, "kind": job.kind, "state": state,
+                             "device": self.device, "model": job.request.get("model"),
+                             "micrographs": done.total if done else job.total,
+                             "done": done.done if done else None, "failed": done.failed if done else None,
+                             "seconds": round(time.perf_counter() - t0, 3), "client": job.client,
+                             **({"error": error} if error else {})}))
+
+    def should_stop(self, job_id: str) -> Callable[[], bool]:
+        return lambda: self.pool.stopping.is_set() or self.pool.store.cancel_requested(job_id)
+
+    def pick(self, job: Job) -> None:
+        from ..pipeline import pick_to_dir
+
+        store, metrics = self.pool.store, self.pool.metrics
+        req = job.request
+        config = settings_map.pick_config(req.get("settings"), device=self.device)
+        model = None
+        if config.method == "cnn":
+            model = self.pool.registry.load(req["model"], req.get("model_sha256"), self.device)
+        mics = store.micrographs(job.id)
+        paths = [Path(p) for _, p, _ in mics]
+        last = [time.perf_counter()]
+
+        def finished(df, path: Path) -> None:
+            now = time.perf_counter()
+            store.mark(job.id, stem(path), True, picks=int(len(df)))
+            metrics.picked(now - last[0], True)
+            last[0] = now
+            self.serve_urgent()
+
+        kwargs: dict[str, Any] = {}
+        if self.pool.executor is not None:
+            kwargs["executor"] = self.pool.executor
+        run = pick_to_dir(paths, model, config, store.job_dir(job.id), writer=finished,
+                          should_stop=self.should_stop(job.id), progress=False, log=lambda m: log.info("%s", m),
+                          **kwargs)
+        for path, reason in run.run.failures:
+            store.mark(job.id, stem(path), False, reason=_one_line(str(reason)))
+            metrics.picked(0.0, False)
+        for name in run.micrographs:  # includes micrographs an interrupted earlier run finished
+            store.mark(job.id, name, True)
+
+    def train(self, job: Job) -> dict:
+        from ..train import train
+
+        store, registry = self.pool.store, self.pool.registry
+        req = job.request
+        config = settings_map.train_config(req.get("settings"), device=self.device,
+                                           cache_dir=str(self.pool.cache_dir) if self.pool.cache_dir else None)
+        out_dir = store.job_dir(job.id)
+        labels = read_labels(req["labels_csv"])
+        paths = [Path(p) for _, p, _ in store.micrographs(job.id)]
+        target = out_dir / "model.pt"
+        kwargs: dict[str, Any] = {}
+        params = inspect.signature(train).parameters
+        progress: dict[str, Any] = {}
+        if "on_epoch" in params:
+            def on_epoch(row: Any) -> None:
+                progress.update(_epoch_fields(row))
+                store.update_result(job.id, dict(progress))
+                self.serve_urgent()
+            kwargs["on_epoch"] = on_epoch
+        if "should_stop" in params:
+            kwargs["should_stop"] = self.should_stop(job.id)
+        result = train(paths, labels, config, target, progress=False, log=lambda m: log.info("%s", m), **kwargs)
+        if self.should_stop(job.id)():
+            raise AbortRequested("training stopped")
+        name = req.get("name") or f"trained-{job.id}"
+        from .models import copy_atomic
+
+        staged = registry.own_dir / f".{name}.staged"
+        copy_atomic(result.model_path, staged)
+        entry, _ = registry.add_upload(name, staged, source="train")
+        for mic_name, _, _ in store.micrographs(job.id):
+            store.mark(job.id, mic_name, True)
+        history = result.history
+        last = history.iloc[-1] if len(history) else None
+        return {"model": entry.name, "model_sha256": entry.sha256,
+                "epoch": int(result.best_epoch), "epochs": int(len(history)),
+                "loss": _num(last["loss"]) if last is not None else None,
+                "ap": _num(result.best_ap), "seconds": round(float(result.seconds), 3)}
+
+
+def read_labels(text: str):
+    """The labels table a training job stored at submission (CSV micrograph,x,y)."""
+    import io
+
+    import pandas as pd
+
+    return pd.read_csv(io.StringIO(text), dtype={"micrograph": str})
+
+
+def _epoch_fields(row: Any) -> dict[str, Any]:
+    get = row.get if isinstance(row, dict) else (lambda k, d=None: getattr(row, k, d))
+    return {"epoch": get("epoch"), "loss": _num(get("loss")), "ap": _num(get("ap"))}
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split())
