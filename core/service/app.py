@@ -346,6 +346,14 @@ def _client(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+def _key(request: Request) -> str | None:
+    """The client's Idempotency-Key (a retried submission returns the job the first one made)."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (0 < len(key) <= 128 and key.isprintable()):
+        raise InputError("Idempotency-Key must be 1-128 printable characters")
+    return key
+
+
 def _settings_or_422(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
@@ -446,7 +454,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
         paths = roots.expand(body.micrographs)
         _unique_stems(paths)
         job_id = store.submit("pick", {"model": model, "model_sha256": sha, "settings": body.settings or {}},
-                              [(stem(p), str(p)) for p in paths], client=_client(request))
+                              [(stem(p), str(p)) for p in paths], client=_client(request), key=_key(request))
         log.info(json.dumps({"event": "submitted", "job": job_id, "kind": "pick", "micrographs": len(paths),
                              "model": model, "client": _client(request)}))
         return JSONResponse({"job": job_id, "total": len(paths)}, status_code=202,
@@ -474,7 +482,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
             raise InputError("the labels name none of the given micrographs")
         csv = labels[["micrograph", "x", "y"]].to_csv(index=False)
         job_id = store.submit("train", {"name": body.name, "settings": body.settings or {}, "labels_csv": csv},
-                              [(stem(p), str(p)) for p in paths], client=_client(request))
+                              [(stem(p), str(p)) for p in paths], client=_client(request), key=_key(request))
         log.info(json.dumps({"event": "submitted", "job": job_id, "kind": "train", "micrographs": len(paths),
                              "labels": int(len(labels)), "client": _client(request)}))
         return JSONResponse({"job": job_id, "total": len(paths)}, status_code=202,

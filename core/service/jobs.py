@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     result TEXT,
     client TEXT,
+    key TEXT UNIQUE,
     created REAL NOT NULL,
     started REAL,
     finished REAL
@@ -114,20 +115,27 @@ class JobStore:
         return _Tx(self._db, self._lock)
 
     def submit(self, kind: str, request: dict[str, Any], micrographs: list[tuple[str, str]],
-               client: str | None = None) -> str:
-        """Queue a job of (name, path) micrographs; QueueFull/TooLarge when the bound would be exceeded."""
+               client: str | None = None, key: str | None = None) -> str:
+        """Queue a job of (name, path) micrographs; QueueFull/TooLarge when the bound would be exceeded.
+
+        A repeated `key` (the client's Idempotency-Key) returns the job it created before instead of a second one."""
         n = len(micrographs)
         if n > self.max_queue:
             raise TooLarge(f"the job holds {n} micrographs, more than this server queues at once ({self.max_queue}); "
                            "split it")
         job_id = secrets.token_hex(8)
         with self._tx() as db:
+            if key is not None:
+                row = db.execute("SELECT id FROM jobs WHERE key=?", (key,)).fetchone()
+                if row is not None:
+                    return row["id"]
             waiting = self._waiting(db)
             if waiting + n > self.max_queue:
                 raise QueueFull(f"the queue is full ({waiting} micrographs waiting, at most {self.max_queue}); "
                                 "retry later")
-            db.execute("INSERT INTO jobs (id, kind, state, request, total, client, created) VALUES (?,?,?,?,?,?,?)",
-                       (job_id, kind, "queued", json.dumps(request), n, client, time.time()))
+            db.execute("INSERT INTO jobs (id, kind, state, request, total, client, key, created) "
+                       "VALUES (?,?,?,?,?,?,?,?)",
+                       (job_id, kind, "queued", json.dumps(request), n, client, key, time.time()))
             db.executemany("INSERT INTO micrographs (job, idx, name, path) VALUES (?,?,?,?)",
                            [(job_id, i, name, path) for i, (name, path) in enumerate(micrographs)])
         self.notify()

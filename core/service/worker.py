@@ -98,7 +98,7 @@ class _Worker(threading.Thread):
         state, error, result = "done", None, None
         try:
             if job.kind == "pick":
-                self.pick(job)
+                result = self.pick(job)
             elif job.kind == "train":
                 result = self.train(job)
             else:
@@ -124,7 +124,7 @@ class _Worker(threading.Thread):
     def should_stop(self, job_id: str) -> Callable[[], bool]:
         return lambda: self.pool.stopping.is_set() or self.pool.store.cancel_requested(job_id)
 
-    def pick(self, job: Job) -> None:
+    def pick(self, job: Job) -> dict:
         from ..pipeline import pick_to_dir
 
         store, metrics = self.pool.store, self.pool.metrics
@@ -155,6 +155,11 @@ class _Worker(threading.Thread):
             metrics.picked(0.0, False)
         for name in run.micrographs:  # includes micrographs an interrupted earlier run finished
             store.mark(job.id, name, True)
+        try:  # the particle diameter in the micrographs' pixels, as the manifest records it for `pupick evaluate`
+            manifest = json.loads((store.job_dir(job.id) / "pupick_pick.json").read_text())
+            return {"diameter_px": _num(manifest.get("diameter_px"))}
+        except (OSError, ValueError):
+            return {}
 
     def train(self, job: Job) -> dict:
         from ..train import train
