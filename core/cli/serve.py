@@ -8,7 +8,18 @@ from pathlib import Path
 
 import click
 
-from ._common import run_core
+from ..errors import PupickError
+from ._common import UserError, run_core
+
+
+def _usage(fn, *args, **kwargs):
+    """Call a check; a PupickError is bad usage: one line, exit status 2, before any work starts."""
+    try:
+        return fn(*args, **kwargs)
+    except PupickError as err:
+        error = UserError(str(err))
+        error.exit_code = 2
+        raise error from None
 
 
 def default_state_dir() -> Path:
@@ -71,9 +82,9 @@ def command(host, port, data_roots, models_dir, state_dir, token_file, device, m
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise click.UsageError("TLS needs both --ssl-certfile and --ssl-keyfile")
-    token = run_core(read_token_file, token_file) if token_file else None
-    run_core(check_bind, host, token)
-    devices = run_core(_devices, device)
+    token = _usage(read_token_file, token_file) if token_file else None
+    _usage(check_bind, host, token)
+    devices = _usage(_devices, device)
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, log_level.upper()), format="%(message)s")
 
     import uvicorn
@@ -81,7 +92,7 @@ def command(host, port, data_roots, models_dir, state_dir, token_file, device, m
     from ..service.app import ServeConfig, create_app
 
     executor = _executor(cluster, cluster_workers)
-    cfg = run_core(ServeConfig, state_dir=Path(state_dir) if state_dir else default_state_dir(), host=host,
+    cfg = _usage(ServeConfig, state_dir=Path(state_dir) if state_dir else default_state_dir(), host=host,
                    port=port, data_roots=tuple(data_roots), models_dir=Path(models_dir) if models_dir else None,
                    token=token, devices=devices, max_queue=max_queue, retention_hours=retention,
                    model_cache=model_cache, max_upload_mb=max_upload_mb, max_model_mb=max_model_mb,

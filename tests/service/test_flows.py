@@ -30,11 +30,11 @@ def five(data_root) -> list[Path]:
 
 def test_pick_train_pick(server, client, five, models_dir, data_root, tmp_path):
     # 1. pick with a model registered on the server (from --models) == a local `pupick pick` with that file
-    config = PickConfig(threshold=-4.0)
+    config = PickConfig(threshold=-4.0, views=1)  # one view keeps the test quick; the identity is the point
     cli_settings = {"format": "csv", "box_size": None}  # what `pupick pick` records besides the pick fields
     run = pick_via_server(client, five, "demo", config, tmp_path / "server1", settings=cli_settings, progress=False)
     assert run.run.failures == [] and run.micrographs == [p.stem for p in five]
-    local = local_pick(five, models_dir / "demo.pt", tmp_path / "local1", "--threshold", "-4")
+    local = local_pick(five, models_dir / "demo.pt", tmp_path / "local1", "--threshold", "-4", "--views", "1")
     assert (tmp_path / "server1" / "picks.csv").read_bytes() == local.read_bytes()
     assert len(pd.read_csv(local)) > 100
     # the manifest records the same model and settings, so a local run could resume the server's OUTDIR
@@ -61,7 +61,7 @@ def test_pick_train_pick(server, client, five, models_dir, data_root, tmp_path):
     # 3. pick with the new model given as a local file (uploaded under its hash) == local pick with that file
     run = pick_via_server(client, five, tmp_path / "new.pt", config, tmp_path / "server2", progress=False)
     assert run.run.n_done == 5
-    local = local_pick(five, tmp_path / "new.pt", tmp_path / "local2", "--threshold", "-4")
+    local = local_pick(five, tmp_path / "new.pt", tmp_path / "local2", "--threshold", "-4", "--views", "1")
     assert (tmp_path / "server2" / "picks.csv").read_bytes() == local.read_bytes()
     assert client.model(file_sha256(tmp_path / "new.pt")) is not None
 
