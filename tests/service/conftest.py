@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from service_server import Server
+from service_server import TOKEN, Server
 
 from pupick.core.client import Client
 
