@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import InputError
 
+NORMALIZATIONS = ("gmm", "affine", "none")
+# the architectures core.models.MODELS builds (names here, so front ends offer them without importing torch)
+ARCHITECTURES = ("resnet8", "resnet16", "conv31", "conv63", "conv127")
 TARGET_DIAMETER_PX = 40  # the factor rule: smallest integer s >= 1 with diameter_px / s <= 40
 
 
@@ -21,6 +24,15 @@ class PreprocessConfig:
     normalize: str = "gmm"  # gmm | affine | none
     seed: int = 0
     gmm_samples: int = 200_000  # pixels subsampled for the mixture fit
+
+    def __post_init__(self) -> None:
+        _finite(self.factor, "--scale", minimum=1)
+        _finite(self.diameter_A, "--diameter", minimum=0, strict=True)
+        _finite(self.diameter_px, "--diameter-px", minimum=0, strict=True)
+        _finite(self.pixel_size, "--pixel-size", minimum=0, strict=True)
+        _one_of(self.normalize, "--normalize", NORMALIZATIONS)
+        _whole(self.seed, "--seed", 0)
+        _whole(self.gmm_samples, "gmm_samples", 1000)
 
     def diameter_in_px(self, header_pixel_size: float | None = None) -> float | None:
         """The particle diameter in original pixels, from --diameter-px or --diameter with a pixel size."""
@@ -83,51 +95,215 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast where the hardware has it) | fp32 | bf16; weights stay fp32
     calibration_batches: int = 2  # batches that re-estimate batch-norm statistics after each epoch
     train_stride: str = "native"  # outputs in the loss: native (network stride) | dense (every pixel, dilated)
-    validation_stride: str = "fast"  # scorer mode for per-epoch validation AP: fast (native stride) | dense
+    validation_stride: str = "native"  # scorer mode for per-epoch validation AP (STRIDE_MODES)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 VIEW_COUNTS = (1, 2, 4, 8)  # test-time views the scorer offers (see core.score.VIEWS)
-DEFAULT_VIEWS = 4  # fast mode: +0.001 to +0.024 AP on the shared sets (4 and 8 views score alike), ~4x network time
+DEFAULT_VIEWS = 4  # native stride: +0.001 to +0.024 AP on the shared sets (4 and 8 views score alike), ~4x network time
+STRIDE_MODES = ("native", "dense")  # one name in training and picking: the network's own stride, or every pixel
+PRECISIONS = ("auto", "fp32", "bf16")
+METHODS = ("cnn", "blob")
+DEFAULT_THRESHOLD = -6.0  # logit; low on purpose so recall (and AP) is not capped
 
 
-@dataclass
-class PickConfig:
-    """Everything `pick` needs besides micrographs and a model."""
+def _finite(value: float, option: str, *, minimum: float | None = None, strict: bool = False) -> None:
+    """Refuse NaN/inf and values below the minimum, naming the option as the command line spells it."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if strict else value >= minimum
+    if not ok:
+        bound = "" if minimum is None else (f" > {minimum:g}" if strict else f" >= {minimum:g}")
+        raise InputError(f"{option} must be a finite number{bound} (got {value})")
 
-    threshold: float = -6.0  # logit; low on purpose so recall (and AP) is not capped
-    min_distance_px: float | None = None  # original pixels; None: the model's particle radius
-    max_picks: int | None = None  # per micrograph
-    border_px: float | None = None  # original pixels; picks closer to the edge are dropped. None: the particle radius,
-    # or the model's learned label edge margin when wider (at most a diameter)
-    # (a particle centred nearer the edge is cut by it: its box cannot be extracted, and experts do not label it)
-    pixel_size: float | None = None  # Å/px override for the micrographs (rescales if it differs from the model's)
+
+def _whole(value: int | None, option: str, minimum: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{option} must be a whole number >= {minimum} (got {value})")
+
+
+def _one_of(value: Any, option: str, choices: tuple) -> None:
+    if value not in choices:
+        raise InputError(f"{option} must be one of {', '.join(map(str, choices))} (got {value!r})")
+
+
+def check_device(spec: str) -> str:
+    """A device the engine accepts: auto, cpu, cuda or cuda:N (the one rule every front end offers)."""
+    s = str(spec).strip().lower()
+    if s in DEVICES or (s.startswith("cuda:") and s[5:].isdigit()):
+        return s
+    raise InputError(f"--device must be one of {', '.join(DEVICES)} or cuda:N (got {spec!r})")
+
+
+DEVICES = ("auto", "cpu", "cuda")  # plus cuda:N
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How the CNN scores a micrograph: device, precision, stride mode, test-time views, tile size."""
+
     device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16
-    stride: str = "fast"  # fast (native stride + refinement) | dense (exact dense map)
-    views: int | None = None  # test-time augmentation: mean score over 1, 2, 4 or 8 rotated/mirrored copies of the
-    # micrograph; None: 4 in the fast mode, 1 (the exact map) in the dense mode
+    precision: str = "auto"  # auto (bf16 where the hardware has it) | fp32 | bf16
+    stride: str = "native"  # native (network stride + sub-pixel refinement) | dense (exact map at every pixel)
+    views: int | None = None  # mean score over 1, 2, 4 or 8 rotated/mirrored copies; None: 4 native, 1 dense
     tile_size: int | None = None  # downsampled pixels per scoring tile side; None: 512
-    workers: int = 1  # reader/preprocessor threads overlapping with scoring
-    write_score_maps: bool = False  # kept for callers; maps are written when score_map_dir is set
-    score_map_dir: str | None = None  # write each score map as <dir>/<stem>.mrc (downsampled grid)
-    seed: int = 0
-    # training-free blob picker (method="blob"): no model; needs the diameter
-    method: str = "cnn"  # cnn | blob
-    diameter_A: float | None = None
-    diameter_px: float | None = None  # original pixels
-    dark_particles: bool = True
-    exclude_carbon: bool = False  # drop picks on pixels far from the GMM ice component
-    top_n: int | None = None  # keep the N best per micrograph (blob picker's usual mode)
-    factor: float | None = None  # blob picker's downsampling factor (None: the rule applied to the diameter)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", check_device(self.device))
+        _one_of(self.precision, "--precision", PRECISIONS)
+        _one_of(self.stride, "stride", STRIDE_MODES)
+        if self.views is not None:
+            _one_of(self.views, "--views", VIEW_COUNTS)
+        _whole(self.tile_size, "--tile-size", 16)
 
     def resolved_views(self) -> int:
-        """`views`, else the default: 4 in the fast mode, 1 (the exact map) in the dense mode."""
+        """`views`, else the default: 4 at the native stride, 1 (the exact map) in the dense mode."""
         if self.views is not None:
             return self.views
         return 1 if self.stride == "dense" else DEFAULT_VIEWS
 
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How a score map becomes coordinates (all lengths in original pixels)."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    min_distance_px: float | None = None  # None: min_distance_A, else the particle radius
+    min_distance_A: float | None = None  # the same in Å, converted with each micrograph's own pixel size
+    max_picks: int | None = None  # per micrograph
+    border_px: float | None = None  # None: the particle radius, or the model's learned label edge margin when wider
+    # (a particle centred nearer the edge is cut by it: its box cannot be extracted, and experts do not label it)
+
+    def __post_init__(self) -> None:
+        _finite(self.threshold, "--threshold")
+        _finite(self.min_distance_px, "--min-distance", minimum=0)
+        _finite(self.min_distance_A, "min_distance (Å)", minimum=0)
+        _whole(self.max_picks, "--max-picks", 1)
+        _finite(self.border_px, "--border", minimum=0)
+
+
+@dataclass(frozen=True)
+class BlobConfig:
+    """The training-free blob picker (method "blob")."""
+
+    dark_particles: bool = True  # particles darker than the ice (the usual cryo-EM contrast)
+
+
+@dataclass(frozen=True)
+class PickConfig:
+    """Everything `pick` needs besides micrographs and a model, in four concerns kept apart."""
+
+    method: str = "cnn"  # cnn | blob
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)  # pixel size, diameter, scale, seed
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    blob: BlobConfig = field(default_factory=BlobConfig)
+    exclude_carbon: bool = False  # drop picks on pixels far from the GMM ice component
+    workers: int = 1  # reader/preprocessor threads overlapping with scoring
+    score_map_dir: str | None = None  # write each score map as <dir>/<stem>.mrc (downsampled grid)
+
+    def __post_init__(self) -> None:
+        _one_of(self.method, "--method", METHODS)
+        _whole(self.workers, "--workers", 1)
+        pre = self.preprocess
+        if self.method == "blob" and pre.diameter_A is None and pre.diameter_px is None:
+            raise InputError("the blob picker needs the particle diameter: --diameter (Å) or --diameter-px")
+
+    @property
+    def seed(self) -> int:
+        return self.preprocess.seed
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings that change the picks (a rerun into the same directory must agree on them)."""
+        out = {"method": self.method, **{k: v for k, v in asdict(self.extract).items()},
+               "pixel_size": self.preprocess.pixel_size, "diameter_A": self.preprocess.diameter_A,
+               "diameter_px": self.preprocess.diameter_px, "downsample_factor": self.preprocess.factor,
+               "seed": self.preprocess.seed, "stride": self.score.stride, "views": self.score.resolved_views(),
+               "exclude_carbon": self.exclude_carbon}
+        if self.method == "blob":
+            out["dark_particles"] = self.blob.dark_particles
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def replace(self, **settings: Any) -> "PickConfig":
+        """A copy with CLI-named settings changed (see SETTINGS)."""
+        return PickConfig.from_settings(settings, base=self)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], base: "PickConfig | None" = None) -> "PickConfig":
+        """Build from CLI-named keys (`min_distance`, `views`, ...); an unknown key is an InputError naming it."""
+        unknown = sorted(k for k in settings if k not in SETTINGS)
+        if unknown:
+            raise InputError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(SETTINGS))}")
+        base = base or cls()
+        parts: dict[str, dict[str, Any]] = {s: {} for s in ("", "preprocess", "score", "extract", "blob")}
+        for key, value in settings.items():
+            section, name, convert = SETTINGS[key]
+            if value is None and key not in NULLABLE:
+                continue
+            try:
+                parts[section][name] = convert(value) if value is not None else None
+            except (TypeError, ValueError):
+                raise InputError(f"setting {key}: {value!r} is not a valid value") from None
+        return replace(
+            base, **parts[""],
+            preprocess=replace(base.preprocess, **parts["preprocess"]),
+            score=replace(base.score, **parts["score"]),
+            extract=replace(base.extract, **parts["extract"]),
+            blob=replace(base.blob, **parts["blob"]),
+        )
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(value)
+    return float(value)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(value)
+    return value
+
+
+# The one registry of picking settings: CLI option name (dashes as underscores) -> (section, field, converter).
+# `pupick pick`, the service's `settings` body and the wrappers all build a PickConfig through it.
+SETTINGS: dict[str, tuple[str, str, Any]] = {
+    "method": ("", "method", str),
+    "threshold": ("extract", "threshold", _number),
+    "min_distance": ("extract", "min_distance_px", _number),
+    "min_distance_A": ("extract", "min_distance_A", _number),
+    "max_picks": ("extract", "max_picks", _integer),
+    "top_n": ("extract", "max_picks", _integer),  # hidden alias of max_picks
+    "border": ("extract", "border_px", _number),
+    "pixel_size": ("preprocess", "pixel_size", _number),
+    "diameter": ("preprocess", "diameter_A", _number),
+    "diameter_px": ("preprocess", "diameter_px", _number),
+    "scale": ("preprocess", "factor", _number),
+    "seed": ("preprocess", "seed", _integer),
+    "device": ("score", "device", str),
+    "precision": ("score", "precision", str),
+    "stride": ("score", "stride", str),
+    "views": ("score", "views", _integer),
+    "tile_size": ("score", "tile_size", _integer),
+    "dark_particles": ("blob", "dark_particles", _flag),
+    "exclude_carbon": ("", "exclude_carbon", _flag),
+    "workers": ("", "workers", _integer),
+}
+NULLABLE = frozenset()  # None always means "the default"

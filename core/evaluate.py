@@ -11,6 +11,11 @@ import pandas as pd
 from .errors import InputError
 from .tables import stem, validate_picks
 
+def default_match_radius(diameter_px: float | None) -> float | None:
+    """The match radius when none is given: half the particle diameter (original pixels), the one rule."""
+    return float(diameter_px) / 2 if diameter_px else None
+
+
 CURVE_COLUMNS = ["threshold", "precision", "recall", "f1"]
 PER_MIC_COLUMNS = ["micrograph", "n_labels", "n_picks", "n_matched", "n_picks_at_threshold", "n_matched_at_threshold"]
 

@@ -91,14 +91,25 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     state = payload.get("state_dict")
     if not isinstance(config, dict) or not isinstance(state, dict) or "arch" not in config:
         raise ModelFileError(f"{path}: model file is incomplete (missing config or weights)")
+    return model_from_state(state, config, file_sha256(path), path=path, device=device)
+
+
+def model_from_state(state: dict, config: dict[str, Any], sha256: str, path: Path | None = None,
+                     device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild a LoadedModel from weights and plain config (a model file's content, or one shipped to a worker)."""
+    where = f"{path}: " if path is not None else ""
     mcfg = ModelConfig.from_dict(config)
     try:
         module = build(mcfg)
         module.load_state_dict(state)
     except ModelFileError as err:
-        raise ModelFileError(f"{path}: {err}") from None
+        raise ModelFileError(f"{where}{err}") from None
     except (RuntimeError, ValueError, TypeError) as err:
-        raise ModelFileError(f"{path}: weights do not fit architecture {mcfg.arch!r}: {str(err).splitlines()[0]}") from None
+        raise ModelFileError(f"{where}weights do not fit architecture {mcfg.arch!r}: {str(err).splitlines()[0]}") from None
     module.to(device).eval()
-    return LoadedModel(module, config, receptive_field(mcfg), native_stride(mcfg), file_sha256(path), path)
+    return LoadedModel(module, config, receptive_field(mcfg), native_stride(mcfg), sha256, path)
 
+
+def model_state(model: LoadedModel) -> dict[str, torch.Tensor]:
+    """The model's weights as CPU tensors (what a model file or a worker payload holds)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.module.state_dict().items()}

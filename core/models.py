@@ -23,6 +23,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .config import ARCHITECTURES
 from .errors import ModelFileError
 
 
@@ -208,6 +209,7 @@ def _builder(name: str) -> Callable[[ModelConfig], PickerNet]:
 
 
 MODELS: dict[str, Callable[[ModelConfig], PickerNet]] = {name: _builder(name) for name in PLANS}
+assert tuple(MODELS) == ARCHITECTURES, "core.config.ARCHITECTURES must list core.models.PLANS"
 
 
 def build(cfg: ModelConfig) -> PickerNet:

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import VIEW_COUNTS, PickConfig
+from .config import STRIDE_MODES, VIEW_COUNTS, ScoreConfig
 from .errors import InputError
 
 # test-time views: (quarter turns, mirror first); scores are averaged over the dihedral copies of the image
 VIEWS = {1: [(0, False)], 2: [(0, False), (2, True)], 4: [(0, False), (1, False), (2, False), (3, False)],
          8: [(t, f) for f in (False, True) for t in range(4)]}
 assert tuple(VIEWS) == VIEW_COUNTS
-DEFAULT_TILE = {"fast": 512, "dense": 512}  # downsampled pixels per tile side (512: same speed as 1024, ~100 MB less peak memory)
+DEFAULT_TILE = {"native": 512, "dense": 512}  # downsampled pixels per tile side (512: same speed as 1024, ~100 MB less peak memory)
 
 
 def choose_device(spec: str | None = "auto") -> torch.device:
@@ -103,10 +103,10 @@ def _fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
 class Scorer:
     """A model prepared once for inference (device, layout, precision, folded batch norm); call it on images."""
 
-    def __init__(self, model: Any, config: PickConfig | None = None) -> None:
-        config = config or PickConfig()
-        if config.stride not in ("fast", "dense"):
-            raise InputError(f"stride {config.stride!r}: choose fast or dense")
+    def __init__(self, model: Any, config: ScoreConfig | None = None) -> None:
+        config = config or ScoreConfig()
+        if config.stride not in STRIDE_MODES:
+            raise InputError(f"stride {config.stride!r}: choose {' or '.join(STRIDE_MODES)}")
         self.dense = config.stride == "dense"
         self.device = choose_device(config.device)
         self.dtype = choose_precision(config.precision, self.device)
@@ -189,6 +189,6 @@ def upsample_map(coarse: np.ndarray, stride: int, shape: tuple[int, int]) -> np.
     return np.ascontiguousarray(up[0, 0, : shape[0], : shape[1]].numpy())
 
 
-def score_micrograph(model: Any, image_ds: np.ndarray, config: PickConfig | None = None) -> np.ndarray:
+def score_micrograph(model: Any, image_ds: np.ndarray, config: ScoreConfig | None = None) -> np.ndarray:
     """Score map (downsampled grid, float32) of one preprocessed micrograph; see `Scorer` to reuse a prepared model."""
     return Scorer(model, config)(image_ds)

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .config import PickConfig, TrainConfig
+from .config import ScoreConfig, TrainConfig
 from .errors import InputError
 from .extract import default_border_px
 from .io import atomic_path, read_micrograph
@@ -191,18 +191,18 @@ def _unlabeled_groups(s_u: torch.Tensor, n: int, gen: torch.Generator) -> torch.
 
 
 def _validate(module: torch.nn.Module, mics: list[_Mic], radius_px: float, border_px: float,
-              pick_config: PickConfig) -> tuple[float, float]:
+              score_config: ScoreConfig) -> tuple[float, float]:
     """AP and best F1 of the current module on the validation micrographs (picking's scorer, extractor, evaluator)."""
     from .evaluate import evaluate
     from .extract import extract_picks
     from .score import Scorer
 
-    scorer = Scorer(module, pick_config)  # once per call: the weights change between epochs
+    scorer = Scorer(module, score_config)  # once per call: the weights change between epochs
     frames = []
     labels = []
     for m in mics:
         smap = scorer(m.image)
-        x, y, s = extract_picks(smap, m.factor, radius_px, pick_config.threshold, border_px=border_px,
+        x, y, s = extract_picks(smap, m.factor, radius_px, -1e9, border_px=border_px,
                                 original_shape=m.source_shape)
         frames.append(pd.DataFrame({"micrograph": stem(m.path), "x": x, "y": y, "score": s}))
         labels.append(m.labels.assign(micrograph=stem(m.path)))
@@ -397,8 +397,8 @@ def train(
     if edge_margin is not None and edge_margin > 0.5:
         log(f"labels keep at least {edge_margin * diameter:.0f} px ({edge_margin:.2f} diameters) from the micrograph "
             "edges; picks will too (pupick pick --border to change)")
-    pick_config = PickConfig(device=str(device), precision=config.precision, threshold=-1e9,
-                             stride=config.validation_stride, views=1)
+    score_config = ScoreConfig(device=str(device), precision=config.precision, stride=config.validation_stride,
+                               views=1)
 
     calib_rng = np.random.default_rng([config.seed, 4])  # its own stream: calibration never shifts training's draws
     calibration = [torch.from_numpy(sampler.sample(calib_rng, config.batch_size)[0]).to(device).contiguous(
@@ -430,7 +430,7 @@ def train(
         _recalibrate_batchnorm(module, calibration, autocast)
         if val_mics:
             module.eval()
-            ap, f1 = _validate(module, val_mics, radius_px, border_px, pick_config)
+            ap, f1 = _validate(module, val_mics, radius_px, border_px, score_config)
             if ap > best_ap:
                 best_ap, best_epoch = ap, epoch
                 best_state = copy.deepcopy(module.state_dict())

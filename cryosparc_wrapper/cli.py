@@ -6,8 +6,9 @@ from pathlib import Path
 import click
 
 from pupick.core import __version__
-from pupick.core.cli._common import run_cli, size_options
-from pupick.core.config import VIEW_COUNTS, PickConfig, PreprocessConfig, TrainConfig
+from pupick.core.config import ARCHITECTURES, DEFAULT_THRESHOLD, METHODS, VIEW_COUNTS, PickConfig, PreprocessConfig, TrainConfig
+from pupick.core.console import DEVICE, run_cli, size_options, usage
+from pupick.core.pipeline import check_model
 from pupick.core.errors import InputError
 
 PROG = "pupick_cryosparc"
@@ -70,7 +71,7 @@ def cli() -> None:
 @click.option("--exposures", required=True, multiple=True,
               help="Offline: an exposures .cs (repeat for its _passthrough_ .cs). Live: a job output such as "
                    "J12.exposures_accepted.")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--model", "model_path", default=None,
               help="Model file from `pupick train` (not needed with --method blob).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Offline: particles .cs to write.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
@@ -79,26 +80,28 @@ def cli() -> None:
               help="Offline: reference picks (CSV/STAR/.cs...) to report AP and draw the PR curve.")
 @click.option("--match-radius", type=float, default=None,
               help="With --labels: match radius in px (default: particle radius).")
-@click.option("--threshold", type=float, default=PickConfig.threshold, show_default=True, help="Score (logit) cut.")
+@click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True, help="Score (logit) cut.")
 @click.option("--min-distance", type=float, default=None, help="NMS distance in px (default: particle radius).")
 @click.option("--max-picks", type=int, default=None, help="At most this many picks per micrograph.")
 @click.option("--border", type=float, default=None, help="Drop picks closer than this to the edge (px; default: the particle radius, or the model's label margin).")
-@click.option("--method", type=click.Choice(["cnn", "blob"]), default="cnn", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default="cnn", show_default=True)
 @click.option("--diameter", type=float, default=None, help="Blob picker: particle diameter in Å.")
 @click.option("--diameter-px", type=float, default=None, help="Blob picker: particle diameter in px.")
 @click.option("--pixel-size", type=float, default=None, help="Å/px of the micrographs (overrides the headers).")
 @click.option("--views", type=click.Choice([str(v) for v in VIEW_COUNTS]), default=None,
               help="Average the score over this many rotated/mirrored copies (default 4).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where the network runs.")
 @_connection_options
 def pick_command(**kw) -> None:
     """Pick exposures: offline (.cs in, particles .cs out) or live (an External job's particles)."""
-    config = PickConfig(threshold=kw["threshold"], min_distance_px=kw["min_distance"], max_picks=kw["max_picks"],
-                        border_px=kw["border"], pixel_size=kw["pixel_size"], device=kw["device"],
-                        views=int(kw["views"]) if kw["views"] else None, method=kw["method"], diameter_A=kw["diameter"], diameter_px=kw["diameter_px"])
     if kw["method"] == "cnn" and not kw["model_path"]:
-        raise InputError("--model is required (or --method blob with --diameter-px)")
-    model = Path(kw["model_path"]) if kw["model_path"] else None
+        raise click.UsageError("--model is required (or --method blob with --diameter-px)")
+    config = usage(PickConfig.from_settings, {
+        "threshold": kw["threshold"], "min_distance": kw["min_distance"], "max_picks": kw["max_picks"],
+        "border": kw["border"], "pixel_size": kw["pixel_size"], "device": kw["device"],
+        "views": int(kw["views"]) if kw["views"] else None, "method": kw["method"], "diameter": kw["diameter"],
+        "diameter_px": kw["diameter_px"]})
+    model = check_model(kw["model_path"], config)  # loaded once; a bad model file fails here, before any job
     if _live(kw):
         from .live import check_uids, connect, parse_output_ref, run_pick_job
 
@@ -106,10 +109,6 @@ def pick_command(**kw) -> None:
             raise InputError("-o/--plot/--labels are for offline mode; live outputs go to the External job")
         check_uids(kw["project"], kw["workspace"])
         parse_output_ref(kw["exposures"][0], "--exposures")
-        if model is not None:  # a bad model file fails here, before a job is created
-            from pupick.core.modelfile import load_model
-
-            model = load_model(model)
         cs = connect(_connection(kw))
         run_pick_job(cs, kw["project"], kw["workspace"], kw["exposures"][0], model, config,
                      title=kw["title"] or "pupick pick", project_dir_override=kw["project_dir"], echo=click.echo)
@@ -136,14 +135,14 @@ def pick_command(**kw) -> None:
 @size_options
 @click.option("--label-radius", type=int, default=TrainConfig.label_radius, show_default=True,
               help="Positive-label radius, downsampled px.")
-@click.option("--arch", default=TrainConfig.arch, show_default=True)
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default=TrainConfig.arch, show_default=True)
 @click.option("--units", type=int, default=TrainConfig.units, show_default=True)
 @click.option("--objective", default=TrainConfig.objective, show_default=True)
 @click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
 @click.option("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch, show_default=True)
 @click.option("--test-split", type=float, default=TrainConfig.test_split, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
 @_connection_options
 def train_command(**kw) -> None:
     """Train a model from cryoSPARC particles on their exposures (offline or live)."""

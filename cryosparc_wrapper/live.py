@@ -212,7 +212,7 @@ def run_pick_job(cs, project: str, workspace: str, exposures_ref: str, model, co
 
         result = pick_exposures(exposures, root, model, config, log=job.log, progress=progress_logger(job.log),
                                 template=job.alloc_output(PARTICLE_OUTPUT["name"], 0), salt=f"{project}/{job.uid}")
-        figure = score_figure(result.picks, config.threshold)
+        figure = score_figure(result.picks, config.extract.threshold)
         save_output(job, PARTICLE_OUTPUT["name"], result.particles, image=figure)
         save_output(job, MICROGRAPH_OUTPUT["name"], micrographs_passthrough(dset, result.picked_uids))
         job.log_plot(figure, "pupick score distribution (logit); Inspect Picks thresholds pick_stats/power")

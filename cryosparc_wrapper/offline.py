@@ -29,22 +29,18 @@ def _read_labels(path: str | os.PathLike, exposures: pd.DataFrame) -> pd.DataFra
     return labels
 
 
-def default_match_radius(model: Path | None, config: PickConfig) -> float:
-    """Half the particle diameter in original px (--diameter-px, else the model's), else the NMS distance."""
-    if config.diameter_px:
-        return float(config.diameter_px) / 2
-    if model is not None:
-        from pupick.core.modelfile import load_model
+def _match_radius(model, config: PickConfig) -> float:
+    """The default match radius (core.evaluate's rule) for the particle diameter the picks were made at."""
+    from pupick.core.evaluate import default_match_radius
 
-        diameter = load_model(model).config.get("diameter_px")
-        if diameter:
-            return float(diameter) / 2
-    if config.min_distance_px:
-        return float(config.min_distance_px)
-    raise InputError("--labels needs --match-radius (the particle diameter is unknown)")
+    diameter = config.preprocess.diameter_px or (model.config.get("diameter_px") if model is not None else None)
+    radius = default_match_radius(diameter)
+    if radius is None:
+        raise InputError("--labels needs --match-radius (the particle diameter is unknown)")
+    return radius
 
 
-def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model: Path | None, config: PickConfig,
+def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model, config: PickConfig,
                  output: Path, plot: Path | None = None, labels: str | os.PathLike | None = None,
                  match_radius: float | None = None, echo: Echo = print) -> PickResult:
     """Pick the exposures of an exposures .cs and write a particles .cs for import into cryoSPARC."""
@@ -66,7 +62,7 @@ def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model: Path
     if reference is not None:
         from pupick.core.evaluate import evaluate
 
-        radius = match_radius or default_match_radius(model, config)
+        radius = match_radius or _match_radius(model, config)
         picked = exposures.loc[exposures["uid"].isin(result.picked_uids), "micrograph"].astype(str)
         labelled = picked[picked.isin(set(reference["micrograph"]))].tolist()  # incomplete labels: only these
         evaluation = evaluate(result.picks, reference, radius, micrographs=labelled)
@@ -76,7 +72,7 @@ def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model: Path
     if plot is not None:
         from pupick.core.io import atomic_path
 
-        figure = score_figure(result.picks, config.threshold, evaluation)
+        figure = score_figure(result.picks, config.extract.threshold, evaluation)
         with atomic_path(plot) as tmp:
             figure.savefig(tmp, format="png", dpi=100)
         echo(f"wrote {plot}")

@@ -17,6 +17,7 @@ from pupick.adapters.cryosparc import particles_dataset
 from pupick.core.config import PickConfig
 from pupick.core.errors import InputError
 from pupick.core.io import read_shape
+from pupick.core.tables import stem
 
 Log = Callable[[str], None]
 Progress = Callable[[int, int, str, int], None]  # (done, total, micrograph name, picks on it)
@@ -66,19 +67,27 @@ def pick_exposures(
     template=None,
     salt: str = "",
     show_progress: bool = False,
+    executor=None,
 ) -> PickResult:
     """Pick every exposure's micrograph and build the cryoSPARC particle Dataset (location + pick_stats)."""
     from pupick.core.pipeline import pick
 
     exposures = exposures.reset_index(drop=True).copy()
     paths = resolve_paths(exposures, project_dir)
-    row_of = {str(p): i for i, p in enumerate(paths)}
+    # each exposure at its own pixel size (psize_A), so a set with two pixel sizes is picked in one call
+    table = pd.DataFrame({"micrograph": [f"{i}:{stem(p)}" for i, p in enumerate(paths)],
+                          "path": [str(p) for p in paths],
+                          "pixel_size": exposures["pixel_size"] if "pixel_size" in exposures.columns else np.nan})
     total = len(paths)
     found: dict[int, pd.DataFrame] = {}
     failures: list[tuple[str, str]] = []
 
-    def on_done(path: Path, df: pd.DataFrame) -> None:
-        i = row_of[str(path)]
+    def on_result(res) -> None:
+        i = int(res.micrograph.split(":", 1)[0])
+        if res.error is not None:
+            failures.append((str(exposures.at[i, "path"]), res.error))
+            return
+        path = paths[i]
         ny, nx = float(exposures.at[i, "ny"]), float(exposures.at[i, "nx"])
         problem = _shape_problem(Path(path), ny, nx)
         if problem:
@@ -87,18 +96,15 @@ def pick_exposures(
             return
         if not np.isfinite(ny) or not np.isfinite(nx):
             exposures.at[i, "ny"], exposures.at[i, "nx"] = read_shape(path)
-        found[i] = df
+        found[i] = res.picks
         name = str(exposures.at[i, "micrograph"])
         if progress is not None:
-            progress(len(found) + len(failures), total, name, len(df))
+            progress(len(found) + len(failures), total, name, len(res.picks))
 
     start = time.perf_counter()
-    run = pick(paths, model, config, on_done=on_done, progress=show_progress, log=log,  # it logs its failures
-               keep_picks=False)  # on_done keeps them
+    pick(table, model, config, on_result=on_result, progress=show_progress, log=log,  # it logs its failures
+         keep_picks=False, executor=executor)  # on_result keeps them
     seconds = time.perf_counter() - start
-    for path, reason in run.failures:
-        i = row_of.get(str(path))
-        failures.append((str(exposures.at[i, "path"]) if i is not None else str(path), reason))
     if total and not found:
         first = failures[0][1] if failures else "no micrograph was picked"
         raise InputError(f"all {total} micrographs failed (first: {first})")

@@ -1,16 +1,15 @@
 """`pupick_relion_pick`: pick micrographs as a RELION External job (resumable, on-the-fly friendly)."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Sequence
 
 import pandas as pd
 
 from pupick.core.config import VIEW_COUNTS, PickConfig
 from pupick.core.errors import InputError
-from pupick.core.io import atomic_path, write_text_atomic
+from pupick.core.io import atomic_path
 
 from .common import end_process, pixel_size_of, read_micrographs, run_external, say, set_threads, set_version
 from .job import RelionJob
@@ -19,7 +18,6 @@ from .protocol import ExternalArgs, Param, check_inputs, choice, convert_params,
 
 PROGRAM = "pupick_relion_pick"
 LIST_NAME = "autopick.star"
-SETTINGS_NAME = "pupick_pick.json"  # what the finished per-micrograph files were picked with
 SUFFIX = "pupick"
 
 PARAMS = (
@@ -35,32 +33,6 @@ PARAMS = (
           "of each micrograph (default 4; 1 is fastest)"),
     Param("relion_version", text, "4 or 5 (default: from default_pipeline.star)"),
 )
-
-
-def _check_settings(out_dir: Path, settings: dict[str, Any], n_done: int) -> None:
-    """Refuse to mix picks made with different settings in one job; record the settings otherwise."""
-    record = out_dir / SETTINGS_NAME
-    if n_done and record.is_file():
-        try:
-            before = json.loads(record.read_text())
-        except (OSError, ValueError):
-            before = None
-        if isinstance(before, dict):
-            changed = [f"{k}: {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v]
-            if changed:
-                raise InputError(
-                    f"{record}: {n_done} micrograph(s) of this job were picked with other settings "
-                    f"({'; '.join(changed)}); run a new job for new settings, so one job's picks stay comparable"
-                )
-    write_text_atomic(record, json.dumps(settings, indent=1) + "\n")
-
-
-def _distance_px(value_A: float | None, pixel_size: float | None, what: str, source: str) -> float | None:
-    if value_A is None:
-        return None
-    if pixel_size is None:
-        raise InputError(f"{source}: no pixel size for the micrographs, so {what} in Å cannot be converted to pixels")
-    return value_A / pixel_size
 
 
 def _write_list(out_dir: Path, out_name: str, mics: pd.DataFrame, rel: Sequence[PurePosixPath], version: int) -> int:
@@ -95,7 +67,8 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
 
     from pupick.adapters.relion import write_coordinates_star
     from pupick.core.modelfile import load_model
-    from pupick.core.pipeline import pick
+    from pupick.core.outputs import OutputDir, PerMicrographFiles, pick_to_dir
+    from pupick.core.tables import duplicate_stems, stem
 
     model = load_model(values["model"])
     mc = model.config
@@ -108,58 +81,50 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
             raise InputError(f"{mics_star}: micrographs {owner[r]} and {path} would both write {r}; "
                              "their names differ only in the job directory")
         owner[r] = path
-    done = [(job.out_dir / r).is_file() for r in rel]
-    n_done = sum(done)
-    settings = {
-        "model_sha256": model.sha256,
-        "diameter": values["diameter"], "threshold": values["threshold"],
-        "min_distance": values["min_distance"], "max_picks": values["max_picks"], "views": values["views"],
-    }
-    _check_settings(job.out_dir, settings, n_done)
-    todo = mics[[not d for d in done]]
-    say(f"{len(mics)} micrograph(s) in {mics_star}: {n_done} picked by an earlier run (kept), {len(todo)} to pick")
-
-    out_of: dict[str, PurePosixPath] = {str(Path(p)): r for p, r in zip(mics["path"], rel)}
+    stems = [stem(p) for p in mics["path"]]
+    # records are keyed by micrograph name: the stem, or the coordinate file's path where stems repeat
+    names = stems if not duplicate_stems(stems) else [str(r.with_suffix("")).replace("/", "~") for r in rel]
+    table = pd.DataFrame({"micrograph": names, "path": list(mics["path"]),
+                          "pixel_size": mics["pixel_size"].map(pixel_size_of) if "pixel_size" in mics else None})
+    rel_of = dict(zip(names, rel))
+    min_dist = values["min_distance"]
+    if min_dist is None and values["diameter"] is not None:
+        min_dist = values["diameter"] / 2
+    config = PickConfig.from_settings({
+        "threshold": values["threshold"], "min_distance_A": min_dist, "max_picks": values["max_picks"],
+        "device": device, "views": int(values["views"]) if values["views"] else None})
+    files = PerMicrographFiles(
+        target=lambda item: Path(rel_of[item.micrograph]),
+        write=lambda df, target: write_coordinates_star(df, target, version=STAR_VERSIONS[job.version]))
+    n_done = sum(OutputDir(job.out_dir, "pick", {}).is_done(n, [job.out_dir / r]) for n, r in rel_of.items())
+    say(f"{len(mics)} micrograph(s) in {mics_star}: {n_done} picked by an earlier run (kept), "
+        f"{len(mics) - n_done} to pick")
     counts: list[int] = []
-    failures: list[tuple[Path, str]] = []
     started = time.perf_counter()
 
-    def on_done(path: Path, picks: pd.DataFrame) -> None:
-        write_coordinates_star(picks, job.out_dir / out_of[str(Path(path))], version=STAR_VERSIONS[job.version])
-        counts.append(len(picks))
-        say(f"[{n_done + len(counts)}/{len(mics)}] {path}: {len(picks)} picks")
+    def on_result(res) -> None:
+        if res.error is None:
+            counts.append(len(res.picks))
+            say(f"[{n_done + len(counts)}/{len(mics)}] {res.path}: {len(res.picks)} picks")
 
+    set_threads(args.threads)
+    job.check_abort()
     try:
-        if len(todo):
-            set_threads(args.threads)
-            job.check_abort()
-            pixel_sizes = todo["pixel_size"].map(pixel_size_of)
-            min_dist = values["min_distance"]
-            if min_dist is None and values["diameter"] is not None:
-                min_dist = values["diameter"] / 2
-            for ps in dict.fromkeys(pixel_sizes):  # one run per pixel size (optics groups may differ)
-                group = todo[pixel_sizes.map(lambda v: v == ps)]
-                config = PickConfig(
-                    threshold=PickConfig.threshold if values["threshold"] is None else values["threshold"],
-                    min_distance_px=_distance_px(min_dist, ps, "min_distance" if values["min_distance"] else
-                                                 "diameter", mics_star),
-                    max_picks=values["max_picks"], pixel_size=ps, device=device,
-                    views=int(values["views"]) if values["views"] else None, workers=1,
-                )
-                run = pick([Path(p) for p in group["path"]], model, config, on_done=on_done,
-                           should_stop=job.abort_requested, progress=False, log=say, keep_picks=False)
-                failures.extend(run.failures)
+        result = pick_to_dir(table, model, config, job.out_dir, files=files, on_result=on_result,
+                             should_stop=job.abort_requested, log=say,
+                             remedy="run a new job for new settings, so one job's picks stay comparable")
     finally:
         n_listed = _write_list(job.out_dir, args.out_name, mics, rel, job.version)
         say(f"{job.out_dir / LIST_NAME}: lists {n_listed} micrograph(s)")
-
     if counts:
         seconds = (time.perf_counter() - started) / len(counts)
         say(f"picked {len(counts)} micrograph(s): {sum(counts)} picks, {sum(counts) / len(counts):.1f} per micrograph "
             f"(min {min(counts)}, max {max(counts)}), {seconds:.2f} s per micrograph")
+    failures = result.failures
     if failures:  # each was reported in run.out as it happened
-        first_path, first_reason = failures[0]
-        raise InputError(f"{len(failures)} micrograph(s) could not be picked (first: {first_path}: {first_reason}); "
+        listed = "; ".join(f"{path}: {reason}" for path, reason in failures[:20])
+        more = f"; and {len(failures) - 20} more" if len(failures) > 20 else ""
+        raise InputError(f"{len(failures)} micrograph(s) could not be picked ({listed}{more}); "
                          "the others are saved - continue the job to retry")
     job.add_output_node(node_name(args.out_name, LIST_NAME), LABELS[job.version]["coords"])
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import run_core
+from ._common import DEVICE, run_core
 
 DIAMETER_PX = 56  # EMPIAR-10028 ribosomes at 5.36 Å/px (the bundled micrographs' headers leave it unset)
 LABEL_FRACTION = 0.3
@@ -31,7 +31,9 @@ def run_demo(data: Path, out: Path, seed: int, device: str, log) -> dict:
     from ..evaluate import evaluate
     from ..io import atomic_path, read_micrograph
     from ..overlay import plot_overlay, plot_pr
-    from ..pipeline import pick_to_dir, train
+    from ..modelfile import load_model
+    from ..outputs import pick_to_dir
+    from ..pipeline import train
     from ..tables import stem, validate_picks
 
     mics = sorted((data / "micrographs").glob("*.mrc"))
@@ -60,12 +62,12 @@ def run_demo(data: Path, out: Path, seed: int, device: str, log) -> dict:
     t_train = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    from .pick import _writer
+    from .pick import _files
 
     picks_dir = out / "picks"
-    result = pick_to_dir(test_mics, model_path, PickConfig(device=device, seed=seed), picks_dir,
-                         writer=_writer("star", picks_dir, None), settings={"format": "star"}, overwrite=True,
-                         progress=True, log=log)
+    config = PickConfig.from_settings({"device": device, "seed": seed})
+    result = pick_to_dir(test_mics, load_model(model_path), config, picks_dir, files=_files("star", None),
+                         settings={"format": "star"}, overwrite=True, progress=True, log=log)
     if result.run.failures:
         raise InputError(f"could not pick {result.run.failures[0][0]}: {result.run.failures[0][1]}")
     t_pick = time.perf_counter() - t1
@@ -92,7 +94,7 @@ def run_demo(data: Path, out: Path, seed: int, device: str, log) -> dict:
 @click.option("--data", type=click.Path(file_okay=False, exists=True), default=None,
               help="A directory with micrographs/*.mrc and particles.csv (default: the bundled data/demo).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where the network runs.")
 def command(out_dir, data, seed, device):
     """Train on 30% of the labels of the bundled micrographs, pick held-out ones and report AP and F1."""
     data_dir = Path(data) if data else bundled_data()

@@ -29,7 +29,7 @@ def _micrograph_list(spec: str) -> list[str]:
 
 def _recorded_diameter(picks_path: str) -> float | None:
     """The particle diameter recorded by `pupick pick` next to its picks (OUTDIR/pupick_pick.json), if any."""
-    from ..pipeline import MANIFEST
+    from ..outputs import PICK_MANIFEST as MANIFEST
 
     p = Path(picks_path)
     for manifest in (p / MANIFEST, p.parent / MANIFEST):
@@ -43,19 +43,17 @@ def _recorded_diameter(picks_path: str) -> float | None:
 
 
 def _match_radius(match_radius, diameter_px, model, picks) -> float:
+    from ..evaluate import default_match_radius
+
     if match_radius is not None:
         return match_radius
-    if diameter_px is not None:
-        return diameter_px / 2
-    if model is not None:
+    if diameter_px is None and model is not None:
         from ..modelfile import load_model
 
-        d = load_model(model).config.get("diameter_px")
-        if d:
-            return float(d) / 2
-    d = _recorded_diameter(picks)
-    if d:
-        return d / 2
+        diameter_px = load_model(model).config.get("diameter_px")
+    radius = default_match_radius(diameter_px or _recorded_diameter(picks))
+    if radius is not None:
+        return radius
     raise InputError("the particle diameter is unknown here: give --match-radius (original pixels), "
                      "--diameter-px or --model")
 

@@ -6,30 +6,33 @@ from pathlib import Path
 
 import click
 
-from ..config import VIEW_COUNTS, PickConfig
+import dataclasses
+
+from ..config import DEFAULT_THRESHOLD, METHODS, PRECISIONS, VIEW_COUNTS, PickConfig
+from ..evaluate import default_match_radius
 from ..io import atomic_path, expand_inputs
-from ._common import read_pick_table, run_core
+from ..pipeline import check_model
+from ._common import DEVICE, read_pick_table, run_core, usage
 
 FORMATS = ("csv", "star", "box", "tsv", "cs")
 COORD_DIR = "coordinates"  # per-micrograph files live in OUTDIR/coordinates/<stem>.<ext>
 EXTENSIONS = {"csv": ".csv", "tsv": ".tsv", "star": ".star", "box": ".box"}
 
 
-def _writer(fmt: str, out_dir: Path, box_size: int | None):
-    """A per-micrograph writer for the chosen format (None for cs: one particles file at the end)."""
+def _files(fmt: str, box_size: int | None):
+    """Per-micrograph files for the chosen format in OUTDIR/coordinates/ (None for cs: one particles file)."""
     if fmt == "cs":
         return None
     from pupick.adapters.registry import write_picks
 
+    from ..outputs import PerMicrographFiles
+
     adapter_fmt = "relion" if fmt == "star" else fmt
     ext = EXTENSIONS[fmt]
-
-    def write(df, path: Path) -> None:
-        from ..tables import stem
-
-        write_picks(df, out_dir / COORD_DIR / f"{stem(path)}{ext}", fmt=adapter_fmt, box_size=box_size)  # atomic
-
-    return write
+    return PerMicrographFiles(
+        target=lambda item: Path(COORD_DIR) / f"{item.micrograph}{ext}",
+        write=lambda df, target: write_picks(df, target, fmt=adapter_fmt, box_size=box_size),  # atomic
+    )
 
 
 def _summary(result, config: PickConfig, seconds: float, labels, match_radius) -> list[str]:
@@ -41,7 +44,7 @@ def _summary(result, config: PickConfig, seconds: float, labels, match_radius) -
     if n_mics:
         counts = picks.groupby("micrograph", observed=True).size().to_numpy() if len(picks) else np.zeros(0, int)
         counts = np.r_[counts, np.zeros(max(0, n_mics - len(counts)), int)]
-        lines.append(f"{len(picks)} picks on {n_mics} micrograph(s) at threshold {config.threshold:g}: "
+        lines.append(f"{len(picks)} picks on {n_mics} micrograph(s) at threshold {config.extract.threshold:g}: "
                      f"{counts.mean():.1f} per micrograph (median {np.median(counts):g}, range {counts.min()}-"
                      f"{counts.max()})" + (f"; {len(result.skipped)} done earlier" if result.skipped else ""))
     if run.n_done:
@@ -82,24 +85,28 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 
 @click.command("pick")
 @click.argument("micrographs", nargs=-1, required=True)
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--model", "model_path", default=None,
               help="Model file from `pupick train` (not with --method blob).")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--threshold", type=float, default=-6.0, show_default=True,
+@click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
               help="Keep picks scoring at least this (a logit; low on purpose so recall is not cut).")
 @click.option("--min-distance", type=float, default=None,
               help="Minimum distance between picks, original pixels (default: the particle radius).")
 @click.option("--pixel-size", type=float, default=None,
               help="Å per original pixel of the micrographs (overrides the header; rescales if not the model's).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True,
-              help="Per-micrograph files in OUTDIR/coordinates/ (cs: one OUTDIR/particles.cs, needs --exposures).")
+              help="Per-micrograph files: one file per micrograph in OUTDIR/coordinates/ (star: RELION coordinate "
+                   "files plus their list OUTDIR/coordinates.star); cs: one OUTDIR/particles.cs for cryoSPARC "
+                   "(needs --exposures). OUTDIR/picks.csv is always written.")
 @click.option("--box-size", type=int, default=None, help="Box size for .box (default: even, >= 1.5 x diameter).")
 @click.option("--exposures", type=click.Path(dir_okay=False, exists=True), default=None,
               help="cryoSPARC exposures .cs that the micrographs come from (for --format cs).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True,
+              help="Where the network runs (cuda:N picks a GPU).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Reader threads ahead of the scorer.")
 @click.option("--overwrite", is_flag=True, help="Redo every micrograph, even with other settings than before.")
 @click.option("--max-picks", type=int, default=None, help="Keep at most this many picks per micrograph.")
+@click.option("--top-n", type=int, default=None, hidden=True, help="Alias of --max-picks.")
 @click.option("--border", type=float, default=None,
               help="Drop picks closer than this to an edge (original pixels; default: the particle radius, or as close as "
                    "the training labels came when that is wider, at most a diameter; 0 keeps all).")
@@ -107,28 +114,27 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @click.option("--views", type=click.Choice([str(v) for v in VIEW_COUNTS]), default=None,
               help="Average the score over this many rotated/mirrored copies of each micrograph (more: smoother, "
                    "slower; default 4, or 1 with --dense).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--score-maps", is_flag=True, help="Also write each score map as OUTDIR/score_maps/<stem>.mrc.")
-@click.option("--method", type=click.Choice(["cnn", "blob"]), default="cnn", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default="cnn", show_default=True,
               help="cnn (a trained model) or blob (training-free band-pass picker; needs the diameter).")
 @click.option("--diameter", type=float, default=None, help="Blob picker: particle diameter in Å.")
 @click.option("--diameter-px", type=float, default=None, help="Blob picker: particle diameter in original pixels.")
 @click.option("--light", is_flag=True, help="Blob picker: particles are lighter than the background.")
-@click.option("--top-n", type=int, default=None, help="Keep the N best picks per micrograph.")
 @click.option("--exclude-carbon", is_flag=True, help="Drop picks on carbon/ice areas far from the ice component.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice (the GMM subsample).")
 @click.option("--labels", type=click.Path(exists=True), default=None,
               help="Optional labels: the summary suggests the best-F1 threshold against them.")
 @click.option("--match-radius", type=float, default=None, help="With --labels: match radius (default: radius).")
 def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_size, fmt, box_size, exposures, device,
-            workers, overwrite, max_picks, border, dense, views, precision, score_maps, method, diameter, diameter_px,
-            light, top_n, exclude_carbon, labels, match_radius):
+            workers, overwrite, max_picks, top_n, border, dense, views, precision, score_maps, method, diameter,
+            diameter_px, light, exclude_carbon, seed, labels, match_radius):
     """Pick particles on MICROGRAPHS (files, directories, globs, @list.txt) into OUTDIR/picks.csv."""
     import time
 
     from ..errors import InputError
-    from ..pipeline import pick_to_dir
+    from ..outputs import pick_to_dir
 
-    paths = run_core(expand_inputs, micrographs)
     out = Path(out_dir)
     if method == "cnn" and not model_path:
         raise click.UsageError("--model is required (or --method blob with --diameter/--diameter-px)")
@@ -136,41 +142,49 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
         raise click.UsageError("--method blob takes no --model")
     if fmt == "cs" and not exposures:
         raise click.UsageError("--format cs needs --exposures EXPOSURES.cs (the micrographs' exposures)")
-    config = PickConfig(threshold=threshold, min_distance_px=min_distance, max_picks=max_picks, border_px=border,
-                        pixel_size=pixel_size, device=device, precision=precision,
-                        stride="dense" if dense else "fast", views=int(views) if views else None, workers=workers,
-                        score_map_dir=str(out / "score_maps") if score_maps else None, method=method,
-                        diameter_A=diameter, diameter_px=diameter_px, dark_particles=not light,
-                        exclude_carbon=exclude_carbon, top_n=top_n)
-    label_table = None
-    if labels:
-        label_table = run_core(read_pick_table, labels)
-    box = None
-    if fmt == "box":
-        box = run_core(_box_size, box_size, model_path, config)
-    writer = _writer(fmt, out, box)
-    settings = {"format": fmt, "box_size": box}
+    if box_size is not None and box_size < 1:
+        raise click.UsageError(f"--box-size must be a whole number >= 1 (got {box_size})")
+    if match_radius is not None and not (match_radius > 0 and match_radius < float("inf")):
+        raise click.UsageError(f"--match-radius must be a finite number > 0 (got {match_radius})")
+    settings = {"method": method, "threshold": threshold, "min_distance": min_distance, "max_picks": max_picks,
+                "border": border, "pixel_size": pixel_size, "device": device, "precision": precision,
+                "stride": "dense" if dense else "native", "views": int(views) if views else None,
+                "workers": workers, "diameter": diameter, "diameter_px": diameter_px, "dark_particles": not light,
+                "exclude_carbon": exclude_carbon, "seed": seed}
+    if top_n is not None and max_picks is None:
+        settings["max_picks"] = top_n
+    config = usage(PickConfig.from_settings, settings)
+    if score_maps:
+        config = dataclasses.replace(config, score_map_dir=str(out / "score_maps"))
+    paths = usage(expand_inputs, micrographs)
+    model = run_core(check_model, model_path, config)  # loaded once, here
+    label_table = run_core(read_pick_table, labels) if labels else None
+    box = run_core(_box_size, box_size, model, config) if fmt == "box" else None
+    files = _files(fmt, box)
     t0 = time.perf_counter()
-    result = run_core(pick_to_dir, paths, model_path, config, out, writer=writer, settings=settings,
+    result = run_core(pick_to_dir, paths, model, config, out, files=files, settings={"format": fmt, "box_size": box},
                       overwrite=overwrite, progress=True, log=lambda m: click.echo(m, err=True))
     seconds = time.perf_counter() - t0
     if fmt == "cs":
         run_core(_write_cs, result.picks, out / "particles.cs", exposures)
     if fmt == "star":
-        run_core(_write_star_list, paths, out)
+        run_core(_write_star_list, result, out)
     radius = match_radius
     if label_table is not None and radius is None:
         d = _diameter(result, config)
         if d is None:
             raise click.UsageError("--labels needs --match-radius (the model records no particle diameter)")
-        radius = d / 2
+        radius = default_match_radius(d)
     try:
         lines = _summary(result, config, seconds, label_table, radius)
     except InputError as err:
         lines = [f"(no threshold suggestion: {err})"]
     for line in lines:
         click.echo(line)
-    click.echo(f"wrote {result.picks_path}" + (f" and {fmt} files in {out / COORD_DIR}" if writer else ""))
+    wrote = f"wrote {result.picks_path}"
+    if files is not None and (out / COORD_DIR).is_dir():
+        wrote += f" and {fmt} files in {out / COORD_DIR}"
+    click.echo(wrote)
     failures = result.run.failures
     for path, reason in failures:
         click.echo(f"  failed: {reason}", err=True)
@@ -187,17 +201,15 @@ def _diameter(result, config: PickConfig) -> float | None:
         return float(np.median(list(result.run.diameters.values())))
     if result.model is not None:
         return result.model.config.get("diameter_px")
-    return config.diameter_px
+    return config.preprocess.diameter_px
 
 
-def _box_size(box_size: int | None, model_path: str | None, config: PickConfig) -> int:
+def _box_size(box_size: int | None, model, config: PickConfig) -> int:
     from pupick.adapters.eman import box_size_for
 
-    diameter = config.diameter_px
-    if box_size is None and diameter is None and model_path:
-        from ..modelfile import load_model
-
-        diameter = load_model(model_path).config.get("diameter_px")
+    diameter = config.preprocess.diameter_px
+    if box_size is None and diameter is None and model is not None:
+        diameter = model.config.get("diameter_px")
     return box_size_for(box_size, diameter)
 
 
@@ -208,17 +220,15 @@ def _write_cs(picks, target: Path, exposures: str) -> None:
     write_picks(picks, target, fmt="cs", micrographs=read_micrographs(exposures))
 
 
-def _write_star_list(paths: list[Path], out: Path) -> None:
+def _write_star_list(result, out: Path) -> None:
     """OUTDIR/coordinates.star: RELION's list of micrographs and their coordinate files."""
     import pandas as pd
 
     from pupick.adapters.relion import write_coordinate_list
 
-    from ..tables import stem
-
     entries = pd.DataFrame({
-        "micrograph_path": [str(p) for p in paths],
-        "coordinates_path": [str(out / COORD_DIR / f"{stem(p)}.star") for p in paths],
+        "micrograph_path": [i.path for i in result.items],
+        "coordinates_path": [str(out / COORD_DIR / f"{i.micrograph}.star") for i in result.items],
     })
     exists = [Path(c).exists() for c in entries["coordinates_path"]]
     with atomic_path(out / "coordinates.star") as tmp:

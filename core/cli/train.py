@@ -5,12 +5,11 @@ from pathlib import Path
 
 import click
 
-from ..config import PreprocessConfig, TrainConfig
+from ..config import ARCHITECTURES, PreprocessConfig, TrainConfig
 from ..errors import InputError
 from ..io import expand_inputs
-from ._common import read_pick_table, run_core, size_options
+from ._common import DEVICE, read_pick_table, run_core, size_options
 
-ARCHS = ["resnet8", "resnet16", "conv31", "conv63", "conv127"]  # core.models.MODELS, listed here to keep torch lazy
 OBJECTIVES = ["ge-binomial", "ge-kl", "nnpu", "pn"]  # core.objectives.OBJECTIVES
 
 
@@ -41,7 +40,7 @@ def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
               help="Expected particles per micrograph (sets the class prior π). Default: twice the labeled mean.")
 @size_options
 @click.option("--label-radius", type=float, default=3, show_default=True, help="Positive radius, downsampled px.")
-@click.option("--arch", type=click.Choice(ARCHS), default="resnet8", show_default=True)
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default="resnet8", show_default=True)
 @click.option("--units", type=int, default=32, show_default=True, help="Network width.")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="ge-binomial", show_default=True)
 @click.option("--slack", type=float, default=None, help="GE penalty weight (default 1 for ge-binomial, 10 for ge-kl).")
@@ -56,7 +55,7 @@ def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="Preprocessed-micrograph cache (default: MODEL.cache/ next to the model).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where the network trains.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(micrographs, labels, output, expected_particles, scale, diameter, diameter_px, pixel_size, label_radius,

@@ -103,17 +103,17 @@ def test_deterministic(prepped):
 
 def test_pipeline_top_n_threshold_and_determinism(tmp_path):
     mics = [DEMO / "micrographs" / f"{m}.mrc" for m in MICS]
-    full = pick(mics, None, PickConfig(method="blob", diameter_px=DIAMETER), progress=False)
+    full = pick(mics, None, PickConfig.from_settings(dict(method="blob", diameter_px=DIAMETER)), progress=False)
     assert not full.failures and set(full.picks["micrograph"]) == set(MICS)
-    top = pick(mics, None, PickConfig(method="blob", diameter_px=DIAMETER, top_n=25), progress=False)
+    top = pick(mics, None, PickConfig.from_settings(dict(method="blob", diameter_px=DIAMETER, top_n=25)), progress=False)
     assert top.picks.groupby("micrograph").size().to_dict() == {m: 25 for m in MICS}
     for m in MICS:  # the top 25 are the 25 best of the full run
         best = full.picks[full.picks.micrograph == m].nlargest(25, "score")
         got = top.picks[top.picks.micrograph == m]
         np.testing.assert_allclose(np.sort(got["score"]), np.sort(best["score"]))
-    strict = pick(mics, None, PickConfig(method="blob", diameter_px=DIAMETER, threshold=3.0), progress=False)
+    strict = pick(mics, None, PickConfig.from_settings(dict(method="blob", diameter_px=DIAMETER, threshold=3.0)), progress=False)
     assert 0 < len(strict.picks) < len(full.picks) and (strict.picks["score"] >= 3.0).all()
-    again = pick(mics, None, PickConfig(method="blob", diameter_px=DIAMETER), progress=False)
+    again = pick(mics, None, PickConfig.from_settings(dict(method="blob", diameter_px=DIAMETER)), progress=False)
     pd.testing.assert_frame_equal(full.picks, again.picks)
     # picks are in original pixels, inside the 1024^2 micrograph and at least a particle radius from its edges
     r = DIAMETER / 2

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pupick.core.config import PickConfig
+from pupick.core.config import ScoreConfig
 from pupick.core.errors import InputError
 from pupick.core.models import ModelConfig, build
 from pupick.core.score import Scorer, choose_device, choose_precision, score_micrograph, upsample_map
@@ -49,19 +49,19 @@ def reference(module, image, dense):
     return out
 
 
-@pytest.mark.parametrize("stride", ["dense", "fast"])
+@pytest.mark.parametrize("stride", ["dense", "native"])
 def test_stitched_tiles_equal_the_untiled_map(tiny, image, stride):
     ref = reference(tiny, image, stride == "dense")
     for tile in (48, 4096):
-        got = Scorer(tiny, PickConfig(stride=stride, precision="fp32", device="cpu", tile_size=tile)).coarse(image)
+        got = Scorer(tiny, ScoreConfig(stride=stride, precision="fp32", device="cpu", tile_size=tile)).coarse(image)
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-5)
 
 
 def test_fast_map_samples_the_dense_map_and_keeps_the_image_grid(tiny, image):
     cfg = dict(precision="fp32", device="cpu")
-    dense = Scorer(tiny, PickConfig(stride="dense", **cfg))(image)
-    fast_scorer = Scorer(tiny, PickConfig(stride="fast", views=1, **cfg))
+    dense = Scorer(tiny, ScoreConfig(stride="dense", **cfg))(image)
+    fast_scorer = Scorer(tiny, ScoreConfig(stride="native", views=1, **cfg))
     coarse = fast_scorer.coarse(image)
     j = fast_scorer.stride
     assert j == 4
@@ -73,19 +73,19 @@ def test_fast_map_samples_the_dense_map_and_keeps_the_image_grid(tiny, image):
 
 def test_views_default_to_four_in_fast_mode_and_one_in_dense_mode(tiny, image):
     cfg = dict(precision="fp32", device="cpu")
-    assert len(Scorer(tiny, PickConfig(stride="fast", **cfg)).views) == 4
-    assert len(Scorer(tiny, PickConfig(stride="dense", **cfg)).views) == 1
-    with pytest.raises(InputError, match="views 3"):
-        Scorer(tiny, PickConfig(views=3, **cfg))
+    assert len(Scorer(tiny, ScoreConfig(stride="native", **cfg)).views) == 4
+    assert len(Scorer(tiny, ScoreConfig(stride="dense", **cfg)).views) == 1
+    with pytest.raises(InputError, match="views"):
+        Scorer(tiny, ScoreConfig(views=3, **cfg))
 
 
 @pytest.mark.parametrize("views", [4, 8])
 def test_averaged_views_make_the_map_follow_the_micrograph_when_turned(tiny, image, views):
     # the views form a group, so scoring a turned (or mirrored) micrograph gives the turned map, which one view
     # does not at the native stride (the coarse grid lands on other pixels)
-    cfg = dict(precision="fp32", device="cpu", stride="fast")
-    many = Scorer(tiny, PickConfig(views=views, **cfg))
-    one = Scorer(tiny, PickConfig(views=1, **cfg))
+    cfg = dict(precision="fp32", device="cpu", stride="native")
+    many = Scorer(tiny, ScoreConfig(views=views, **cfg))
+    one = Scorer(tiny, ScoreConfig(views=1, **cfg))
     turned = np.ascontiguousarray(np.rot90(image))
     np.testing.assert_allclose(many(turned), np.rot90(many(image)), atol=1e-4)
     assert np.abs(one(turned) - np.rot90(one(image))).max() > 1e-2
@@ -95,10 +95,10 @@ def test_averaged_views_make_the_map_follow_the_micrograph_when_turned(tiny, ima
 
 
 def test_averaged_views_are_the_mean_of_the_single_view_maps(tiny, image):
-    cfg = dict(precision="fp32", device="cpu", stride="fast")
-    one = Scorer(tiny, PickConfig(views=1, **cfg))
+    cfg = dict(precision="fp32", device="cpu", stride="native")
+    one = Scorer(tiny, ScoreConfig(views=1, **cfg))
     expected = (one(image) + np.rot90(one(np.ascontiguousarray(np.rot90(image[:, ::-1], 2))), -2)[:, ::-1]) / 2
-    np.testing.assert_allclose(Scorer(tiny, PickConfig(views=2, **cfg))(image), expected, atol=1e-5)
+    np.testing.assert_allclose(Scorer(tiny, ScoreConfig(views=2, **cfg))(image), expected, atol=1e-5)
 
 
 def test_map_is_aligned_with_the_image(tiny):
@@ -107,21 +107,21 @@ def test_map_is_aligned_with_the_image(tiny):
     img = np.zeros((160, 160), np.float32)
     img[40:120, 40:120] = rng.normal(size=(80, 80))
     shifted = np.roll(img, (7, -5), axis=(0, 1))
-    s = Scorer(tiny, PickConfig(stride="dense", precision="fp32", device="cpu"))
+    s = Scorer(tiny, ScoreConfig(stride="dense", precision="fp32", device="cpu"))
     a, b = s(img), s(shifted)
     np.testing.assert_allclose(np.roll(a, (7, -5), axis=(0, 1))[20:140, 20:140], b[20:140, 20:140], atol=2e-5)
 
 
 def test_scoring_leaves_the_callers_module_alone(tiny, image):
     tiny.train()
-    score_micrograph(tiny, image, PickConfig(stride="dense", precision="fp32", device="cpu"))
+    score_micrograph(tiny, image, ScoreConfig(stride="dense", precision="fp32", device="cpu"))
     assert tiny.training and not tiny.dense
     tiny.eval()
 
 
 def test_bf16_is_close_to_fp32(tiny, image):
-    a = score_micrograph(tiny, image, PickConfig(precision="fp32", device="cpu"))
-    b = score_micrograph(tiny, image, PickConfig(precision="bf16", device="cpu"))
+    a = score_micrograph(tiny, image, ScoreConfig(precision="fp32", device="cpu"))
+    b = score_micrograph(tiny, image, ScoreConfig(precision="bf16", device="cpu"))
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
 
 
@@ -145,4 +145,4 @@ def test_device_and_precision_choice():
     with pytest.raises(InputError, match="precision"):
         choose_precision("fp8", torch.device("cpu"))
     with pytest.raises(InputError, match="stride"):
-        Scorer(build(ModelConfig(units=2)), PickConfig(stride="sparse"))
+        Scorer(build(ModelConfig(units=2)), ScoreConfig(stride="sparse"))

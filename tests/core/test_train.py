@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from pupick.core.cli.train import command
-from pupick.core.config import PickConfig, PreprocessConfig, TrainConfig
+from pupick.core.config import ScoreConfig, PreprocessConfig, TrainConfig
 from pupick.core.errors import InputError
 from pupick.core.io import read_micrograph
 from pupick.core.modelfile import load_model
@@ -52,7 +52,7 @@ def test_session_model_scores_particles_above_background_on_a_held_out_micrograp
     model = load_model(trained_model)
     pre = preprocess_micrograph(read_micrograph(demo_dir / "micrographs" / f"{HELD_OUT}.mrc"),
                                 PreprocessConfig(diameter_px=56))
-    smap = score_micrograph(model, pre.image, PickConfig(stride="dense"))
+    smap = score_micrograph(model, pre.image, ScoreConfig(stride="dense"))
     assert smap.shape == pre.image.shape
     lab = demo_labels[demo_labels["micrograph"] == HELD_OUT]
     rows = np.rint(lab["y"].to_numpy() / pre.factor).astype(int)

@@ -204,7 +204,7 @@ def live_pick(cs_project):
     # what alloc_output("particles", 0) returns: the server's fields for location + pick_stats
     template = Dataset.allocate(0, PARTICLE_FIELDS)
     logs, progress = [], []
-    config = PickConfig(method="blob", diameter_px=DIAMETER_PX, threshold=-1e9)
+    config = PickConfig.from_settings(dict(method="blob", diameter_px=DIAMETER_PX, threshold=-1e9))
     result = pick_exposures(exposures, cs_project.root, None, config, log=logs.append,
                             progress=lambda *a: progress.append(a), template=template, salt="P1/J9")
     return wire, exposures, result, logs, progress

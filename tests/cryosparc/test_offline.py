@@ -204,7 +204,7 @@ def test_offline_needs_output_and_project_dir(cs_project, capsys):
 def test_model_required_for_cnn(cs_project, tmp_path, capsys):
     code, err = run_main(["pick", "--exposures", str(cs_project.exposures_cs), "--project-dir", str(cs_project.root),
                           "-o", str(tmp_path / "p.cs")], capsys)
-    assert code == 1 and "--model is required" in err
+    assert code == 2 and "--model is required" in err  # bad usage
 
 
 def test_version_is_plain_semver(capsys):

@@ -1,0 +1,86 @@
+"""Console-script plumbing shared by `pupick` and the wrappers' commands: one-line errors, exit codes, option types.
+
+Exit codes: 2 for bad usage (an option or input that cannot work, refused before any work), 1 for failed work.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import click
+
+from .config import DEVICES, check_device
+from .errors import InputError, PupickError
+
+
+class UserError(click.ClickException):
+    """A PupickError surfaced through click: one line `PROG: error: ...`, exit status 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"{_prog()}: error: {self.format_message()}", err=True, file=file)
+
+
+def _prog() -> str:
+    ctx = click.get_current_context(silent=True)
+    return ctx.find_root().info_name if ctx is not None and ctx.find_root().info_name else "pupick"
+
+
+def run_core(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Call a core function, turning PupickError into a click error (exit 1, one line, no traceback)."""
+    try:
+        return fn(*args, **kwargs)
+    except PupickError as err:
+        raise UserError(str(err)) from None
+
+
+def usage(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Build a config or check an option: an InputError is bad usage (exit 2, one line), raised before any work."""
+    try:
+        return fn(*args, **kwargs)
+    except InputError as err:
+        raise click.UsageError(str(err)) from None
+
+
+class DeviceType(click.ParamType):
+    """auto, cpu, cuda or cuda:N: the devices the engine accepts (config.check_device), for every front end."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        try:
+            return check_device(value)
+        except InputError:
+            self.fail(f"{value!r}: choose {', '.join(DEVICES)} or cuda:N", param, ctx)
+
+    def get_metavar(self, param: Any, ctx: Any = None) -> str:
+        return "[" + "|".join(DEVICES) + "|cuda:N]"
+
+
+DEVICE = DeviceType()
+
+
+def size_options(f: Callable) -> Callable:
+    """--scale / --diameter / --diameter-px / --pixel-size, shared by preprocess, train and pick."""
+    f = click.option("--pixel-size", type=float, default=None, help="Å per original pixel (overrides the header).")(f)
+    f = click.option("--diameter-px", type=float, default=None, help="Particle diameter in original pixels.")(f)
+    f = click.option("--diameter", type=float, default=None, help="Particle diameter in Å (needs a pixel size).")(f)
+    f = click.option("--scale", type=float, default=None, help="Downsampling factor (default: from the diameter).")(f)
+    return f
+
+
+def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> None:
+    """Run a click command as a console script: user errors are one line `PROG: error: ...` (exit 1), bad usage
+    exit 2, Ctrl-C 130; a closed stdout (`| head`) after the work is done is not an error."""
+    try:
+        group.main(args=argv, prog_name=prog, standalone_mode=False)
+    except PupickError as err:
+        click.echo(f"{prog}: error: {err}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo(f"{prog}: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)

@@ -1,0 +1,305 @@
+"""The one resumable-output helper: `pupick pick`, `pupick preprocess`, the RELION job and the service write through it.
+
+An output directory holds a manifest (`pupick_<kind>.json`: version, settings, failures), one record per finished
+micrograph in `.pupick_records/` (the resume marker, written last), and the user-visible outputs. A rerun skips a
+micrograph only when its record AND its outputs exist; settings that differ from the manifest's are refused unless
+`overwrite`, but only when something was finished with them; `overwrite` removes the earlier records and the outputs
+they name. A kernel lock (flock) on `.pupick.lock` keeps two runs out of one directory and dies with its holder.
+Every file is written under a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .io import atomic_path, write_text_atomic
+
+LOCK = ".pupick.lock"
+RECORDS = ".pupick_records"
+PICK_MANIFEST = "pupick_pick.json"
+PICKS_TABLE = "picks.csv"
+
+
+class OutputDir:
+    """A resumable output directory (use as a context manager: it holds the directory's lock)."""
+
+    def __init__(self, path: str | os.PathLike, kind: str, settings: dict[str, Any], *, overwrite: bool = False,
+                 remedy: str = "use another output directory or --overwrite") -> None:
+        self.path = Path(path)
+        self.remedy = remedy
+        self.kind = kind
+        self.settings = settings
+        self.overwrite = overwrite
+        self.manifest_path = self.path / f"pupick_{kind}.json"
+        self.records = self.path / RECORDS
+        self.manifest: dict[str, Any] = {}
+        self._lock_fd: int | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def __enter__(self) -> "OutputDir":
+        self._create()
+        self._lock()
+        try:
+            self._check_settings()
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._unlock()
+
+    def _create(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"{self.path}: exists and is not a directory")
+        try:
+            self.records.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"{self.path}: cannot create the output directory ({_reason(err)})") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise InputError(f"{self.path}: the output directory is not writable")
+
+    def _lock(self) -> None:
+        import fcntl
+
+        lock = self.path / LOCK
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise InputError(f"{lock}: cannot open the lock file ({_reason(err)})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise InputError(f"{self.path}: another pupick run (process {holder}) is writing here; wait for it "
+                             "to finish or use another output directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock; the kernel does it too if we die
+            self._lock_fd = None
+
+    def _check_settings(self) -> None:
+        earlier: dict[str, Any] = {}
+        if self.manifest_path.exists():
+            try:
+                earlier = json.loads(self.manifest_path.read_text())
+                if not isinstance(earlier, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as err:
+                if not self.overwrite and self.finished():
+                    raise InputError(f"{self.manifest_path}: unreadable ({err}); remove it or use --overwrite") from None
+                earlier = {}
+        if self.overwrite:
+            self.clear()
+            earlier = {}
+        elif earlier.get("settings") not in (None, self.settings) and self.finished():
+            raise InputError(f"{self.path}: holds {self.kind} outputs made with a different "
+                             f"{'; '.join(_differences(earlier.get('settings'), self.settings))}; {self.remedy}")
+        from . import __version__
+
+        self.manifest = {"pupick_version": __version__, "kind": self.kind, "settings": self.settings,
+                         "failures": earlier.get("failures", {}) if earlier.get("settings") == self.settings else {},
+                         **{k: v for k, v in earlier.items() if k not in ("pupick_version", "kind", "settings",
+                                                                          "failures")}}
+        self.save_manifest()
+
+    # -- records -------------------------------------------------------------------------------------------------
+    def finished(self) -> list[str]:
+        """Names of the micrographs with a record (finished by some run)."""
+        return sorted(p.stem for p in self.records.glob("*.csv")) if self.records.is_dir() else []
+
+    def outputs_of(self, name: str) -> list[Path]:
+        """The user-visible files a record says its micrograph produced."""
+        index = self.records / f"{name}.outputs"
+        if not index.exists():
+            return []
+        return [self.path / line for line in index.read_text().splitlines() if line.strip()]
+
+    def is_done(self, name: str, outputs: Sequence[Path] = ()) -> bool:
+        """Finished earlier, and every output the user sees is still there (a deleted one is redone)."""
+        if not (self.records / f"{name}.csv").exists():
+            return False
+        return all(Path(p).exists() for p in [*self.outputs_of(name), *outputs])
+
+    def record(self, name: str, table: pd.DataFrame, outputs: Sequence[Path] = ()) -> None:
+        """Mark a micrograph finished: its outputs' index, then its record (last: the resume marker)."""
+        rel = [os.path.relpath(p, self.path) for p in outputs]
+        write_text_atomic(self.records / f"{name}.outputs", "".join(f"{r}\n" for r in rel))
+        write_table(table, self.records / f"{name}.csv")
+        self.manifest["failures"].pop(name, None)
+
+    def fail(self, name: str, reason: str) -> None:
+        self.manifest["failures"][name] = reason
+
+    def read(self, name: str) -> pd.DataFrame:
+        return read_table(self.records / f"{name}.csv")
+
+    def clear(self) -> None:
+        """Remove every record and the outputs it names (what --overwrite means)."""
+        for name in self.finished():
+            for out in self.outputs_of(name):
+                out.unlink(missing_ok=True)
+            for suffix in (".csv", ".outputs"):
+                (self.records / f"{name}{suffix}").unlink(missing_ok=True)
+
+    def save_manifest(self) -> None:
+        write_text_atomic(self.manifest_path, json.dumps(self.manifest, indent=1))
+
+
+def _reason(err: OSError) -> str:
+    return (err.strerror or str(err)).lower()
+
+
+def _differences(before: Any, now: dict[str, Any]) -> list[str]:
+    """Readable names of the settings that changed (model, format, and each picking field)."""
+    before = before if isinstance(before, dict) else {}
+    names = {"model_sha256": "model"}
+    out = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            out.append(names.get(key, key) if key == "model_sha256" else f"{key}: {a} -> {b}")
+    return out or ["settings"]
+
+
+PICK_TABLE_COLUMNS = ["micrograph", "x", "y", "score", "path"]
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype={"micrograph": str, "path": str}, keep_default_na=False, na_values={"score": [""]})
+    return df.reindex(columns=PICK_TABLE_COLUMNS)
+
+
+def write_table(df: pd.DataFrame, target: Path) -> None:
+    """A picks table as CSV (micrograph,x,y,score,path), atomically; the format of picks.csv."""
+    with atomic_path(target) as tmp:
+        df[PICK_TABLE_COLUMNS].to_csv(tmp, index=False, float_format="%.6g")
+
+
+def gather(out: OutputDir, names: list[str]) -> pd.DataFrame:
+    """All finished micrographs' picks in one table; names and paths as categoricals, so 10^7 picks stay small."""
+    from .tables import empty_picks
+
+    frames = [f for f in (out.read(s) for s in names) if len(f)]
+    if not frames:
+        return empty_picks(with_path=True)[PICK_TABLE_COLUMNS]
+    sizes = [len(f) for f in frames]
+    codes = np.repeat(np.arange(len(frames)), sizes)
+    mics = [str(f["micrograph"].iloc[0]) for f in frames]
+    paths = [str(f["path"].iloc[0]) for f in frames]
+    num = {c: np.concatenate([f[c].to_numpy(dtype=float) for f in frames]) for c in ("x", "y", "score")}
+    path_index = {p: i for i, p in enumerate(dict.fromkeys(paths))}
+    path_codes = np.array([path_index[p] for p in paths])[codes]
+    return pd.DataFrame({
+        "micrograph": pd.Categorical.from_codes(codes, categories=mics),
+        **num,
+        "path": pd.Categorical.from_codes(path_codes, categories=list(path_index)),
+    })
+
+
+@dataclass
+class PerMicrographFiles:
+    """Where each micrograph's own pick file goes (relative to the output directory) and how it is written."""
+
+    target: Callable[[Any], Path]  # MicrographItem -> path relative to the output directory
+    write: Callable[[pd.DataFrame, Path], None]  # (picks, absolute target); must write atomically
+
+
+@dataclass
+class DirRun:
+    """A pick run into a directory: this run's result, the micrographs skipped as already done, all picks."""
+
+    run: Any  # PickResult
+    skipped: list[str]
+    picks: pd.DataFrame  # every requested micrograph's picks, including earlier runs'
+    picks_path: Path
+    model: Any  # the LoadedModel (None for the blob picker)
+    micrographs: list[str] = field(default_factory=list)  # names of every requested micrograph now done
+    items: list[Any] = field(default_factory=list)  # every requested MicrographItem
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        return self.run.failures
+
+
+def pick_settings(model: Any, config: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a pick directory's manifest records: the model's identity, the picking fields, output settings."""
+    return {"model_sha256": getattr(model, "sha256", None) if config.method == "cnn" else None,
+            "pick": config.recorded(), **(extra or {})}
+
+
+def pick_to_dir(
+    micrographs: Any,
+    model: Any,
+    config: Any,
+    out_dir: str | os.PathLike,
+    *,
+    files: PerMicrographFiles | None = None,
+    settings: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    remedy: str | None = None,
+    executor: Any = None,
+    on_result: Callable[[Any], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> DirRun:
+    """Resumable picking into OUT_DIR: per-micrograph files (optional), records, then OUT_DIR/picks.csv."""
+    from .pipeline import check_model, micrograph_items, pick
+
+    items = micrograph_items(micrographs)
+    model = check_model(model, config)
+    kw = {"remedy": remedy} if remedy else {}
+    with OutputDir(out_dir, "pick", pick_settings(model, config, settings), overwrite=overwrite, **kw) as out:
+        root = out.path
+
+        def targets(item: Any) -> list[Path]:
+            return [root / files.target(item)] if files is not None else []
+
+        done = [i for i in items if out.is_done(i.micrograph, targets(i))]
+        done_names = {i.micrograph for i in done}
+        todo = [i for i in items if i.micrograph not in done_names]
+        if done and log is not None:
+            log(f"{len(done)} micrograph(s) already picked in {root}; skipping them")
+
+        def finish(res: Any) -> None:
+            if res.error is not None:
+                out.fail(res.micrograph, res.error)
+            else:
+                written = targets(item_of[res.micrograph])
+                if files is not None:
+                    files.write(res.picks, written[0])
+                out.record(res.micrograph, res.picks, written)
+            if on_result is not None:
+                on_result(res)
+
+        item_of = {i.micrograph: i for i in todo}
+        try:
+            run = pick(todo, model, config, executor=executor, on_result=finish, should_stop=should_stop,
+                       progress=progress, log=log, keep_picks=False)
+        finally:
+            out.save_manifest()  # failures so far, even when interrupted
+        finished = [i.micrograph for i in items if (out.records / f"{i.micrograph}.csv").exists()]
+        picks = gather(out, finished)
+        picks_path = root / PICKS_TABLE
+        write_table(picks, picks_path)
+        if run.diameters:  # in the micrographs' own pixels (after any pixel-size rescaling), for `pupick evaluate`
+            out.manifest["diameter_px"] = float(np.median(list(run.diameters.values())))
+        out.save_manifest()
+    return DirRun(run, sorted(done_names), picks, picks_path, model, finished, items)
