@@ -115,10 +115,10 @@ def percentiles(values: list[float]) -> dict:
 def in_process(model_path: Path, mics: list[Path], tmp: Path, device: str = "cpu") -> list[float]:
     from pupick.core.config import PickConfig
     from pupick.core.modelfile import load_model
-    from pupick.core.pipeline import pick_to_dir
+    from pupick.core.outputs import pick_to_dir
 
     model = load_model(model_path, device=device)
-    config = PickConfig(device=device)
+    config = PickConfig.from_settings({"device": device})
     pick_to_dir([mics[0]], model, config, tmp / "warmup", progress=False, log=lambda m: None)
     times = []
     for i, mic in enumerate(mics):

@@ -36,6 +36,7 @@ TOKEN_ENV = "PUPICK_TOKEN_FILE"
 CA_ENV = "PUPICK_CA_FILE"  # a CA bundle for a server with a private certificate
 FINAL_STATES = ("done", "failed", "cancelled")
 RETRY_STATUS = (429, 502, 503, 504)
+REFUSED_TRIES = 4  # a server restarting comes back within seconds; one that is down should be said at once
 
 
 class ServerError(PupickError):
@@ -129,7 +130,9 @@ class Client:
             except (ConnectionResetError, ConnectionRefusedError, ConnectionAbortedError, BrokenPipeError,
                     http.client.RemoteDisconnected, http.client.IncompleteRead) as err:
                 last = _why(err)
-                if attempt + 1 < attempts:
+                # a reset is retried with the full budget; a refused connection (nothing listening) a few times, fast
+                budget = attempts if not isinstance(err, ConnectionRefusedError) else min(attempts, REFUSED_TRIES)
+                if attempt + 1 < budget:
                     time.sleep(_jitter(delay))
                     delay = min(self.max_backoff, delay * 2)
                     continue
@@ -354,15 +357,7 @@ def _describe(url: str, status: int, message: str, tries: int) -> str:
 
 
 # ---------------------------------------------------------------- configs -> request settings (CLI option names)
-# PickConfig field -> (settings key, value transform); the service maps them back (core/service/settings.py)
-_PICK_FIELDS = {
-    "threshold": ("threshold", None), "min_distance_px": ("min_distance", None), "max_picks": ("max_picks", None),
-    "border_px": ("border", None), "pixel_size": ("pixel_size", None),
-    "stride": ("dense", lambda v: v == "dense"), "views": ("views", None), "precision": ("precision", None),
-    "method": ("method", None), "diameter_A": ("diameter", None), "diameter_px": ("diameter_px", None),
-    "dark_particles": ("light", lambda v: not v), "top_n": ("top_n", None),
-    "exclude_carbon": ("exclude_carbon", None), "seed": ("seed", None),
-}
+# TrainConfig field -> settings key (the service maps them back in core/service/settings.py)
 _TRAIN_PRE_FIELDS = {"factor": "scale", "diameter_A": "diameter", "diameter_px": "diameter_px",
                      "pixel_size": "pixel_size", "normalize": "normalize"}
 _TRAIN_FIELDS = ("expected_particles", "label_radius", "arch", "units", "objective", "slack", "epochs",
@@ -370,15 +365,18 @@ _TRAIN_FIELDS = ("expected_particles", "label_radius", "arch", "units", "objecti
 
 
 def pick_settings(config: Any) -> dict:
-    """A PickConfig as request settings: the fields that differ from the defaults, under their CLI names."""
-    from .config import PickConfig
+    """A PickConfig as request settings: the fields that differ from the defaults, under their CLI names (the
+    engine's settings registry, less what the server decides: device and reader threads)."""
+    from .config import SETTINGS, PickConfig
 
     default = PickConfig()
     out = {}
-    for field_name, (key, transform) in _PICK_FIELDS.items():
-        value = getattr(config, field_name)
-        if value != getattr(default, field_name):
-            out[key] = transform(value) if transform else value
+    for key, (section, name, _) in SETTINGS.items():
+        if key in ("top_n", "device", "workers"):
+            continue
+        value = getattr(getattr(config, section) if section else config, name)
+        if value != getattr(getattr(default, section) if section else default, name):
+            out[key] = value
     return out
 
 
@@ -397,114 +395,101 @@ def train_settings(config: Any) -> dict:
 JOB_FILE = ".pupick_server_job.json"  # OUTDIR's record of the server job in flight, so a rerun reattaches to it
 
 
-def pick_via_server(client: Client, micrographs: list[str | os.PathLike], model: str | os.PathLike | None,
-                    config: Any, out_dir: str | os.PathLike, *, writer: Callable | None = None,
-                    settings: dict | None = None, overwrite: bool = False, progress: bool = True,
-                    log: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
+def pick_via_server(client: Client, micrographs: Any, model: str | os.PathLike | None, config: Any,
+                    out_dir: str | os.PathLike, *, files: Any = None, settings: dict | None = None,
+                    overwrite: bool = False, progress: bool = True, log: Callable[[str], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None,
                     on_progress: Callable[[dict], None] | None = None) -> Any:
-    """Pick on a server into OUT_DIR exactly as a local `pick_to_dir` would (picks.csv, per-micrograph files via
-    `writer(picks, path)`, manifest, resumable records); returns the same DirRun. A rerun skips finished
-    micrographs and reattaches to a server job still in flight."""
-    import io as _io
+    """`outputs.pick_to_dir` on a server: the same OUT_DIR as a local run (picks.csv, per-micrograph `files`,
+    manifest, resumable records) and the same DirRun. A rerun skips finished micrographs and reattaches to a server
+    job still in flight; `should_stop` cancels the server job."""
+    from types import SimpleNamespace
 
     import pandas as pd
 
     from .errors import InputError
-    from .io import write_text_atomic
-    from .pipeline import (MANIFEST, PICKS_TABLE, RECORDED_FIELDS, RECORDS, DirRun, PickRun, _gather,
-                           _write_record)
-    from .tables import duplicate_stems, stem
+    from .outputs import PICKS_TABLE, DirRun, OutputDir, gather, pick_settings as manifest_settings, write_table
+    from .pipeline import PickResult, micrograph_items
 
     log = log or (lambda m: None)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a directory")
-    paths = [Path(p) for p in micrographs]
-    dupes = duplicate_stems([stem(p) for p in paths])
-    if dupes:
-        raise InputError(f"two micrographs share the name {dupes[0]!r}; their picks could not be told apart")
+    items = micrograph_items(micrographs)
     name, sha = None, None
     if config.method == "cnn":
         if model is None:
             raise InputError("picking with a CNN needs a model (--model MODEL.pt), or use --method blob")
         name = client.resolve_model(model)
         sha = (client.model(name) or {}).get("sha256")
-    conf = config.to_dict()
-    if config.method == "cnn":
-        conf["views"] = config.resolved_views()
-    wanted = {"model_sha256": sha, "pick": {k: conf[k] for k in RECORDED_FIELDS}, **(settings or {})}
-    manifest, records = out_dir / MANIFEST, out_dir / RECORDS
-    earlier: dict = {}
-    if manifest.exists() and not overwrite:
-        try:
-            earlier = json.loads(manifest.read_text())
-        except (OSError, ValueError) as err:
-            raise InputError(f"{manifest}: unreadable ({err}); remove it or use --overwrite") from None
-        if earlier.get("settings") != wanted:
-            raise InputError(f"{out_dir}: holds picks made with a different model or settings; "
-                             "use another output directory or --overwrite")
-    if overwrite and records.is_dir():
-        for old in records.glob("*.csv"):
-            old.unlink()
-    records.mkdir(parents=True, exist_ok=True)
-    from . import __version__
-
-    record = {"pupick_version": __version__, "settings": wanted, "model": str(model or ""), "server": client.url}
-    if earlier.get("diameter_px"):
-        record["diameter_px"] = earlier["diameter_px"]
-    write_text_atomic(manifest, json.dumps(record, indent=1))
-
-    done = [p for p in paths if (records / f"{stem(p)}.csv").exists()]
-    todo = [p for p in paths if p not in set(done)]
-    if done:
-        log(f"{len(done)} micrograph(s) already picked in {out_dir}; skipping them")
-    failures: list[tuple[Path, str]] = []
+    elif model is not None:
+        raise InputError("the blob picker takes no model (drop --model or use --method cnn)")
+    identity = SimpleNamespace(sha256=sha)
+    failures: list[tuple[str, str]] = []
+    diameters: dict[str, float] = {}
     t0 = time.perf_counter()
-    final: dict = {}
-    if todo:
-        absolute = [_absolute(p) for p in todo]
-        job_file = out_dir / JOB_FILE
-        job_id = _reattach(client, job_file, absolute, log)
-        if job_id is None:
-            job_id = client.submit_pick(absolute, name, pick_settings(config))
-            write_text_atomic(job_file, json.dumps({"server": client.url, "job": job_id, "micrographs": absolute}))
-        final = _follow(client, job_id, len(todo), progress, should_stop, on_progress)
-        if final["state"] == "cancelled":
+    with OutputDir(out_dir, "pick", manifest_settings(identity, config, settings), overwrite=overwrite) as out:
+        root = out.path
+
+        def targets(item: Any) -> list[Path]:
+            return [root / files.target(item)] if files is not None else []
+
+        done = [i for i in items if out.is_done(i.micrograph, targets(i))]
+        done_names = {i.micrograph for i in done}
+        todo = [i for i in items if i.micrograph not in done_names]
+        if done:
+            log(f"{len(done)} micrograph(s) already picked in {root}; skipping them")
+        if todo:
+            absolute = [_absolute(i.path) for i in todo]
+            job_file = root / JOB_FILE
+            job_id = _reattach(client, job_file, absolute, log)
+            if job_id is None:
+                job_id = client.submit_pick(absolute, name, pick_settings(config))
+                from .io import write_text_atomic
+
+                write_text_atomic(job_file, json.dumps({"server": client.url, "job": job_id,
+                                                        "micrographs": absolute}))
+            try:
+                final = _follow(client, job_id, len(todo), progress, should_stop, on_progress)
+            finally:
+                out.save_manifest()
+            if final["state"] != "done":
+                job_file.unlink(missing_ok=True)
+                if final["state"] == "cancelled":
+                    raise AbortRequested(f"server job {job_id} was cancelled")
+                raise ServerError(f"server job {job_id} failed: {final.get('error') or 'no reason given'}")
+            # JSON carries every float as the server computed it, so per-micrograph files match a local run's
+            records = client.picks(job_id, "json")["picks"]
+            table = pd.DataFrame.from_records(records, columns=["micrograph", "x", "y", "score", "path"])
+            table = table.astype({"x": float, "y": float, "score": float})
+            back = {a: i.path for a, i in zip(absolute, todo)}
+            table["path"] = table["path"].map(lambda s: back.get(s, s))
+            failed = {f["micrograph"]: f.get("error") or "failed" for f in final.get("failures") or ()}
+            groups = {str(k): g for k, g in table.groupby("micrograph", sort=False)}
+            for item in todo:
+                if item.micrograph in failed:
+                    failures.append((item.path, failed[item.micrograph]))
+                    out.fail(item.micrograph, failed[item.micrograph])
+                    log(f"skipped {item.path}: {failed[item.micrograph]}")
+                    continue
+                part = groups.get(item.micrograph, table.iloc[0:0]).reset_index(drop=True)
+                written = targets(item)
+                if files is not None:
+                    files.write(part, written[0])
+                out.record(item.micrograph, part, written)
+                if final.get("diameter_px"):
+                    diameters[item.micrograph] = float(final["diameter_px"])
             job_file.unlink(missing_ok=True)
-            raise AbortRequested(f"server job {job_id} was cancelled")
-        if final["state"] != "done":
-            job_file.unlink(missing_ok=True)
-            raise ServerError(f"server job {job_id} failed: {final.get('error') or 'no reason given'}")
-        table = pd.read_csv(_io.StringIO(client.picks(job_id, "csv")), dtype={"micrograph": str, "path": str},
-                            keep_default_na=False, na_values={"score": [""]})
-        back = dict(zip(absolute, (str(p) for p in todo)))
-        table["path"] = table["path"].map(lambda s: back.get(s, s))
-        failed = {f["micrograph"]: f.get("error") or "failed" for f in final.get("failures") or ()}
-        groups = {k: g for k, g in table.groupby("micrograph", sort=False)}
-        for p in todo:
-            s = stem(p)
-            if s in failed:
-                failures.append((p, failed[s]))
-                log(f"skipped {p}: {failed[s]}")
-                continue
-            part = groups.get(s, table.iloc[0:0]).reset_index(drop=True)
-            if writer is not None:
-                writer(part, p)
-            _write_record(part, records / f"{s}.csv")
-        job_file.unlink(missing_ok=True)
-    finished = [stem(p) for p in paths if (records / f"{stem(p)}.csv").exists()]
-    picks = _gather(records, finished)
-    picks_path = out_dir / PICKS_TABLE
-    _write_record(picks, picks_path)
-    diameter = final.get("diameter_px")
-    if diameter:
-        record["diameter_px"] = float(diameter)
-        write_text_atomic(manifest, json.dumps(record, indent=1))
+        finished = [i.micrograph for i in items if (out.records / f"{i.micrograph}.csv").exists()]
+        picks = gather(out, finished)
+        picks_path = root / PICKS_TABLE
+        write_table(picks, picks_path)
+        if diameters:
+            out.manifest["diameter_px"] = float(next(iter(diameters.values())))
+        out.save_manifest()
     n_done = len(todo) - len(failures)
     seconds = time.perf_counter() - t0
-    run = PickRun(picks.iloc[0:0], failures, seconds / n_done if n_done else float("nan"), n_done,
-                  {s: float(diameter) for s in finished} if diameter else {})
-    return DirRun(run, sorted(done), picks, picks_path, None, finished)
+    run = PickResult(picks.iloc[0:0], failures, {"seconds_total": seconds,
+                                                 "seconds_per_micrograph": seconds / n_done if n_done else
+                                                 float("nan")}, n_done, diameters)
+    return DirRun(run, sorted(done_names), picks, picks_path, None, finished, items)
 
 
 def _reattach(client: Client, job_file: Path, absolute: list[str], log: Callable[[str], None]) -> str | None:

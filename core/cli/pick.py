@@ -126,9 +126,13 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @click.option("--labels", type=click.Path(exists=True), default=None,
               help="Optional labels: the summary suggests the best-F1 threshold against them.")
 @click.option("--match-radius", type=float, default=None, help="With --labels: match radius (default: radius).")
+@click.option("--server", default=None,
+              help="Pick on a `pupick serve` at this URL (http[s]://HOST:PORT); same OUTDIR as a local run.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="With --server: the file holding its token (default: $PUPICK_TOKEN_FILE).")
 def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_size, fmt, box_size, exposures, device,
             workers, overwrite, max_picks, top_n, border, dense, views, precision, score_maps, method, diameter,
-            diameter_px, light, exclude_carbon, seed, labels, match_radius):
+            diameter_px, light, exclude_carbon, seed, labels, match_radius, server, token_file):
     """Pick particles on MICROGRAPHS (files, directories, globs, @list.txt) into OUTDIR/picks.csv."""
     import time
 
@@ -157,13 +161,26 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     if score_maps:
         config = dataclasses.replace(config, score_map_dir=str(out / "score_maps"))
     paths = usage(expand_inputs, micrographs)
-    model = run_core(check_model, model_path, config)  # loaded once, here
+    if server:
+        if score_maps:
+            raise click.UsageError("--score-maps is not available with --server (the maps stay on the server)")
+        client, model = run_core(_server_model, server, token_file, model_path, config)
+    else:
+        model = run_core(check_model, model_path, config)  # loaded once, here
     label_table = run_core(read_pick_table, labels) if labels else None
     box = run_core(_box_size, box_size, model, config) if fmt == "box" else None
     files = _files(fmt, box)
     t0 = time.perf_counter()
-    result = run_core(pick_to_dir, paths, model, config, out, files=files, settings={"format": fmt, "box_size": box},
-                      overwrite=overwrite, progress=True, log=lambda m: click.echo(m, err=True))
+    if server:
+        from ..client import pick_via_server
+
+        result = run_core(pick_via_server, client, paths, model_path, config, out, files=files,
+                          settings={"format": fmt, "box_size": box}, overwrite=overwrite, progress=True,
+                          log=lambda m: click.echo(m, err=True))
+    else:
+        result = run_core(pick_to_dir, paths, model, config, out, files=files,
+                          settings={"format": fmt, "box_size": box}, overwrite=overwrite, progress=True,
+                          log=lambda m: click.echo(m, err=True))
     seconds = time.perf_counter() - t0
     if fmt == "cs":
         run_core(_write_cs, result.picks, out / "particles.cs", exposures)
@@ -191,6 +208,19 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     if failures:
         click.echo(f"pupick: error: {len(failures)} micrograph(s) could not be picked", err=True)
         sys.exit(1)
+
+
+def _server_model(server: str, token_file: str | None, model_path: str | None, config: PickConfig):
+    """A client for --server and the model's registered config (the model file stays unread here: no torch)."""
+    from types import SimpleNamespace
+
+    from ..client import Client
+
+    client = Client.connect(server, token_file)
+    if config.method != "cnn":
+        return client, None
+    info = client.model(client.resolve_model(model_path)) or {}
+    return client, SimpleNamespace(config={"diameter_px": info.get("diameter_px")})
 
 
 def _diameter(result, config: PickConfig) -> float | None:

@@ -58,9 +58,13 @@ def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where the network trains.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--server", default=None,
+              help="Train on a `pupick serve` at this URL; the new model is registered there and downloaded to -o.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="With --server: the file holding its token (default: $PUPICK_TOKEN_FILE).")
 def command(micrographs, labels, output, expected_particles, scale, diameter, diameter_px, pixel_size, label_radius,
             arch, units, objective, slack, epochs, steps_per_epoch, batch_size, tile_size, learning_rate, test_split,
-            normalize, cache_dir, seed, device, precision, quiet):
+            normalize, cache_dir, seed, device, precision, quiet, server, token_file):
     """Train a picker on MICROGRAPHS (files, directories, globs, @list.txt) with the particles in --labels."""
     from ..train import train
 
@@ -75,6 +79,15 @@ def command(micrographs, labels, output, expected_particles, scale, diameter, di
                          steps_per_epoch=steps_per_epoch, batch_size=batch_size, tile_size=tile_size,
                          learning_rate=learning_rate, test_split=test_split, seed=seed, device=device,
                          precision=precision, cache_dir=cache_dir)
+    if server:
+        from ..client import Client, train_via_server
+
+        client = run_core(Client.connect, server, token_file)
+        job = run_core(train_via_server, client, paths, table, config, Path(output), progress=not quiet,
+                       log=click.echo)
+        ap = "" if job.get("ap") is None else f", validation AP {job['ap']:.3f} (epoch {job.get('epoch')})"
+        click.echo(f"model -> {output} (registered on the server as {job['model']}{ap})")
+        return
     result = run_core(train, paths, table, config, Path(output), progress=not quiet, log=click.echo)
     best = "" if result.best_ap != result.best_ap else f", validation AP {result.best_ap:.3f} (epoch {result.best_epoch})"
     click.echo(f"model -> {result.model_path} (π = {result.pi:.4g}{best}); "

@@ -510,7 +510,8 @@ def _routes(app: FastAPI, svc: Service) -> None:
 
     @app.get("/v1/jobs/{job_id}/picks", tags=["jobs"])
     def job_picks(job_id: str, format: str = Query("csv", pattern="^(csv|json|star)$")):
-        """A finished pick job's picks: csv (exactly picks.csv), json or star (one RELION particles table)."""
+        """A finished pick job's picks: csv (exactly picks.csv), json (every float as computed) or star (one RELION
+        particles table)."""
         job = _job(store, job_id)
         if job.kind != "pick":
             raise Conflict(f"job {job_id} is a {job.kind} job; it has no picks")
@@ -524,12 +525,20 @@ def _routes(app: FastAPI, svc: Service) -> None:
             return FileResponse(table, media_type="text/csv", filename=f"{job_id}.csv")
         import pandas as pd
 
+        if format == "json":
+            from .worker import EXACT_DIR, read_exact
+
+            mics = store.micrographs(job_id)
+            records: list[dict] = []
+            for name, _, state in mics:
+                exact = store.job_dir(job_id) / EXACT_DIR / f"{name}.csv"
+                if state == "done" and exact.is_file():
+                    records.extend({k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+                                   for r in read_exact(exact).to_dict("records"))  # NaN is no JSON
+            return JSONResponse({"job": job_id, "picks": records,
+                                 "micrographs": [{"micrograph": n, "path": p, "state": st} for n, p, st in mics]})
         picks = pd.read_csv(table, dtype={"micrograph": str, "path": str}, keep_default_na=False,
                             na_values={"score": [""]})
-        if format == "json":
-            mics = [{"micrograph": n, "path": p, "state": s} for n, p, s in store.micrographs(job_id)]
-            records = json.loads(picks.to_json(orient="records", double_precision=15))
-            return {"job": job_id, "micrographs": mics, "picks": records}
         from pupick.adapters.registry import write_picks
 
         with tempfile.TemporaryDirectory(dir=svc.uploads) as tmp:
@@ -562,8 +571,8 @@ def _routes(app: FastAPI, svc: Service) -> None:
                 from ..pipeline import pick
 
                 loaded = registry.load(entry.name, entry.sha256, device) if entry else None
-                return pick([target], loaded, settings_map.pick_config(settings, device=device), progress=False,
-                            log=lambda m: None)
+                return pick([target], loaded, settings_map.pick_config(settings, device=device),
+                            executor=svc.cfg.executor, progress=False, log=lambda m: None)
 
             result = await run_in_threadpool(svc.workers.call, run)
         finally:

@@ -1,16 +1,18 @@
 """Request `settings` -> engine configs: keys are the CLI option names with `_` for `-`; unknown keys are refused.
 
-The one place the service maps settings; `PickConfig.from_settings` replaces the pick half once the engine has it.
+Picking goes through the engine's one settings registry (`PickConfig.from_settings`); the server only withholds the
+keys it decides itself (device, reader threads). Training has no such registry yet, so its mapping lives here.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Callable
 
-from ..config import VIEW_COUNTS, PickConfig, PreprocessConfig, TrainConfig
+from ..config import ARCHITECTURES, NORMALIZATIONS, PRECISIONS, SETTINGS, PickConfig, PreprocessConfig, TrainConfig
 from ..errors import InputError
 
 SERVER_KEYS = ("device", "workers", "score_maps", "output", "model", "overwrite", "format", "quiet", "cache")
+PICK_KEYS = {k: v for k, v in SETTINGS.items() if k not in SERVER_KEYS}
 
 
 def _num(key: str, v: Any) -> float:
@@ -25,12 +27,6 @@ def _int(key: str, v: Any) -> int:
     return int(v)
 
 
-def _bool(key: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise InputError(f"setting {key!r} must be true or false (got {v!r})")
-    return v
-
-
 def _choice(*choices: str) -> Callable[[str, Any], str]:
     def check(key: str, v: Any) -> str:
         if v not in choices:
@@ -39,43 +35,17 @@ def _choice(*choices: str) -> Callable[[str, Any], str]:
     return check
 
 
-def _views(key: str, v: Any) -> int:
-    n = _int(key, v)
-    if n not in VIEW_COUNTS:
-        raise InputError(f"setting {key!r} must be one of {', '.join(map(str, VIEW_COUNTS))} (got {v!r})")
-    return n
-
-
-# CLI name -> (PickConfig field, parser)
-PICK_KEYS: dict[str, tuple[str, Callable]] = {
-    "threshold": ("threshold", _num),
-    "min_distance": ("min_distance_px", _num),
-    "max_picks": ("max_picks", _int),
-    "border": ("border_px", _num),
-    "pixel_size": ("pixel_size", _num),
-    "dense": ("stride", lambda k, v: "dense" if _bool(k, v) else "fast"),
-    "views": ("views", _views),
-    "precision": ("precision", _choice("auto", "fp32", "bf16")),
-    "method": ("method", _choice("cnn", "blob")),
-    "diameter": ("diameter_A", _num),
-    "diameter_px": ("diameter_px", _num),
-    "light": ("dark_particles", lambda k, v: not _bool(k, v)),
-    "top_n": ("top_n", _int),
-    "exclude_carbon": ("exclude_carbon", _bool),
-    "seed": ("seed", _int),
-}
-
 TRAIN_PRE_KEYS: dict[str, tuple[str, Callable]] = {
     "scale": ("factor", _num),
     "diameter": ("diameter_A", _num),
     "diameter_px": ("diameter_px", _num),
     "pixel_size": ("pixel_size", _num),
-    "normalize": ("normalize", _choice("gmm", "affine", "none")),
+    "normalize": ("normalize", _choice(*NORMALIZATIONS)),
 }
 TRAIN_KEYS: dict[str, tuple[str, Callable]] = {
     "expected_particles": ("expected_particles", _num),
     "label_radius": ("label_radius", _num),
-    "arch": ("arch", _choice("resnet8", "resnet16", "conv31", "conv63", "conv127")),
+    "arch": ("arch", _choice(*ARCHITECTURES)),
     "units": ("units", _int),
     "objective": ("objective", _choice("ge-binomial", "ge-kl", "nnpu", "pn")),
     "slack": ("slack", _num),
@@ -86,7 +56,7 @@ TRAIN_KEYS: dict[str, tuple[str, Callable]] = {
     "learning_rate": ("learning_rate", _num),
     "test_split": ("test_split", _num),
     "seed": ("seed", _int),
-    "precision": ("precision", _choice("auto", "fp32", "bf16")),
+    "precision": ("precision", _choice(*PRECISIONS)),
 }
 
 
@@ -95,7 +65,7 @@ def _check_keys(settings: Any, known: dict) -> dict:
         return {}
     if not isinstance(settings, dict):
         raise InputError("settings must be a JSON object of option names and values")
-    unknown = sorted(k for k in settings if k not in known)
+    unknown = sorted(str(k) for k in settings if k not in known)
     if unknown:
         server = [k for k in unknown if k in SERVER_KEYS]
         if server:
@@ -106,20 +76,9 @@ def _check_keys(settings: Any, known: dict) -> dict:
 
 
 def pick_config(settings: dict | None, device: str = "auto") -> PickConfig:
-    """A PickConfig from request settings (missing keys take the CLI's defaults)."""
+    """A PickConfig from request settings on this server's device (missing keys take the CLI's defaults)."""
     settings = _check_keys(settings, PICK_KEYS)
-    kwargs: dict[str, Any] = {}
-    for key, value in settings.items():
-        if value is None:
-            continue
-        field_name, parse = PICK_KEYS[key]
-        kwargs[field_name] = parse(key, value)
-    if kwargs.get("views") is None and "views" in kwargs:
-        kwargs.pop("views")
-    config = PickConfig(device=device, **kwargs)
-    if config.method == "blob" and config.diameter_A is None and config.diameter_px is None:
-        raise InputError("the blob picker needs the particle diameter: setting 'diameter' (Å) or 'diameter_px'")
-    return config
+    return PickConfig.from_settings(settings, base=PickConfig.from_settings({"device": device}))
 
 
 def train_config(settings: dict | None, device: str = "auto", cache_dir: str | None = None) -> TrainConfig:

@@ -125,7 +125,7 @@ class _Worker(threading.Thread):
         return lambda: self.pool.stopping.is_set() or self.pool.store.cancel_requested(job_id)
 
     def pick(self, job: Job) -> dict:
-        from ..pipeline import pick_to_dir
+        from ..outputs import pick_to_dir
 
         store, metrics = self.pool.store, self.pool.metrics
         req = job.request
@@ -133,26 +133,19 @@ class _Worker(threading.Thread):
         model = None
         if config.method == "cnn":
             model = self.pool.registry.load(req["model"], req.get("model_sha256"), self.device)
-        mics = store.micrographs(job.id)
-        paths = [Path(p) for _, p, _ in mics]
-        last = [time.perf_counter()]
+        paths = [p for _, p, _ in store.micrographs(job.id)]
 
-        def finished(df, path: Path) -> None:
-            now = time.perf_counter()
-            store.mark(job.id, stem(path), True, picks=int(len(df)))
-            metrics.picked(now - last[0], True)
-            last[0] = now
+        def finished(res) -> None:
+            if res.error is None:
+                store.mark(job.id, res.micrograph, True, picks=int(len(res.picks)))
+            else:
+                store.mark(job.id, res.micrograph, False, reason=_one_line(res.error))
+            metrics.picked(res.seconds, res.error is None)
             self.serve_urgent()
 
-        kwargs: dict[str, Any] = {}
-        if self.pool.executor is not None:
-            kwargs["executor"] = self.pool.executor
-        run = pick_to_dir(paths, model, config, store.job_dir(job.id), writer=finished,
-                          should_stop=self.should_stop(job.id), progress=False, log=lambda m: log.info("%s", m),
-                          **kwargs)
-        for path, reason in run.run.failures:
-            store.mark(job.id, stem(path), False, reason=_one_line(str(reason)))
-            metrics.picked(0.0, False)
+        run = pick_to_dir(paths, model, config, store.job_dir(job.id), files=EXACT_FILES, executor=self.pool.executor,
+                          on_result=finished, should_stop=self.should_stop(job.id), progress=False,
+                          log=lambda m: log.info("%s", m))
         for name in run.micrographs:  # includes micrographs an interrupted earlier run finished
             store.mark(job.id, name, True)
         try:  # the particle diameter in the micrographs' pixels, as the manifest records it for `pupick evaluate`
@@ -200,6 +193,36 @@ class _Worker(threading.Thread):
                 "epoch": int(result.best_epoch), "epochs": int(len(history)),
                 "loss": _num(last["loss"]) if last is not None else None,
                 "ap": _num(result.best_ap), "seconds": round(float(result.seconds), 3)}
+
+
+EXACT_DIR = "exact"  # per-micrograph picks at full float64 precision (picks.csv keeps 6 digits), for format=json
+
+
+def _write_exact(df, target: Path) -> None:
+    from ..io import atomic_path
+
+    with atomic_path(target) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.17g")  # 17 significant digits: every float64 round-trips
+
+
+def read_exact(path: Path):
+    """A job's full-precision picks of one micrograph."""
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={"micrograph": str, "path": str}, keep_default_na=False,
+                       na_values={"score": [""]}, float_precision="round_trip")
+
+
+def _exact_target(item) -> Path:
+    return Path(EXACT_DIR) / f"{item.micrograph}.csv"
+
+
+class _ExactFiles:
+    target = staticmethod(_exact_target)
+    write = staticmethod(_write_exact)
+
+
+EXACT_FILES = _ExactFiles()
 
 
 def read_labels(text: str):

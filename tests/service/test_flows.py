@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,16 +10,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pupick.core.client import pick_settings, pick_via_server, train_via_server
+from pupick.core.client import ServerError, pick_settings, pick_via_server, train_via_server
 from pupick.core.config import PickConfig, PreprocessConfig, TrainConfig
-from pupick.core.errors import InputError
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "pupick.core.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    return done
 
 
 def local_pick(mics: list[Path], model: Path, out: Path, *extra: str) -> Path:
     """`pupick pick` in its own process: the reference a server run must equal."""
-    cmd = [sys.executable, "-m", "pupick.core.cli", "pick", *map(str, mics), "--model", str(model), "-o", str(out),
-           "--device", "cpu", *extra]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = cli("pick", *mics, "--model", model, "-o", out, "--device", "cpu", *extra)
     assert done.returncode == 0, done.stderr
     return out / "picks.csv"
 
@@ -28,13 +32,15 @@ def five(data_root) -> list[Path]:
     return sorted((data_root / "mics").glob("[0-9]*.mrc"))
 
 
-def test_pick_train_pick(server, client, five, models_dir, data_root, tmp_path):
-    # 1. pick with a model registered on the server (from --models) == a local `pupick pick` with that file
-    config = PickConfig(threshold=-4.0, views=1)  # one view keeps the test quick; the identity is the point
-    cli_settings = {"format": "csv", "box_size": None}  # what `pupick pick` records besides the pick fields
-    run = pick_via_server(client, five, "demo", config, tmp_path / "server1", settings=cli_settings, progress=False)
-    assert run.run.failures == [] and run.micrographs == [p.stem for p in five]
-    local = local_pick(five, models_dir / "demo.pt", tmp_path / "local1", "--threshold", "-4", "--views", "1")
+SETTINGS = ("--threshold", "-4", "--views", "1")  # one view keeps the test quick; the identity is the point
+
+
+def test_pick_train_pick(server, client, five, models_dir, data_root, token_file, tmp_path):
+    remote = ("--server", server.url, "--token-file", token_file)
+    # 1. `pupick pick --server` with a model registered on the server == `pupick pick` here with that file
+    done = cli("pick", *five, "--model", "demo", "-o", tmp_path / "server1", *SETTINGS, *remote)
+    assert done.returncode == 0, done.stderr
+    local = local_pick(five, models_dir / "demo.pt", tmp_path / "local1", *SETTINGS)
     assert (tmp_path / "server1" / "picks.csv").read_bytes() == local.read_bytes()
     assert len(pd.read_csv(local)) > 100
     # the manifest records the same model and settings, so a local run could resume the server's OUTDIR
@@ -42,42 +48,71 @@ def test_pick_train_pick(server, client, five, models_dir, data_root, tmp_path):
     local_manifest = json.loads((tmp_path / "local1" / "pupick_pick.json").read_text())
     assert server_manifest["settings"] == local_manifest["settings"]
     assert server_manifest["diameter_px"] == pytest.approx(local_manifest["diameter_px"])
+    for p in five:  # the per-micrograph files too
+        assert (tmp_path / "server1" / "coordinates" / f"{p.stem}.csv").read_bytes() == \
+            (tmp_path / "local1" / "coordinates" / f"{p.stem}.csv").read_bytes()
 
-    # 2. train on the server; the finished job names a new registered model, which downloads to a file
-    labels = pd.read_csv(data_root / "particles.csv")
-    tconf = TrainConfig(preprocess=PreprocessConfig(diameter_px=56), units=16, epochs=2, steps_per_epoch=6,
-                        batch_size=4, expected_particles=150, test_split=0.0, seed=3)
-    seen = []
-    job = train_via_server(client, five[:4], labels, tconf, tmp_path / "new.pt", name="round1", progress=False,
-                           on_progress=seen.append)
-    assert job["state"] == "done" and job["model"] == "round1" and job["epochs"] == 2
-    assert job["loss"] is not None and seen
+    # 2. `pupick train --server`: the job registers a new model on the server, downloaded to -o
+    done = cli("train", *five[:4], "--labels", data_root / "particles.csv", "-o", tmp_path / "new.pt",
+               "--diameter-px", "56", "--units", "16", "--epochs", "2", "--steps-per-epoch", "6", "--batch-size", "4",
+               "--expected-particles", "150", "--test-split", "0", "--seed", "3", "--quiet", *remote)
+    assert done.returncode == 0, done.stderr
+    job = next(j for j in client.jobs() if j["kind"] == "train")
+    assert job["state"] == "done" and job["epochs"] == 2 and job["loss"] is not None
+    assert f"registered on the server as {job['model']}" in done.stdout
     names = {m["name"]: m for m in client.models()}
-    assert names["round1"]["source"] == "train" and names["round1"]["architecture"] == "resnet8"
+    assert names[job["model"]]["source"] == "train" and names[job["model"]]["architecture"] == "resnet8"
     from pupick.core.modelfile import file_sha256
 
-    assert file_sha256(tmp_path / "new.pt") == names["round1"]["sha256"]
+    assert file_sha256(tmp_path / "new.pt") == names[job["model"]]["sha256"]
 
-    # 3. pick with the new model given as a local file (uploaded under its hash) == local pick with that file
-    run = pick_via_server(client, five, tmp_path / "new.pt", config, tmp_path / "server2", progress=False)
-    assert run.run.n_done == 5
-    local = local_pick(five, tmp_path / "new.pt", tmp_path / "local2", "--threshold", "-4", "--views", "1")
+    # 3. pick with the new model as a local file (uploaded under its hash; token from $PUPICK_TOKEN_FILE)
+    env = {"PUPICK_TOKEN_FILE": str(token_file)}
+    done = cli("pick", *five, "--model", tmp_path / "new.pt", "-o", tmp_path / "server2", *SETTINGS, "--server",
+               server.url, env=env)
+    assert done.returncode == 0, done.stderr
+    local = local_pick(five, tmp_path / "new.pt", tmp_path / "local2", *SETTINGS)
     assert (tmp_path / "server2" / "picks.csv").read_bytes() == local.read_bytes()
     assert client.model(file_sha256(tmp_path / "new.pt")) is not None
 
     # a rerun into the same OUTDIR is a resume: nothing left to do, same picks, no server job
     before = len(client.jobs())
-    again = pick_via_server(client, five, tmp_path / "new.pt", config, tmp_path / "server2", progress=False)
-    assert len(again.skipped) == 5 and len(client.jobs()) == before
+    done = cli("pick", *five, "--model", tmp_path / "new.pt", "-o", tmp_path / "server2", *SETTINGS, "--server",
+               server.url, env=env)
+    assert done.returncode == 0 and "5 micrograph(s) already picked" in done.stderr
+    assert len(client.jobs()) == before
     assert (tmp_path / "server2" / "picks.csv").read_bytes() == local.read_bytes()
     # ... and other settings into it are refused, as a local run refuses them
-    with pytest.raises(InputError, match="different"):
-        pick_via_server(client, five, tmp_path / "new.pt", PickConfig(threshold=0.0), tmp_path / "server2",
-                        progress=False)
+    done = cli("pick", *five, "--model", tmp_path / "new.pt", "-o", tmp_path / "server2", "--threshold", "0",
+               "--server", server.url, env=env)
+    assert done.returncode == 1 and "different" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_client_failures_are_one_line(server, five, tmp_path):
+    dead = f"http://127.0.0.1:{server.port + 1 if server.port < 65535 else 1}"
+    done = cli("pick", *five[:1], "--model", "demo", "-o", tmp_path / "x", "--server", dead)
+    assert done.returncode == 1 and "cannot reach the pupick server" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = cli("pick", *five[:1], "--model", "demo", "-o", tmp_path / "x", "--server", server.url)
+    assert done.returncode == 1 and "refused the token (401)" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_train_via_server_api(client, five, data_root, tmp_path):
+    labels = pd.read_csv(data_root / "particles.csv")
+    tconf = TrainConfig(preprocess=PreprocessConfig(diameter_px=56), units=8, epochs=1, steps_per_epoch=3,
+                        batch_size=2, expected_particles=150, test_split=0.0, seed=1)
+    seen = []
+    job = train_via_server(client, five[:2], labels, tconf, tmp_path / "api.pt", name="round1", progress=False,
+                           on_progress=seen.append)
+    assert job["state"] == "done" and job["model"] == "round1" and seen and (tmp_path / "api.pt").is_file()
+    with pytest.raises(ServerError) as err:  # the name is taken now
+        client.submit_train(five[:2], labels_csv=labels.to_csv(index=False), name="round1")
+    assert err.value.status == 409
 
 
 def test_picks_formats_and_upload(client, five):
-    job = client.submit_pick([str(five[0])], "demo", pick_settings(PickConfig(views=1)))
+    job = client.submit_pick([str(five[0])], "demo", pick_settings(PickConfig.from_settings({"views": 1})))
     assert client.wait(job)["state"] == "done"
     csv = client.picks(job, "csv")
     table = pd.read_csv(pd.io.common.StringIO(csv))
@@ -95,7 +130,7 @@ def test_picks_formats_and_upload(client, five):
 
 
 def test_blob_method_needs_no_model(client, five, tmp_path):
-    config = PickConfig(method="blob", diameter_px=56, top_n=20)
+    config = PickConfig.from_settings({"method": "blob", "diameter_px": 56, "max_picks": 20})
     run = pick_via_server(client, five[:2], None, config, tmp_path / "blob", progress=False)
     picks = pd.read_csv(tmp_path / "blob" / "picks.csv")
     assert run.run.n_done == 2 and picks.groupby("micrograph").size().tolist() == [20, 20]

@@ -7,7 +7,7 @@ import time
 from service_server import Server
 
 from pupick.core.config import PickConfig
-from pupick.core.pipeline import pick_to_dir
+from pupick.core.outputs import pick_to_dir
 
 
 def test_kill_9_mid_job_then_restart(tmp_path, data_root, models_dir):
@@ -46,7 +46,7 @@ def test_kill_9_mid_job_then_restart(tmp_path, data_root, models_dir):
     import torch
 
     torch.set_num_threads(2)
-    reference = pick_to_dir(mics, models_dir / "demo.pt", PickConfig(views=2, threshold=-4, device="cpu"),
+    reference = pick_to_dir(mics, models_dir / "demo.pt", PickConfig.from_settings({"views": 2, "threshold": -4, "device": "cpu"}),
                             tmp_path / "uninterrupted", progress=False)
     expected = reference.picks_path.read_text()
     assert resumed.splitlines() == expected.splitlines()
