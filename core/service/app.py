@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -148,7 +149,8 @@ class Guard:
                                                                  (b"x-content-type-options", b"nosniff")]
             await send(message)
 
-        if self.token and path not in PUBLIC_PATHS and not self._authorised(scope, headers):
+        public = path in PUBLIC_PATHS or UI_PUBLIC.match(path)
+        if self.token and not public and not self._authorised(scope, headers):
             resp = _error(401, "missing or wrong token: send 'Authorization: Bearer <token>'",
                           {"WWW-Authenticate": "Bearer"})
             return await resp(scope, receive, counted_send)
@@ -334,12 +336,60 @@ def _docs(app: FastAPI) -> None:
 
 
 def _mount_ui(app: FastAPI, svc: Service) -> None:
-    """The browser pages (core/service/view.py) at /ui, behind the same token, when this pupick has them."""
+    """The browser pages (core/service/view.py) for each finished pick job at /ui/jobs/<id>/, when this pupick has
+    them. The page and its static files hold no data; everything under api/ needs the token like any endpoint."""
     try:
-        from .view import make_router
+        from .view import ViewState, make_router
     except ImportError:
         return
-    app.include_router(make_router(svc), prefix="/ui")
+    app.mount("/ui/jobs", JobPages(svc, ViewState, make_router))
+
+
+class JobPages:
+    """ASGI app: /ui/jobs/<id>/... -> the pages' router for STATE/jobs/<id> (built once per job, kept in a small LRU)."""
+
+    def __init__(self, svc: Service, view_state, make_router, keep: int = 8) -> None:
+        from collections import OrderedDict
+
+        self.svc, self.view_state, self.make_router, self.keep = svc, view_state, make_router, keep
+        self.apps: "OrderedDict[str, Any]" = OrderedDict()
+        self.lock = threading.Lock()
+
+    def _app(self, job_id: str):
+        with self.lock:
+            if job_id in self.apps:
+                self.apps.move_to_end(job_id)
+                return self.apps[job_id]
+        job = self.svc.store.get(job_id, with_failures=False)
+        if job is None or job.kind != "pick":
+            raise NotFound(f"no pick job {job_id!r} to show")
+        if job.state != "done":
+            raise Conflict(f"job {job_id} is {job.state}; its pages come when it is done")
+        paths = [Path(p) for _, p, _ in self.svc.store.micrographs(job_id)]
+        state = self.view_state(self.svc.store.job_dir(job_id), micrographs=paths)
+        sub = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+        sub.include_router(self.make_router(state))
+        with self.lock:
+            self.apps[job_id] = sub
+            while len(self.apps) > self.keep:
+                self.apps.popitem(last=False)
+        return sub
+
+    async def __call__(self, scope, receive, send):
+        root = scope.get("root_path", "")
+        rest = scope["path"][len(root):] if scope["path"].startswith(root) else scope["path"]
+        job_id, _, _ = rest.lstrip("/").partition("/")
+        try:
+            sub = await run_in_threadpool(self._app, job_id)
+        except PupickError as err:
+            status = next(code for cls, code in STATUS if isinstance(err, cls))
+            return await _error(status, str(err))(scope, receive, send)
+        child = dict(scope)
+        child["root_path"] = f"{root}/{job_id}"
+        await sub(child, receive, send)
+
+
+UI_PUBLIC = re.compile(r"^/ui/jobs/[0-9a-f]{1,64}/(static/[A-Za-z0-9._-]+)?$")  # the pages' HTML and assets: no data
 
 
 def _client(request: Request) -> str | None:
