@@ -176,14 +176,19 @@ class _Worker(threading.Thread):
             kwargs["on_epoch"] = on_epoch
         if "should_stop" in params:
             kwargs["should_stop"] = self.should_stop(job.id)
-        result = train(paths, labels, config, target, progress=False, log=lambda m: log.info("%s", m), **kwargs)
+        quiet = {"progress": False, "log": lambda m: log.info("%s", m)}
+        if "output" in params:  # the engine's first train(): it writes the model itself
+            result = train(paths, labels, config, target, **quiet, **kwargs)
+        else:  # train(...) -> TrainResult, saved here
+            result = train(paths, labels, config, **quiet, **kwargs)
+            result.save(target)
         if self.should_stop(job.id)():
             raise AbortRequested("training stopped")
         name = req.get("name") or f"trained-{job.id}"
         from .models import copy_atomic
 
         staged = registry.own_dir / f".{name}.staged"
-        copy_atomic(result.model_path, staged)
+        copy_atomic(target, staged)
         entry, _ = registry.add_upload(name, staged, source="train")
         for mic_name, _, _ in store.micrographs(job.id):
             store.mark(job.id, mic_name, True)
@@ -236,7 +241,7 @@ def read_labels(text: str):
 
 def _epoch_fields(row: Any) -> dict[str, Any]:
     get = row.get if isinstance(row, dict) else (lambda k, d=None: getattr(row, k, d))
-    return {"epoch": get("epoch"), "loss": _num(get("loss")), "ap": _num(get("ap"))}
+    return {"epoch": get("epoch"), "epochs": get("epochs"), "loss": _num(get("loss")), "ap": _num(get("ap"))}
 
 
 def _num(v: Any) -> float | None:
