@@ -194,18 +194,22 @@ def _entry(name: str, path: Path, source: str, info: dict) -> ModelEntry:
 
 
 def _shipped_models() -> list[tuple[str, Path]]:
-    """The shipped general model(s), when this pupick has them (core.modelfile.shipped_models)."""
+    """The shipped model(s) (`general`, ...) this installation has: core.modelfile.SHIPPED_MODELS, resolved to files."""
     from .. import modelfile
 
-    finder = getattr(modelfile, "shipped_models", None)
-    if finder is None:
+    names = getattr(modelfile, "SHIPPED_MODELS", None)
+    resolve = getattr(modelfile, "resolve_model", None)
+    if not isinstance(names, dict) or resolve is None:
         return []
-    try:
-        found = finder()
-    except Exception:  # a broken shipped model must not stop the server
-        return []
-    items = found.items() if isinstance(found, dict) else found
-    return [(str(n), Path(p)) for n, p in items]
+    found = []
+    for name in names:
+        try:
+            path = Path(resolve(name))
+        except PupickError:  # not built into this installation: nothing to offer
+            continue
+        if path.is_file():
+            found.append((name, path))
+    return found
 
 
 def copy_atomic(src: Path, target: Path) -> None:

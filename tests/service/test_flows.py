@@ -148,3 +148,14 @@ def test_cancel_and_list(client, data_root, server):
     assert listed.count(job) == 1
     assert job in [j["job"] for j in client.jobs("cancelled")]
     assert '"event": "job"' in server.output() and f'"job": "{job}"' in server.output()
+
+
+def test_shipped_models_are_offered(client):
+    from pupick.core import modelfile
+
+    shipped = getattr(modelfile, "SHIPPED_MODELS", {})
+    present = [n for n, f in shipped.items() if (modelfile.SHIPPED_DIR / f).is_file()]
+    if not present:
+        pytest.skip("this installation ships no model yet")
+    models = {m["name"]: m for m in client.models()}
+    assert all(models[n]["source"] == "shipped" for n in present)
