@@ -232,10 +232,11 @@ class Client:
         return name
 
     # ---------------------------------------------------------------- jobs
-    def submit_pick(self, micrographs: Iterable[str | os.PathLike], model: str | None = None,
-                    settings: dict | None = None) -> str:
-        """Queue a pick job on micrographs (files, directories or globs the server can read); returns the job id."""
-        body = {"micrographs": [_absolute(m) for m in micrographs], "model": model, "settings": settings or {}}
+    def submit_pick(self, micrographs: Iterable[Any], model: str | None = None, settings: dict | None = None) -> str:
+        """Queue a pick job; returns the job id. Micrographs are paths, directories or globs the server can read, or
+        items with `micrograph`, `path` and `pixel_size` (a suite table's name and Å/px; MicrographItem or dict)."""
+        body = {"micrographs": [_micrograph_entry(m) for m in micrographs], "model": model,
+                "settings": settings or {}}
         return self._submit("/v1/pick", body)
 
     def submit_train(self, micrographs: Iterable[str | os.PathLike], *, labels_csv: str | None = None,
@@ -317,6 +318,16 @@ class Client:
         params.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (settings or {}).items()})
         _, _, body = self.request("POST", "/v1/pick/upload", params=params, body=data, timeout=max(self.timeout, 600))
         return json.loads(body)
+
+
+def _micrograph_entry(m: Any) -> Any:
+    if isinstance(m, (str, os.PathLike)):
+        return _absolute(m)
+    get = m.get if isinstance(m, dict) else (lambda k, d=None: getattr(m, k, d))
+    entry = {"path": _absolute(get("path")), "micrograph": get("micrograph")}
+    if get("pixel_size") is not None:
+        entry["pixel_size"] = float(get("pixel_size"))
+    return entry
 
 
 def _absolute(p: str | os.PathLike) -> str:
@@ -437,15 +448,14 @@ def pick_via_server(client: Client, micrographs: Any, model: str | os.PathLike |
         if done:
             log(f"{len(done)} micrograph(s) already picked in {root}; skipping them")
         if todo:
-            absolute = [_absolute(i.path) for i in todo]
+            sent = [_micrograph_entry(i) for i in todo]
             job_file = root / JOB_FILE
-            job_id = _reattach(client, job_file, absolute, log)
+            job_id = _reattach(client, job_file, sent, log)
             if job_id is None:
-                job_id = client.submit_pick(absolute, name, pick_settings(config))
+                job_id = client.submit_pick(sent, name, pick_settings(config))
                 from .io import write_text_atomic
 
-                write_text_atomic(job_file, json.dumps({"server": client.url, "job": job_id,
-                                                        "micrographs": absolute}))
+                write_text_atomic(job_file, json.dumps({"server": client.url, "job": job_id, "micrographs": sent}))
             try:
                 final = _follow(client, job_id, len(todo), progress, should_stop, on_progress)
             finally:
@@ -459,8 +469,8 @@ def pick_via_server(client: Client, micrographs: Any, model: str | os.PathLike |
             records = client.picks(job_id, "json")["picks"]
             table = pd.DataFrame.from_records(records, columns=["micrograph", "x", "y", "score", "path"])
             table = table.astype({"x": float, "y": float, "score": float})
-            back = {a: i.path for a, i in zip(absolute, todo)}
-            table["path"] = table["path"].map(lambda s: back.get(s, s))
+            back = {i.micrograph: i.path for i in todo}  # the paths as the caller wrote them
+            table["path"] = table["micrograph"].map(back).fillna(table["path"])
             failed = {f["micrograph"]: f.get("error") or "failed" for f in final.get("failures") or ()}
             groups = {str(k): g for k, g in table.groupby("micrograph", sort=False)}
             for item in todo:
@@ -492,13 +502,13 @@ def pick_via_server(client: Client, micrographs: Any, model: str | os.PathLike |
     return DirRun(run, sorted(done_names), picks, picks_path, None, finished, items)
 
 
-def _reattach(client: Client, job_file: Path, absolute: list[str], log: Callable[[str], None]) -> str | None:
+def _reattach(client: Client, job_file: Path, sent: list, log: Callable[[str], None]) -> str | None:
     """The server job an interrupted earlier run left in flight for the same micrographs, if it is still usable."""
     try:
         earlier = json.loads(job_file.read_text())
     except (OSError, ValueError):
         return None
-    if earlier.get("server") != client.url or earlier.get("micrographs") != absolute:
+    if earlier.get("server") != client.url or earlier.get("micrographs") != sent:
         return None
     try:
         job = client.job(earlier["job"])

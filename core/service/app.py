@@ -18,7 +18,7 @@ import traceback
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -83,11 +83,21 @@ class ServeConfig:
 
 
 # ---------------------------------------------------------------- request bodies
-class PickRequest(BaseModel):
-    """POST /v1/pick: micrographs (files, directories or globs under a data root), a model name, settings."""
+class MicrographRef(BaseModel):
+    """One micrograph with what the suite's table knows: its name and pixel size (Å/px; else the file header)."""
 
     model_config = ConfigDict(extra="forbid")
-    micrographs: list[str] = Field(min_length=1)
+    path: str
+    micrograph: Optional[str] = Field(None, min_length=1, max_length=500)
+    pixel_size: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
+
+
+class PickRequest(BaseModel):
+    """POST /v1/pick: micrographs (paths, directories or globs under a data root, or {path, micrograph, pixel_size}
+    objects), a model name, settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    micrographs: list[Union[str, MicrographRef]] = Field(min_length=1)
     model: Optional[str] = None
     settings: Optional[dict[str, Any]] = None
 
@@ -279,11 +289,12 @@ def _errors(app: FastAPI, svc: Service) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError):
         errors = err.errors()
-        first = errors[0] if errors else {}
+        # the deepest location is the most specific (a union such as str | MicrographRef reports every branch)
+        first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {}
         kind = first.get("type", "")
         if kind == "json_invalid":
             return _error(400, f"malformed JSON body ({first.get('ctx', {}).get('error', 'cannot parse')})")
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("body", "str", "MicrographRef"))
         msg = first.get("msg", "invalid request")
         if kind == "extra_forbidden":
             return _error(422, f"unknown field {where!r} in the request body")
@@ -411,6 +422,23 @@ def _settings_or_422(fn, *args, **kwargs):
         raise SettingsError(str(err)) from None
 
 
+def _pick_items(given: list, roots: DataRoots) -> list[tuple[str, str, float | None]]:
+    """(name, path, pixel size) per micrograph: strings expand like the CLI's inputs, objects name one file each."""
+    out: list[tuple[str, str, float | None]] = []
+    for entry in given:
+        if isinstance(entry, str):
+            out.extend((stem(p), str(p), None) for p in roots.expand([entry]))
+            continue
+        path = roots.confine(entry.path)
+        if not path.is_file():
+            raise InputError(f"{entry.path}: no such file")
+        out.append((entry.micrograph or stem(path), str(path), entry.pixel_size))
+    dupes = duplicate_stems([name for name, _, _ in out])
+    if dupes:
+        raise InputError(f"two micrographs share the name {dupes[0]!r}; their picks could not be told apart")
+    return out
+
+
 def _unique_stems(paths: list[Path]) -> None:
     dupes = duplicate_stems([stem(p) for p in paths])
     if dupes:
@@ -501,13 +529,12 @@ def _routes(app: FastAPI, svc: Service) -> None:
             model, sha = entry.name, entry.sha256
         elif body.model:
             raise SettingsError("the blob picker takes no model (drop 'model' or use settings.method 'cnn')")
-        paths = roots.expand(body.micrographs)
-        _unique_stems(paths)
+        mics = _pick_items(body.micrographs, roots)
         job_id = store.submit("pick", {"model": model, "model_sha256": sha, "settings": body.settings or {}},
-                              [(stem(p), str(p)) for p in paths], client=_client(request), key=_key(request))
-        log.info(json.dumps({"event": "submitted", "job": job_id, "kind": "pick", "micrographs": len(paths),
+                              mics, client=_client(request), key=_key(request))
+        log.info(json.dumps({"event": "submitted", "job": job_id, "kind": "pick", "micrographs": len(mics),
                              "model": model, "client": _client(request)}))
-        return JSONResponse({"job": job_id, "total": len(paths)}, status_code=202,
+        return JSONResponse({"job": job_id, "total": len(mics)}, status_code=202,
                             headers={"Location": f"/v1/jobs/{job_id}"})
 
     @app.post("/v1/train", tags=["jobs"], status_code=202)

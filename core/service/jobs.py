@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS micrographs (
     idx INTEGER NOT NULL,
     name TEXT NOT NULL,
     path TEXT NOT NULL,
+    pixel_size REAL,
     state TEXT NOT NULL DEFAULT 'queued',
     reason TEXT,
     picks INTEGER,
@@ -114,9 +115,9 @@ class JobStore:
     def _tx(self):
         return _Tx(self._db, self._lock)
 
-    def submit(self, kind: str, request: dict[str, Any], micrographs: list[tuple[str, str]],
+    def submit(self, kind: str, request: dict[str, Any], micrographs: list[tuple],
                client: str | None = None, key: str | None = None) -> str:
-        """Queue a job of (name, path) micrographs; QueueFull/TooLarge when the bound would be exceeded.
+        """Queue a job of (name, path[, pixel size]) micrographs; QueueFull/TooLarge when the bound would be exceeded.
 
         A repeated `key` (the client's Idempotency-Key) returns the job it created before instead of a second one."""
         n = len(micrographs)
@@ -136,8 +137,8 @@ class JobStore:
             db.execute("INSERT INTO jobs (id, kind, state, request, total, client, key, created) "
                        "VALUES (?,?,?,?,?,?,?,?)",
                        (job_id, kind, "queued", json.dumps(request), n, client, key, time.time()))
-            db.executemany("INSERT INTO micrographs (job, idx, name, path) VALUES (?,?,?,?)",
-                           [(job_id, i, name, path) for i, (name, path) in enumerate(micrographs)])
+            db.executemany("INSERT INTO micrographs (job, idx, name, path, pixel_size) VALUES (?,?,?,?,?)",
+                           [(job_id, i, m[0], m[1], m[2] if len(m) > 2 else None) for i, m in enumerate(micrographs)])
         self.notify()
         return job_id
 
@@ -255,6 +256,13 @@ class JobStore:
         if states is not None:
             out = [m for m in out if m[2] in set(states)]
         return out
+
+    def items(self, job_id: str) -> list[tuple[str, str, float | None]]:
+        """(name, path, pixel size or None) of a job's micrographs in request order: what the engine picks."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, path, pixel_size FROM micrographs WHERE job=? ORDER BY idx",
+                                    (job_id,))
+            return [(r["name"], r["path"], r["pixel_size"]) for r in rows.fetchall()]
 
     def counts(self) -> dict[str, int]:
         """Jobs per state."""

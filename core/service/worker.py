@@ -133,7 +133,9 @@ class _Worker(threading.Thread):
         model = None
         if config.method == "cnn":
             model = self.pool.registry.load(req["model"], req.get("model_sha256"), self.device)
-        paths = [p for _, p, _ in store.micrographs(job.id)]
+        from ..pipeline import MicrographItem
+
+        items = [MicrographItem(name, path, ps) for name, path, ps in store.items(job.id)]
 
         def finished(res) -> None:
             if res.error is None:
@@ -143,7 +145,7 @@ class _Worker(threading.Thread):
             metrics.picked(res.seconds, res.error is None)
             self.serve_urgent()
 
-        run = pick_to_dir(paths, model, config, store.job_dir(job.id), files=EXACT_FILES, executor=self.pool.executor,
+        run = pick_to_dir(items, model, config, store.job_dir(job.id), files=EXACT_FILES, executor=self.pool.executor,
                           on_result=finished, should_stop=self.should_stop(job.id), progress=False,
                           log=lambda m: log.info("%s", m))
         for name in run.micrographs:  # includes micrographs an interrupted earlier run finished

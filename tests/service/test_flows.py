@@ -159,3 +159,18 @@ def test_shipped_models_are_offered(client):
         pytest.skip("this installation ships no model yet")
     models = {m["name"]: m for m in client.models()}
     assert all(models[n]["source"] == "shipped" for n in present)
+
+
+def test_suite_tables_keep_names_and_pixel_sizes(client, five, tmp_path):
+    """A suite's micrograph table (its names, per-micrograph pixel sizes) picks on the server as it does here."""
+    from pupick.core.outputs import pick_to_dir
+
+    table = pd.DataFrame({"micrograph": ["a", "b", "c"], "path": [str(p) for p in five[:3]],
+                          "pixel_size": [5.36, 4.0, 6.5]})
+    config = PickConfig.from_settings({"method": "blob", "diameter": 300, "max_picks": 30, "device": "cpu"})
+    remote = pick_via_server(client, table, None, config, tmp_path / "server", progress=False)
+    local = pick_to_dir(table, None, config, tmp_path / "local")
+    assert remote.micrographs == ["a", "b", "c"]
+    assert (tmp_path / "server" / "picks.csv").read_bytes() == local.picks_path.read_bytes()
+    sizes = pd.read_csv(local.picks_path).groupby("micrograph").size()
+    assert list(sizes.index) == ["a", "b", "c"] and (sizes == 30).all()
