@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import PupickError
+from ..errors import InputError, PupickError
 from ._common import UserError, run_core
 
 
@@ -40,9 +40,9 @@ def _executor(spec: str | None, workers: int | None):
     try:
         from ..cluster import executor_from_spec
     except ImportError:
-        raise click.UsageError("--cluster needs pupick's cluster support (pupick.core.cluster), "
-                               "which this installation lacks") from None
-    return run_core(executor_from_spec, spec, workers)
+        raise InputError("--cluster needs pupick's cluster support (pupick.core.cluster), which this installation "
+                         "lacks") from None
+    return executor_from_spec(spec, workers)
 
 
 @click.command("serve")
@@ -91,12 +91,11 @@ def command(host, port, data_roots, models_dir, state_dir, token_file, device, m
 
     from ..service.app import ServeConfig, create_app
 
-    executor = _executor(cluster, cluster_workers)
     cfg = _usage(ServeConfig, state_dir=Path(state_dir) if state_dir else default_state_dir(), host=host,
-                   port=port, data_roots=tuple(data_roots), models_dir=Path(models_dir) if models_dir else None,
-                   token=token, devices=devices, max_queue=max_queue, retention_hours=retention,
-                   model_cache=model_cache, max_upload_mb=max_upload_mb, max_model_mb=max_model_mb,
-                   executor=executor)
+                 port=port, data_roots=tuple(data_roots), models_dir=Path(models_dir) if models_dir else None,
+                 token=token, devices=devices, max_queue=max_queue, retention_hours=retention,
+                 model_cache=model_cache, max_upload_mb=max_upload_mb, max_model_mb=max_model_mb)
+    executor = cfg.executor = _usage(_executor, cluster, cluster_workers)  # last: a cluster starts workers
     app = run_core(create_app, cfg)
     scheme = "https" if ssl_certfile else "http"
     roots = ", ".join(str(r) for r in data_roots) or "none (uploads only)"
