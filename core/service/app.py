@@ -648,8 +648,9 @@ def _routes(app: FastAPI, svc: Service) -> None:
                 from ..pipeline import pick
 
                 loaded = registry.load(entry.name, entry.sha256, device) if entry else None
-                return pick([target], loaded, settings_map.pick_config(settings, device=device),
-                            executor=svc.cfg.executor, progress=False, log=lambda m: None)
+                # here, never on a cluster: the uploaded file lives only on this machine
+                return pick([target], loaded, settings_map.pick_config(settings, device=device), progress=False,
+                            log=lambda m: None)
 
             result = await run_in_threadpool(svc.workers.call, run)
         finally:
