@@ -25,6 +25,7 @@ PARTICLE_FIELDS: list[tuple] = [
     ("location/micrograph_psize_A", "<f4"),
     ("location/center_x_frac", "<f4"),
     ("location/center_y_frac", "<f4"),
+    ("location/min_dist_A", "<f4"),  # the pickers' minimum distance between picks (0 when unknown)
     ("pick_stats/ncc_score", "<f4"),
     ("pick_stats/power", "<f4"),
     ("pick_stats/template_idx", "<u4"),
@@ -245,6 +246,17 @@ def _mix64(values: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def exposure_uids(names: Sequence[str]) -> np.ndarray:
+    """Deterministic 64-bit exposure uids derived from micrograph names (same name, same uid), for tables without.
+
+    cryoSPARC's Import Particles matches particles to its own exposures by micrograph name, not by these uids.
+    """
+    import hashlib
+
+    return np.array([int.from_bytes(hashlib.sha256(f"pupick-exposure:{n}".encode()).digest()[:8], "little")
+                     for n in names], dtype=np.uint64)
+
+
 def particle_uids(mic_uid: np.ndarray, x: np.ndarray, y: np.ndarray, salt: str = "") -> np.ndarray:
     """Deterministic, content-derived 64-bit particle uids (same picks and salt -> same uids; all distinct)."""
     import hashlib
@@ -267,18 +279,24 @@ def particle_uids(mic_uid: np.ndarray, x: np.ndarray, y: np.ndarray, salt: str =
 
 
 def particles_dataset(picks: pd.DataFrame, exposures: pd.DataFrame, template=None, salt: str = "",
-                      drop_unmatched: bool = False, source: str = "picks"):
+                      drop_unmatched: bool = False, source: str = "picks", min_dist_px=None):
     """A cryoSPARC particle Dataset (location + pick_stats) for picks on the given exposures.
 
-    With a `template` (e.g. a server-allocated output) the result has exactly its fields: ours filled, others zero.
-    Picks on micrographs missing from the exposures are an error unless `drop_unmatched`.
+    With a `template` (e.g. a server-allocated output) the result has exactly its fields, with the template's types:
+    ours filled, others zero. Picks on micrographs missing from the exposures are an error unless `drop_unmatched`.
+    `min_dist_px` (one value, or one per pick) fills location/min_dist_A with the micrograph's pixel size.
     """
     from cryosparc.dataset import Dataset
 
     picks = validate_picks(picks, source)
-    for col in ("uid", "path", "ny", "nx"):
+    if "path" not in exposures.columns:
+        raise InputError(f"{source}: the micrographs give no file paths; give a RELION micrographs STAR, a cryoSPARC "
+                         "exposures .cs or the micrograph files")
+    if "uid" not in exposures.columns:  # a RELION (or any) micrograph table: uids from the names, as cryoSPARC
+        exposures = exposures.assign(uid=exposure_uids(exposures["micrograph"].astype(str)))  # matches by name
+    for col in ("ny", "nx"):
         if col not in exposures.columns:
-            raise InputError(f"{source}: the exposures table has no {col!r} column (read it with read_exposures)")
+            exposures = exposures.assign(**{col: np.nan})
     keys = picks["micrograph_uid"] if "micrograph_uid" in picks.columns else None
     if keys is not None:
         index = {int(u): i for i, u in enumerate(exposures["uid"].to_numpy(dtype=np.uint64))}
@@ -296,9 +314,14 @@ def particles_dataset(picks: pd.DataFrame, exposures: pd.DataFrame, template=Non
     ny = exposures["ny"].to_numpy(dtype=float)[rows]
     nx = exposures["nx"].to_numpy(dtype=float)[rows]
     if not (np.isfinite(ny).all() and np.isfinite(nx).all() and (ny > 0).all() and (nx > 0).all()):
-        raise InputError(f"{source}: the exposures lack micrograph_blob/shape; cannot compute fractional coordinates")
+        raise InputError(f"{source}: the micrograph sizes are unknown (a cryoSPARC .cs stores coordinates as fractions "
+                         "of them): give an exposures .cs with micrograph_blob/shape, or micrographs whose files can "
+                         "be read from here (run from the RELION project directory)")
     x, y = picks["x"].to_numpy(), picks["y"].to_numpy()
-    outside = (x < 0) | (y < 0) | (x > nx) | (y > ny) | ~np.isfinite(x) | ~np.isfinite(y)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        i = int(np.flatnonzero(~(np.isfinite(x) & np.isfinite(y)))[0])
+        raise InputError(f"{source}: row {i + 1}: coordinate ({x[i]:g}, {y[i]:g}) is not a finite number")
+    outside = (x < 0) | (y < 0) | (x > nx) | (y > ny)
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
         raise InputError(f"{source}: row {i + 1}: coordinate ({x[i]:g}, {y[i]:g}) lies outside micrograph "
@@ -312,9 +335,9 @@ def particles_dataset(picks: pd.DataFrame, exposures: pd.DataFrame, template=Non
     group = exposures["optics_group"].to_numpy()[rows] if "optics_group" in exposures.columns else np.ones(len(rows))
 
     dset = Dataset({"uid": particle_uids(mic_uid, x, y, salt)})
-    dset.add_fields(PARTICLE_FIELDS)
-    if template is not None:
-        dset.add_fields([f for f in template.descr() if f[0] != "uid"])
+    served = [f for f in template.descr() if f[0] != "uid"] if template is not None else []
+    names = {f[0] for f in served}
+    dset.add_fields(served + [f for f in PARTICLE_FIELDS if f[0] not in names])  # the server's types win
     dset["location/micrograph_uid"] = mic_uid
     dset["location/exp_group_id"] = np.nan_to_num(np.asarray(group, dtype=float), nan=1).astype(np.uint32)
     dset["location/micrograph_path"] = exposures["path"].astype(str).to_numpy(dtype=object)[rows]
@@ -322,6 +345,9 @@ def particles_dataset(picks: pd.DataFrame, exposures: pd.DataFrame, template=Non
     dset["location/micrograph_psize_A"] = np.nan_to_num(psize, nan=0.0).astype(np.float32)
     dset["location/center_x_frac"] = (x / nx).astype(np.float32)
     dset["location/center_y_frac"] = (y / ny).astype(np.float32)
+    dist = np.zeros(len(rows)) if min_dist_px is None else np.broadcast_to(
+        np.asarray(min_dist_px, dtype=float)[~unmatched] if np.ndim(min_dist_px) else float(min_dist_px), len(rows))
+    dset["location/min_dist_A"] = np.nan_to_num(dist * psize, nan=0.0).astype(np.float32)
     dset["pick_stats/power"] = score.astype(np.float32)
     dset["pick_stats/ncc_score"] = _sigmoid(score).astype(np.float32)
     if template is not None:  # the server's field list is authoritative: save exactly those

@@ -17,10 +17,13 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 
 from pupick.core.errors import InputError
+from pupick.core.io import Protected, check_output, check_output_dir
 from pupick.core.tables import IMAGE_EXTENSIONS, empty_picks, stem, validate_picks
 
 
@@ -277,21 +280,36 @@ def _refuse_existing(targets: list[Path], overwrite: bool) -> None:
 def write_picks(df: pd.DataFrame, path: str | os.PathLike, fmt: str | None = None,
                 micrographs: pd.DataFrame | None = None, box_size: int | None = None,
                 diameter_px: float | None = None, suffix: str = "pupick", version: int | str | None = 30001,
-                base_dir: str | os.PathLike | None = None, overwrite: bool = True) -> list[Path]:
-    """Write picks in a format (detected from the extension when not given); returns the files written."""
+                base_dir: str | os.PathLike | None = None, overwrite: bool = True,
+                inputs: Sequence[str | os.PathLike] = ()) -> list[Path]:
+    """Write picks in a format (detected from the extension when not given); returns the files written.
+
+    No file of `inputs` (nor inside an input directory) is written over, and an existing output is replaced only
+    when it is the same kind of file (core.io.check_output).
+    """
     try:
         return _write_picks(df, Path(path), fmt, micrographs, box_size, diameter_px, suffix, version, base_dir,
-                            overwrite)
+                            overwrite, list(inputs))
     except OSError as err:
         where = err.filename or path
         raise InputError(f"{where}: cannot write ({err.strerror or err})") from None
 
 
+def _guard(targets: list[Path], kind: str, inputs: list) -> None:
+    """The output rule for every target, probing the writability of each directory once."""
+    probed: set[Path] = set()
+    protected = Protected(inputs)
+    for t in targets:
+        check_output(t, kind, protected, probe=t.parent not in probed)
+        probed.add(t.parent)
+
+
 def _write_picks(df, path: Path, fmt, micrographs, box_size, diameter_px, suffix, version, base_dir,
-                 overwrite) -> list[Path]:
+                 overwrite, inputs) -> list[Path]:
     fmt = fmt or detect_format(path, for_writing=True)
     spec = _check_fmt(fmt)
     picks = validate_picks(df, "picks")
+    kind = "npy" if fmt == "cs" else "text"
     if spec.per_micrograph:
         single = any(path.name.lower().endswith(e) for e in spec.extensions) and not path.is_dir()
         if fmt == "relion":
@@ -303,12 +321,14 @@ def _write_picks(df, path: Path, fmt, micrographs, box_size, diameter_px, suffix
                     raise InputError(f"{path}: {picks['micrograph'].nunique()} micrographs cannot go into one "
                                      "per-micrograph STAR; give a directory")
                 _refuse_existing([path], overwrite)
+                _guard([path], kind, inputs)
                 relion.write_coordinates_star(picks, path, v)
                 return [path]
             if not overwrite and path.is_dir() and any(path.rglob("*.star")):
                 raise InputError(f"{path}: already holds STAR files; choose an empty output directory")
+            check_output_dir(path)
             return relion.write_star_dir(picks, path, suffix=suffix, micrographs=micrographs, version=v,
-                                         base_dir=base_dir)
+                                         base_dir=base_dir, check=lambda targets: _guard(targets, kind, inputs))
         from .eman import box_size_for, write_box, write_info_json
 
         size = box_size_for(box_size, diameter_px) if fmt == "box" else None
@@ -321,8 +341,10 @@ def _write_picks(df, path: Path, fmt, micrographs, box_size, diameter_px, suffix
         else:
             if path.exists() and not path.is_dir():
                 raise InputError(f"{path}: exists and is not a directory ({fmt} writes one file per micrograph)")
+            check_output_dir(path)
             targets = {m: path / f"{rel}{ext}" for m, rel in _file_stem(picks).items()}
         _refuse_existing(list(targets.values()), overwrite)
+        _guard(list(targets.values()), kind, inputs)
         groups = dict(tuple(picks.groupby("micrograph", sort=False))) if len(picks) else {}
         for mic, target in targets.items():
             rows = groups.get(mic, picks.iloc[0:0])
@@ -332,6 +354,7 @@ def _write_picks(df, path: Path, fmt, micrographs, box_size, diameter_px, suffix
                 write_info_json(rows, target)
         return list(targets.values())
     _refuse_existing([path], overwrite)
+    _guard([path], kind, inputs)
     if fmt == "star":
         from . import relion
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -389,8 +389,11 @@ def write_particles_star(picks: pd.DataFrame, path: str | os.PathLike, version: 
 
 def write_star_dir(picks: pd.DataFrame, out_dir: str | os.PathLike, suffix: str = "pupick",
                    micrographs: pd.DataFrame | None = None, version: int | None = 30001,
-                   list_name: str | None = None, base_dir: str | os.PathLike | None = None) -> list[Path]:
+                   list_name: str | None = None, base_dir: str | os.PathLike | None = None,
+                   check: Callable[[list[Path]], None] | None = None) -> list[Path]:
     """Per-micrograph coordinate STARs under out_dir, and the list (3.1+) when micrograph paths are known.
+
+    `check(targets)`, when given, sees every file about to be written before the first is (e.g. the output rule).
 
     Micrographs in `micrographs` without picks get an empty file, so RELION sees every micrograph as done.
     List entries are relative to base_dir (default: the current directory, RELION's project directory).
@@ -412,11 +415,15 @@ def write_star_dir(picks: pd.DataFrame, out_dir: str | os.PathLike, suffix: str 
         entries = {str(name): (paths[i], by_row.get(i, empty_picks()))
                    for i, name in enumerate(micrographs["micrograph"].astype(str))}
     base = Path(base_dir) if base_dir is not None else Path.cwd()
+    targets = {mic: out_dir / coordinate_file_name(mpath if mpath else f"{mic}.mrc", suffix)
+               for mic, (mpath, _) in entries.items()}
+    list_target = out_dir / (list_name or f"{'autopick' if suffix == 'pupick' else suffix}.star")
+    if check is not None:
+        check(list(targets.values()) + ([list_target] if version is not None else []))
     written: list[Path] = []
     listed = []
     for mic, (mpath, rows) in entries.items():
-        rel = coordinate_file_name(mpath if mpath else f"{mic}.mrc", suffix)
-        target = out_dir / rel
+        target = targets[mic]
         write_coordinates_star(rows.assign(micrograph=mic) if len(rows) else rows, target, version)
         written.append(target)
         if mpath:
@@ -428,9 +435,9 @@ def write_star_dir(picks: pd.DataFrame, out_dir: str | os.PathLike, suffix: str 
                 shown = str(target.absolute())
             listed.append((mpath, shown))
     if version is not None and listed and len(listed) == len(entries):
-        target = out_dir / (list_name or f"{'autopick' if suffix == 'pupick' else suffix}.star")
-        write_coordinate_list(pd.DataFrame(listed, columns=["micrograph_path", "coordinates_path"]), target, version)
-        written.append(target)
+        write_coordinate_list(pd.DataFrame(listed, columns=["micrograph_path", "coordinates_path"]), list_target,
+                              version)
+        written.append(list_target)
     elif version is None and micrographs is not None and micrographs.attrs.get("source"):
         # RELION 3.0 finds the files through coords_suffix_<suffix>.star, which names the micrographs STAR
         source = Path(micrographs.attrs["source"]).absolute()

@@ -182,7 +182,8 @@ def read_star(path: str | os.PathLike) -> StarFile:
             warnings.simplefilter("ignore")
             blocks = starfile.read(path, always_dict=True)
     except Exception as err:  # starfile/pandas raise many unrelated types for malformed text
-        raise InputError(f"{path}: not a readable STAR file ({type(err).__name__}: {err})") from None
+        reason = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "malformed text")
+        raise InputError(f"{path}: not a readable STAR file ({reason})") from None
     blocks = {str(k): (v.reset_index(drop=True) if isinstance(v, pd.DataFrame) else v) for k, v in blocks.items()}
     return StarFile(path, blocks, version, layouts)
 

@@ -92,9 +92,9 @@ def run_bootstrap(set_dir: str, seed: int, overrides: dict, threads: int) -> dic
     with tempfile.TemporaryDirectory() as tmp:
         cfg = bset.train_config(seed=seed, **{"expected_particles": expected, **overrides})
         t1 = time.perf_counter()
-        result = train(bset.train, labels, cfg, Path(tmp) / "model.pt", progress=False, log=lambda m: None)
+        result = train(bset.train, labels, cfg, log=lambda m: None)
         train_seconds = time.perf_counter() - t1
-        model = load_model(result.model_path)
+        model = load_model(result.save(Path(tmp) / "model.pt"))
         t2 = time.perf_counter()
         run = pick(bset.test, model, PickConfig(seed=seed), progress=False, log=lambda m: None)
         pick_seconds = (time.perf_counter() - t2) / max(1, len(bset.test))

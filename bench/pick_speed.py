@@ -31,12 +31,12 @@ FULL_PIXEL_SIZE = 1.77
 
 
 def train_model(bset, out: Path, quick: bool) -> tuple[Path, float]:
-    from pupick.core.pipeline import train
+    from pupick.core.train import train
 
     cfg = bset.train_config(units=32, epochs=4 if quick else 8, steps_per_epoch=20, batch_size=4, tile_size=160,
                             learning_rate=1e-3, test_split=0.0, seed=0)
     t0 = time.perf_counter()
-    train(bset.train, bset.train_labels, cfg, out, progress=False, log=lambda m: None)
+    train(bset.train, bset.train_labels, cfg, log=lambda m: None).save(out)
     return out, time.perf_counter() - t0
 
 

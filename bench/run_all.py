@@ -34,6 +34,7 @@ SCRIPTS = [
     ("train_throughput", "Training throughput: dense tiles vs per-patch"),
     ("train_quality", "CNN training quality (issue 3 protocol)"),
     ("blob_bootstrap", "Blob picker and zero-label bootstrap"),
+    ("view", "Browser pages (pupick view): pictures, slider, retrain from the page"),
 ]
 # wall-clock limit per script (s): keeps `make bench` bounded even when one script misbehaves
 # (a script cut off keeps its previous JSON, which is then rendered with its own, older date)

@@ -46,10 +46,10 @@ def run_one(set_dir: str, seed: int, overrides: dict, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = bset.train_config(seed=seed, **{"test_split": 0.0, **overrides})
         t0, c0 = time.perf_counter(), time.process_time()
-        result = train(bset.train, bset.train_labels, cfg, Path(tmp) / "model.pt", progress=False, log=lambda m: None)
+        result = train(bset.train, bset.train_labels, cfg, log=lambda m: None)
         train_seconds = time.perf_counter() - t0
         train_cpu_seconds = time.process_time() - c0  # all threads; on a busy shared machine wall time inflates
-        model = load_model(result.model_path)
+        model = load_model(result.save(Path(tmp) / "model.pt"))
         t1 = time.perf_counter()
         run = pick(bset.test, model, bset.pick_config(), progress=False, log=lambda m: None)  # `pupick pick` defaults
         if run.failures:

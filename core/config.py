@@ -97,8 +97,38 @@ class TrainConfig:
     train_stride: str = "native"  # outputs in the loss: native (network stride) | dense (every pixel, dilated)
     validation_stride: str = "native"  # scorer mode for per-epoch validation AP (STRIDE_MODES)
 
+    def __post_init__(self) -> None:
+        _check_train_config(self)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _check_train_config(c: "TrainConfig") -> None:
+    """Raise InputError (one line naming the option as `pupick train` spells it) for a config that cannot work."""
+    _finite(c.learning_rate, "--learning-rate", minimum=0, strict=True)
+    for option, value in (("--units", c.units), ("--epochs", c.epochs), ("--steps-per-epoch", c.steps_per_epoch),
+                          ("--batch-size", c.batch_size), ("--tile-size", c.tile_size),
+                          ("--unlabeled-samples", c.unlabeled_samples)):
+        _whole(value, option, 1)
+    _whole(c.calibration_batches, "calibration_batches", 0)
+    _whole(c.seed, "--seed", 0)
+    if not (isinstance(c.test_split, (int, float)) and 0 <= c.test_split < 1):
+        raise InputError(f"--test-split must be in [0, 1) (got {c.test_split!r})")
+    _finite(c.label_radius, "--label-radius", minimum=0)
+    _finite(c.weight_decay, "--weight-decay", minimum=0)
+    _finite(c.dropout, "--dropout", minimum=0)
+    if c.dropout >= 1:
+        raise InputError(f"--dropout must be below 1 (got {c.dropout:g})")
+    _finite(c.expected_particles, "--expected-particles", minimum=0, strict=True)
+    _finite(c.slack, "--slack", minimum=0)
+    _one_of(c.arch, "--arch", ARCHITECTURES)
+    _one_of(c.pooling, "--pooling", ("max", "stride"))
+    _one_of(c.augment_rotations, "--augment", ("90", "none"))
+    _one_of(c.train_stride, "--train-stride", STRIDE_MODES)
+    _one_of(c.validation_stride, "--validation-stride", STRIDE_MODES)
+    _one_of(c.precision, "--precision", PRECISIONS)
+    check_device(c.device)
 
 
 VIEW_COUNTS = (1, 2, 4, 8)  # test-time views the scorer offers (see core.score.VIEWS)
@@ -118,7 +148,8 @@ def _finite(value: float, option: str, *, minimum: float | None = None, strict: 
         ok = value > minimum if strict else value >= minimum
     if not ok:
         bound = "" if minimum is None else (f" > {minimum:g}" if strict else f" >= {minimum:g}")
-        raise InputError(f"{option} must be a finite number{bound} (got {value})")
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        raise InputError(f"{option} must be a finite number{bound} (got {shown})")
 
 
 def _whole(value: int | None, option: str, minimum: int) -> None:

@@ -4,6 +4,9 @@ Exit codes: 2 for bad usage (an option or input that cannot work, refused before
 """
 from __future__ import annotations
 
+import io
+import os
+import stat
 import sys
 from typing import Any, Callable
 
@@ -25,6 +28,12 @@ def _prog() -> str:
     return ctx.find_root().info_name if ctx is not None and ctx.find_root().info_name else "pupick"
 
 
+class BadOption(UserError):
+    """An option or input that cannot work: one line, exit status 2 (bad usage), before any work."""
+
+    exit_code = 2
+
+
 def run_core(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     """Call a core function, turning PupickError into a click error (exit 1, one line, no traceback)."""
     try:
@@ -38,7 +47,7 @@ def usage(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except InputError as err:
-        raise click.UsageError(str(err)) from None
+        raise BadOption(str(err)) from None
 
 
 class DeviceType(click.ParamType):
@@ -68,9 +77,44 @@ def size_options(f: Callable) -> Callable:
     return f
 
 
+class _QuietPipe(io.RawIOBase):
+    """A file descriptor that swallows writes once its reader has gone (`pupick pick ... | head`)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd, self.broken = fd, False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data) -> int:
+        if not self.broken:
+            try:
+                return os.write(self._fd, data)
+            except BrokenPipeError:
+                self.broken = True
+        return len(data)
+
+
+def quiet_broken_pipe() -> None:
+    """When stdout is a pipe, let a closed reader cost nothing: the run finishes its work and exits normally."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode):
+            return
+    except (AttributeError, OSError, ValueError):  # not a real file (e.g. captured by a test)
+        return
+    sys.stdout.flush()
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_QuietPipe(sys.stdout.fileno())), encoding=sys.stdout.encoding,
+                                  errors=sys.stdout.errors, line_buffering=True)
+
+
 def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> None:
     """Run a click command as a console script: user errors are one line `PROG: error: ...` (exit 1), bad usage
     exit 2, Ctrl-C 130; a closed stdout (`| head`) after the work is done is not an error."""
+    quiet_broken_pipe()
     try:
         group.main(args=argv, prog_name=prog, standalone_mode=False)
     except PupickError as err:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
-import tempfile
+import secrets
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,14 +129,59 @@ def read_shape(path: str | os.PathLike) -> tuple[int, int]:
     return int(img.shape[0]), int(img.shape[1])
 
 
+def _create_temp_beside(target: Path) -> Path:
+    """Create an empty temporary file beside `target` with the mode a plain open() would give.
+
+    mkstemp makes files 0600 whatever the umask; opening with 0666 lets the kernel apply the umask instead. A file
+    that replaces an existing one keeps that file's permissions, as writing into it with open() would.
+    """
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        mode = None
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part{target.suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        return tmp
+    raise FileExistsError(f"{target}: no free temporary name beside it")
+
+
+def _cannot_write(target: Path, err: OSError) -> InputError:
+    where = err.filename if isinstance(err.filename, str) and err.filename else target
+    return InputError(f"{target}: cannot write ({_reason(Path(where), err)})")
+
+
+def _reason(where: Path, err: OSError) -> str:
+    """Why a path cannot be written, in words (the blocking file for 'not a directory')."""
+    if isinstance(err, NotADirectoryError) or err.errno == errno.ENOTDIR:
+        for parent in [where, *where.parents]:
+            if parent.exists() and not parent.is_dir():
+                return f"{parent} is a file, not a directory"
+    if isinstance(err, FileExistsError):
+        return f"{where} exists and is not a directory"
+    return f"{err.strerror or err} in {where.parent}" if err.strerror else str(err)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success rename it onto `target`, on failure remove it."""
+    """Yield a temporary path beside `target`; on success rename it onto `target`, on failure remove it.
+
+    The file ends with the permissions a plain open() gives under the umask (or the replaced file's).
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part" + target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = _create_temp_beside(target)
+    except OSError as err:
+        raise _cannot_write(target, err) from None
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -147,6 +194,131 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     """Write a text file under a temporary name and rename it into place."""
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+# ---------------------------------------------------------------- the output rule, for every command
+# No command writes over one of its inputs, and an existing output is replaced only by the same kind of file.
+
+_MAGIC = [(b"\x93NUMPY", "npy"), (b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"),
+          (b"MM\x00*", "tiff"), (b"%PDF", "pdf")]
+KIND_NAMES = {"torch": "a model file", "npy": "a cryoSPARC .cs file", "png": "a PNG image", "jpeg": "a JPEG image",
+              "tiff": "a TIFF image", "pdf": "a PDF", "mrc": "an MRC image", "zip": "a zip archive",
+              "text": "a text file", "binary": "a binary file", "empty": "an empty file"}
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """What an existing file holds, from its first bytes: torch, npy, png, jpeg, tiff, pdf, mrc, zip, text, ..."""
+    with open(path, "rb") as fh:
+        head = fh.read(8192)
+    if not head:
+        return "empty"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head.startswith(b"PK\x03\x04"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                return "torch" if any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist()) else "zip"
+        except (zipfile.BadZipFile, OSError):
+            return "zip"
+    if len(head) >= 212 and head[208:211] == b"MAP":
+        return "mrc"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "text"
+        except UnicodeDecodeError as err:  # a multi-byte character cut at the end of the sample is still text
+            if err.start >= len(head) - 3:
+                return "text"
+    return "binary"
+
+
+class Protected:
+    """The inputs of a command, indexed once: files by device and inode, directories by resolved path."""
+
+    def __init__(self, inputs: Sequence[str | os.PathLike] = ()) -> None:
+        self.files: dict[tuple[int, int], Path] = {}
+        self.folders: list[tuple[Path, Path]] = []
+        for item in inputs:
+            p = Path(item)
+            try:
+                st = p.stat()
+            except (OSError, ValueError):
+                continue
+            if p.is_dir():
+                self.folders.append((p, p.resolve()))
+            else:
+                self.files[(st.st_dev, st.st_ino)] = p
+
+    def why(self, target: Path) -> str | None:
+        """Why writing `target` would write over an input, or None."""
+        try:
+            st = target.stat()
+        except OSError:
+            return None
+        if (st.st_dev, st.st_ino) in self.files:
+            return "is an input of this command"
+        resolved = target.resolve()
+        for shown, folder in self.folders:
+            if resolved.is_relative_to(folder):
+                return f"lies in the input directory {shown}"
+        return None
+
+
+def _writable_ancestor(target: Path) -> None:
+    """Raise InputError unless files can be created where `target` will go (nothing is left behind)."""
+    for parent in target.parents:
+        if parent.exists():
+            break
+    else:
+        return
+    if not parent.is_dir():
+        raise InputError(f"{target}: cannot write ({parent} is a file, not a directory)")
+    try:
+        _create_temp_beside(parent / target.name).unlink()
+    except OSError as err:
+        raise InputError(f"{target}: cannot write in {parent} ({err.strerror or err})") from None
+
+
+def check_output(target: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] | Protected = (),
+                 probe: bool = True) -> None:
+    """Refuse an output that is one of `inputs`, an existing file of another kind, or cannot be written.
+
+    `kind` is what will be written (a `file_kind` value, e.g. "torch" for a model, "text" for CSV/STAR/JSON);
+    an empty file of any kind may be replaced. Inputs that are directories protect every file inside them.
+    `probe=False` skips the writability probe (for many files in one directory already checked with
+    check_output_dir). For many targets, pass the inputs once as `Protected(inputs)`.
+    """
+    target = Path(target)
+    if target.is_dir():
+        raise InputError(f"{target}: is a directory; give a file name")
+    if target.exists():
+        why = (inputs if isinstance(inputs, Protected) else Protected(inputs)).why(target)
+        if why:
+            raise InputError(f"{target}: {why}; choose another output name")
+        found = file_kind(target)
+        if found != kind and found != "empty":
+            raise InputError(f"{target}: exists and is {KIND_NAMES.get(found, found)}, not "
+                             f"{KIND_NAMES.get(kind, kind)}; refusing to replace it (remove it or choose "
+                             "another name)")
+    if probe:
+        _writable_ancestor(target)
+
+
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Refuse an output directory that is a file, lies under a file, or cannot be written in."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: exists and is not a directory")
+    if path.is_dir():
+        try:
+            _create_temp_beside(path / "pupick").unlink()
+        except OSError as err:
+            raise InputError(f"{path}: cannot write in this directory ({err.strerror or err})") from None
+        return
+    _writable_ancestor(path)
 
 
 def write_mrc(path: str | os.PathLike, image: np.ndarray, pixel_size: float | None = None) -> None:
@@ -177,6 +349,8 @@ def expand_inputs(items: Sequence[str | os.PathLike], extensions: Sequence[str] 
                 raise InputError(f"{listfile}: cannot read the list file ({err.strerror})") from None
             base = listfile.parent
             entries = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+            if not entries:
+                raise InputError(f"{listfile}: the list file names no micrographs (nothing to do)")
             out.extend(expand_inputs([e if os.path.isabs(e) or Path(e).exists() else str(base / e) for e in entries], extensions))
             continue
         p = Path(s)

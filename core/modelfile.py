@@ -5,7 +5,11 @@ Loadable with ``torch.load(..., weights_only=True)``: no pickled modules, datacl
 from __future__ import annotations
 
 import hashlib
+import dataclasses
+import io
+import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,24 @@ from .models import ModelConfig, PickerNet, build, native_stride, receptive_fiel
 
 FORMAT = "pupick-model"
 FORMAT_VERSION = 1  # bump when a saved file can no longer be read by this code
+
+
+# One registry of the models shipped inside the package: name -> file under core/shipped/ (package data).
+SHIPPED_MODELS = {
+    "general": "general.pt",  # trained on every shared set's labels (EMPIAR-10017, 10028, 10059); needs a diameter
+}
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """The file of a shipped model's name (`general`), else the path as given."""
+    if isinstance(name_or_path, str) and name_or_path in SHIPPED_MODELS:
+        path = SHIPPED_DIR / SHIPPED_MODELS[name_or_path]
+        if not path.is_file():
+            raise ModelFileError(f"the shipped model {name_or_path!r} is missing from this installation ({path}); "
+                                 "build it with `make general-model`")
+        return path
+    return Path(name_or_path)
 
 
 @dataclass
@@ -61,28 +83,78 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def save_model(path: str | os.PathLike, module: torch.nn.Module, config: dict[str, Any]) -> None:
-    """Write the module's state_dict (fp32, CPU) and the plain config atomically."""
-    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+def save_state(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    """Write weights (fp32, CPU) and the plain config atomically as a model file."""
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "state_dict": state, "config": plain(dict(config))}
+    buffer = io.BytesIO()  # not torch.save(path): the archive would be named after the (random) temporary file
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getvalue())
+
+
+def save_model(path: str | os.PathLike, module: torch.nn.Module, config: dict[str, Any]) -> None:
+    """Write the module's state_dict (fp32, CPU) and the plain config atomically."""
+    save_state(path, module.state_dict(), config)
+
+
+def content_sha256(state: dict[str, torch.Tensor], config: dict[str, Any]) -> str:
+    """A model's identity: SHA-256 of its weights (name, dtype, shape, values) and its canonical config JSON.
+
+    The save date (config provenance.date) is left out, so retraining with the same seed is the same model, and
+    re-saving or copying a file does not change it.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    ident = dict(config)
+    if isinstance(ident.get("provenance"), dict):
+        ident["provenance"] = {k: v for k, v in ident["provenance"].items() if k != "date"}
+    h.update(json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str).encode())
+    return h.hexdigest()
+
+
+def _build_loaded(state: dict, config: dict, device: str | torch.device, where: str, sha: str,
+                  path: Path | None) -> LoadedModel:
+    mcfg = ModelConfig.from_dict(config)
+    try:
+        module = build(mcfg)
+        module.load_state_dict(state)
+    except ModelFileError as err:
+        raise ModelFileError(f"{where}: {err}") from None
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise ModelFileError(f"{where}: weights do not fit architecture {mcfg.arch!r}: {str(err).splitlines()[0]}") from None
+    module.to(device).eval()
+    return LoadedModel(module, config, receptive_field(mcfg), native_stride(mcfg), sha, path)
+
+
+def loaded_from_state(state_dict: dict[str, torch.Tensor], config: dict[str, Any],
+                      device: str | torch.device = "cpu") -> LoadedModel:
+    """A LoadedModel from weights and config in memory (a fresh training's result); sha256 is the content's."""
+    config = plain(dict(config))
+    return _build_loaded(state_dict, config, device, "trained model", content_sha256(state_dict, config), None)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Read a model file (weights_only) and rebuild the module in eval mode; ModelFileError if it is not ours."""
-    path = Path(path)
+    """Read a model file or a shipped model by name (weights_only); the module in eval mode; ModelFileError if not ours."""
+    path = resolve_model(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, foreign pickle, or not a torch file at all
-        raise ModelFileError(f"{path}: not a pupick model file ({type(err).__name__})") from None
+    except Exception:  # corrupt, foreign pickle, or not a torch file at all
+        reason = "not a torch file" if not zipfile.is_zipfile(path) else "holds more than weights and plain settings"
+        raise ModelFileError(f"{path}: not a pupick model file ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a pupick model file (no '{FORMAT}' marker)")
     version = payload.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ModelFileError(f"{path}: model file format version {version!r} is not valid (this pupick reads "
+                             f"whole-number versions 1 to {FORMAT_VERSION}); the file was not written by pupick")
+    if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model file format version {version} is newer than this pupick reads ({FORMAT_VERSION}); "
             "upgrade pupick"
@@ -91,23 +163,53 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     state = payload.get("state_dict")
     if not isinstance(config, dict) or not isinstance(state, dict) or "arch" not in config:
         raise ModelFileError(f"{path}: model file is incomplete (missing config or weights)")
-    return model_from_state(state, config, file_sha256(path), path=path, device=device)
+    return _build_loaded(state, config, device, str(path), content_sha256(state, config), path)
+
+
+def needs_particle_size(model: LoadedModel) -> bool:
+    """True for a model that is not tied to one particle size (the general model): picking needs a diameter."""
+    return bool(model.config.get("grid_diameter")) and not model.config.get("diameter_px")
+
+
+def for_particle(model: LoadedModel, diameter_px: float | None = None, diameter_A: float | None = None,
+                 pixel_size: float | None = None) -> LoadedModel:
+    """The model set to pick particles of this diameter: micrographs are downsampled so that the particle spans the
+    model's `grid_diameter` pixels. The diameter in original pixels, or in Å with the micrographs' pixel size.
+
+    A model trained for one size (no `grid_diameter`) is returned as it is when no diameter is given, and rescaled
+    the same way otherwise (its grid diameter is diameter_px / factor).
+    """
+    from .errors import InputError
+
+    cfg = model.config
+    if diameter_px is None and diameter_A is None:
+        if needs_particle_size(model):
+            raise InputError("the general model needs the particle diameter: give --diameter (Å) or --diameter-px")
+        return model
+    if diameter_px is None:
+        if not pixel_size or not pixel_size > 0:
+            raise InputError("--diameter is in Å but the pixel size is unknown: give --pixel-size, or --diameter-px")
+        diameter_px = float(diameter_A) / float(pixel_size)
+    if not (diameter_px > 0 and np.isfinite(diameter_px)):
+        raise InputError(f"--diameter-px must be a finite number > 0 (got {diameter_px})")
+    grid = cfg.get("grid_diameter") or (cfg["diameter_px"] / (cfg.get("factor") or 1.0) if cfg.get("diameter_px")
+                                        else None)
+    if not grid:
+        raise InputError("this model records no particle diameter, so it cannot be rescaled to another")
+    factor = float(diameter_px) / float(grid)
+    if factor < 1:
+        raise InputError(f"a particle of {diameter_px:.1f} px is smaller than the {grid:g} px this model was trained "
+                         "on; it would need upsampling (bin the micrographs less, or train a model)")
+    new = {**cfg, "factor": factor, "diameter_px": float(diameter_px),
+           "pixel_size": float(pixel_size) if diameter_A is not None else None,
+           "diameter_A": float(diameter_A) if diameter_A is not None else None}
+    return dataclasses.replace(model, config=new)
 
 
 def model_from_state(state: dict, config: dict[str, Any], sha256: str, path: Path | None = None,
                      device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild a LoadedModel from weights and plain config (a model file's content, or one shipped to a worker)."""
-    where = f"{path}: " if path is not None else ""
-    mcfg = ModelConfig.from_dict(config)
-    try:
-        module = build(mcfg)
-        module.load_state_dict(state)
-    except ModelFileError as err:
-        raise ModelFileError(f"{where}{err}") from None
-    except (RuntimeError, ValueError, TypeError) as err:
-        raise ModelFileError(f"{where}weights do not fit architecture {mcfg.arch!r}: {str(err).splitlines()[0]}") from None
-    module.to(device).eval()
-    return LoadedModel(module, config, receptive_field(mcfg), native_stride(mcfg), sha256, path)
+    """Rebuild a LoadedModel from weights and plain config with a known identity (one shipped to a worker)."""
+    return _build_loaded(state, config, device, str(path) if path else "model", sha256, path)
 
 
 def model_state(model: LoadedModel) -> dict[str, torch.Tensor]:

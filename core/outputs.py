@@ -137,13 +137,15 @@ class OutputDir:
         """Mark a micrograph finished: its outputs' index, then its record (last: the resume marker)."""
         rel = [os.path.relpath(p, self.path) for p in outputs]
         write_text_atomic(self.records / f"{name}.outputs", "".join(f"{r}\n" for r in rel))
-        write_table(table, self.records / f"{name}.csv")
+        with atomic_path(self.records / f"{name}.csv") as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
         self.manifest["failures"].pop(name, None)
 
     def fail(self, name: str, reason: str) -> None:
         self.manifest["failures"][name] = reason
 
     def read(self, name: str) -> pd.DataFrame:
+        """A finished micrograph's picks (the record of a pick directory)."""
         return read_table(self.records / f"{name}.csv")
 
     def clear(self) -> None:

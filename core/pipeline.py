@@ -48,6 +48,7 @@ class MicrographResult:
     diameter_px: float | None = None  # particle diameter in this micrograph's own original pixels
     timings: dict[str, float] = field(default_factory=dict)  # read, score, extract seconds
     warnings: tuple[str, ...] = ()  # said once per run by the caller (they may come from another process)
+    min_distance_px: float | None = None  # the NMS distance it was picked with (original pixels)
 
 
 @dataclass
@@ -258,7 +259,8 @@ class _Picker:
         picks = make_picks(job.item.micrograph, x, y, s, path=job.item.path)
         return MicrographResult(job.item.micrograph, job.item.path, picks[PICK_TABLE_COLUMNS], None,
                                 job.seconds_read + (t2 - t0), job.diameter_px,
-                                {"read": job.seconds_read, "score": t1 - t0, "extract": t2 - t1}, tuple(notes))
+                                {"read": job.seconds_read, "score": t1 - t0, "extract": t2 - t1}, tuple(notes),
+                                float(min_distance))
 
     def one(self, item: MicrographItem) -> MicrographResult:
         """Pick one micrograph; a problem with it becomes a failed result."""

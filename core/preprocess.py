@@ -132,70 +132,66 @@ def preprocess_to_dir(
     different settings is refused unless `overwrite`. Failures are collected, not raised, so one bad file does not
     stop the batch. Threads, not processes: the FFTs and file reads release the GIL and memory stays shared.
     """
-    import json
     import os
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
+    import pandas as pd
     from tqdm import tqdm
 
-    from . import __version__
-    from .io import read_micrograph, write_mrc, write_text_atomic
+    from .io import Protected, check_output, check_output_dir, read_micrograph, write_mrc
+    from .outputs import OutputDir
     from .tables import duplicate_stems, stem
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / MANIFEST
-    settings = _manifest_settings(config)
-    previous: dict = {}
-    if manifest_path.exists():
-        try:
-            previous = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as err:
-            raise InputError(f"{manifest_path}: unreadable manifest ({err}); remove it or use --overwrite") from None
-        if previous.get("settings") != settings and not overwrite:
-            raise InputError(
-                f"{out_dir}: holds micrographs preprocessed with other settings ({previous.get('settings')}); "
-                "use another directory or --overwrite"
-            )
+    check_output_dir(out_dir)
     stems = [stem(p) for p in paths]
     dupes = duplicate_stems(stems)
     if dupes:
         raise InputError(f"two input micrographs share the name {dupes[0]!r}; outputs would collide")
+    inputs = Protected(paths)
+    check_output(out_dir / "pupick_preprocess.json", "text", inputs)
+    for name in stems:  # never over an input (e.g. OUT_DIR is where the micrographs are), nor another kind of file
+        check_output(out_dir / f"{name}.mrc", "mrc", inputs, probe=False)
 
     fft_workers = max(1, (os.cpu_count() or 1) // max(1, workers))
-    entries: dict = dict(previous.get("micrographs", {})) if not overwrite else {}
-
-    def one(path: Path) -> tuple[str, str, float | None, str | None]:
-        name = stem(path)
-        target = out_dir / f"{name}.mrc"
-        if target.exists() and not overwrite:
-            return name, "skipped", entries.get(name, {}).get("factor"), None
-        try:
-            mic = read_micrograph(path)
-            factor = config.resolve_factor(mic.pixel_size)
-            small = downsample(mic.image, factor, workers=fft_workers)
-            image = normalize(small, config.normalize, config.seed, config.gmm_samples)
-            ps = config.pixel_size or mic.pixel_size
-            write_mrc(target, image, ps * factor if ps else None)
-            entries[name] = {"source": str(path), "factor": factor, "pixel_size": ps,
-                             "shape": [int(mic.image.shape[0]), int(mic.image.shape[1])]}
-            return name, "written", factor, None
-        except InputError as err:
-            return name, "failed", None, str(err)
-
     result = BatchResult([], [], [], {})
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        bar = tqdm(total=len(paths), unit="mic", desc="preprocess", disable=not progress or None)
-        for name, status, factor, error in pool.map(one, [Path(p) for p in paths]):
-            bar.update()
-            if status == "failed":
-                result.failures.append((name, error or "failed"))
-            else:
-                getattr(result, status).append(name)
-                if factor is not None:
-                    result.factors[name] = factor
-        bar.close()
-    manifest = {"pupick_version": __version__, "settings": settings, "micrographs": entries}
-    write_text_atomic(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
+    with OutputDir(out_dir, "preprocess", _manifest_settings(config), overwrite=overwrite) as out:
+        entries: dict = dict(out.manifest.get("micrographs", {}))
+
+        def one(path: Path) -> tuple[str, str, float | None, str | None]:
+            name = stem(path)
+            target = out.path / f"{name}.mrc"
+            if out.is_done(name, [target]):
+                return name, "skipped", entries.get(name, {}).get("factor"), None
+            try:
+                mic = read_micrograph(path)
+                factor = config.resolve_factor(mic.pixel_size)
+                small = downsample(mic.image, factor, workers=fft_workers)
+                image = normalize(small, config.normalize, config.seed, config.gmm_samples)
+                ps = config.pixel_size or mic.pixel_size
+                write_mrc(target, image, ps * factor if ps else None)
+                entry = {"source": str(path), "factor": factor, "pixel_size": ps,
+                         "shape": [int(mic.image.shape[0]), int(mic.image.shape[1])]}
+                entries[name] = entry
+                out.record(name, pd.DataFrame([{**entry, "shape": None, "ny": entry["shape"][0],
+                                                "nx": entry["shape"][1]}]), [target])
+                return name, "written", factor, None
+            except InputError as err:
+                out.fail(name, str(err))
+                return name, "failed", None, str(err)
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            bar = tqdm(total=len(paths), unit="mic", desc="preprocess", disable=not progress or None)
+            for name, status, factor, error in pool.map(one, [Path(p) for p in paths]):
+                bar.update()
+                if status == "failed":
+                    result.failures.append((name, error or "failed"))
+                else:
+                    getattr(result, status).append(name)
+                    if factor is not None:
+                        result.factors[name] = factor
+            bar.close()
+        out.manifest["micrographs"] = {k: v for k, v in entries.items() if k in set(out.finished())}
+        out.save_manifest()
     return result

@@ -83,6 +83,12 @@ def validate_picks(df: pd.DataFrame, source: str = "picks") -> pd.DataFrame:
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise InputError(f"{source}: row {row + 1}: column {col} is not a number ({out[col].iloc[row]!r})")
         out[col] = converted.astype(float)
+    missing_xy = (out["x"].isna() | out["y"].isna()).to_numpy()
+    if missing_xy.any():
+        row = int(np.flatnonzero(missing_xy)[0])
+        raise InputError(f"{source}: row {row + 1}: no coordinate (x = {out['x'].iloc[row]:g}, y = "
+                         f"{out['y'].iloc[row]:g}; {int(missing_xy.sum())} such row(s)); every pick needs a number "
+                         "for x and y")
     out["micrograph"] = out["micrograph"].astype(str).astype(object)
     cols = PICK_COLUMNS + [c for c in out.columns if c not in PICK_COLUMNS]
     return out[cols].reset_index(drop=True)

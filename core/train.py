@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -18,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -26,24 +27,44 @@ import torch
 
 from . import __version__
 from .config import ScoreConfig, TrainConfig
-from .errors import InputError
+from .errors import AbortRequested, InputError, PupickError
+from .evaluate import default_match_radius
 from .extract import default_border_px
-from .io import atomic_path, read_micrograph
+from .io import atomic_path, check_output, read_micrograph
 from .models import ModelConfig, build, native_stride, receptive_field
-from .modelfile import save_model
+from .modelfile import LoadedModel, loaded_from_state, plain, save_state
 from .objectives import OBJECTIVES, class_prior
 from .preprocess import preprocess_micrograph
 from .tables import assign_micrographs, duplicate_stems, stem, validate_picks
 from .tiles import TileSampler, positive_mask
 
+MicrographsLike = Union[Sequence[Union[str, os.PathLike]], pd.DataFrame]  # paths, or a Micrographs table
+
 CACHE_VERSION = 1
+
+
+class TrainingDiverged(PupickError):
+    """The loss or the weights became NaN or infinite (too high a learning rate, as a rule)."""
+
+
+@dataclass
+class EpochReport:
+    """What `on_epoch` receives after each epoch."""
+
+    epoch: int
+    epochs: int
+    loss: float  # mean training loss of the epoch
+    ap: float  # validation AP (NaN without validation)
+    best_f1: float
+    seconds: float
 
 
 @dataclass
 class TrainResult:
-    """What training produced."""
+    """A trained model in memory (fp32 CPU weights + plain config) and how training went; `save` writes it."""
 
-    model_path: Path
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any]
     history: pd.DataFrame  # epoch, loss, ap, best_f1, seconds
     best_epoch: int
     best_ap: float  # NaN without validation
@@ -51,6 +72,24 @@ class TrainResult:
     pi_u: float = math.nan
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    path: Path | None = None  # where `save` last wrote the model
+
+    def save(self, path: str | os.PathLike, history: bool = True) -> Path:
+        """Write the model file atomically; with `history`, also PATH.train.tsv and the plot PATH.train.png."""
+        path = Path(path)
+        for target, kind in output_files(path)[: 3 if history else 1]:  # never over another kind of file
+            check_output(target, kind)
+        save_state(path, self.state_dict, self.config)
+        self.path = path
+        if history:
+            with atomic_path(path.with_suffix(".train.tsv")) as tmp:
+                self.history.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+            _plot(self.history, path.with_suffix(".train.png"))
+        return path
+
+    def load(self, device: str | torch.device = "cpu") -> LoadedModel:
+        """The model ready to pick with, as `load_model` would give it from the saved file."""
+        return loaded_from_state(self.state_dict, self.config, device)
 
 
 @dataclass
@@ -113,7 +152,7 @@ def _load_one(path: Path, config: TrainConfig, cache: Path | None) -> tuple[np.n
             with np.load(target) as z:
                 ps = float(z["pixel_size"])
                 return z["image"], float(z["factor"]), (ps if ps > 0 else None), tuple(int(v) for v in z["shape"])
-        except (OSError, ValueError, KeyError):
+        except Exception:  # noqa: BLE001 - a corrupt .npz raises zip, pickle, OS or value errors: rebuild it
             pass  # unreadable cache entry: recompute and overwrite
     mic = read_micrograph(path)
     pre = preprocess_micrograph(mic, config.preprocess)
@@ -126,28 +165,34 @@ def _load_one(path: Path, config: TrainConfig, cache: Path | None) -> tuple[np.n
     return pre.image.astype(np.float32, copy=False), float(pre.factor), ps, tuple(pre.source_shape)
 
 
-def _preprocess_all(paths: list[Path], config: TrainConfig, cache: Path | None, progress: bool
-                    ) -> list[tuple[np.ndarray, float, float | None, tuple]]:
+def _preprocess_all(paths: list[Path], config: TrainConfig, cache: Path | None, progress: bool,
+                    stop: Callable[[], None] = lambda: None) -> list[tuple[np.ndarray, float, float | None, tuple]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
     workers = max(1, min(len(paths), os.cpu_count() or 1, 4))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        it = pool.map(lambda p: _load_one(p, config, cache), paths)
-        return list(tqdm(it, total=len(paths), desc="preprocess", unit="mic", disable=not progress or None,
-                         leave=False))
+    pool = ThreadPoolExecutor(max_workers=workers)
+    out = []
+    try:
+        for item in tqdm(pool.map(lambda p: _load_one(p, config, cache), paths), total=len(paths), desc="preprocess",
+                         unit="mic", disable=not progress or None, leave=False):
+            out.append(item)
+            stop()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return out
 
 
 # ---------------------------------------------------------------- setup helpers
 
 
 def _load_validation(validation: tuple[list[Path], pd.DataFrame], config: TrainConfig, cache: Path | None,
-                     progress: bool) -> list[_Mic]:
+                     progress: bool, stop: Callable[[], None]) -> list[_Mic]:
     paths = [Path(p) for p in validation[0]]
     labels = validate_picks(validation[1], "validation labels")
     groups, _ = assign_micrographs(labels, paths, "validation labels")
-    pre = _preprocess_all(paths, config, cache, progress)
+    pre = _preprocess_all(paths, config, cache, progress, stop)
     return [_Mic(p, im, f, ps, sh, groups[i]) for i, (p, (im, f, ps, sh)) in enumerate(zip(paths, pre)) if i in groups]
 
 
@@ -255,55 +300,79 @@ def _plot(history: pd.DataFrame, target: Path) -> None:
     plt.close(fig)
 
 
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- the steps of train()
 
 
-def train(
-    micrographs: list[Path],
-    labels: pd.DataFrame,
-    config: TrainConfig,
-    output: Path,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-    validation: tuple[list[Path], pd.DataFrame] | None = None,
-) -> TrainResult:
-    """Train a picker on labeled positions (PU) and write OUTPUT (.pt) plus OUTPUT.train.tsv and OUTPUT.train.png.
+def _stopper(should_stop: Callable[[], bool] | None) -> Callable[[], None]:
+    """A check to call between steps: raises AbortRequested once `should_stop()` is true."""
+    def check() -> None:
+        if should_stop is not None and should_stop():
+            raise AbortRequested("training stopped on request; nothing was written")
+    return check
 
-    Validation micrographs are a seeded `config.test_split` share of the labeled ones, or, when `validation`
-    (micrographs, labels) is given, those instead (all given micrographs then train).
-    """
-    t_start = time.perf_counter()
-    output = Path(output)
-    paths = [Path(p) for p in micrographs]
+
+def _micrograph_paths(micrographs: MicrographsLike, config: TrainConfig) -> tuple[list[Path], TrainConfig]:
+    """Paths from a list or a Micrographs table; the table's pixel size fills in an unset --pixel-size."""
+    if not isinstance(micrographs, pd.DataFrame):
+        return [Path(p) for p in micrographs], config
+    if "path" not in micrographs.columns:
+        raise InputError("the micrographs table has no 'path' column")
+    paths = [Path(p) for p in micrographs["path"]]
+    if config.preprocess.pixel_size is None and "pixel_size" in micrographs.columns:
+        sizes = sorted({round(float(v), 4) for v in pd.to_numeric(micrographs["pixel_size"], errors="coerce")
+                        if math.isfinite(v) and v > 0})
+        if len(sizes) > 1:
+            raise InputError(f"the micrographs have several pixel sizes ({', '.join(map(str, sizes))} Å); train on "
+                             "micrographs of one pixel size (e.g. one optics group)")
+        if sizes:
+            config = dataclasses.replace(config, preprocess=dataclasses.replace(config.preprocess,
+                                                                                pixel_size=sizes[0]))
+    return paths, config
+
+
+def _check_inputs(paths: list[Path], labels: pd.DataFrame, config: TrainConfig) -> tuple[pd.DataFrame, ModelConfig]:
+    """Options and inputs that need no file read: the valid labels and the network's config."""
+    from .models import MODELS
+
     if not paths:
         raise InputError("no micrographs given to train on")
     if config.objective not in OBJECTIVES:
         raise InputError(f"unknown objective {config.objective!r}; choose from {', '.join(OBJECTIVES)}")
-    if config.epochs < 1 or config.steps_per_epoch < 1:
-        raise InputError("epochs and steps per epoch must be >= 1")
-    if config.augment_rotations not in ("90", "none"):
-        raise InputError(f"augmentation {config.augment_rotations!r}: choose 90 (90° rotations and flips) or none")
-    if not config.label_radius >= 0:
-        raise InputError(f"label radius must be >= 0 (got {config.label_radius})")
-    from .models import MODELS
-
     if config.arch not in MODELS:
         raise InputError(f"unknown architecture {config.arch!r}; choose from {', '.join(MODELS)}")
-    model_cfg = ModelConfig(config.arch, config.units, config.batchnorm, config.dropout, config.pooling)
-    rf, stride = receptive_field(model_cfg), native_stride(model_cfg)  # also rejects an unknown arch
     labels = validate_picks(labels, "labels")
     if labels.empty:
         raise InputError("labels: no particle coordinates (need at least one labeled particle)")
-    stems = [stem(p) for p in paths]
-    dupes = duplicate_stems(stems)
+    dupes = duplicate_stems([stem(p) for p in paths])
     if dupes:
         raise InputError(f"two micrographs share the name {dupes[0]!r}; labels could not tell them apart")
+    return labels, ModelConfig(config.arch, config.units, config.batchnorm, config.dropout, config.pooling)
+
+
+@dataclass
+class _Data:
+    """The preprocessed micrographs with their labels, split into training and validation."""
+
+    paths: list[Path]
+    mics: list[_Mic]
+    train: list[_Mic]
+    val: list[_Mic]
+    factor: float
+    diameter_px: float | None
+    radius_px: float  # NMS distance and match radius (original px)
+    edge_margin: float | None
+    border_px: float
+
+
+def _prepare_data(paths: list[Path], labels: pd.DataFrame, config: TrainConfig,
+                  validation: tuple[list[Path], pd.DataFrame] | None, progress: bool, log: Callable[[str], None],
+                  stop: Callable[[], None]) -> _Data:
+    """Match labels to micrographs, preprocess (cached), drop out-of-image labels, split off validation."""
     groups, unmatched = assign_micrographs(labels, paths, "labels")
     if unmatched:
         log(f"{unmatched} label(s) name micrographs that were not given; ignored")
-
-    cache = Path(config.cache_dir) if config.cache_dir else output.with_name(output.stem + ".cache")
-    pre = _preprocess_all(paths, config, cache, progress)
+    cache = Path(config.cache_dir) if config.cache_dir else None
+    pre = _preprocess_all(paths, config, cache, progress, stop)
     mics: list[_Mic] = []
     dropped = 0
     for i, (p, (image, factor, ps, shape)) in enumerate(zip(paths, pre)):
@@ -316,34 +385,53 @@ def train(
     factors = sorted({m.factor for m in mics})
     if len(factors) > 1:
         raise InputError(f"micrographs were downsampled by different factors {factors}; give --scale or --pixel-size")
-    factor = factors[0]
     labeled = [i for i, m in enumerate(mics) if len(m.labels)]
     if not labeled:
         raise InputError("labels: every labeled coordinate lies outside its micrograph (check x = column, y = row)")
-
     if validation is not None:
-        val_mics = _load_validation(validation, config, cache, progress)
-        train_mics = mics
+        train_mics, val_mics = mics, _load_validation(validation, config, cache, progress, stop)
     else:
         val_idx = _split(labeled, config.test_split, config.seed)
         train_mics = [m for i, m in enumerate(mics) if i not in val_idx]
         val_mics = [mics[i] for i in val_idx]
     if config.test_split > 0 and not val_mics:
         log("only one labeled micrograph: no validation split, keeping the last epoch")
+    factor = factors[0]
+    diameter = config.preprocess.diameter_in_px(mics[0].pixel_size)
+    radius_px = default_match_radius(diameter) or 20.0 * factor  # NMS distance and match radius (original px)
+    edge_margin = label_edge_margin(mics, diameter)
+    border_px = default_border_px(diameter, edge_margin) if diameter else radius_px  # as picking will use
+    if edge_margin is not None and edge_margin > 0.5:
+        log(f"labels keep at least {edge_margin * diameter:.0f} px ({edge_margin:.2f} diameters) from the micrograph "
+            "edges; picks will too (pupick pick --border to change)")
+    return _Data(paths, mics, train_mics, val_mics, factor, diameter, radius_px, edge_margin, border_px)
 
-    # class prior from the expected particle count (downsampled pixels)
+
+@dataclass
+class _Prior:
+    """The class prior and what the objective takes."""
+
+    pi: float
+    pi_u: float
+    prior: float  # what the objective gets: pi or pi_u
+    slack: float
+    expected: float
+    masks: list[np.ndarray]  # positive masks of the training micrographs (downsampled grid)
+    n_train_labels: int
+
+
+def _class_prior(data: _Data, config: TrainConfig, log: Callable[[str], None]) -> _Prior:
+    """π from the expected particle count (downsampled pixels), π_U = π − labeled share; refuse impossible ones."""
     r = float(config.label_radius)
-    n_train_labels = sum(len(m.labels) for m in train_mics)
-    per_mic = n_train_labels / len(train_mics)
+    n_train_labels = sum(len(m.labels) for m in data.train)
+    per_mic = n_train_labels / len(data.train)
     expected = config.expected_particles
     if expected is None:
-        expected = 2.0 * sum(len(m.labels) for m in mics) / len(mics)
+        expected = 2.0 * sum(len(m.labels) for m in data.mics) / len(data.mics)
         log(f"--expected-particles not given: assuming labels cover half the particles ({expected:.1f} per "
             "micrograph); give the expected count per micrograph for a better prior")
-    if not expected > 0:
-        raise InputError(f"--expected-particles must be positive (got {expected})")
-    masks = [positive_mask(m.image.shape, m.labels["y"].to_numpy() / factor, m.labels["x"].to_numpy() / factor, r)
-             for m in train_mics]
+    masks = [positive_mask(m.image.shape, m.labels["y"].to_numpy() / data.factor,
+                           m.labels["x"].to_numpy() / data.factor, r) for m in data.train]
     pixels = sum(m.size for m in masks)
     pi = class_prior(expected, r, pixels / len(masks))
     p_obs = float(sum(int(m.sum()) for m in masks)) / pixels
@@ -362,131 +450,201 @@ def train(
         log("warning: " + msg + "; the prior assumes few unlabeled particles")
     if objective.prior == "pi_u" and pi_u <= 0:
         raise InputError(f"π_U = π − labeled share = {pi:.4g} − {p_obs:.4g} ≤ 0: raise --expected-particles")
-    prior = pi_u if objective.prior == "pi_u" else pi
     slack = config.slack if config.slack is not None else objective.default_slack
-    log(f"{len(train_mics)} training micrograph(s) with {n_train_labels} labels, {len(val_mics)} for validation; "
-        f"factor {factor:g}, π = {pi:.4g}, π_U = {pi_u:.4g}, objective {config.objective}")
+    log(f"{len(data.train)} training micrograph(s) with {n_train_labels} labels, {len(data.val)} for validation; "
+        f"factor {data.factor:g}, π = {pi:.4g}, π_U = {pi_u:.4g}, objective {config.objective}")
+    return _Prior(pi, pi_u, pi_u if objective.prior == "pi_u" else pi, slack, float(expected), masks, n_train_labels)
 
-    # model, optimiser, data
+
+@dataclass
+class _Session:
+    """The network, its optimiser and the tile sampler, with their random streams."""
+
+    module: torch.nn.Module
+    model_cfg: ModelConfig
+    opt: torch.optim.Optimizer
+    sampler: TileSampler
+    device: torch.device
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    calibration: list[torch.Tensor]
+    rng: np.random.Generator
+    gen: torch.Generator
+
+
+def _build_session(data: _Data, prior: _Prior, config: TrainConfig, model_cfg: ModelConfig) -> _Session:
+    """Seeded network (classifier bias at logit π), Adam, the tile sampler and the batch-norm calibration tiles."""
     from .score import autocast_context, choose_device, choose_precision
 
     device = choose_device(config.device)
+    rf, stride = receptive_field(model_cfg), native_stride(model_cfg)
     torch.manual_seed(config.seed)
     module = build(model_cfg)
     with torch.no_grad():  # start calibrated at the prior: otherwise the first hundreds of steps only move this bias
-        module.classifier.bias.fill_(math.log(pi / (1 - pi)))
+        module.classifier.bias.fill_(math.log(prior.pi / (1 - prior.pi)))
     module = module.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    if config.train_stride not in ("native", "dense"):
-        raise InputError(f"train stride {config.train_stride!r}: choose native or dense")
     if config.train_stride == "dense":  # every pixel an output (dilated network): more, finer, but costlier outputs
         module.set_dense(True)
         stride = 1
     pad = rf // 2
-    out = max(stride, min(config.tile_size, max(max(m.shape) for m in masks)) // stride * stride)
-    sampler = TileSampler([np.pad(m.image, pad) for m in train_mics], masks, out, pad, stride,
+    out = max(stride, min(config.tile_size, max(max(m.shape) for m in prior.masks)) // stride * stride)
+    sampler = TileSampler([np.pad(m.image, pad) for m in data.train], prior.masks, out, pad, stride,
                           config.augment_rotations)
-    rng = np.random.default_rng([config.seed, 2])
-    gen = torch.Generator().manual_seed(config.seed + 3)
     dtype = choose_precision(config.precision, device)
-    autocast = lambda: autocast_context(device, dtype)  # noqa: E731
-    diameter = config.preprocess.diameter_in_px(mics[0].pixel_size)
-    radius_px = diameter / 2 if diameter else 20.0 * factor  # NMS distance and match radius (original px)
-    edge_margin = label_edge_margin(mics, diameter)
-    border_px = default_border_px(diameter, edge_margin) if diameter else radius_px  # as picking will use
-    if edge_margin is not None and edge_margin > 0.5:
-        log(f"labels keep at least {edge_margin * diameter:.0f} px ({edge_margin:.2f} diameters) from the micrograph "
-            "edges; picks will too (pupick pick --border to change)")
-    score_config = ScoreConfig(device=str(device), precision=config.precision, stride=config.validation_stride,
-                               views=1)
-
+    autocast = functools.partial(autocast_context, device, dtype)
     calib_rng = np.random.default_rng([config.seed, 4])  # its own stream: calibration never shifts training's draws
     calibration = [torch.from_numpy(sampler.sample(calib_rng, config.batch_size)[0]).to(device).contiguous(
         memory_format=torch.channels_last) for _ in range(config.calibration_batches)]
+    return _Session(module, model_cfg, opt, sampler, device, autocast, calibration,
+                    np.random.default_rng([config.seed, 2]), torch.Generator().manual_seed(config.seed + 3))
 
+
+def _train_step(s: _Session, config: TrainConfig, prior: _Prior) -> float:
+    """One optimiser step on a fresh batch of tiles; returns the loss."""
+    xs, ys = s.sampler.sample(s.rng, config.batch_size)
+    x = torch.from_numpy(xs).to(s.device).contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(ys).to(s.device)
+    with s.autocast():
+        scores = s.module(x)[:, 0].float()
+    s_p, s_u = scores[y == 1], scores[y == 0]
+    loss = OBJECTIVES[config.objective].fn(s_p, _unlabeled_groups(s_u, config.unlabeled_samples, s.gen),
+                                           prior.prior, prior.slack)
+    s.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    s.opt.step()
+    return float(loss.detach())
+
+
+def _diverged(epoch: int, step: int, loss: float, config: TrainConfig) -> TrainingDiverged:
+    return TrainingDiverged(f"training diverged (loss {loss} at epoch {epoch}, step {step}); no model was written: "
+                            f"lower --learning-rate (now {config.learning_rate:g}, default {TrainConfig.learning_rate:g})")
+
+
+def _run_epochs(s: _Session, data: _Data, prior: _Prior, config: TrainConfig,
+                on_epoch: Callable[[EpochReport], None] | None, stop: Callable[[], None],
+                progress: bool) -> tuple[pd.DataFrame, int, float]:
+    """The epochs: steps, batch-norm recalibration, validation AP; keeps the best epoch's weights in the module.
+
+    Returns the history, the best epoch and its validation AP (the last epoch and NaN without validation).
+    """
     from tqdm import tqdm
 
+    score_config = ScoreConfig(device=str(s.device), precision=config.precision, stride=config.validation_stride,
+                               views=1)
     rows, best_state, best_ap, best_epoch = [], None, -math.inf, 0
-    steps_total = config.epochs * config.steps_per_epoch
-    bar = tqdm(total=steps_total, desc="train", unit="step", disable=not progress or None)
-    for epoch in range(1, config.epochs + 1):
-        t0 = time.perf_counter()
-        module.train()
-        losses = []
-        for _ in range(config.steps_per_epoch):
-            xs, ys = sampler.sample(rng, config.batch_size)
-            x = torch.from_numpy(xs).to(device).contiguous(memory_format=torch.channels_last)
-            y = torch.from_numpy(ys).to(device)
-            with autocast():
-                s = module(x)[:, 0].float()
-            s_p, s_u = s[y == 1], s[y == 0]
-            loss = objective.fn(s_p, _unlabeled_groups(s_u, config.unlabeled_samples, gen), prior, slack)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            bar.update()
-        ap = f1 = math.nan
-        _recalibrate_batchnorm(module, calibration, autocast)
-        if val_mics:
-            module.eval()
-            ap, f1 = _validate(module, val_mics, radius_px, border_px, score_config)
-            if ap > best_ap:
-                best_ap, best_epoch = ap, epoch
-                best_state = copy.deepcopy(module.state_dict())
-        rows.append({"epoch": epoch, "loss": float(np.mean(losses)), "ap": ap, "best_f1": f1,
-                     "seconds": time.perf_counter() - t0})
-        bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", ap=f"{ap:.3f}")
-    bar.close()
+    bar = tqdm(total=config.epochs * config.steps_per_epoch, desc="train", unit="step", disable=not progress or None)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            t0 = time.perf_counter()
+            s.module.train()
+            losses = []
+            for step in range(1, config.steps_per_epoch + 1):
+                stop()
+                losses.append(_train_step(s, config, prior))
+                if not math.isfinite(losses[-1]):
+                    raise _diverged(epoch, step, losses[-1], config)
+                bar.update()
+            _recalibrate_batchnorm(s.module, s.calibration, s.autocast)
+            ap = f1 = math.nan
+            if data.val:
+                stop()
+                s.module.eval()
+                ap, f1 = _validate(s.module, data.val, data.radius_px, data.border_px, score_config)
+                if ap > best_ap:
+                    best_ap, best_epoch = ap, epoch
+                    best_state = copy.deepcopy(s.module.state_dict())
+            report = EpochReport(epoch, config.epochs, float(np.mean(losses)), ap, f1, time.perf_counter() - t0)
+            rows.append(dataclasses.asdict(report))
+            bar.set_postfix(loss=f"{report.loss:.4f}", ap=f"{ap:.3f}")
+            if on_epoch is not None:
+                on_epoch(report)
+    finally:
+        bar.close()
     if best_state is None:
         best_epoch, best_ap = config.epochs, math.nan
     else:
-        module.load_state_dict(best_state)
-
+        s.module.load_state_dict(best_state)
+    if not all(torch.isfinite(v).all() for v in s.module.state_dict().values() if v.is_floating_point()):
+        raise _diverged(best_epoch, config.steps_per_epoch, math.nan, config)
     history = pd.DataFrame(rows, columns=["epoch", "loss", "ap", "best_f1", "seconds"])
-    ps0 = mics[0].pixel_size
-    model_config = {
-        **model_cfg.to_dict(),
-        "receptive_field": rf,
-        "stride": native_stride(model_cfg),
-        "factor": float(factor),
+    return history, best_epoch, best_ap
+
+
+def _model_config(s: _Session, data: _Data, prior: _Prior, config: TrainConfig, best_epoch: int,
+                  best_ap: float) -> dict[str, Any]:
+    """The plain config saved with the weights: architecture, scale, prior and where the model came from."""
+    ps0 = data.mics[0].pixel_size
+    diameter = data.diameter_px
+    return {
+        **s.model_cfg.to_dict(),
+        "receptive_field": receptive_field(s.model_cfg),
+        "stride": native_stride(s.model_cfg),
+        "factor": float(data.factor),
         "pixel_size": float(ps0) if ps0 else None,
         "diameter_px": float(diameter) if diameter else None,
         "diameter_A": float(diameter * ps0) if diameter and ps0 else None,
         "normalize": config.preprocess.normalize,
-        "label_radius": r,
-        "label_edge_margin": edge_margin,  # diameters; picking's default border is max(radius, this)
-        "pi": float(pi),
-        "pi_u": float(pi_u),
-        "expected_particles": float(expected),
+        "label_radius": float(config.label_radius),
+        "label_edge_margin": data.edge_margin,  # diameters; picking's default border is max(radius, this)
+        "pi": float(prior.pi),
+        "pi_u": float(prior.pi_u),
+        "expected_particles": prior.expected,
         "objective": config.objective,
-        "slack": float(slack),
+        "slack": float(prior.slack),
         "version": __version__,
         "best_epoch": int(best_epoch),
         "best_ap": None if math.isnan(best_ap) else float(best_ap),
-        "provenance": {
-            "micrographs": [stem(p) for p in paths],
-            "validation": [stem(m.path) for m in val_mics],
-            "n_labels": int(n_train_labels),
-            "train_config": _plain_train_config(config),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "provenance": {  # no date: the same inputs and seed give the same file
+            "micrographs": [stem(p) for p in data.paths],
+            "validation": [stem(m.path) for m in data.val],
+            "n_labels": int(prior.n_train_labels),
+            "train_config": plain(config.to_dict()),
         },
     }
-    module.set_dense(False)
-    save_model(output, module.cpu().float(), model_config)
-    tsv = output.with_suffix(".train.tsv")
-    with atomic_path(tsv) as tmp:
-        history.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    _plot(history, output.with_suffix(".train.png"))
-    seconds = time.perf_counter() - t_start
-    if val_mics:
-        log(f"best epoch {best_epoch}: validation AP {best_ap:.3f}; wrote {output} in {seconds:.1f} s")
+
+
+def train(
+    micrographs: MicrographsLike,
+    labels: pd.DataFrame,
+    config: TrainConfig,
+    *,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    validation: tuple[list[Path], pd.DataFrame] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train a picker on labeled positions (PU); nothing is written but the preprocessing cache (config.cache_dir).
+
+    `micrographs` is a list of paths or a Micrographs table (`path`, optional `pixel_size`). Validation micrographs
+    are a seeded `config.test_split` share of the labeled ones, or, when `validation` (micrographs, labels) is given,
+    those instead (all given micrographs then train). `on_epoch` gets an EpochReport after each epoch;
+    `should_stop` is polled between steps and stops with AbortRequested. Save the result with `TrainResult.save`.
+    """
+    t_start = time.perf_counter()
+    stop = _stopper(should_stop)
+    paths, config = _micrograph_paths(micrographs, config)
+    labels, model_cfg = _check_inputs(paths, labels, config)
+    stop()
+    data = _prepare_data(paths, labels, config, validation, progress, log, stop)
+    prior = _class_prior(data, config, log)
+    session = _build_session(data, prior, config, model_cfg)
+    history, best_epoch, best_ap = _run_epochs(session, data, prior, config, on_epoch, stop, progress)
+    session.module.set_dense(False)
+    state = {k: v.detach().to("cpu", copy=True).float() if v.is_floating_point() else v.detach().to("cpu", copy=True)
+             for k, v in session.module.state_dict().items()}
+    result = TrainResult(state, _model_config(session, data, prior, config, best_epoch, best_ap), history,
+                         best_epoch, best_ap, prior.pi, prior.pi_u, time.perf_counter() - t_start)
+    if data.val:
+        log(f"best epoch {best_epoch}: validation AP {best_ap:.3f}; trained in {result.seconds:.1f} s")
     else:
-        log(f"wrote {output} in {seconds:.1f} s")
-    return TrainResult(output, history, best_epoch, best_ap, pi, pi_u, seconds)
+        log(f"trained in {result.seconds:.1f} s")
+    return result
 
 
-def _plain_train_config(config: TrainConfig) -> dict:
-    from .modelfile import plain
+def output_files(output: Path) -> list[tuple[Path, str]]:
+    """The files train writes for OUTPUT, each with its kind (see io.check_output)."""
+    output = Path(output)
+    return [(output, "torch"), (output.with_suffix(".train.tsv"), "text"), (output.with_suffix(".train.png"), "png")]
 
-    return plain(config.to_dict())
+

@@ -22,8 +22,12 @@ from urllib.parse import urlparse
 from pupick.core.errors import AbortRequested, InputError, PupickError
 
 # The External job's ports. Input names double as passthrough sources for outputs.
-EXPOSURE_INPUT: dict[str, Any] = dict(type="exposure", name="micrographs", min=1, max=1, slots=["micrograph_blob"],
+# mscope_params (optional) gives each particle its exposure group (location/exp_group_id)
+EXPOSURE_INPUT: dict[str, Any] = dict(type="exposure", name="micrographs", min=1, max=1,
+                                      slots=["micrograph_blob",
+                                             dict(name="mscope_params", dtype="mscope_params", required=False)],
                                       title="Micrographs to pick")
+EXPOSURE_SLOTS = ["micrograph_blob", "mscope_params"]  # what the picking job loads from its input
 PARTICLE_INPUT: dict[str, Any] = dict(type="particle", name="particles", min=1, max=1, slots=["location"],
                                       title="Training particles (locations)")
 PARTICLE_OUTPUT: dict[str, Any] = dict(type="particle", name="particles", slots=["location", "pick_stats"],
@@ -115,7 +119,7 @@ def connect(conn: Connection):
     except Exception as err:  # cryosparc-tools raises RuntimeError/ValueError/TypeError with long texts
         cause = err.__cause__ or err
         lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
-        reason = lines[0].split(". ")[0].rstrip(".") if lines else type(cause).__name__
+        reason = lines[0].split(". ")[0].rstrip(".") if lines else "no reason given"
         hint = ""
         if "authentication" in reason.lower():
             hint = " (give --email and --password, or log in once with `python -m cryosparc.tools login`)"
@@ -167,31 +171,80 @@ def save_output(job, name: str, dset, image=None) -> None:
             job.log(f"could not set the output image: {err}", level="warning")
 
 
+def server_reason(err: BaseException) -> str:
+    """One line saying why cryoSPARC (or cryosparc-tools) refused a request: the server's detail when it sent one."""
+    data = getattr(err, "data", None)
+    if isinstance(data, dict) and data.get("detail"):
+        detail = data["detail"]
+        return str(detail if not isinstance(detail, list) else "; ".join(str(d.get("msg", d)) if isinstance(d, dict)
+                                                                           else str(d) for d in detail))
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = lines[0] if lines else "no reason given"
+    return re.sub(r"^\*\*\* \[API\] \([^)]*\) ", "", text)
+
+
+def _is_tools_error(err: BaseException) -> bool:
+    """An error raised by cryosparc-tools for a refused request or bad job setup (not a pupick bug)."""
+    from cryosparc.errors import APIError, ExternalJobError
+
+    return isinstance(err, (APIError, ExternalJobError))
+
+
 @contextlib.contextmanager
 def lifecycle(job) -> Iterator[Any]:
-    """Run inside `job.run()`: the job ends completed, or failed (errors and Ctrl-C) with a line in its log."""
-    with job.run():
-        try:
-            yield job
-        except PupickError as err:
-            job.log(f"pupick: error: {err}", level="error")
+    """Run inside `job.run()`: the job ends completed, or failed (errors and Ctrl-C) with a line in its log.
+
+    A request cryoSPARC refuses becomes one line (PupickError), not a traceback."""
+    try:
+        with job.run():
+            try:
+                yield job
+            except PupickError as err:
+                job.log(f"pupick: error: {err}", level="error")
+                raise
+            except KeyboardInterrupt:  # job.run() only fails on Exception; an interrupt would read "completed"
+                job.log("pupick: interrupted", level="error")
+                raise AbortRequested("interrupted; the External job is marked failed") from None
+    except Exception as err:
+        if isinstance(err, PupickError) or not _is_tools_error(err):
             raise
-        except KeyboardInterrupt:  # job.run() only fails on Exception; an interrupt would read "completed"
-            job.log("pupick: interrupted", level="error")
-            raise AbortRequested("interrupted; the External job is marked failed") from None
+        raise InputError(f"External job {job.project_uid}-{job.uid} failed: cryoSPARC: {server_reason(err)}") from None
 
 
 def create_job(cs, project: str, workspace: str, title: str, inputs: list[tuple[dict, str]],
                outputs: list[dict]):
-    """Create the External job, add and connect its inputs, add its outputs (network)."""
-    job = cs.find_project(project).create_external_job(workspace, title=title)
-    for spec, ref in inputs:
-        source_job, source_output = parse_output_ref(ref, spec["name"])
-        job.add_input(**spec)
-        job.connect(spec["name"], source_job, source_output)
-    for spec in outputs:
-        job.add_output(**spec)
+    """Create the External job, add and connect its inputs, add its outputs (network).
+
+    A refused request is one line; a job that was created but cannot be set up is marked failed, never left
+    building."""
+    try:
+        job = cs.find_project(project).create_external_job(workspace, title=title)
+    except Exception as err:
+        if not _is_tools_error(err):
+            raise
+        raise InputError(f"cannot create an External job in {project} {workspace}: cryoSPARC: "
+                         f"{server_reason(err)}") from None
+    try:
+        for spec, ref in inputs:
+            source_job, source_output = parse_output_ref(ref, spec["name"])
+            job.add_input(**spec)
+            job.connect(spec["name"], source_job, source_output)
+        for spec in outputs:
+            job.add_output(**spec)
+    except Exception as err:  # refused by the server, or by cryosparc-tools' own checks (ValueError)
+        if not isinstance(err, (PupickError, ValueError)):
+            raise
+        reason = str(err) if isinstance(err, PupickError) else server_reason(err)
+        with contextlib.suppress(Exception):  # mark it failed; the reason below matters more than this call
+            job.stop(error=reason)
+        raise InputError(f"External job {project}-{job.uid} could not be set up and is marked failed: "
+                         f"{reason}") from None
     return job
+
+
+def log_plot(job, figure, text: str) -> None:
+    """job.log_plot with a text fit for file names: cryosparc-tools names the plot's asset files after it."""
+    job.log_plot(figure, re.sub(r"[/\\]+", " ", text))
 
 
 def run_pick_job(cs, project: str, workspace: str, exposures_ref: str, model, config, title: str = "pupick pick",
@@ -205,7 +258,7 @@ def run_pick_job(cs, project: str, workspace: str, exposures_ref: str, model, co
                      [PARTICLE_OUTPUT, MICROGRAPH_OUTPUT])
     echo(f"created External job {project}-{job.uid}")
     with lifecycle(job):
-        dset = job.load_input(EXPOSURE_INPUT["name"], ["micrograph_blob"])
+        dset = job.load_input(EXPOSURE_INPUT["name"], EXPOSURE_SLOTS)
         exposures = exposures_from_dataset(dset, f"{exposures_ref} (exposures)")
         root = project_dir(cs.find_project(project), project_dir_override)
         job.log(f"pupick: picking {len(exposures)} micrographs from {exposures_ref} in {root}")
@@ -215,7 +268,7 @@ def run_pick_job(cs, project: str, workspace: str, exposures_ref: str, model, co
         figure = score_figure(result.picks, config.extract.threshold)
         save_output(job, PARTICLE_OUTPUT["name"], result.particles, image=figure)
         save_output(job, MICROGRAPH_OUTPUT["name"], micrographs_passthrough(dset, result.picked_uids))
-        job.log_plot(figure, "pupick score distribution (logit); Inspect Picks thresholds pick_stats/power")
+        log_plot(job, figure, "pupick score distribution (logit); Inspect Picks thresholds pick_stats/power")
         for line in summary_lines(result, len(exposures)):
             job.log(line)
             echo(line)
@@ -249,7 +302,7 @@ def run_train_job(cs, project: str, workspace: str, exposures_ref: str, particle
                         job.upload(f.name, str(f), overwrite=True)
             plot = output.with_suffix(".train.png")
             if plot.exists():
-                job.log_plot(str(plot), "pupick training curves (validation AP per epoch)")
+                log_plot(job, str(plot), "pupick training curves (validation AP per epoch)")
         line = train_summary(result).replace(str(output), str(target / output.name))
         job.log(line)
         echo(line)
@@ -261,6 +314,8 @@ def particles_for_upload(path: str | os.PathLike):
     from pupick.adapters.cryosparc import PARTICLE_FIELDS, load_dataset
 
     dset = load_dataset(path)
+    if "location/min_dist_A" not in dset:  # written before pupick filled it: unknown
+        dset.add_fields([("location/min_dist_A", "<f4")])
     missing = [f[0] for f in PARTICLE_FIELDS if f[0].startswith("location/") and f[0] not in dset]
     missing += [f for f in ("pick_stats/power", "pick_stats/ncc_score") if f not in dset]
     if missing:
@@ -272,7 +327,13 @@ def run_upload(cs, project: str, workspace: str, particles_cs: str | os.PathLike
                echo=print) -> str:
     """Save an offline particles .cs into the project as an External job's `particles` output (network)."""
     dset = particles_for_upload(particles_cs)
-    uid = cs.save_external_result(project, workspace, dset, type=PARTICLE_OUTPUT["type"],
-                                  name=PARTICLE_OUTPUT["name"], slots=PARTICLE_OUTPUT["slots"], title=title)
+    try:
+        uid = cs.save_external_result(project, workspace, dset, type=PARTICLE_OUTPUT["type"],
+                                      name=PARTICLE_OUTPUT["name"], slots=PARTICLE_OUTPUT["slots"], title=title)
+    except Exception as err:
+        if not _is_tools_error(err):
+            raise
+        raise InputError(f"cryoSPARC did not save {particles_cs} in {project} {workspace}: "
+                         f"{server_reason(err)}") from None
     echo(f"saved {len(dset)} particles from {particles_cs} as {project}-{uid} output `particles`")
     return uid

@@ -10,6 +10,7 @@ import pandas as pd
 from pupick.adapters.cryosparc import match_exposures, read_exposures, read_particles, save_dataset
 from pupick.core.config import PickConfig, TrainConfig
 from pupick.core.errors import InputError
+from pupick.core.io import check_output
 
 from .picking import PickResult, pick_exposures, score_figure, summary_lines
 from .training import train_on_exposures, train_summary
@@ -47,8 +48,9 @@ def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model, conf
     inputs = [exposures_cs] if isinstance(exposures_cs, Path) else list(exposures_cs)
     if output.suffix.lower() != ".cs":
         raise InputError(f"{output}: the particles file must end in .cs")
-    if any(output.resolve() == Path(p).resolve() for p in inputs):
-        raise InputError(f"{output}: is an input file; choose another name for the particles")
+    protected = [*inputs, *(p for p in (model, labels) if isinstance(p, (str, os.PathLike)))]
+    for target, kind in [(output, "npy")] + ([(plot, "png")] if plot is not None else []):
+        check_output(target, kind, protected)
     exposures = read_exposures(inputs)
     if len(exposures) == 0:
         raise InputError(f"{' + '.join(map(str, inputs))}: no exposures in the file")
@@ -77,12 +79,26 @@ def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model, conf
             figure.savefig(tmp, format="png", dpi=100)
         echo(f"wrote {plot}")
     result.evaluation = evaluation
+    if result.failures:  # the others' particles are saved; the run as a whole did not do all it was asked
+        raise InputError(failure_message(result.failures, len(exposures), output))
     return result
+
+
+def failure_message(failures: list[tuple[str, str]], total: int, output: Path) -> str:
+    """One line naming every micrograph that could not be picked."""
+    named = "; ".join(f"{path}: {reason}" for path, reason in failures)
+    return (f"{len(failures)} of {total} micrograph(s) could not be picked ({named}); the particles of the others "
+            f"are in {output}")
 
 
 def train_offline(exposures_cs: Path | list[Path], particles_cs: Path, project_dir: Path, config: TrainConfig,
                   output: Path, echo: Echo = print):
     """Train a model from a particles .cs on the micrographs of an exposures .cs."""
+    from pupick.core.train import output_files
+
+    protected = [*([exposures_cs] if isinstance(exposures_cs, Path) else exposures_cs), particles_cs]
+    for target, kind in output_files(output):
+        check_output(target, kind, protected)
     exposures = read_exposures(exposures_cs)
     labels = read_particles(particles_cs, exposures)
     result = train_on_exposures(exposures, labels, project_dir, config, output, log=echo, progress=True)

@@ -80,6 +80,7 @@ def pick_exposures(
                           "pixel_size": exposures["pixel_size"] if "pixel_size" in exposures.columns else np.nan})
     total = len(paths)
     found: dict[int, pd.DataFrame] = {}
+    nms: dict[int, float] = {}
     failures: list[tuple[str, str]] = []
 
     def on_result(res) -> None:
@@ -97,6 +98,7 @@ def pick_exposures(
         if not np.isfinite(ny) or not np.isfinite(nx):
             exposures.at[i, "ny"], exposures.at[i, "nx"] = read_shape(path)
         found[i] = res.picks
+        nms[i] = res.min_distance_px or 0.0
         name = str(exposures.at[i, "micrograph"])
         if progress is not None:
             progress(len(found) + len(failures), total, name, len(res.picks))
@@ -119,7 +121,10 @@ def pick_exposures(
         part["micrograph_uid"] = np.full(len(part), exposures.at[i, "uid"], dtype=np.uint64)
         parts.append(part)
     picks = pd.concat(parts, ignore_index=True) if parts else _empty()
-    particles = particles_dataset(picks, exposures, template=template, salt=salt, source="picks")
+    # the NMS distance each micrograph was picked with (original px), for location/min_dist_A
+    min_dist = np.concatenate([np.full(len(df), nms[i]) for i, df in sorted(found.items())]) if found else np.zeros(0)
+    particles = particles_dataset(picks, exposures, template=template, salt=salt, source="picks",
+                                  min_dist_px=min_dist)
     picked = exposures["uid"].to_numpy(dtype=np.uint64)[sorted(found)]
     return PickResult(picks, particles, picked, failures, seconds)
 

@@ -38,17 +38,24 @@ def training_inputs(exposures: pd.DataFrame, labels: pd.DataFrame, project_dir: 
 def train_on_exposures(exposures: pd.DataFrame, labels: pd.DataFrame, project_dir: str | os.PathLike,
                        config: TrainConfig, output: str | os.PathLike, log: Callable[[str], None] = print,
                        progress: bool = False):
-    """Train on the labelled exposures' micrographs; returns core.train's TrainResult."""
+    """Train on the labelled exposures' micrographs and write the model to `output`; returns the TrainResult."""
+    import dataclasses
+
     from pupick.core.train import train
 
+    output = Path(output)
     micrographs, keyed = training_inputs(exposures, labels, project_dir)
     log(f"training on {len(keyed)} labelled particles on {len(micrographs)} of {len(exposures)} micrographs")
-    return train(micrographs, keyed, config, Path(output), progress=progress, log=log)
+    if config.cache_dir is None:
+        config = dataclasses.replace(config, cache_dir=str(output.with_name(output.stem + ".cache")))
+    result = train(micrographs, keyed, config, progress=progress, log=log)
+    result.save(output)
+    return result
 
 
 def train_summary(result) -> str:
     """One line with the validation AP (or why there is none)."""
     ap = float(result.best_ap)
     if np.isfinite(ap):
-        return f"validation AP {ap:.3f} at epoch {result.best_epoch}; model saved to {result.model_path}"
-    return f"no validation split (test split 0); model saved to {result.model_path}"
+        return f"validation AP {ap:.3f} at epoch {result.best_epoch}; model saved to {result.path}"
+    return f"no validation split (test split 0); model saved to {result.path}"

@@ -13,7 +13,7 @@ from pupick.core.errors import InputError
 
 from .job import RelionJob, relion_job, report_error
 from .nodes import detect_version
-from .protocol import ExternalArgs, find_out_dir, parse_external
+from .protocol import ExternalArgs, Param, find_out_dir, parse_external
 
 
 def say(message: str) -> None:
@@ -21,9 +21,34 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def run_external(program: str, body: Callable[[RelionJob, ExternalArgs], None], argv: Sequence[str] | None) -> int:
-    """Parse RELION's command line inside the job lifecycle, run `body`, return the exit status."""
+def help_text(program: str, summary: str, inputs: Sequence[str], params: Sequence[Param]) -> str:
+    """What `PROGRAM --help` prints: how RELION's External job runs it and the parameters it accepts."""
+    width = max((len(p.name) for p in params), default=0)
+    lines = [f"usage: {program} --o JOB_DIR {' '.join(f'--{i} FILE' for i in inputs)} [--PARAMETER VALUE]... [--j N]",
+             "", summary, "",
+             "Run it as a RELION External job: put this program in 'External executable', the inputs in the Input "
+             "tab, and each parameter as a row of the Params tab (label = the name below).", "",
+             "parameters:"]
+    lines += [f"  {p.name:<{width}}  {p.help}" for p in params]
+    return "\n".join(lines) + "\n"
+
+
+def failures_error(failures: Sequence[tuple[object, str]], what: str = "picked") -> InputError:
+    """One line naming every micrograph that failed and why (RELION shows the last line of run.err)."""
+    named = "; ".join(f"{path}: {reason}" for path, reason in failures)
+    return InputError(f"{len(failures)} micrograph(s) could not be {what} ({named}); the others are saved - "
+                      "continue the job to retry")
+
+
+def run_external(program: str, body: Callable[[RelionJob, ExternalArgs], None], argv: Sequence[str] | None,
+                 help_page: str | None = None) -> int:
+    """Parse RELION's command line inside the job lifecycle, run `body`, return the exit status.
+
+    `-h`/`--help` prints `help_page` (see help_text) and returns 0 without touching any job directory."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if help_page is not None and any(a in ("-h", "--help") for a in argv):
+        sys.stdout.write(help_page)
+        return 0
     out = find_out_dir(argv)
     if out is None:
         report_error(None, f"{program}: error: --o (the job's output directory) is missing; "

@@ -11,7 +11,8 @@ from pupick.core.config import VIEW_COUNTS, PickConfig
 from pupick.core.errors import InputError
 from pupick.core.io import atomic_path
 
-from .common import end_process, pixel_size_of, read_micrographs, run_external, say, set_threads, set_version
+from .common import (end_process, failures_error, help_text, pixel_size_of, read_micrographs, run_external,
+                     say, set_threads, set_version)
 from .job import RelionJob
 from .nodes import LABELS, STAR_VERSIONS, coordinates_relpath, node_name
 from .protocol import ExternalArgs, Param, check_inputs, choice, convert_params, device_spec, number, text, whole
@@ -121,17 +122,16 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
         say(f"picked {len(counts)} micrograph(s): {sum(counts)} picks, {sum(counts) / len(counts):.1f} per micrograph "
             f"(min {min(counts)}, max {max(counts)}), {seconds:.2f} s per micrograph")
     failures = result.failures
-    if failures:  # each was reported in run.out as it happened
-        listed = "; ".join(f"{path}: {reason}" for path, reason in failures[:20])
-        more = f"; and {len(failures) - 20} more" if len(failures) > 20 else ""
-        raise InputError(f"{len(failures)} micrograph(s) could not be picked ({listed}{more}); "
-                         "the others are saved - continue the job to retry")
+    if failures:  # each was reported in run.out as it happened; run.err's last line names them all
+        raise failures_error(failures)
     job.add_output_node(node_name(args.out_name, LIST_NAME), LABELS[job.version]["coords"])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point for RELION's External job (ends the process once the exit file is written)."""
-    end_process(run_external(PROGRAM, _body, argv))
+    end_process(run_external(PROGRAM, _body, argv, help_page=help_text(
+        PROGRAM, "Pick particles on RELION micrographs with a pupick model (resumable: continue the job to pick "
+        "new micrographs).", ("in_mics",), PARAMS)))
 
 
 if __name__ == "__main__":

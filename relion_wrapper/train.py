@@ -12,7 +12,8 @@ from pupick.core.config import PreprocessConfig, TrainConfig
 from pupick.core.errors import InputError
 from pupick.core.io import atomic_path, write_text_atomic
 
-from .common import end_process, pixel_size_of, read_micrographs, run_external, say, set_version
+from .common import (end_process, help_text, pixel_size_of, read_micrographs, run_external, say,
+                     set_version)
 from .job import RelionJob
 from .nodes import LABELS, node_name
 from .protocol import ExternalArgs, Param, check_inputs, convert_params, device_spec, number, text, whole
@@ -161,7 +162,9 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point for RELION's External job (ends the process once the exit file is written)."""
-    end_process(run_external(PROGRAM, _body, argv))
+    end_process(run_external(PROGRAM, _body, argv, help_page=help_text(
+        PROGRAM, "Train a pupick picking model from RELION picks or particles on their micrographs.",
+        ("in_mics", "in_coords"), PARAMS)))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,12 @@ def test_only_the_pupick_namespace_reaches_site_packages(fresh_install):
     assert {p.name for p in (site / "pupick").iterdir()} >= {"core", "adapters", "relion", "cryosparc"}
 
 
+def test_browser_pages_are_installed(fresh_install):
+    ui = _site_packages(fresh_install) / "pupick" / "core" / "service" / "ui"
+    assert {"index.html", "style.css", "app.js", "api.js", "viewer.js", "table.js", "plots.js", "jobs.js"} <= {
+        p.name for p in ui.iterdir()}
+
+
 @pytest.mark.parametrize("module,ok", [("pupick.core", True), ("pupick.adapters", True), ("pupick.relion", True),
                                        ("pupick.cryosparc", True), ("core", False), ("adapters", False)])
 def test_imports_in_fresh_environment(fresh_install, tmp_path, module, ok):

@@ -20,6 +20,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "convert": "convert",
     "demo": "demo",
+    "view": "view",
     "serve": "serve",  # the picking service (core/service/)
 }
 

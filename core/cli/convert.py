@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Sequence
 
 import click
 import numpy as np
@@ -31,11 +32,12 @@ def _diameter_px(diameter: float, pixel_size: float | None, mics: pd.DataFrame |
 
 def convert(inputs: list[str], output: str, from_fmt: str | None, to_fmt: str | None, coord_factor: float,
             threshold: float | None, box_size: int | None, diameter_px: float | None,
-            micrographs: str | pd.DataFrame | None, suffix: str, relion_version: str, force: bool
-            ) -> tuple[pd.DataFrame, list[Path]]:
+            micrographs: str | pd.DataFrame | None, suffix: str, relion_version: str, force: bool,
+            protect: Sequence[str | Path] = ()) -> tuple[pd.DataFrame, list[Path]]:
     """Read every input, scale and filter, write the output; returns (picks written, files).
 
-    `micrographs` is a micrograph table's file (or an already read table)."""
+    `micrographs` is a micrograph table's file (or an already read table). Neither the inputs, that file nor the
+    files in `protect` are ever written over."""
     from pupick.adapters import registry
 
     mics = registry.read_micrographs(micrographs) if isinstance(micrographs, (str, Path)) else micrographs
@@ -52,7 +54,8 @@ def convert(inputs: list[str], output: str, from_fmt: str | None, to_fmt: str | 
     registry.check_coordinates(picks, ", ".join(inputs[:3]), mics)
     written = registry.write_picks(picks, output, fmt=to_fmt, micrographs=mics, box_size=box_size,
                                    diameter_px=diameter_px, suffix=suffix, version=relion_version,
-                                   overwrite=force)
+                                   overwrite=force, inputs=[*inputs, *protect, *([micrographs] if isinstance(
+                                       micrographs, (str, Path)) else [])])
     return picks, written
 
 
@@ -83,12 +86,16 @@ def command(inputs, output, from_fmt, to_fmt, coord_factor, threshold, box_size,
     def run():
         from pupick.adapters.registry import read_micrographs
 
-        mics = read_micrographs(micrographs) if micrographs else None  # read once, before any picks
+        from pupick.adapters.registry import detect_format
+
+        fmt = to_fmt or detect_format(Path(output), for_writing=True)
+        # read once, before any picks; a .cs stores fractions of the micrograph sizes, so read those too
+        mics = read_micrographs(micrographs, read_shapes=fmt == "cs") if micrographs else None
         d_px = diameter_px
         if d_px is None and diameter is not None:
             d_px = _diameter_px(diameter, pixel_size, mics)
         return convert(list(inputs), output, from_fmt, to_fmt, coord_factor, threshold, box_size, d_px,
-                       mics, suffix, relion_version, force)
+                       mics, suffix, relion_version, force, protect=[micrographs] if micrographs else [])
 
     picks, written = run_core(run)
     n_mics = picks["micrograph"].nunique() if len(picks) else 0

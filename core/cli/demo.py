@@ -33,8 +33,8 @@ def run_demo(data: Path, out: Path, seed: int, device: str, log) -> dict:
     from ..overlay import plot_overlay, plot_pr
     from ..modelfile import load_model
     from ..outputs import pick_to_dir
-    from ..pipeline import train
     from ..tables import stem, validate_picks
+    from ..train import train
 
     mics = sorted((data / "micrographs").glob("*.mrc"))
     labels_path = data / "particles.csv"
@@ -58,7 +58,7 @@ def run_demo(data: Path, out: Path, seed: int, device: str, log) -> dict:
     config = TrainConfig(preprocess=PreprocessConfig(diameter_px=DIAMETER_PX), expected_particles=expected,
                          seed=seed, device=device, cache_dir=str(out / "cache"), **DEMO_TRAIN)
     model_path = out / "model.pt"
-    train(train_mics, given, config, model_path, progress=True, log=log)
+    train(train_mics, given, config, progress=True, log=log).save(model_path)
     t_train = time.perf_counter() - t0
 
     t1 = time.perf_counter()

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
+from ..io import check_output
 from ._common import read_pick_table, run_core
 
 
@@ -78,6 +79,10 @@ def command(picks, labels, match_radius, diameter_px, model, mic_list, prefix, a
     """
     from ..evaluate import evaluate
 
+    if prefix:  # before any work: never over an input, nor over another kind of file
+        inputs = [picks, labels] + ([model] if model else []) + ([mic_list.lstrip("@")] if mic_list else [])
+        for target, kind in _outputs(prefix):
+            run_core(check_output, target, kind, inputs)
     radius = run_core(_match_radius, match_radius, diameter_px, model, picks)
     p = run_core(read_pick_table, picks)
     lab = run_core(read_pick_table, labels)
@@ -107,12 +112,19 @@ def command(picks, labels, match_radius, diameter_px, model, mic_list, prefix, a
         click.echo(f"wrote {prefix}.tsv, {prefix}.per_micrograph.tsv and {prefix}.png")
 
 
+def _outputs(prefix: str) -> list[tuple[Path, str]]:
+    """The files `-o PREFIX` writes, each with its kind (see io.check_output)."""
+    return [(Path(f"{prefix}.tsv"), "text"), (Path(f"{prefix}.per_micrograph.tsv"), "text"),
+            (Path(f"{prefix}.png"), "png")]
+
+
 def _write_outputs(result, prefix: str) -> None:
     from ..io import atomic_path
     from ..overlay import plot_pr
 
-    with atomic_path(f"{prefix}.tsv") as tmp:
+    (curve, _), (per_mic, _), (png, _) = _outputs(prefix)
+    with atomic_path(curve) as tmp:
         result.curve.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    with atomic_path(f"{prefix}.per_micrograph.tsv") as tmp:
+    with atomic_path(per_mic) as tmp:
         result.per_micrograph.to_csv(tmp, sep="\t", index=False)
-    plot_pr(result, f"{prefix}.png")
+    plot_pr(result, png)

@@ -10,7 +10,7 @@ import dataclasses
 
 from ..config import DEFAULT_THRESHOLD, METHODS, PRECISIONS, VIEW_COUNTS, PickConfig
 from ..evaluate import default_match_radius
-from ..io import atomic_path, expand_inputs
+from ..io import Protected, atomic_path, check_output, check_output_dir, expand_inputs
 from ..pipeline import check_model
 from ._common import DEVICE, read_pick_table, run_core, usage
 
@@ -161,6 +161,10 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     if score_maps:
         config = dataclasses.replace(config, score_map_dir=str(out / "score_maps"))
     paths = usage(expand_inputs, micrographs)
+    run_core(check_output_dir, out)  # -o under a file or in an unwritable place: one line, before any work
+    inputs = Protected([*paths, *(p for p in (labels, exposures, model_path) if p and Path(p).exists())])
+    for target, kind in ((out / "picks.csv", "text"), (out / "particles.cs", "npy")):  # never over an input
+        run_core(check_output, target, kind, inputs, probe=False)
     if server:
         if score_maps:
             raise click.UsageError("--score-maps is not available with --server (the maps stay on the server)")

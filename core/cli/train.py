@@ -7,8 +7,8 @@ import click
 
 from ..config import ARCHITECTURES, PreprocessConfig, TrainConfig
 from ..errors import InputError
-from ..io import expand_inputs
-from ._common import DEVICE, read_pick_table, run_core, size_options
+from ..io import check_output, expand_inputs
+from ._common import DEVICE, BadOption, UserError, read_pick_table, run_core, size_options, usage
 
 OBJECTIVES = ["ge-binomial", "ge-kl", "nnpu", "pn"]  # core.objectives.OBJECTIVES
 
@@ -66,29 +66,37 @@ def command(micrographs, labels, output, expected_particles, scale, diameter, di
             arch, units, objective, slack, epochs, steps_per_epoch, batch_size, tile_size, learning_rate, test_split,
             normalize, cache_dir, seed, device, precision, quiet, server, token_file):
     """Train a picker on MICROGRAPHS (files, directories, globs, @list.txt) with the particles in --labels."""
-    from ..train import train
-
-    paths = run_core(expand_inputs, micrographs)
-    table = run_core(read_labels, labels)
-    if not 0 <= test_split < 1:
-        raise click.BadParameter("must be in [0, 1)", param_hint="--test-split")
-    pre = PreprocessConfig(factor=scale, diameter_A=diameter, diameter_px=diameter_px, pixel_size=pixel_size,
-                           normalize=normalize, seed=seed)
-    config = TrainConfig(preprocess=pre, arch=arch, units=units, objective=objective, slack=slack,
-                         expected_particles=expected_particles, label_radius=label_radius, epochs=epochs,
-                         steps_per_epoch=steps_per_epoch, batch_size=batch_size, tile_size=tile_size,
-                         learning_rate=learning_rate, test_split=test_split, seed=seed, device=device,
-                         precision=precision, cache_dir=cache_dir)
-    if server:
+    output = Path(output)
+    try:  # options first: a bad one costs nothing and exits 2
+        pre = PreprocessConfig(factor=scale, diameter_A=diameter, diameter_px=diameter_px, pixel_size=pixel_size,
+                               normalize=normalize, seed=seed)
+        config = TrainConfig(preprocess=pre, arch=arch, units=units, objective=objective, slack=slack,
+                             expected_particles=expected_particles, label_radius=label_radius, epochs=epochs,
+                             steps_per_epoch=steps_per_epoch, batch_size=batch_size, tile_size=tile_size,
+                             learning_rate=learning_rate, test_split=test_split, seed=seed, device=device,
+                             precision=precision, cache_dir=cache_dir or str(output.with_name(output.stem + ".cache")))
+    except InputError as err:
+        raise BadOption(str(err)) from None
+    paths = usage(expand_inputs, micrographs)
+    if server:  # decided before the training stack is imported: server mode never loads torch here
+        usage(check_output, output, "torch", [*paths, labels])
+        table = run_core(read_labels, labels)
         from ..client import Client, train_via_server
 
         client = run_core(Client.connect, server, token_file)
-        job = run_core(train_via_server, client, paths, table, config, Path(output), progress=not quiet,
-                       log=click.echo)
+        job = run_core(train_via_server, client, paths, table, config, output, progress=not quiet, log=click.echo)
         ap = "" if job.get("ap") is None else f", validation AP {job['ap']:.3f} (epoch {job.get('epoch')})"
         click.echo(f"model -> {output} (registered on the server as {job['model']}{ap})")
         return
-    result = run_core(train, paths, table, config, Path(output), progress=not quiet, log=click.echo)
+    from ..train import output_files, train
+
+    for target, kind in output_files(output):  # never over an input, nor over another kind of file
+        usage(check_output, target, kind, [*paths, labels])
+    table = run_core(read_labels, labels)
+    result = run_core(train, paths, table, config, progress=not quiet, log=click.echo)
+    try:
+        result.save(output)
+    except OSError as err:
+        raise UserError(f"{output}: cannot write the model ({err.strerror or err})") from None
     best = "" if result.best_ap != result.best_ap else f", validation AP {result.best_ap:.3f} (epoch {result.best_epoch})"
-    click.echo(f"model -> {result.model_path} (π = {result.pi:.4g}{best}); "
-               f"history -> {Path(output).with_suffix('.train.tsv')}")
+    click.echo(f"model -> {output} (π = {result.pi:.4g}{best}); history -> {output.with_suffix('.train.tsv')}")

@@ -36,7 +36,8 @@ class ModelEntry:
     name: str
     path: Path
     source: str  # models-dir | upload | train | shipped
-    sha256: str
+    sha256: str  # the model's identity (weights + config), as pick manifests record it
+    file_sha256: str  # the file's bytes (what a client's local copy hashes to)
     arch: str | None
     diameter_px: float | None
     pixel_size: float | None
@@ -45,8 +46,8 @@ class ModelEntry:
 
     def public(self) -> dict[str, Any]:
         return {"name": self.name, "architecture": self.arch, "diameter_px": self.diameter_px,
-                "pixel_size": self.pixel_size, "sha256": self.sha256, "source": self.source, "size": self.size,
-                "created": self.created}
+                "pixel_size": self.pixel_size, "sha256": self.sha256, "file_sha256": self.file_sha256,
+                "source": self.source, "size": self.size, "created": self.created}
 
 
 def check_name(name: Any) -> str:
@@ -66,7 +67,9 @@ def inspect_model_file(path: Path) -> dict[str, Any]:
         loaded = load_model(path, device="cpu")
     except ModelFileError as err:
         raise ModelFileError(str(err).replace(f"{path}: ", "")) from None
-    return {"config": loaded.config, "sha256": loaded.sha256}
+    from ..modelfile import file_sha256
+
+    return {"config": loaded.config, "sha256": loaded.sha256, "file_sha256": file_sha256(path)}
 
 
 class ModelRegistry:
@@ -189,8 +192,8 @@ class ModelRegistry:
 def _entry(name: str, path: Path, source: str, info: dict) -> ModelEntry:
     cfg = info["config"]
     st = path.stat()
-    return ModelEntry(name, path, source, info["sha256"], cfg.get("arch"), cfg.get("diameter_px"),
-                      cfg.get("pixel_size"), st.st_size, st.st_mtime)
+    return ModelEntry(name, path, source, info["sha256"], info["file_sha256"], cfg.get("arch"),
+                      cfg.get("diameter_px"), cfg.get("pixel_size"), st.st_size, st.st_mtime)
 
 
 def _shipped_models() -> list[tuple[str, Path]]:

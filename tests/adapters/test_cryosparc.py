@@ -220,7 +220,7 @@ def test_exposures_without_shape_cannot_place_picks(tmp_path, picks):
     dset.add_fields([("micrograph_blob/path", "O")])
     dset["micrograph_blob/path"] = np.array(PATHS, dtype=object)
     dset.save(tmp_path / "e.cs")
-    with pytest.raises(InputError, match="lack micrograph_blob/shape"):
+    with pytest.raises(InputError, match="micrograph sizes are unknown.*micrograph_blob/shape"):
         cs.particles_dataset(picks, cs.read_exposures(tmp_path / "e.cs"))
 
 
@@ -236,12 +236,17 @@ def test_missing_cs_file(tmp_path):
         cs.read_particles(tmp_path / "nope.cs")
 
 
-def test_exposures_table_without_uid_is_refused(picks):
+def test_exposures_table_without_uid_gets_uids_from_the_names(picks):
+    """A RELION (or any) micrograph table: deterministic exposure uids from the micrograph names."""
     from pupick.core.tables import make_micrographs
 
-    mics = make_micrographs(["a/mic_a.mrc"], shapes=[(700, 1000)])
-    with pytest.raises(InputError, match="no 'uid' column"):
-        cs.particles_dataset(picks, mics)
+    mics = make_micrographs(["a/mic_a.mrc", "b/061_10028.mrc"], shapes=[(700, 1000), (1024, 1024)])
+    dset = cs.particles_dataset(picks, mics)
+    uids = cs.exposure_uids(["mic_a", "061_10028"])
+    assert len(set(uids.tolist())) == 2 and (uids == cs.exposure_uids(["mic_a", "061_10028"])).all()
+    expected = np.where(picks["micrograph"].to_numpy() == "mic_a", uids[0], uids[1])
+    assert np.asarray(dset["location/micrograph_uid"]).tolist() == expected.tolist()
+    assert set(dset["location/micrograph_path"]) == {"a/mic_a.mrc", "b/061_10028.mrc"}
 
 
 def split_output(tmp_path):

@@ -177,3 +177,44 @@ def test_cryosparc_particles_with_exposures(runner, trained_model, two_mics, tmp
     assert np.array_equal(uids[0], uids[1])
     res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--format", "cs"])
     assert res.exit_code != 0 and "--exposures" in res.output
+
+
+BAD_OPTIONS = [
+    (["--method", "blob", "--diameter-px", "56", "--min-distance", "-1"], "--min-distance"),
+    (["--method", "blob", "--diameter-px", "56", "--threshold", "nan"], "--threshold"),
+    (["--method", "blob", "--diameter-px", "56", "--max-picks", "-5"], "--max-picks"),
+    (["--method", "blob", "--diameter-px", "56", "--top-n", "-1"], "--max-picks"),
+    (["--method", "blob", "--diameter-px", "56", "--pixel-size", "0"], "--pixel-size"),
+    (["--method", "blob", "--diameter-px", "56", "--workers", "0"], "--workers"),
+    (["--method", "blob", "--diameter-px", "56", "--box-size", "0", "--format", "box"], "--box-size"),
+    (["--method", "blob"], "diameter"),
+    (["--method", "blob", "--diameter-px", "56", "--device", "mps"], "device"),
+]
+
+
+@pytest.mark.parametrize("options,named", BAD_OPTIONS, ids=[" ".join(o) for o, _ in BAD_OPTIONS])
+def test_bad_options_are_refused_before_any_work(runner, two_mics, tmp_path, options, named):
+    out = tmp_path / "x"
+    res = runner.invoke(cli, ["pick", *two_mics, "-o", str(out), *options])
+    assert res.exit_code == 2, res.output
+    assert named in res.output and "Traceback" not in res.output
+    assert not out.exists()  # nothing was created, so a corrected rerun is never refused
+
+
+def test_an_empty_list_file_is_bad_usage(runner, tmp_path):
+    (tmp_path / "none.txt").write_text("")
+    res = runner.invoke(cli, ["pick", f"@{tmp_path / 'none.txt'}", "--method", "blob", "--diameter-px", "56",
+                              "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "none.txt" in res.output and not (tmp_path / "o").exists()
+
+
+def test_star_format_keeps_the_list_and_the_files_in_step(runner, trained_model, two_mics, tmp_path):
+    out = tmp_path / "s"
+    args = ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--device", "cpu", "--format", "star"]
+    assert runner.invoke(cli, args).exit_code == 0
+    (out / "coordinates" / f"{HELD_OUT}.star").unlink()  # a deleted coordinate file is picked again
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0 and "1 micrograph(s) already picked" in res.output
+    listed = read_picks(str(out / "coordinates.star"))
+    assert set(listed["micrograph"]) == {"311_10028", HELD_OUT}
+    assert set(pd.read_csv(out / "picks.csv")["micrograph"]) == {"311_10028", HELD_OUT}

@@ -69,7 +69,7 @@ def test_session_model_scores_particles_above_background_on_a_held_out_micrograp
 def test_same_seed_same_model_other_seed_other_model(tmp_path, demo_micrographs, demo_labels):
     def weights(seed, name):
         out = tmp_path / f"{name}.pt"
-        train(demo_micrographs[:1], demo_labels, tiny(tmp_path, seed=seed), out, progress=False, log=lambda m: None)
+        train(demo_micrographs[:1], demo_labels, tiny(tmp_path, seed=seed), log=lambda m: None).save(out)
         return torch.load(out, weights_only=True)["state_dict"]
 
     a, b, c = weights(3, "a"), weights(3, "b"), weights(4, "c")
@@ -79,8 +79,8 @@ def test_same_seed_same_model_other_seed_other_model(tmp_path, demo_micrographs,
 
 def test_validation_split_records_ap_and_keeps_the_best_epoch(tmp_path, demo_micrographs, demo_labels):
     out = tmp_path / "m.pt"
-    result = train(demo_micrographs[:2], demo_labels, tiny(tmp_path, epochs=2, test_split=0.5), out, progress=False,
-                   log=lambda m: None)
+    result = train(demo_micrographs[:2], demo_labels, tiny(tmp_path, epochs=2, test_split=0.5), log=lambda m: None)
+    result.save(out)
     assert result.history["ap"].notna().all()
     assert result.best_epoch == int(result.history["ap"].idxmax()) + 1
     assert result.best_ap == pytest.approx(result.history["ap"].max())
@@ -90,7 +90,7 @@ def test_validation_split_records_ap_and_keeps_the_best_epoch(tmp_path, demo_mic
 def test_labels_matching_nothing_list_both_sides(tmp_path, demo_micrographs):
     labels = pd.DataFrame({"micrograph": ["mic_A", "mic_B"], "x": [10.0, 20.0], "y": [10.0, 20.0]})
     with pytest.raises(InputError) as err:
-        train(demo_micrographs[:2], labels, tiny(tmp_path), tmp_path / "m.pt", progress=False)
+        train(demo_micrographs[:2], labels, tiny(tmp_path))
     assert "mic_A" in str(err.value) and "061_10028" in str(err.value)
     assert not (tmp_path / "m.pt").exists()
 
@@ -100,34 +100,31 @@ def test_outside_and_foreign_labels_are_dropped_with_counts(tmp_path, demo_micro
     extra = pd.DataFrame({"micrograph": ["061_10028", "061_10028", "999_other"], "x": [-5.0, 2000.0, 5.0],
                           "y": [10.0, 10.0, 5.0]})
     messages: list[str] = []
-    train(demo_micrographs[:1], pd.concat([one, extra]), tiny(tmp_path), tmp_path / "m.pt", progress=False,
-          log=messages.append)
+    train(demo_micrographs[:1], pd.concat([one, extra]), tiny(tmp_path), log=messages.append)
     text = "\n".join(messages)
     assert "2 label(s) lie outside" in text and "1 label(s) name micrographs that were not given" in text
 
 
 def test_expected_count_below_the_labels(tmp_path, demo_micrographs, demo_labels):
     with pytest.raises(InputError, match="expected-particles"):
-        train(demo_micrographs[:1], demo_labels, tiny(tmp_path, expected_particles=10), tmp_path / "m.pt",
-              progress=False)
+        train(demo_micrographs[:1], demo_labels, tiny(tmp_path, expected_particles=10))
     messages: list[str] = []  # PN does not need unlabeled positives: a warning only
     train(demo_micrographs[:1], demo_labels, tiny(tmp_path, expected_particles=10, objective="pn"),
-          tmp_path / "m.pt", progress=False, log=messages.append)
+          log=messages.append)
     assert any("warning" in m for m in messages)
 
 
 def test_no_labels_is_an_error(tmp_path, demo_micrographs):
     empty = pd.DataFrame({"micrograph": [], "x": [], "y": []})
     with pytest.raises(InputError, match="no particle"):
-        train(demo_micrographs[:1], empty, tiny(tmp_path), tmp_path / "m.pt", progress=False)
+        train(demo_micrographs[:1], empty, tiny(tmp_path))
 
 
 @pytest.mark.parametrize("objective", ["ge-kl", "nnpu"])
 def test_other_objectives_train(tmp_path, demo_micrographs, demo_labels, objective):
-    result = train(demo_micrographs[:1], demo_labels, tiny(tmp_path, objective=objective), tmp_path / "m.pt",
-                   progress=False, log=lambda m: None)
+    result = train(demo_micrographs[:1], demo_labels, tiny(tmp_path, objective=objective), log=lambda m: None)
     assert math.isfinite(result.history["loss"].iloc[0])
-    assert torch.load(result.model_path, weights_only=True)["config"]["objective"] == objective
+    assert torch.load(result.save(tmp_path / "m.pt"), weights_only=True)["config"]["objective"] == objective
 
 
 def test_cli_trains_and_reports(tmp_path, demo_micrographs, demo_dir):
@@ -162,12 +159,11 @@ def test_trains_on_a_preprocessed_directory(tmp_path, demo_micrographs, demo_lab
     preprocess_to_dir(demo_micrographs[:1], pre_dir, PreprocessConfig(diameter_px=56), progress=False)
     out = tmp_path / "m.pt"
     messages: list[str] = []
-    train(sorted(pre_dir.glob("*.mrc")), demo_labels, tiny(tmp_path, cache_dir=None), out, progress=False,
-          log=messages.append)
+    train(sorted(pre_dir.glob("*.mrc")), demo_labels, tiny(tmp_path), log=messages.append).save(out)
     cfg = torch.load(out, weights_only=True)["config"]
     assert cfg["factor"] == 2.0  # from the manifest; labels stayed in the original pixels
     assert not any("outside" in m for m in messages)
-    assert not list((tmp_path / "m.cache").glob("*.npz"))  # nothing to cache
+    assert not list((tmp_path / "cache").glob("*.npz"))  # nothing to cache
 
 
 @pytest.mark.parametrize("rotations", ["none", "90"])
@@ -192,13 +188,13 @@ def test_cli_choices_match_the_registries():
     from pupick.core.models import MODELS
     from pupick.core.objectives import OBJECTIVES
 
-    assert set(cli_train.ARCHS) == set(MODELS) and set(cli_train.OBJECTIVES) == set(OBJECTIVES)
+    assert set(cli_train.ARCHITECTURES) == set(MODELS) and set(cli_train.OBJECTIVES) == set(OBJECTIVES)
 
 
 def test_dense_stride_training_saves_a_native_model(tmp_path, demo_micrographs, demo_labels):
     result = train(demo_micrographs[:1], demo_labels, tiny(tmp_path, train_stride="dense", tile_size=16),
-                   tmp_path / "m.pt", progress=False, log=lambda m: None)
-    model = load_model(result.model_path)
+                   log=lambda m: None)
+    model = load_model(result.save(tmp_path / "m.pt"))
     assert not model.module.dense and model.config["stride"] == 2
 
 
@@ -220,3 +216,136 @@ def test_label_edge_margin_learns_how_close_users_label():
     few = label_edge_margin([_mic_with(np.array([[60.0, 500], [500, 700], [700, 300], [300, 300]]))], 80)
     assert few < 60 / 80
     assert label_edge_margin([spread], None) is None and label_edge_margin([], 80) is None
+
+
+# ---------------------------------------------------------------- the engine API (issue 13) and bad options (14)
+
+
+def test_result_saves_atomically_and_loads_like_the_file(tmp_path, demo_micrographs, demo_labels):
+    from pupick.core.score import score_micrograph
+
+    result = train(demo_micrographs[:1], demo_labels, tiny(tmp_path), log=lambda m: None)
+    assert not list(tmp_path.glob("*.pt"))  # train() itself writes no model
+    path = result.save(tmp_path / "m.pt")
+    assert result.path == path and not [p for p in tmp_path.iterdir() if ".part" in p.name]
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"format", "version", "state_dict", "config"}
+    image = np.random.default_rng(0).normal(size=(96, 96)).astype(np.float32)
+    a = score_micrograph(result.load(), image, ScoreConfig(stride="dense"))
+    b = score_micrograph(load_model(path), image, ScoreConfig(stride="dense"))
+    np.testing.assert_array_equal(a, b)
+    # the same seed makes the same file, byte for byte (a model's identity is its content)
+    again = train(demo_micrographs[:1], demo_labels, tiny(tmp_path), log=lambda m: None).save(tmp_path / "n.pt")
+    assert again.read_bytes() == path.read_bytes()
+    assert load_model(path).sha256 == load_model(again).sha256
+
+
+def test_micrographs_table_is_accepted_and_gives_the_pixel_size(tmp_path, demo_micrographs, demo_labels):
+    from pupick.core.tables import make_micrographs
+
+    table = make_micrographs([str(p) for p in demo_micrographs[:1]], pixel_size=5.36)
+    config = tiny(tmp_path, preprocess=PreprocessConfig(diameter_A=300.16))  # 56 px at 5.36 Å/px
+    result = train(table, demo_labels, config, log=lambda m: None)
+    assert result.config["pixel_size"] == pytest.approx(5.36) and result.config["diameter_px"] == pytest.approx(56)
+    two = make_micrographs([str(p) for p in demo_micrographs[:2]], pixel_size=[5.36, 1.0])
+    with pytest.raises(InputError, match="several pixel sizes"):
+        train(two, demo_labels, config)
+
+
+def test_on_epoch_reports_every_epoch(tmp_path, demo_micrographs, demo_labels):
+    seen = []
+    result = train(demo_micrographs[:2], demo_labels, tiny(tmp_path, epochs=3, test_split=0.5), on_epoch=seen.append,
+                   log=lambda m: None)
+    assert [e.epoch for e in seen] == [1, 2, 3] and all(e.epochs == 3 for e in seen)
+    assert [e.loss for e in seen] == pytest.approx(result.history["loss"].tolist())
+    assert all(0 <= e.ap <= 1 for e in seen)
+
+
+@pytest.mark.parametrize("after_polls", [1, 4])
+def test_should_stop_aborts_cleanly(tmp_path, demo_micrographs, demo_labels, after_polls):
+    """Polled before preprocessing, between micrographs and between steps; stops with AbortRequested."""
+    from pupick.core.errors import AbortRequested
+
+    polls = []
+
+    def should_stop():
+        polls.append(1)
+        return len(polls) >= after_polls
+
+    epochs = []
+    with pytest.raises(AbortRequested):
+        train(demo_micrographs[:2], demo_labels, tiny(tmp_path, epochs=5, steps_per_epoch=20), on_epoch=epochs.append,
+              should_stop=should_stop, log=lambda m: None)
+    assert len(polls) == after_polls and not epochs
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_divergence_fails_clearly(tmp_path, demo_micrographs, demo_labels):
+    from pupick.core.train import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="diverged.*--learning-rate"):
+        train(demo_micrographs[:1], demo_labels, tiny(tmp_path, learning_rate=1e8, epochs=3, steps_per_epoch=4),
+              log=lambda m: None)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("learning_rate", float("nan"), r"--learning-rate must be a finite number > 0 \(got nan\)"),
+    ("learning_rate", -1.0, r"--learning-rate must be a finite number > 0 \(got -1\)"),
+    ("units", 0, r"--units must be a whole number >= 1 \(got 0\)"),
+    ("batch_size", 0, "--batch-size must be a whole number >= 1"),
+    ("tile_size", 0, "--tile-size must be a whole number >= 1"),
+    ("epochs", 0, "--epochs must be a whole number >= 1"),
+    ("test_split", 1.0, r"--test-split must be in \[0, 1\)"),
+    ("expected_particles", float("inf"), "--expected-particles must be a finite number > 0"),
+    ("label_radius", -1.0, "--label-radius must be"),
+    ("train_stride", "sparse", "--train-stride must be one of native, dense"),
+])
+def test_train_config_refuses_bad_values(field, value, message):
+    with pytest.raises(InputError, match=message):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("pixel_size", 0.0, "--pixel-size must be a finite number > 0"),
+    ("diameter_px", float("nan"), "--diameter-px must be a finite number > 0"),
+    ("factor", 0.5, "--scale must be a finite number >= 1"),
+])
+def test_train_config_refuses_bad_preprocessing(field, value, message):
+    with pytest.raises(InputError, match=message):
+        TrainConfig(preprocess=PreprocessConfig(**{field: value}))
+
+
+@pytest.mark.parametrize("option, value", [("--learning-rate", "nan"), ("--learning-rate", "-1"), ("--units", "0"),
+                                           ("--batch-size", "0"), ("--tile-size", "0"), ("--pixel-size", "0"),
+                                           ("--test-split", "1")])
+def test_cli_bad_option_exits_2_before_any_work(tmp_path, demo_micrographs, demo_dir, option, value):
+    out = tmp_path / "sub" / "m.pt"
+    res = CliRunner().invoke(command, [str(demo_micrographs[0]), "--labels", str(demo_dir / "particles.csv"),
+                                       "-o", str(out), "--diameter-px", "56", option, value])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pupick: error: {option} must be"), res.output
+    assert not (tmp_path / "sub").exists()  # no model, no cache
+
+
+def test_cli_divergence_exits_1_and_writes_no_model(tmp_path, demo_micrographs, demo_dir):
+    out = tmp_path / "m.pt"
+    res = CliRunner().invoke(command, [str(demo_micrographs[0]), "--labels", str(demo_dir / "particles.csv"), "-o",
+                                       str(out), "--diameter-px", "56", "--arch", "conv31", "--units", "4", "--epochs",
+                                       "2", "--steps-per-epoch", "4", "--batch-size", "2", "--tile-size", "64",
+                                       "--expected-particles", "150", "--learning-rate", "1e8", "--quiet"])
+    assert res.exit_code == 1 and "training diverged" in res.output and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_cli_never_writes_over_an_input_or_a_foreign_file(tmp_path, demo_micrographs, demo_dir):
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes((demo_dir / "particles.csv").read_bytes())
+    other = tmp_path / "notes.txt"
+    other.write_text("mine")
+    for target in (labels, other):
+        before = target.read_bytes()
+        res = CliRunner().invoke(command, [str(demo_micrographs[0]), "--labels", str(labels), "-o", str(target),
+                                           "--diameter-px", "56", "--epochs", "1"])
+        assert res.exit_code == 2 and str(target) in res.output, res.output
+        assert target.read_bytes() == before

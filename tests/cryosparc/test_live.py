@@ -48,13 +48,15 @@ def test_input_specs_are_what_cryosparc_tools_builds(spec):
     assert re.fullmatch(GROUP_NAME_PATTERN, spec["name"])
     model = InputSpec(type=spec["type"], title=spec["title"], description="",
                       slots=[as_input_slot(s) for s in spec["slots"]], count_min=spec["min"], count_max=spec["max"])
-    assert all(slot.required for slot in model.slots)
+    assert [slot.name for slot in model.slots if slot.required] == [spec["slots"][0]]  # the blob or the location
     assert model.count_min == 1 and model.count_max == 1
 
 
 def test_exposure_input_requires_micrograph_blob():
     assert live.EXPOSURE_INPUT["type"] == "exposure"
-    assert [as_input_slot(s).dtype for s in live.EXPOSURE_INPUT["slots"]] == ["micrograph_blob"]
+    slots = [as_input_slot(s) for s in live.EXPOSURE_INPUT["slots"]]
+    assert [(s.dtype, s.required) for s in slots] == [("micrograph_blob", True), ("mscope_params", False)]
+    assert live.EXPOSURE_SLOTS == [s.name for s in slots]  # what the job loads is what it declares
 
 
 @pytest.mark.parametrize("spec", [live.PARTICLE_OUTPUT, live.MICROGRAPH_OUTPUT])

@@ -188,10 +188,27 @@ def test_shape_disagreement_skips_that_micrograph(tmp_path, cs_project):
     bad = exposure_dataset(project.rel_paths, [(1024, 1024), (2048, 1024)], project.uids)
     bad.save(project.exposures_cs)
     out = tmp_path / "p.cs"
-    output = run_cli(["pick", "--exposures", str(project.exposures_cs), "--project-dir", str(root),
-                      "--method", "blob", "--diameter-px", "56", "-o", str(out)])
-    assert "image is 1024 x 1024 px but the exposure says 1024 x 2048 px" in output
-    assert "on 1 of 2 micrographs" in output
+    result = CliRunner().invoke(cli, ["pick", "--exposures", str(project.exposures_cs), "--project-dir", str(root),
+                                      "--method", "blob", "--diameter-px", "56", "-o", str(out)])
+    assert "image is 1024 x 1024 px but the exposure says 1024 x 2048 px" in result.output
+    assert "on 1 of 2 micrographs" in result.output
+    assert result.exit_code != 0 and "1 of 2 micrograph(s) could not be picked" in str(result.exception)
+    assert set(np.asarray(Dataset.load(out)["location/micrograph_uid"]).tolist()) == {int(project.uids[0])}
+
+
+def test_an_unreadable_micrograph_fails_the_run_and_keeps_the_others(tmp_path, capsys):
+    """The README promises a non-zero exit when a micrograph cannot be read; the others' particles are kept."""
+    root = tmp_path / "P3"
+    project = make_project(root, NAMES[:3])
+    for rel in project.rel_paths[1:]:  # two broken micrographs: a truncated one and a missing one
+        (root / rel).unlink()
+    (root / project.rel_paths[1]).write_bytes((DEMO / "micrographs" / f"{NAMES[1]}.mrc").read_bytes()[:3000])
+    out = tmp_path / "p.cs"
+    code, err = run_main(["pick", "--exposures", str(project.exposures_cs), "--project-dir", str(root),
+                          "--method", "blob", "--diameter-px", "56", "-o", str(out)], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert "2 of 3 micrograph(s) could not be picked" in err
+    assert project.rel_paths[1] in err and project.rel_paths[2] in err  # every failed micrograph is named
     assert set(np.asarray(Dataset.load(out)["location/micrograph_uid"]).tolist()) == {int(project.uids[0])}
 
 
@@ -228,5 +245,36 @@ def test_output_may_not_overwrite_the_exposures(cs_project, tmp_path, capsys):
     copy.write_bytes(cs_project.exposures_cs.read_bytes())
     code, err = run_main(["pick", "--exposures", str(copy), "--project-dir", str(cs_project.root),
                           "--method", "blob", "--diameter-px", "56", "-o", str(copy)], capsys)
-    assert code == 1 and "is an input file" in err
+    assert code == 1 and "is an input of this command" in err
     assert copy.read_bytes() == cs_project.exposures_cs.read_bytes()
+
+
+@pytest.mark.parametrize("which", ["labels", "plot"])
+def test_no_output_replaces_an_input_or_another_kind_of_file(cs_project, tmp_path, capsys, demo_dir, which):
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes((demo_dir / "particles.csv").read_bytes())
+    args = ["pick", "--exposures", str(cs_project.exposures_cs), "--project-dir", str(cs_project.root),
+            "--method", "blob", "--diameter-px", "56", "--labels", str(labels)]
+    if which == "labels":  # the particles over a text file that happens to end in .cs
+        labels.with_suffix(".cs").write_text("notes\n")
+        args += ["-o", str(labels.with_suffix(".cs"))]
+        expected = "exists and is a text file, not a cryoSPARC .cs file"
+    else:  # the plot over the labels
+        args += ["-o", str(tmp_path / "p.cs"), "--plot", str(labels)]
+        expected = "is an input of this command"
+    code, err = run_main(args, capsys)
+    assert code == 1 and expected in err and err.count("\n") == 1
+    assert labels.read_bytes() == (demo_dir / "particles.csv").read_bytes()
+    assert not (tmp_path / "p.cs").exists()
+
+
+def test_train_offline_refuses_to_write_over_its_particles(cs_project, tmp_path, capsys, demo_labels):
+    from pupick.adapters.cryosparc import write_particles
+
+    particles = tmp_path / "particles.cs"
+    write_particles(demo_labels, particles, read_exposures(cs_project.exposures_cs))
+    before = particles.read_bytes()
+    code, err = run_main(["train", "--exposures", str(cs_project.exposures_cs), "--particles", str(particles),
+                          "--project-dir", str(cs_project.root), "-o", str(particles), "--diameter-px", "56",
+                          "--epochs", "1", "--steps-per-epoch", "1"], capsys)
+    assert code == 1 and "is an input of this command" in err and particles.read_bytes() == before

@@ -62,9 +62,10 @@ def test_pick_train_pick(server, client, five, models_dir, data_root, token_file
     assert f"registered on the server as {job['model']}" in done.stdout
     names = {m["name"]: m for m in client.models()}
     assert names[job["model"]]["source"] == "train" and names[job["model"]]["architecture"] == "resnet8"
-    from pupick.core.modelfile import file_sha256
+    from pupick.core.modelfile import file_sha256, load_model
 
-    assert file_sha256(tmp_path / "new.pt") == names[job["model"]]["sha256"]
+    assert file_sha256(tmp_path / "new.pt") == names[job["model"]]["file_sha256"]
+    assert load_model(tmp_path / "new.pt").sha256 == names[job["model"]]["sha256"]  # the identity manifests record
 
     # 3. pick with the new model as a local file (uploaded under its hash; token from $PUPICK_TOKEN_FILE)
     env = {"PUPICK_TOKEN_FILE": str(token_file)}

@@ -1,0 +1,242 @@
+"""The browser pages' HTTP endpoints for one OUTDIR: `make_router(ViewState(...))` gives a FastAPI router.
+
+It carries no authentication of its own: `pupick view` (view_app.py) and `pupick serve` (at /ui) put it behind
+their token and host checks. The pages are static files in ui/ (ES modules, no build step); every data endpoint is
+under api/ and answers a JSON error of one sentence on bad input.
+
+Mounting it elsewhere (what `pupick serve` does):
+
+    app.include_router(make_router(ViewState(outdir)), prefix="/ui")
+
+`/ui/` (the page) and `/ui/static/*` hold no data; everything under `/ui/api/` must be behind the app's token. The
+page takes the token from its own URL (`/ui/?token=...`), drops it from the address bar, and sends it on every api/
+request as `Authorization: Bearer ...`; every URL in the page is relative, so any prefix works.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
+
+from ..errors import InputError, PupickError
+from .view_data import LABELS, ViewState, suggest_threshold
+from .view_jobs import RoundRunner
+from .view_labels import LabelStore
+from .view_render import Renderer
+
+__all__ = ["ViewState", "make_router"]
+
+UI_DIR = Path(__file__).with_name("ui")
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
+EXPORT_DIR = "exports"
+MAX_CURVE_POINTS = 20_000  # exact operating points up to this many distinct scores; thinned beyond
+# formats `pupick convert` writes that need nothing but the picks (cryoSPARC .cs also needs the exposures)
+EXPORT_FORMATS = ("csv", "tsv", "star", "relion", "box", "eman2", "topaz")
+
+
+class LabelsBody(BaseModel):
+    points: list[tuple[float, float]]
+
+
+class ApplyBody(BaseModel):
+    round: int = 0
+    threshold: float
+    format: str = "csv"
+
+
+class TrainBody(BaseModel):
+    epochs: int | None = None
+    expected_particles: float | None = None
+
+
+class PickBody(BaseModel):
+    round: int | None = None
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _answers_errors(fn: Callable) -> Callable:
+    """Bad input -> 400, unknown things -> 404, a busy runner -> 409; always one sentence of JSON."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LookupError as err:
+            return _error(404, str(err.args[0]) if err.args else "not found")
+        except PupickError as err:
+            return _error(400, str(err))
+        except RuntimeError as err:
+            return _error(409, str(err))
+
+    return wrapper
+
+
+def _threshold_name(t: float) -> str:
+    return re.sub(r"[^0-9a-zA-Z.\-]", "_", f"{t:.4g}")
+
+
+def make_router(state: ViewState) -> APIRouter:
+    """The pages and their API for one OUTDIR (mount it anywhere; every URL in the pages is relative)."""
+    labels = LabelStore(state.outdir / LABELS, state.labels)
+    renderer = Renderer(state.cache_dir)
+    runner = RoundRunner(state, labels)
+    router = APIRouter()
+
+    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index(request: Request) -> HTMLResponse:
+        base = request.url.path if request.url.path.endswith("/") else request.url.path + "/"
+        html = (UI_DIR / "index.html").read_text().replace("__BASE__", base)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    @router.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        path = UI_DIR / name
+        if "/" in name or name.startswith(".") or path.suffix not in STATIC_TYPES or not path.is_file():
+            return _error(404, f"no page asset {name!r}")
+        return FileResponse(path, media_type=STATIC_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
+
+    @router.get("/api/state")
+    @_answers_errors
+    def get_state() -> dict[str, Any]:
+        return {
+            "outdir": str(state.outdir),
+            "rounds": state.rounds(),
+            "newest": state.newest_picked_round(),
+            "labels_from": labels.origin,
+            "labels_file": str(labels.target),
+            "formats": list(EXPORT_FORMATS),
+            "job": runner.current(),
+        }
+
+    @router.get("/api/round/{n}/micrographs")
+    @_answers_errors
+    def micrographs(n: int) -> dict[str, Any]:
+        return {"round": n, "micrographs": state.micrograph_table(n)}
+
+    @router.get("/api/round/{n}/picks")
+    @_answers_errors
+    def picks(n: int) -> dict[str, Any]:
+        return {"round": n, "diameter_px": state.diameter(n), "micrographs": state.picks_by_micrograph(n)}
+
+    @router.get("/api/round/{n}/analysis")
+    @_answers_errors
+    def analysis(n: int) -> dict[str, Any]:
+        """The suggested threshold and, with labels, the precision-recall curve (core.evaluate)."""
+        df = state.picks(n)
+        table = labels.table()
+        diameter = state.diameter(n)
+        radius = diameter / 2 if diameter else None
+        names = [r["name"] for r in state.micrograph_table(n) if not r["error"]]
+        expected = state.model_config(n).get("expected_particles")
+        out: dict[str, Any] = {"round": n, "suggested": suggest_threshold(df, table, radius, expected, names),
+                               "pr": None, "match_radius": radius}
+        labelled = sorted(set(table["micrograph"]) & set(names))
+        if labelled and radius and not df.empty:
+            from ..evaluate import evaluate
+
+            ev = evaluate(df, table, radius, micrographs=labelled)
+            curve = ev.curve.dropna(subset=["threshold"])
+            if len(curve) > MAX_CURVE_POINTS:
+                step = math.ceil(len(curve) / MAX_CURVE_POINTS)
+                curve = curve.iloc[list(range(0, len(curve), step)) + [len(curve) - 1]]
+            out["pr"] = {
+                "ap": ev.ap, "best_f1": ev.best_f1, "best_threshold": ev.threshold if math.isfinite(ev.threshold)
+                else None, "n_labels": ev.n_labels, "micrographs": labelled,
+                "curve": {c: [float(v) for v in curve[c]] for c in ("threshold", "precision", "recall")},
+            }
+        return out
+
+    @router.get("/api/image/{name}")
+    @_answers_errors
+    def image(name: str, size: str = "view") -> Response:
+        pic = renderer.picture(state.path_of(name), size)
+        return Response(pic.data, media_type=pic.media_type, headers={
+            "X-Pupick-Factor": f"{pic.factor:.9g}", "X-Pupick-Shape": f"{pic.shape[0]},{pic.shape[1]}",
+            "Cache-Control": "private, max-age=3600"})
+
+    @router.get("/api/labels")
+    @_answers_errors
+    def get_labels() -> dict[str, Any]:
+        return {"labels": labels.as_dict(), "file": str(labels.target), "from": labels.origin}
+
+    @router.put("/api/labels/{name}")
+    @_answers_errors
+    def put_labels(name: str, body: LabelsBody) -> dict[str, Any]:
+        if name not in state.micrograph_paths():
+            raise LookupError(f"unknown micrograph {name!r}")
+        total = labels.set(name, body.points)
+        return {"micrograph": name, "n": len(body.points), "total": total, "file": str(labels.target)}
+
+    @router.post("/api/apply")
+    @_answers_errors
+    def apply(body: ApplyBody) -> dict[str, Any]:
+        """Write the picks scoring >= threshold to a new file (or folder) in OUTDIR/exports/; picks.csv is untouched."""
+        from pupick.adapters.registry import FORMATS, write_picks
+
+        if body.format not in EXPORT_FORMATS:
+            raise InputError(f"unknown export format {body.format!r} (choose {', '.join(EXPORT_FORMATS)})")
+        if not math.isfinite(body.threshold):
+            raise InputError("the threshold must be a finite number")
+        df = state.picks(body.round)
+        kept = df[df["score"] >= body.threshold]
+        spec = FORMATS[body.format]
+        ext = "" if spec.per_micrograph else spec.extensions[0]
+        base = f"round{body.round}_score_ge_{_threshold_name(body.threshold)}_{body.format}"
+        folder = state.outdir / EXPORT_DIR
+        folder.mkdir(exist_ok=True)
+        target = folder / f"{base}{ext}"
+        i = 1
+        while target.exists():
+            i += 1
+            target = folder / f"{base}-{i}{ext}"
+        diameter = state.diameter(body.round)
+        extra: dict[str, Any] = {"diameter_px": diameter}
+        if body.format == "box":
+            from pupick.adapters.eman import box_size_for
+
+            extra["box_size"] = box_size_for(None, diameter)
+        if spec.per_micrograph:  # a folder of files: built under a temporary name, then renamed whole
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=folder))
+            try:
+                write_picks(kept, tmp, fmt=body.format, overwrite=True, **extra)
+                os.rename(tmp, target)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            write_picks(kept, target, fmt=body.format, overwrite=False, **extra)  # atomic in the adapter
+        return {"path": str(target), "n": int(len(kept)), "format": body.format, "threshold": body.threshold}
+
+    @router.post("/api/train", status_code=202)
+    @_answers_errors
+    def train(body: TrainBody) -> dict[str, Any]:
+        return runner.start_train(body.epochs, body.expected_particles)
+
+    @router.post("/api/pick", status_code=202)
+    @_answers_errors
+    def pick(body: PickBody) -> dict[str, Any]:
+        return runner.start_pick(body.round)
+
+    @router.get("/api/job")
+    @_answers_errors
+    def job() -> dict[str, Any]:
+        return {"job": runner.current()}
+
+    @router.delete("/api/job")
+    @_answers_errors
+    def cancel() -> dict[str, Any]:
+        return {"cancelling": runner.cancel(), "job": runner.current()}
+
+    return router
