@@ -7,7 +7,7 @@ STAMP := $(VENV)/.pupick-installed
 # several GB of CUDA packages. On a GPU machine install the matching CUDA torch first; the code is device-agnostic.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install bench bench-quick clean
+.PHONY: demo test install bench bench-quick clean general-model
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) bench/run_all.py --quick
+
+# The shipped general model: trained on every label of the shared sets (../shared/data), deterministic (same machine,
+# same threads: same file). Writes core/shipped/general.pt.
+general-model: $(STAMP)
+	$(PY) bench/general_model.py --ship --threads 2
 
 clean:
 	rm -rf demo_output .pytest_cache build *.egg-info

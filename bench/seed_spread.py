@@ -64,7 +64,8 @@ def run_one(set_dir: str, protocol: str, seed: int, overrides: dict, init: str, 
     if init:
         overrides = {**overrides, "init": str(Path(init) / f"{bset.name}.pt")}
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = bset.train_config(seed=seed, **{"test_split": 0.0, **overrides})
+        pre = {"factor": None} if "init" in overrides else None  # the init model's particle size sets the factor
+        cfg = bset.train_config(preprocess=pre, seed=seed, **{"test_split": 0.0, **overrides})
         t0, c0 = time.perf_counter(), time.process_time()
         result = train_model(bset.train, bset.train_labels, cfg, Path(tmp) / "model.pt")
         train_seconds = time.perf_counter() - t0

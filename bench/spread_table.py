@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -21,7 +22,8 @@ BEGIN, END = "<!-- seed-spread:begin -->", "<!-- seed-spread:end -->"
 def load_runs(out_dir: Path, tag: str) -> list[dict]:
     """Every run of one variant (all its JSON files)."""
     runs = []
-    for path in sorted(out_dir.glob(f"seed_spread_{tag}_*.json")) + sorted(out_dir.glob(f"seed_spread_{tag}.json")):
+    mine = re.compile(rf"seed_spread_{re.escape(tag)}(_[^_]+_(standard|hard))?\.json")  # not TAG_other's files
+    for path in sorted(p for p in out_dir.glob(f"seed_spread_{tag}*.json") if mine.fullmatch(p.name)):
         runs += json.loads(path.read_text()).get("runs", [])
     return runs
 

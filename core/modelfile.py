@@ -203,7 +203,16 @@ def for_particle(model: LoadedModel, diameter_px: float | None = None, diameter_
     new = {**cfg, "factor": factor, "diameter_px": float(diameter_px),
            "pixel_size": float(pixel_size) if diameter_A is not None else None,
            "diameter_A": float(diameter_A) if diameter_A is not None else None}
-    return dataclasses.replace(model, config=new)
+    module = model.module
+    offset = float(cfg.get("score_offset") or 0.0)
+    if offset:  # unseen data score lower: lift every logit alike, so picking's threshold keeps the particles
+        import copy
+
+        module = copy.deepcopy(module)
+        with torch.no_grad():
+            module.classifier.bias.add_(offset)
+        new["score_offset"] = 0.0  # applied
+    return dataclasses.replace(model, module=module, config=new)
 
 
 def model_from_state(state: dict, config: dict[str, Any], sha256: str, path: Path | None = None,

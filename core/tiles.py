@@ -73,3 +73,16 @@ class TileSampler:
             xs[b, 0] = img
             ys[b] = lab
         return xs, ys
+
+
+def degrade(tiles: np.ndarray, rng: np.random.Generator, contrast: tuple[float, float] = (0.5, 1.0),
+            noise: float = 1.0) -> np.ndarray:
+    """Lower each normalised tile's contrast and add noise, keeping unit variance: (g x + s n) / sqrt(g² + s²).
+
+    g ~ U(contrast) scales the signal, s ~ U(0, noise) is the added noise's s.d. (thicker ice, lower dose).
+    """
+    b = tiles.shape[0]
+    g = rng.uniform(*contrast, size=(b,) + (1,) * (tiles.ndim - 1)).astype(np.float32)
+    s = rng.uniform(0.0, noise, size=g.shape).astype(np.float32)
+    n = rng.standard_normal(tiles.shape, dtype=np.float32)
+    return (g * tiles + s * n) / np.sqrt(g * g + s * s)

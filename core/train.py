@@ -330,6 +330,37 @@ def _micrograph_paths(micrographs: MicrographsLike, config: TrainConfig) -> tupl
     return paths, config
 
 
+def _initial_model(config: TrainConfig, log: Callable[[str], None]) -> tuple[LoadedModel | None, TrainConfig]:
+    """The model to fine-tune from (`config.init`), with the config set to its architecture and particle scale.
+
+    A general model (trained at a fixed particle size in pixels, `grid_diameter`) sets the downsampling factor to
+    diameter / grid_diameter, unless --scale is given, so the particle looks the size the model knows.
+    """
+    if not config.init:
+        return None, config
+    from .modelfile import load_model
+
+    init = load_model(config.init)
+    mc = ModelConfig.from_dict(init.config)
+    config = dataclasses.replace(config, arch=mc.arch, units=mc.units, batchnorm=mc.batchnorm, dropout=mc.dropout,
+                                 pooling=mc.pooling)
+    grid = init.config.get("grid_diameter")
+    pre = config.preprocess
+    if grid and pre.factor is None:
+        try:
+            diameter = pre.diameter_in_px()
+        except InputError:
+            diameter = None  # Å without a pixel size yet: the factor rule applies
+        if diameter is not None and diameter / grid >= 1:
+            config = dataclasses.replace(config, preprocess=dataclasses.replace(pre, factor=diameter / grid))
+        else:
+            log(f"--init {config.init}: cannot put the particle at the model's {grid:g} px "
+                f"({'diameter unknown' if diameter is None else f'diameter {diameter:g} px is smaller'}); "
+                "using the usual downsampling")
+    log(f"fine-tuning from {config.init} ({mc.arch}, {mc.units} units)")
+    return init, config
+
+
 def _check_inputs(paths: list[Path], labels: pd.DataFrame, config: TrainConfig) -> tuple[pd.DataFrame, ModelConfig]:
     """Options and inputs that need no file read: the valid labels and the network's config."""
     from .models import MODELS
@@ -471,14 +502,18 @@ class _Session:
     gen: torch.Generator
 
 
-def _build_session(data: _Data, prior: _Prior, config: TrainConfig, model_cfg: ModelConfig) -> _Session:
-    """Seeded network (classifier bias at logit π), Adam, the tile sampler and the batch-norm calibration tiles."""
+def _build_session(data: _Data, prior: _Prior, config: TrainConfig, model_cfg: ModelConfig,
+                   init: LoadedModel | None = None) -> _Session:
+    """Seeded network (or the init model's weights; classifier bias at logit π), Adam, the tile sampler and the
+    batch-norm calibration tiles."""
     from .score import autocast_context, choose_device, choose_precision
 
     device = choose_device(config.device)
     rf, stride = receptive_field(model_cfg), native_stride(model_cfg)
     torch.manual_seed(config.seed)
     module = build(model_cfg)
+    if init is not None:
+        module.load_state_dict(init.module.state_dict())
     with torch.no_grad():  # start calibrated at the prior: otherwise the first hundreds of steps only move this bias
         module.classifier.bias.fill_(math.log(prior.pi / (1 - prior.pi)))
     module = module.to(device).to(memory_format=torch.channels_last)
@@ -486,10 +521,7 @@ def _build_session(data: _Data, prior: _Prior, config: TrainConfig, model_cfg: M
     if config.train_stride == "dense":  # every pixel an output (dilated network): more, finer, but costlier outputs
         module.set_dense(True)
         stride = 1
-    pad = rf // 2
-    out = max(stride, min(config.tile_size, max(max(m.shape) for m in prior.masks)) // stride * stride)
-    sampler = TileSampler([np.pad(m.image, pad) for m in data.train], prior.masks, out, pad, stride,
-                          config.augment_rotations)
+    sampler = _sampler(data, prior, config, rf, stride)
     dtype = choose_precision(config.precision, device)
     autocast = functools.partial(autocast_context, device, dtype)
     calib_rng = np.random.default_rng([config.seed, 4])  # its own stream: calibration never shifts training's draws
@@ -497,6 +529,14 @@ def _build_session(data: _Data, prior: _Prior, config: TrainConfig, model_cfg: M
         memory_format=torch.channels_last) for _ in range(config.calibration_batches)]
     return _Session(module, model_cfg, opt, sampler, device, autocast, calibration,
                     np.random.default_rng([config.seed, 2]), torch.Generator().manual_seed(config.seed + 3))
+
+
+def _sampler(data: _Data, prior: _Prior, config: TrainConfig, rf: int, stride: int) -> TileSampler:
+    """Tiles of the training micrographs with the label grid of the outputs at `stride`."""
+    pad = rf // 2
+    out = max(stride, min(config.tile_size, max(max(m.shape) for m in prior.masks)) // stride * stride)
+    return TileSampler([np.pad(m.image, pad) for m in data.train], prior.masks, out, pad, stride,
+                       config.augment_rotations)
 
 
 def _train_step(s: _Session, config: TrainConfig, prior: _Prior) -> float:
@@ -513,6 +553,29 @@ def _train_step(s: _Session, config: TrainConfig, prior: _Prior) -> float:
     loss.backward()
     s.opt.step()
     return float(loss.detach())
+
+
+class _Ema:
+    """Exponential moving average of the parameters over steps, bias-corrected (as Adam's moments are)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        self.decay, self.steps = decay, 0
+        self.params = [p for p in module.parameters()]
+        self.shadow = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+
+    def update(self) -> None:
+        self.steps += 1
+        with torch.no_grad():
+            torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - self.decay)
+
+    def swap(self) -> None:
+        """Exchange the live weights and the (corrected) average; a second swap restores the live weights."""
+        correction = 1 - self.decay ** max(1, self.steps)
+        with torch.no_grad():
+            for p, avg in zip(self.params, self.shadow):
+                live = p.detach().float().clone()
+                p.copy_(avg / correction)
+                avg.copy_(live * correction)
 
 
 def _diverged(epoch: int, step: int, loss: float, config: TrainConfig) -> TrainingDiverged:
@@ -532,6 +595,7 @@ def _run_epochs(s: _Session, data: _Data, prior: _Prior, config: TrainConfig,
     score_config = ScoreConfig(device=str(s.device), precision=config.precision, stride=config.validation_stride,
                                views=1)
     rows, best_state, best_ap, best_epoch = [], None, -math.inf, 0
+    ema = _Ema(s.module, config.ema_decay) if config.ema_decay > 0 else None
     bar = tqdm(total=config.epochs * config.steps_per_epoch, desc="train", unit="step", disable=not progress or None)
     try:
         for epoch in range(1, config.epochs + 1):
@@ -543,7 +607,11 @@ def _run_epochs(s: _Session, data: _Data, prior: _Prior, config: TrainConfig,
                 losses.append(_train_step(s, config, prior))
                 if not math.isfinite(losses[-1]):
                     raise _diverged(epoch, step, losses[-1], config)
+                if ema is not None:
+                    ema.update()
                 bar.update()
+            if ema is not None:  # validate (and keep) the averaged weights
+                ema.swap()
             _recalibrate_batchnorm(s.module, s.calibration, s.autocast)
             ap = f1 = math.nan
             if data.val:
@@ -553,6 +621,8 @@ def _run_epochs(s: _Session, data: _Data, prior: _Prior, config: TrainConfig,
                 if ap > best_ap:
                     best_ap, best_epoch = ap, epoch
                     best_state = copy.deepcopy(s.module.state_dict())
+            if ema is not None and epoch < config.epochs:
+                ema.swap()  # train on from the live weights
             report = EpochReport(epoch, config.epochs, float(np.mean(losses)), ap, f1, time.perf_counter() - t0)
             rows.append(dataclasses.asdict(report))
             bar.set_postfix(loss=f"{report.loss:.4f}", ap=f"{ap:.3f}")
@@ -624,11 +694,12 @@ def train(
     t_start = time.perf_counter()
     stop = _stopper(should_stop)
     paths, config = _micrograph_paths(micrographs, config)
+    init, config = _initial_model(config, log)
     labels, model_cfg = _check_inputs(paths, labels, config)
     stop()
     data = _prepare_data(paths, labels, config, validation, progress, log, stop)
     prior = _class_prior(data, config, log)
-    session = _build_session(data, prior, config, model_cfg)
+    session = _build_session(data, prior, config, model_cfg, init)
     history, best_epoch, best_ap = _run_epochs(session, data, prior, config, on_epoch, stop, progress)
     session.module.set_dense(False)
     state = {k: v.detach().to("cpu", copy=True).float() if v.is_floating_point() else v.detach().to("cpu", copy=True)

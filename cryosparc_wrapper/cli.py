@@ -141,6 +141,8 @@ def pick_command(**kw) -> None:
 @click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
 @click.option("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch, show_default=True)
 @click.option("--test-split", type=float, default=TrainConfig.test_split, show_default=True)
+@click.option("--init", default=None, metavar="MODEL|general",
+              help="Fine-tune from a model file or the shipped general model (general).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @_connection_options
@@ -151,7 +153,7 @@ def train_command(**kw) -> None:
     config = TrainConfig(preprocess=pre, arch=kw["arch"], units=kw["units"], objective=kw["objective"],
                          expected_particles=kw["expected_particles"], label_radius=kw["label_radius"],
                          epochs=kw["epochs"], steps_per_epoch=kw["steps_per_epoch"], test_split=kw["test_split"],
-                         seed=kw["seed"], device=kw["device"])
+                         seed=kw["seed"], device=kw["device"], init=kw["init"])
     if _live(kw):
         from .live import check_uids, connect, parse_output_ref, run_train_job
 

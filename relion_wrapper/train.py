@@ -40,7 +40,8 @@ PARAMS = (
     Param("steps_per_epoch", whole("steps_per_epoch", minimum=1), f"optimiser steps per epoch (default {TrainConfig().steps_per_epoch})"),
     Param("arch", text, "network: resnet8, resnet16, conv31, conv63, conv127 (default resnet8)"),
     Param("units", whole("units", minimum=1), "filters in the first layer (default 32)"),
-    Param("test_split", _fraction, "fraction of micrographs held out to validate (default 0.2)"),
+    Param("test_split", _fraction, f"fraction of micrographs held out to validate (default {TrainConfig().test_split:g})"),
+    Param("init", text, "fine-tune from: general (the shipped general model) or a model file (default: from scratch)"),
     Param("seed", whole("seed"), "random seed (default 0)"),
     Param("device", text, "auto, cpu, cuda or cuda:N (default auto)"),
     Param("gpu", text, "GPU to use, as RELION writes it (0, or empty for any)", allow_empty=True),
@@ -144,6 +145,7 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
         test_split=defaults.test_split if values["test_split"] is None else values["test_split"],
         seed=values["seed"] or 0,
         device=device,
+        init=values["init"] or None,
     )
     job.check_abort()
     started = time.perf_counter()

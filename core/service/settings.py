@@ -54,6 +54,7 @@ TRAIN_KEYS: dict[str, tuple[str, Callable]] = {
     "batch_size": ("batch_size", _int),
     "tile_size": ("tile_size", _int),
     "learning_rate": ("learning_rate", _num),
+    "ema_decay": ("ema_decay", _num),
     "test_split": ("test_split", _num),
     "seed": ("seed", _int),
     "precision": ("precision", _choice(*PRECISIONS)),

@@ -160,6 +160,22 @@ def test_train_offline_from_particles_cs(tmp_path, cs_project, demo_labels):
     assert loaded.config["diameter_px"] == pytest.approx(DIAMETER_PX)
 
 
+def test_train_offline_fine_tunes_the_general_model(tmp_path, cs_project, demo_labels):
+    from pupick.adapters.cryosparc import write_particles
+    from pupick.core.modelfile import load_model
+
+    exposures = read_exposures(cs_project.exposures_cs)
+    write_particles(demo_labels[demo_labels["micrograph"].isin(NAMES[:1])], tmp_path / "labels.cs", exposures)
+    model = tmp_path / "model.pt"
+    run_cli(["train", "--exposures", str(cs_project.exposures_cs), "--particles", str(tmp_path / "labels.cs"),
+             "--project-dir", str(cs_project.root), "-o", str(model), "--diameter-px", str(DIAMETER_PX),
+             "--init", "general", "--epochs", "1", "--steps-per-epoch", "2", "--expected-particles", "150",
+             "--device", "cpu"])
+    cfg = load_model(model).config
+    assert cfg["provenance"]["train_config"]["init"] == "general"
+    assert cfg["factor"] == pytest.approx(DIAMETER_PX / load_model("general").config["grid_diameter"])
+
+
 # ---------------------------------------------------------------- bad input: one line, exit 1, nothing written
 
 

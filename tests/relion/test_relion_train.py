@@ -59,12 +59,27 @@ def test_train_from_picks_or_particles(tmp_path, demo_labels_df, version, labels
     assert "kept as is" in (job / "run.out").read_text()
 
 
+def test_train_fine_tunes_the_general_model(tmp_path, demo_labels_df):
+    project = make_project(tmp_path / "project", 50001)
+    project.write_micrographs(STEMS[:1])
+    project.write_manual_picks(demo_labels_df, STEMS[:1])
+    out = "External/job007/"
+    done = run_external(project, EXE, out, {"in_mics": project.mics_star, "in_coords": project.coords_list},
+                        {**SHORT, "init": "general"})
+    assert done.returncode == 0, (project.root / out / "run.err").read_text()
+    cfg = load_model(project.root / out / "model.pt").config
+    assert cfg["provenance"]["train_config"]["init"] == "general"
+    grid = load_model("general").config["grid_diameter"]
+    assert cfg["factor"] == pytest.approx(DIAMETER_A / PIXEL_SIZE / grid)
+    assert "fine-tuning from general" in (project.root / out / "run.out").read_text()
+
+
 @pytest.mark.parametrize("inputs, params, message", [
     ({"in_coords": "c"}, SHORT, "--in_mics is missing"),
     ({"in_mics": "m", "in_coords": "c", "in_parts": "p"}, SHORT, "--in_coords .* or --in_parts .*, not both"),
     ({"in_mics": "m"}, {"epochs": "1"}, "parameter diameter is missing"),
     ({"in_mics": "m", "in_3dref": "r.mrc"}, SHORT, "does not read --in_3dref"),
-    ({"in_mics": "m", "in_coords": "c"}, {**SHORT, "arch": "resnet9"}, "unknown architecture 'resnet9'; choose from resnet8"),
+    ({"in_mics": "m", "in_coords": "c"}, {**SHORT, "arch": "resnet9"}, r"--arch must be one of resnet8, .* \(got 'resnet9'\)"),
     ({"in_mics": "m", "in_coords": "c"}, {**SHORT, "epoch": "3"}, r"unknown parameter\(s\) epoch "),
     ({"in_mics": "m"}, SHORT, "no labels: put hand-picked coordinates"),
 ])

@@ -54,12 +54,16 @@ class ProtPupickTrain(PupickProtocolMixin, EMProtocol):
                       label='Objective',
                       help='ge-binomial: generalized-expectation criterion (default); ge-kl; nnpu: '
                            'non-negative PU; pn: treat unlabeled pixels as negatives.')
-        form.addParam('epochs', params.IntParam, default=4, validators=[params.Positive],
+        form.addParam('initGeneral', params.BooleanParam, default=False,
+                      label='Start from the general model?',
+                      help='Fine-tune the general model shipped with pupick instead of training from scratch.')
+        form.addParam('epochs', params.IntParam, default=6, validators=[params.Positive],
                       label='Epochs')
-        form.addParam('testSplit', params.FloatParam, default=0.2, validators=[params.Range(0, 0.9)],
+        form.addParam('testSplit', params.FloatParam, default=0.0, validators=[params.Range(0, 0.9)],
                       label='Test split',
                       help='Fraction of the micrographs held out to measure AP after each epoch; the best '
-                           'epoch is kept. 0: no validation, keep the last epoch.')
+                           'epoch is kept. 0 (default): no validation, keep the last epoch; with few labeled '
+                           'micrographs a validation micrograph costs more than it gains.')
         form.addParam('seed', params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
                       label='Random seed', help='Same seed, same model.')
         addExtraParams(form, 'train')
@@ -111,6 +115,8 @@ class ProtPupickTrain(PupickProtocolMixin, EMProtocol):
                 '--seed', str(self.seed.get())]
         if self.expectedParticles.get():
             args += ['--expected-particles', str(self.expectedParticles.get())]
+        if self.initGeneral.get():
+            args += ['--init', 'general']
         self._runPupick(args + self._deviceArgs() + self._extraArgs())
 
     def createOutputStep(self):
