@@ -37,7 +37,7 @@ def run_blob(set_dir: str, exclude_carbon: bool, repeats: int) -> dict:
     from pupick.core.pipeline import pick
 
     bset = load_set(set_dir)
-    cfg = bset.pick_config(method="blob", factor=bset.factor, exclude_carbon=exclude_carbon)
+    cfg = bset.pick_config(method="blob", scale=bset.factor, exclude_carbon=exclude_carbon)
     times = []
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
@@ -54,7 +54,7 @@ def bootstrap_labels(bset):
     from pupick.core.evaluate import evaluate
     from pupick.core.pipeline import pick
 
-    cfg = bset.pick_config(method="blob", factor=bset.factor, exclude_carbon=True, threshold=COUNT_SCORE,
+    cfg = bset.pick_config(method="blob", scale=bset.factor, exclude_carbon=True, threshold=COUNT_SCORE,
                            border_px=bset.diameter_px / 2)
     run = pick(bset.train, None, cfg, progress=False, log=lambda m: None)
     picks = run.picks
@@ -96,7 +96,7 @@ def run_bootstrap(set_dir: str, seed: int, overrides: dict, threads: int) -> dic
         train_seconds = time.perf_counter() - t1
         model = load_model(result.save(Path(tmp) / "model.pt"))
         t2 = time.perf_counter()
-        run = pick(bset.test, model, PickConfig(seed=seed), progress=False, log=lambda m: None)
+        run = pick(bset.test, model, PickConfig.from_settings({"seed": seed}), progress=False, log=lambda m: None)
         pick_seconds = (time.perf_counter() - t2) / max(1, len(bset.test))
     ev = evaluate_test(run.picks, bset)
     return {"set": bset.name, "method": "bootstrap", "seed": seed, "train_seconds": train_seconds + blob_seconds,

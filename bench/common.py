@@ -161,7 +161,7 @@ class BenchSet:
         from pupick.core.config import PickConfig
 
         kw.setdefault("diameter_px", self.diameter_px)
-        return PickConfig(**kw)
+        return PickConfig.from_settings(kw)
 
     def summary(self) -> dict:
         """Plain-JSON description of the set and the split."""

@@ -58,7 +58,7 @@ def run_one(set_dir: str, seed: int, overrides: dict, threads: int) -> dict:
         frames = [run.picks]
         # ablation: what the picking defaults add (one view, border = the particle radius)
         radius = model.config["diameter_px"] / 2
-        plain = pick(bset.test, model, bset.pick_config(views=1, border_px=radius), progress=False, log=lambda m: None)
+        plain = pick(bset.test, model, bset.pick_config(views=1, border=radius), progress=False, log=lambda m: None)
         ap_plain = evaluate_test(plain.picks, bset)["ap"]
         ev = evaluate_test(pd.concat(frames, ignore_index=True), bset)
     ev.pop("curve", None)

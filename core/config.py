@@ -138,7 +138,8 @@ def _check_train_config(c: "TrainConfig") -> None:
 
 
 VIEW_COUNTS = (1, 2, 4, 8)  # test-time views the scorer offers (see core.score.VIEWS)
-DEFAULT_VIEWS = 4  # native stride: +0.001 to +0.024 AP on the shared sets (4 and 8 views score alike), ~4x network time
+DEFAULT_VIEWS = 2  # native stride: the half-turn pair, within 0.005 AP of 4 views on every shared set at half the
+# network time (issue 15, BENCHMARKS.md pick_speed); 4 and 8 views score alike
 STRIDE_MODES = ("native", "dense")  # one name in training and picking: the network's own stride, or every pixel
 PRECISIONS = ("auto", "fp32", "bf16")
 METHODS = ("cnn", "blob")
@@ -188,7 +189,7 @@ class ScoreConfig:
     device: str = "auto"
     precision: str = "auto"  # auto (bf16 where the hardware has it) | fp32 | bf16
     stride: str = "native"  # native (network stride + sub-pixel refinement) | dense (exact map at every pixel)
-    views: int | None = None  # mean score over 1, 2, 4 or 8 rotated/mirrored copies; None: 4 native, 1 dense
+    views: int | None = None  # mean score over 1, 2, 4 or 8 rotated/mirrored copies; None: DEFAULT_VIEWS native, 1 dense
     tile_size: int | None = None  # downsampled pixels per scoring tile side; None: 512
 
     def __post_init__(self) -> None:
@@ -200,7 +201,7 @@ class ScoreConfig:
         _whole(self.tile_size, "--tile-size", 16)
 
     def resolved_views(self) -> int:
-        """`views`, else the default: 4 at the native stride, 1 (the exact map) in the dense mode."""
+        """`views`, else the default: DEFAULT_VIEWS at the native stride, 1 (the exact map) in the dense mode."""
         if self.views is not None:
             return self.views
         return 1 if self.stride == "dense" else DEFAULT_VIEWS

@@ -1,16 +1,20 @@
-"""Score map -> picks: peak finding by max filtering, greedy suppression over the peaks, original-pixel coordinates."""
+"""Score map -> picks: peak finding by max filtering, greedy suppression over the peaks, original-pixel coordinates.
+
+numpy only (no scipy): `pupick pick` imports this module at start-up, and scipy.ndimage + scipy.spatial cost ~0.1 s.
+"""
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-from scipy.spatial import cKDTree
 
 _MAX_PARALLEL_ROUNDS = 64  # after this many vectorised rounds, finish the (rare) long chains one by one
 
 
 def local_maxima(score_map: np.ndarray) -> np.ndarray:
-    """Mask of the 3x3 local maxima (plateaus give several; NaN never is one): the peaks every picker extracts."""
-    return score_map == ndimage.maximum_filter(score_map, size=3, mode="nearest")
+    """Mask of the 3x3 local maxima (plateaus give several; NaN never is one, nor is a NaN's neighbour): the peaks
+    every picker extracts. The edge pixels are repeated outwards (scipy's maximum_filter mode 'nearest')."""
+    p = np.pad(score_map, 1, mode="edge")
+    rows = np.maximum(np.maximum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
+    return score_map == np.maximum(np.maximum(rows[:-2], rows[1:-1]), rows[2:])
 
 
 def find_peaks(score_map: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -34,12 +38,10 @@ def non_max_suppression(
         return order
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
-    pts = np.column_stack([rows, cols]).astype(float)
-    pairs = cKDTree(pts).query_pairs(min_distance, output_type="ndarray")
-    if len(pairs) == 0:
+    a, b = pairs_within(np.asarray(rows, dtype=float), np.asarray(cols, dtype=float), float(min_distance))
+    if len(a) == 0:
         return order
     # orient each pair (better, worse)
-    a, b = pairs[:, 0], pairs[:, 1]
     swap = rank[a] > rank[b]
     better, worse = np.where(swap, b, a), np.where(swap, a, b)
     state = np.zeros(n, dtype=np.int8)  # 0 undecided, 1 kept, -1 suppressed
@@ -60,6 +62,43 @@ def non_max_suppression(
         _finish_serially(state, order, better, worse, n)
     kept = state[order] == 1
     return order[kept]
+
+
+def pairs_within(rows: np.ndarray, cols: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j), i != j, each unordered pair once, of the points no farther apart than r (r > 0).
+
+    A grid of r-sized cells: a pair within r lies in one cell or two adjacent ones, so each point meets the points
+    of its own cell (later ones only) and of four of its neighbours; work is proportional to the candidate pairs.
+    """
+    n = len(rows)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    cy = np.floor((rows - rows.min()) / r).astype(np.int64)
+    cx = np.floor((cols - cols.min()) / r).astype(np.int64) + 1  # a free column on each side
+    width = int(cx.max()) + 2
+    key = cy * width + cx
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    r2 = r * r
+    firsts, seconds = [], []
+    for dy, dx in ((0, 0), (0, 1), (1, -1), (1, 0), (1, 1)):
+        target = key + (dy * width + dx)
+        lo = np.searchsorted(sorted_key, target, "left")
+        counts = np.searchsorted(sorted_key, target, "right") - lo
+        total = int(counts.sum())
+        if total == 0:
+            continue
+        i = np.repeat(np.arange(n), counts)
+        ends = np.cumsum(counts)
+        j = order[np.repeat(lo, counts) + np.arange(total) - np.repeat(ends - counts, counts)]
+        keep = (rows[i] - rows[j]) ** 2 + (cols[i] - cols[j]) ** 2 <= r2
+        if dy == 0 and dx == 0:
+            keep &= i < j
+        firsts.append(i[keep])
+        seconds.append(j[keep])
+    if not firsts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(firsts), np.concatenate(seconds)
 
 
 def _finish_serially(state: np.ndarray, order: np.ndarray, better: np.ndarray, worse: np.ndarray, n: int) -> None:

@@ -7,6 +7,13 @@ into exactly the untiled map. The fast mode scores at the native stride and refi
 interpolation of the coarse map onto the dense grid; the dense mode computes every pixel. Test-time views average
 the map over rotated/mirrored copies of the micrograph (each mapped back): a particle's score should not depend on
 its orientation, and the average is a smoother, better-ranked map (fast mode default 4; dense mode default 1).
+
+Speed: the views of a micrograph are stacked into one padded batch (kept between micrographs of the same shape) and
+go through the network together, tile by tile, in channels-last layout and the compute precision throughout; the
+interpolation and the mapping back run on the whole batch on the device. On CPU the weights are converted to the
+compute precision once (the same arithmetic as autocast, without a cast per call) and each convolution runs with its
+ReLU and residual sum fused (oneDNN post-ops), and the batch is cut to the views per network call that run fastest
+there (one: a bigger working set leaves the cache); on CUDA every view of a tile goes in one call, under autocast.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import contextlib
 import copy
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,11 +30,19 @@ import torch.nn.functional as F
 from .config import STRIDE_MODES, VIEW_COUNTS, ScoreConfig
 from .errors import InputError
 
-# test-time views: (quarter turns, mirror first); scores are averaged over the dihedral copies of the image
-VIEWS = {1: [(0, False)], 2: [(0, False), (2, True)], 4: [(0, False), (1, False), (2, False), (3, False)],
+# test-time views: (quarter turns, mirror first); scores are averaged over the dihedral copies of the image.
+# Two views: the half turn, whose native-stride grid lands 3 px off the first in both axes (the vertical mirror's only
+# in one): AP at or above the mirror pair's in 8 of 9 (set, seed) runs on the shared sets, -0.003 to +0.012, and
+# within 0.004 of four views in every run (BENCHMARKS.md, pick_speed)
+VIEWS = {1: [(0, False)], 2: [(0, False), (2, False)], 4: [(0, False), (1, False), (2, False), (3, False)],
          8: [(t, f) for f in (False, True) for t in range(4)]}
 assert tuple(VIEWS) == VIEW_COUNTS
-DEFAULT_TILE = {"native": 512, "dense": 512}  # downsampled pixels per tile side (512: same speed as 1024, ~100 MB less peak memory)
+# downsampled pixels per tile side. CPU 512: the fastest of 256/384/512/1024 (CPU seconds per view 1.26 : 1.10 : 1 :
+# 1.20 here; bench/pick_speed.py's scorer ablation), and less memory than 1024; CUDA: a 2048² micrograph in one call
+DEFAULT_TILE = {"cpu": 512, "cuda": 2048}
+# views per network call: CPU 1 (four views in one call cost 1.3-1.5x more per view: the working set leaves the
+# cache); elsewhere (GPU) all the views of a tile at once
+VIEW_BATCH = {"cpu": 1}
 
 
 def choose_device(spec: str | None = "auto") -> torch.device:
@@ -72,6 +87,15 @@ def choose_precision(spec: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
+def inference_precision(spec: str, device: torch.device) -> torch.dtype:
+    """`choose_precision` for scoring: 'auto' on a GPU without bf16 scores in fp16 (no gradients, so no overflow
+    of the kind training must guard against); otherwise the same choice."""
+    dtype = choose_precision(spec, device)
+    if spec == "auto" and device.type == "cuda" and dtype == torch.float32:
+        return torch.float16
+    return dtype
+
+
 def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Mixed precision in `dtype` on `device` (weights stay fp32); a no-op for fp32."""
     if dtype == torch.float32:
@@ -100,6 +124,91 @@ def _fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+class _FusedCPU:
+    """The network's forward pass as oneDNN convolutions with fused ReLU / residual-sum post-ops (CPU only).
+
+    Same layers, weights and order as the module's forward; saves the separate memory passes of ReLU and the
+    residual add (about 5% of the scoring time) and their temporaries. Built only for the layer kinds of
+    core.models with folded batch norm; `build` returns None for anything else, and the module runs as it is.
+    """
+
+    def __init__(self, steps: list[Callable[[torch.Tensor], torch.Tensor]]) -> None:
+        self.steps = steps
+
+    @classmethod
+    def build(cls, module: torch.nn.Module) -> "_FusedCPU | None":
+        from .models import ConvBlock, Pool, ResBlock
+
+        ops = getattr(torch.ops, "mkldnn", None)
+        if ops is None or not hasattr(ops, "_convolution_pointwise") or not torch.backends.mkldnn.is_available():
+            return None
+        conv_pw = ops._convolution_pointwise
+
+        def conv_step(conv: torch.nn.Conv2d, relu: bool) -> Callable:
+            args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+            attr = "relu" if relu else "none"
+            return lambda x: conv_pw.default(x, conv.weight, conv.bias, *args, attr, [], "")
+
+        def block(b: Any) -> Callable | None:
+            if not isinstance(b, ConvBlock) or not isinstance(b.bn, torch.nn.Identity):
+                return None
+            return conv_step(b.conv, b.relu)
+
+        steps: list[Callable] = []
+        for layer in module.features:
+            if isinstance(layer, ConvBlock):
+                step = block(layer)
+            elif isinstance(layer, Pool):
+                step = (cls._max_step(layer.op) if layer.kind == "max" else block(layer.op))
+            elif isinstance(layer, ResBlock):
+                step = cls._res_step(layer, block(layer.a), conv_pw) if layer.a.relu and not layer.b.relu else None
+            else:
+                step = None
+            if step is None:
+                return None
+            steps.append(step)
+        steps.append(conv_step(module.classifier, False))  # dropout: a no-op in eval mode
+        return cls(steps)
+
+    @staticmethod
+    def _max_step(pool: torch.nn.MaxPool2d) -> Callable:
+        if pool.stride not in (1, (1, 1)) or pool.padding not in (0, (0, 0)) or pool.kernel_size not in (3, (3, 3)):
+            return pool
+        d = pool.dilation if isinstance(pool.dilation, int) else pool.dilation[0]
+        # dense mode: a dilated 3x3 max at stride 1 as two separable passes (3-6x faster than max_pool2d, same values)
+        return lambda x: _max3(_max3(x, 3, d), 2, d)
+
+    @staticmethod
+    def _res_step(layer: Any, first: Callable | None, conv_pw: Any) -> Callable | None:
+        b = layer.b
+        if first is None or not isinstance(b.bn, torch.nn.Identity):
+            return None
+        args = (list(b.conv.padding), list(b.conv.stride), list(b.conv.dilation), b.conv.groups)
+        proj = layer.proj
+
+        def step(x: torch.Tensor) -> torch.Tensor:
+            t = layer.trim()
+            shortcut = x[:, :, t:-t, t:-t]
+            shortcut = shortcut.contiguous(memory_format=torch.channels_last) if isinstance(
+                proj, torch.nn.Identity) else proj(shortcut)
+            # relu(conv_b(relu(conv_a(x))) + shortcut) in two oneDNN calls
+            return conv_pw.binary(first(x), shortcut, b.conv.weight, b.conv.bias, *args, "add", None, "relu", [], "")
+
+        return step
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+def _max3(x: torch.Tensor, dim: int, d: int) -> torch.Tensor:
+    """max(x[i], x[i + d], x[i + 2d]) along `dim` (valid positions only)."""
+    n = x.shape[dim] - 2 * d
+    out = torch.maximum(x.narrow(dim, 0, n), x.narrow(dim, d, n))
+    return torch.maximum(out, x.narrow(dim, 2 * d, n), out=out)
+
+
 class Scorer:
     """A model prepared once for inference (device, layout, precision, folded batch norm); call it on images."""
 
@@ -109,63 +218,141 @@ class Scorer:
             raise InputError(f"stride {config.stride!r}: choose {' or '.join(STRIDE_MODES)}")
         self.dense = config.stride == "dense"
         self.device = choose_device(config.device)
-        self.dtype = choose_precision(config.precision, self.device)
+        self.dtype = inference_precision(config.precision, self.device)
         module = getattr(model, "module", model)
         self.receptive_field = int(getattr(model, "receptive_field", None) or module.receptive_field)
         self.pad = self.receptive_field // 2
         module = _fold_batchnorm(module)  # a copy: the caller's module keeps its mode
         module.set_dense(self.dense)
         self.stride = 1 if self.dense else int(module.stride)
-        self.module = module.to(self.device).to(memory_format=torch.channels_last).eval()
-        tile = config.tile_size or DEFAULT_TILE[config.stride]
+        module = module.to(self.device).to(memory_format=torch.channels_last).eval()
+        cpu = self.device.type == "cpu"
+        if cpu:  # weights in the compute precision: autocast's arithmetic without its per-call weight casts
+            module = module.to(self.dtype)
+        self.module = module
+        self.net: Callable[[torch.Tensor], torch.Tensor] = (_FusedCPU.build(module) if cpu else None) or module
+        tile = config.tile_size or DEFAULT_TILE.get(self.device.type, DEFAULT_TILE["cuda"])
         self.tile = max(self.stride, int(tile) // self.stride * self.stride)
         views = config.resolved_views()
         if views not in VIEWS:
             raise InputError(f"views {views!r}: choose {', '.join(map(str, VIEWS))}")
         self.views = VIEWS[views]
+        self.view_batch = VIEW_BATCH.get(self.device.type, len(self.views))  # views per network call
+        self._buffers: dict[tuple, torch.Tensor] = {}  # kept between micrographs: padded inputs, coarse maps
 
     def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cpu":  # the weights are already in the compute precision
+            return contextlib.nullcontext()
         return autocast_context(self.device, self.dtype)
 
-    def coarse(self, image: np.ndarray) -> np.ndarray:
-        """Map at the scorer's stride: [k, l] scores pixel (k * stride, l * stride); tiled, exact."""
-        image = np.asarray(image, dtype=np.float32)
-        if image.ndim != 2:
-            raise InputError(f"expected a 2-D image, got shape {image.shape}")
-        h, w = image.shape
-        j, p, t = self.stride, self.pad, self.tile
-        padded = torch.from_numpy(np.pad(image, p, mode="constant"))
-        out = np.empty(((h - 1) // j + 1, (w - 1) // j + 1), dtype=np.float32)
+    def _buffer(self, kind: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A zero-filled tensor kept for the next micrograph of the same shape (the last two shapes per kind: a
+        non-square micrograph's views come in two)."""
+        key = (kind, shape, dtype)
+        buf = self._buffers.pop(key, None)
+        if buf is None:
+            same_kind = [k for k in self._buffers if k[0] == kind]
+            for old in same_kind[:-1]:
+                del self._buffers[old]
+            buf = torch.zeros(shape, dtype=dtype, device=self.device)
+        self._buffers[key] = buf  # most recently used last
+        return buf
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.net is self.module:
+            return self.module(x)
+        try:
+            return self.net(x)
+        except RuntimeError:  # a oneDNN build without these fusions: the module's own forward, from now on
+            self.net = self.module
+            return self.module(x)
+
+    def _coarse_batch(self, batch: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Maps at the scorer's stride of a padded batch [n, 1, h + 2P, w + 2P]: [n, ceil(h / J), ceil(w / J)]."""
+        j, p, t, n = self.stride, self.pad, self.tile, batch.shape[0]
+        out = self._buffer("coarse", (n, (h - 1) // j + 1, (w - 1) // j + 1), torch.float32)
         with torch.inference_mode(), self._autocast():
             for y0 in range(0, h, t):
                 for x0 in range(0, w, t):
                     th, tw = min(t, h - y0), min(t, w - x0)
-                    crop = padded[y0:y0 + th + 2 * p, x0:x0 + tw + 2 * p]
-                    x = crop[None, None].to(self.device).contiguous(memory_format=torch.channels_last)
-                    y = self.module(x)[0, 0].float().cpu().numpy()
                     oh, ow = (th - 1) // j + 1, (tw - 1) // j + 1
-                    out[y0 // j:y0 // j + oh, x0 // j:x0 // j + ow] = y[:oh, :ow]
+                    for b0 in range(0, n, self.view_batch):
+                        crop = batch[b0:b0 + self.view_batch, :, y0:y0 + th + 2 * p, x0:x0 + tw + 2 * p]
+                        y = self._forward(crop.contiguous(memory_format=torch.channels_last))
+                        out[b0:b0 + self.view_batch, y0 // j:y0 // j + oh, x0 // j:x0 // j + ow] = y[:, 0, :oh, :ow]
         return out
+
+    def _padded(self, image: torch.Tensor, views: list[tuple[int, bool]]) -> torch.Tensor:
+        """The views of an image (same shape), each zero-padded by P, stacked in the kept input buffer."""
+        p = self.pad
+        first = _view_t(image, *views[0])
+        h, w = first.shape
+        batch = self._buffer("input", (len(views), 1, h + 2 * p, w + 2 * p), self.dtype)
+        with torch.inference_mode():
+            for i, (turns, flip) in enumerate(views):
+                batch[i, 0, p:p + h, p:p + w] = first if i == 0 else _view_t(image, turns, flip)
+        return batch
+
+    def _maps(self, image: np.ndarray, views: list[tuple[int, bool]]) -> torch.Tensor:
+        """Score maps of the views (same shape), each on its view's full grid: [n, h, w] float32 on the device."""
+        img = torch.from_numpy(image).to(self.device)
+        batch = self._padded(img, views)
+        h, w = batch.shape[2] - 2 * self.pad, batch.shape[3] - 2 * self.pad
+        coarse = self._coarse_batch(batch, h, w)
+        return coarse if self.stride == 1 else _upsample_t(coarse, self.stride, (h, w))
+
+    def coarse(self, image: np.ndarray) -> np.ndarray:
+        """Map at the scorer's stride of the image as given (one view): [k, l] scores pixel (k * stride, l * stride)."""
+        image = _checked(image)
+        batch = self._padded(torch.from_numpy(image).to(self.device), [(0, False)])
+        return self._coarse_batch(batch, *image.shape)[0].cpu().numpy().copy()
 
     def single(self, image: np.ndarray) -> np.ndarray:
         """Score map of the image as given (one view)."""
-        coarse = self.coarse(image)
-        if self.stride == 1:
-            return coarse
-        return upsample_map(coarse, self.stride, np.asarray(image).shape)
+        image = _checked(image)
+        return self._maps(image, [(0, False)])[0].cpu().numpy().copy()
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Score map on the image's grid (float32, same shape): map[i, j] scores a particle centred on pixel (i, j).
 
         With several views, the mean logit over rotated/flipped copies of the image, each mapped back.
         """
-        image = np.asarray(image, dtype=np.float32)
-        if len(self.views) == 1:
-            return self.single(image)
-        total = np.zeros(image.shape, dtype=np.float32)
-        for turns, flip in self.views:
-            total += unview(self.single(view(image, turns, flip)), turns, flip)
-        return total / np.float32(len(self.views))
+        image = _checked(image)
+        views = self.views
+        # views of one shape go through the network together (all of them for a square micrograph)
+        groups: dict[bool, list[int]] = {}
+        for i, (turns, _) in enumerate(views):
+            groups.setdefault(bool(turns % 2) and image.shape[0] != image.shape[1], []).append(i)
+        maps: dict[int, torch.Tensor] = {}
+        with torch.inference_mode():
+            for members in groups.values():
+                batch_maps = self._maps(image, [views[i] for i in members])
+                for k, i in enumerate(members):
+                    maps[i] = batch_maps[k]
+            total = _unview_t(maps[0], *views[0]).clone()
+            for i in range(1, len(views)):  # summed in view order, as the per-view loop did
+                total += _unview_t(maps[i], *views[i])
+            if len(views) > 1:
+                total /= float(len(views))
+            return np.ascontiguousarray(total.cpu().numpy())
+
+
+def _checked(image: np.ndarray) -> np.ndarray:
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise InputError(f"expected a 2-D image, got shape {image.shape}")
+    return image
+
+
+def _view_t(image: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    """`view` on a tensor (a copy where the turn needs one)."""
+    return torch.rot90(image.flip(-1) if flip else image, turns, (0, 1)) if (turns or flip) else image
+
+
+def _unview_t(score_map: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    """`unview` on a tensor."""
+    back = torch.rot90(score_map, -turns, (0, 1)) if turns else score_map
+    return back.flip(-1) if flip else back
 
 
 def view(image: np.ndarray, turns: int, flip: bool) -> np.ndarray:
@@ -179,14 +366,19 @@ def unview(score_map: np.ndarray, turns: int, flip: bool) -> np.ndarray:
     return back[:, ::-1] if flip else back
 
 
+def _upsample_t(coarse: torch.Tensor, stride: int, shape: tuple[int, int]) -> torch.Tensor:
+    """`upsample_map` on a batch of maps [n, k, l] (float32, any device) -> [n, shape[0], shape[1]]."""
+    c = F.pad(coarse[:, None], (0, 1, 0, 1), mode="replicate")  # the last samples may fall short of the last pixels
+    ny, nx = (c.shape[2] - 1) * stride + 1, (c.shape[3] - 1) * stride + 1
+    up = F.interpolate(c, size=(ny, nx), mode="bicubic", align_corners=True)
+    return up[:, 0, : shape[0], : shape[1]]
+
+
 def upsample_map(coarse: np.ndarray, stride: int, shape: tuple[int, int]) -> np.ndarray:
     """Bicubic interpolation of a map sampled at (k * stride, l * stride) onto every pixel of `shape`."""
-    c = torch.from_numpy(np.ascontiguousarray(coarse, dtype=np.float32))[None, None]
-    c = F.pad(c, (0, 1, 0, 1), mode="replicate")  # the last samples may fall short of the last pixels
-    ny, nx = (c.shape[2] - 1) * stride + 1, (c.shape[3] - 1) * stride + 1
+    c = torch.from_numpy(np.ascontiguousarray(coarse, dtype=np.float32))[None]
     with torch.inference_mode():
-        up = F.interpolate(c, size=(ny, nx), mode="bicubic", align_corners=True)
-    return np.ascontiguousarray(up[0, 0, : shape[0], : shape[1]].numpy())
+        return np.ascontiguousarray(_upsample_t(c, stride, shape)[0].numpy())
 
 
 def score_micrograph(model: Any, image_ds: np.ndarray, config: ScoreConfig | None = None) -> np.ndarray:

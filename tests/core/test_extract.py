@@ -90,3 +90,30 @@ def test_min_distance_is_in_original_pixels():
 def test_find_peaks_on_flat_map_is_bounded_by_threshold():
     rows, cols = find_peaks(np.zeros((20, 30), np.float32), threshold=1.0)
     assert len(rows) == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("r", [1.0, 3.375, 5.0, 13.5])
+def test_pairs_within_are_the_kd_tree_pairs(seed, r):
+    from scipy.spatial import cKDTree
+
+    from pupick.core.extract import pairs_within
+
+    rng = np.random.default_rng(seed)
+    pts = np.column_stack([rng.integers(-20, 200, 1500), rng.integers(0, 90, 1500)]).astype(float)
+    if seed == 3:
+        pts += rng.normal(scale=0.3, size=pts.shape)  # off the integer grid too
+    a, b = pairs_within(pts[:, 0], pts[:, 1], r)
+    got = {(min(i, j), max(i, j)) for i, j in zip(a.tolist(), b.tolist())}
+    assert len(got) == len(a)  # each pair once
+    assert got == {tuple(p) for p in cKDTree(pts).query_pairs(r, output_type="ndarray").tolist()}
+
+
+def test_local_maxima_equal_scipy_maximum_filter():
+    from scipy import ndimage
+
+    from pupick.core.extract import local_maxima
+
+    rng = np.random.default_rng(7)
+    s = rng.normal(size=(97, 130)).astype(np.float32).round(1)  # rounding makes plateaus
+    np.testing.assert_array_equal(local_maxima(s), s == ndimage.maximum_filter(s, size=3, mode="nearest"))
