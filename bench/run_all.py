@@ -30,6 +30,7 @@ BENCH = Path(__file__).resolve().parent
 SCRIPTS = [
     ("preprocess_speed", "Preprocessing speed and memory (4096² micrographs)"),
     ("pick_speed", "Picking speed and memory (4096² micrographs)"),
+    ("serve", "Service latency and throughput (4096² micrographs)"),
     ("train_throughput", "Training throughput: dense tiles vs per-patch"),
     ("train_quality", "CNN training quality (issue 3 protocol)"),
     ("blob_bootstrap", "Blob picker and zero-label bootstrap"),
@@ -38,7 +39,7 @@ SCRIPTS = [
 ]
 # wall-clock limit per script (s): keeps `make bench` bounded even when one script misbehaves
 # (a script cut off keeps its previous JSON, which is then rendered with its own, older date)
-TIMEOUT = {"full": {"preprocess_speed": 180, "train_quality": 1200, "blob_bootstrap": 900, "pick_speed": 600}, "quick": {}}
+TIMEOUT = {"full": {"preprocess_speed": 180, "train_quality": 1200, "blob_bootstrap": 900, "pick_speed": 600, "serve": 900}, "quick": {}}
 DEFAULT_TIMEOUT = {"full": 420, "quick": 420}
 MARKDOWN = REPO / "BENCHMARKS.md"
 STATUS = OUT_DIR / ".run_all_status.json"  # the last run's per-script status, for --render

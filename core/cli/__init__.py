@@ -21,6 +21,7 @@ COMMANDS = {
     "convert": "convert",
     "demo": "demo",
     "view": "view",
+    "serve": "serve",  # the picking service (core/service/)
 }
 
 

@@ -13,7 +13,7 @@ from ..config import DEFAULT_THRESHOLD, METHODS, PRECISIONS, VIEW_COUNTS, PickCo
 from ..evaluate import default_match_radius
 from ..io import Protected, atomic_path, check_output, check_output_dir, expand_inputs
 from ..pipeline import check_model, micrograph_items
-from ._common import DEVICE, read_pick_table, run_core, usage
+from ._common import DEVICE, BadOption, read_pick_table, run_core, usage
 
 FORMATS = ("csv", "star", "box", "tsv", "cs")
 COORD_DIR = "coordinates"  # per-micrograph files live in OUTDIR/coordinates/<stem>.<ext>
@@ -132,9 +132,14 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
               help="Pick on a Dask cluster: local[:N], tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml "
                    "(README: Scaling out).")
 @click.option("--cluster-workers", type=int, default=None, help="Workers to start (local and jobqueue clusters).")
+@click.option("--server", default=None,
+              help="Pick on a `pupick serve` at this URL (http[s]://HOST:PORT); same OUTDIR as a local run.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="With --server: the file holding its token (default: $PUPICK_TOKEN_FILE).")
 def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_size, fmt, box_size, exposures, device,
             workers, overwrite, max_picks, top_n, border, dense, views, precision, score_maps, method, diameter,
-            diameter_px, light, exclude_carbon, seed, labels, match_radius, cluster, cluster_workers):
+            diameter_px, light, exclude_carbon, seed, labels, match_radius, cluster, cluster_workers, server,
+            token_file):
     """Pick particles on MICROGRAPHS (files, directories, globs, @list.txt) into OUTDIR/picks.csv."""
     import time
 
@@ -162,23 +167,37 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     config = usage(PickConfig.from_settings, settings)
     if score_maps:
         config = dataclasses.replace(config, score_map_dir=str(out / "score_maps"))
+    if server and cluster:
+        raise BadOption("--server and --cluster do not go together: a server has its own executor (pupick serve --cluster)")
     executor = _executor(cluster, cluster_workers)  # checked before any work; started below
     paths = usage(expand_inputs, micrographs)
     run_core(check_output_dir, out)  # -o under a file or in an unwritable place: one line, before any work
     inputs = Protected([*paths, *(p for p in (labels, exposures, model_path) if p and Path(p).exists())])
     for target, kind in ((out / "picks.csv", "text"), (out / "particles.cs", "npy")):  # never over an input
         run_core(check_output, target, kind, inputs, probe=False)
-    model = run_core(check_model, model_path, config, micrograph_items(paths))  # loaded once, here
+    if server:
+        if score_maps:
+            raise click.UsageError("--score-maps is not available with --server (the maps stay on the server)")
+        client, model = run_core(_server_model, server, token_file, model_path, config)
+    else:
+        model = run_core(check_model, model_path, config, micrograph_items(paths))  # loaded once, here
     label_table = run_core(read_pick_table, labels) if labels else None
     box = run_core(_box_size, box_size, model, config) if fmt == "box" else None
     files = _files(fmt, box)
     t0 = time.perf_counter()
-    if executor is not None:
-        run_core(executor.start)  # a cluster that cannot start is one line, not a traceback
-    with executor or contextlib.nullcontext():
-        result = run_core(pick_to_dir, paths, model, config, out, files=files, settings={"format": fmt,
-                          "box_size": box}, overwrite=overwrite, executor=executor, progress=True,
+    if server:
+        from ..client import pick_via_server
+
+        result = run_core(pick_via_server, client, paths, model_path, config, out, files=files,
+                          settings={"format": fmt, "box_size": box}, overwrite=overwrite, progress=True,
                           log=lambda m: click.echo(m, err=True))
+    else:
+        if executor is not None:
+            run_core(executor.start)  # a cluster that cannot start is one line, not a traceback
+        with executor or contextlib.nullcontext():
+            result = run_core(pick_to_dir, paths, model, config, out, files=files, settings={"format": fmt,
+                              "box_size": box}, overwrite=overwrite, executor=executor, progress=True,
+                              log=lambda m: click.echo(m, err=True))
     seconds = time.perf_counter() - t0
     if fmt == "cs":
         run_core(_write_cs, result.picks, out / "particles.cs", exposures)
@@ -217,6 +236,19 @@ def _executor(spec: str | None, workers: int | None):
     from ..cluster import executor_from_spec
 
     return usage(executor_from_spec, spec, workers, log=lambda m: click.echo(m, err=True))
+
+
+def _server_model(server: str, token_file: str | None, model_path: str | None, config: PickConfig):
+    """A client for --server and the model's registered config (the model file stays unread here: no torch)."""
+    from types import SimpleNamespace
+
+    from ..client import Client
+
+    client = Client.connect(server, token_file)
+    if config.method != "cnn":
+        return client, None
+    info = client.model(client.resolve_model(model_path)) or {}
+    return client, SimpleNamespace(config={"diameter_px": info.get("diameter_px")})
 
 
 def _diameter(result, config: PickConfig) -> float | None:

@@ -68,9 +68,13 @@ def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where the network trains.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--server", default=None,
+              help="Train on a `pupick serve` at this URL; the new model is registered there and downloaded to -o.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="With --server: the file holding its token (default: $PUPICK_TOKEN_FILE).")
 def command(micrographs, labels, output, expected_particles, scale, diameter, diameter_px, pixel_size, label_radius,
             arch, units, objective, slack, epochs, steps_per_epoch, batch_size, tile_size, learning_rate, test_split,
-            init, ema_decay, normalize, cache_dir, seed, device, precision, quiet):
+            init, ema_decay, normalize, cache_dir, seed, device, precision, quiet, server, token_file):
     """Train a picker on MICROGRAPHS (files, directories, globs, @list.txt) with the particles in --labels."""
     output = Path(output)
     try:  # options first: a bad one costs nothing and exits 2
@@ -85,6 +89,18 @@ def command(micrographs, labels, output, expected_particles, scale, diameter, di
     except InputError as err:
         raise BadOption(str(err)) from None
     paths = usage(expand_inputs, micrographs)
+    if server:  # decided before the training stack is imported: server mode never loads torch here
+        if init:
+            raise click.UsageError("--init is not available with --server (train from scratch there)")
+        run_core(check_output, output, "torch", [*paths, labels])
+        table = run_core(read_labels, labels)
+        from ..client import Client, train_via_server
+
+        client = run_core(Client.connect, server, token_file)
+        job = run_core(train_via_server, client, paths, table, config, output, progress=not quiet, log=click.echo)
+        ap = "" if job.get("ap") is None else f", validation AP {job['ap']:.3f} (epoch {job.get('epoch')})"
+        click.echo(f"model -> {output} (registered on the server as {job['model']}{ap})")
+        return
     from ..train import output_files, train
 
     for target, kind in output_files(output):  # never over an input, nor over another kind of file

@@ -1,0 +1,60 @@
+"""The job store on its own (SQLite under a tmp --state): queue bound, idempotent submission, recovery, retention."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pupick.core.service.jobs import JobStore, QueueFull, TooLarge
+
+
+def mics(n: int, prefix: str = "m") -> list[tuple[str, str]]:
+    return [(f"{prefix}{i}", f"/data/{prefix}{i}.mrc") for i in range(n)]
+
+
+def test_queue_bound_and_idempotency(tmp_path):
+    store = JobStore(tmp_path, max_queue=5)
+    with pytest.raises(TooLarge):
+        store.submit("pick", {}, mics(6))
+    a = store.submit("pick", {}, mics(3), key="k1")
+    assert store.submit("pick", {}, mics(3), key="k1") == a  # a retried submission: the same job
+    with pytest.raises(QueueFull):
+        store.submit("pick", {}, mics(3, "n"))
+    assert store.waiting() == 3
+    job = store.claim()
+    store.mark(job.id, "m0", True, picks=4)
+    store.mark(job.id, "m0", True, picks=4)  # idempotent
+    store.mark(job.id, "m1", False, reason="m1.mrc: corrupt")
+    assert store.waiting() == 1
+    store.submit("pick", {}, mics(4, "n"))  # 1 + 4 <= 5
+    got = store.get(job.id)
+    assert (got.done, got.failed, got.public()["done"]) == (1, 1, 2)
+    assert got.failures == [{"micrograph": "m1", "path": "/data/m1.mrc", "error": "m1.mrc: corrupt"}]
+
+
+def test_recovery_keeps_order_and_honours_cancels(tmp_path):
+    store = JobStore(tmp_path)
+    first, second, third = (store.submit("pick", {}, mics(2, p)) for p in "abc")
+    assert store.claim().id == first
+    assert store.claim().id == second
+    store.request_cancel(second)  # asked while running, then the server died
+    store.close()
+    store = JobStore(tmp_path)  # the restart
+    assert set(store.recover()) == {first, second}
+    assert store.get(second).state == "cancelled"
+    assert [store.claim().id, store.claim().id] == [first, third]
+
+
+def test_retention_removes_finished_jobs_and_outputs(tmp_path):
+    store = JobStore(tmp_path)
+    old, running = store.submit("pick", {}, mics(1, "a")), store.submit("pick", {}, mics(1, "b"))
+    store.job_dir(old).mkdir()
+    (store.job_dir(old) / "picks.csv").write_text("micrograph,x,y,score,path\n")
+    store.claim()
+    store.finish(old, "done")
+    store.claim()
+    time.sleep(0.05)
+    assert store.purge(older_than_s=3600) == []
+    assert store.purge(older_than_s=0.01) == [old]
+    assert store.get(old) is None and not store.job_dir(old).exists()
+    assert store.get(running).state == "running"
