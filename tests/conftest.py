@@ -56,6 +56,6 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, demo_micrographs: li
     mics = [p for p in demo_micrographs if p.stem != HELD_OUT]
     config = TrainConfig(preprocess=PreprocessConfig(diameter_px=56), units=16, epochs=2, steps_per_epoch=8,
                          tile_size=128, batch_size=4, learning_rate=1e-3, expected_particles=150, test_split=0.0,
-                         seed=0, cache_dir=str(out.parent / "model.cache"))
+                         seed=0, cache_dir=str(out.parent / "model.cache"), ema_decay=0.0)  # 16 steps: no average
     train(mics, demo_labels, config, log=lambda msg: None).save(out)
     return out
