@@ -95,6 +95,10 @@ def cli() -> None:
 @click.option("--cluster", default=None, metavar="SPEC", help="Pick on a Dask cluster, as `pupick pick --cluster`: "
               "local[:N], tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml.")
 @click.option("--cluster-workers", type=int, default=None, help="Workers to start (local and jobqueue clusters).")
+@click.option("--server", default=None, metavar="URL", help="Offline: pick on a running `pupick serve` (its "
+              "--data-root must hold the project directory); no torch is loaded here.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="With --server: the file holding its token (default: $PUPICK_TOKEN_FILE).")
 @_connection_options
 def pick_command(**kw) -> None:
     """Pick exposures: offline (.cs in, particles .cs out) or live (an External job's particles)."""
@@ -105,7 +109,19 @@ def pick_command(**kw) -> None:
         "border": kw["border"], "pixel_size": kw["pixel_size"], "device": kw["device"],
         "views": int(kw["views"]) if kw["views"] else None, "method": kw["method"], "diameter": kw["diameter"],
         "diameter_px": kw["diameter_px"]})
-    model = check_model(kw["model_path"], config)  # loaded once; a bad model file fails here, before any job
+    client = None
+    if kw["token_file"] and not kw["server"]:
+        raise click.UsageError("--token-file needs --server")
+    if kw["server"]:
+        if kw["cluster"] or _live(kw):
+            raise click.UsageError("--server is for offline picking, without --cluster (a server has its own "
+                                   "executor)")
+        from pupick.core.client import Client
+
+        client = Client.connect(kw["server"], kw["token_file"])
+        model = client.resolve_model(kw["model_path"]) if config.method == "cnn" else None  # no torch here
+    else:
+        model = check_model(kw["model_path"], config)  # loaded once; a bad model file fails here, before any job
     executor = None
     if kw["cluster_workers"] is not None and not kw["cluster"]:
         raise click.UsageError("--cluster-workers needs --cluster")
@@ -134,7 +150,7 @@ def pick_command(**kw) -> None:
     with executor or contextlib.nullcontext():
         pick_offline([Path(p) for p in kw["exposures"]], Path(kw["project_dir"]), model, config, Path(kw["output"]),
                      plot=Path(kw["plot"]) if kw["plot"] else None, labels=kw["labels"],
-                     match_radius=kw["match_radius"], echo=click.echo, executor=executor)
+                     match_radius=kw["match_radius"], echo=click.echo, executor=executor, client=client)
 
 
 @cli.command("train")

@@ -43,12 +43,12 @@ def _match_radius(model, config: PickConfig) -> float:
 
 def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model, config: PickConfig,
                  output: Path, plot: Path | None = None, labels: str | os.PathLike | None = None,
-                 match_radius: float | None = None, echo: Echo = print, executor=None) -> PickResult:
+                 match_radius: float | None = None, echo: Echo = print, executor=None, client=None) -> PickResult:
     """Pick the exposures of an exposures .cs and write a particles .cs for import into cryoSPARC."""
     inputs = [exposures_cs] if isinstance(exposures_cs, Path) else list(exposures_cs)
     if output.suffix.lower() != ".cs":
         raise InputError(f"{output}: the particles file must end in .cs")
-    protected = [*inputs, *(p for p in (model, labels) if isinstance(p, (str, os.PathLike)))]
+    protected = [*inputs, *(p for p in (model, labels) if isinstance(p, (str, os.PathLike)) and os.path.exists(p))]
     for target, kind in [(output, "npy")] + ([(plot, "png")] if plot is not None else []):
         check_output(target, kind, protected)
     exposures = read_exposures(inputs)
@@ -56,7 +56,7 @@ def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model, conf
         raise InputError(f"{' + '.join(map(str, inputs))}: no exposures in the file")
     reference = _read_labels(labels, exposures) if labels is not None else None
     result = pick_exposures(exposures, project_dir, model, config, log=echo, salt=output.name, show_progress=True,
-                            executor=executor)
+                            executor=executor, client=client)
     save_dataset(result.particles, output)
     for line in summary_lines(result, len(exposures)):
         echo(line)

@@ -68,6 +68,7 @@ def pick_exposures(
     salt: str = "",
     show_progress: bool = False,
     executor=None,
+    client=None,
 ) -> PickResult:
     """Pick every exposure's micrograph and build the cryoSPARC particle Dataset (location + pick_stats)."""
     from pupick.core.pipeline import pick
@@ -104,8 +105,11 @@ def pick_exposures(
             progress(len(found) + len(failures), total, name, len(res.picks))
 
     start = time.perf_counter()
-    pick(table, model, config, on_result=on_result, progress=show_progress, log=log,  # it logs its failures
-         keep_picks=False, executor=executor)  # on_result keeps them
+    if client is not None:  # `model` is the server's name for it
+        _pick_on_server(client, table, model, config, on_result, log)
+    else:
+        pick(table, model, config, on_result=on_result, progress=show_progress, log=log,  # it logs its failures
+             keep_picks=False, executor=executor)  # on_result keeps them
     seconds = time.perf_counter() - start
     if total and not found:
         first = failures[0][1] if failures else "no micrograph was picked"
@@ -127,6 +131,33 @@ def pick_exposures(
                                   min_dist_px=min_dist)
     picked = exposures["uid"].to_numpy(dtype=np.uint64)[sorted(found)]
     return PickResult(picks, particles, picked, failures, seconds)
+
+
+def _pick_on_server(client, table: pd.DataFrame, model: str | None, config: PickConfig, on_result, log: Log) -> None:
+    """Pick the table's micrographs on a `pupick serve` and hand each result to `on_result`, as a local run does."""
+    from types import SimpleNamespace
+
+    from pupick.core.client import pick_settings
+
+    names = {f"exposure_{i}": str(m) for i, m in enumerate(table["micrograph"])}  # server-safe names
+    sent = [{"micrograph": n, "path": str(p), "pixel_size": None if pd.isna(s) else float(s)}
+            for n, p, s in zip(names, table["path"], table["pixel_size"])]
+    job_id = client.submit_pick(sent, model, pick_settings(config))
+    log(f"server job {job_id}: picking {len(sent)} micrograph(s) on {client.url}")
+    final = client.wait(job_id, on_progress=lambda j: log(f"server job {job_id}: {j.get('done')}/{j.get('total')}"))
+    if final["state"] != "done":
+        raise InputError(f"server job {job_id} {final['state']}: {final.get('error') or 'no reason given'}")
+    records = pd.DataFrame.from_records(client.picks(job_id, "json")["picks"],
+                                        columns=["micrograph", "x", "y", "score", "path"])
+    groups = {str(k): g for k, g in records.groupby("micrograph", sort=False)}
+    failed = {f["micrograph"]: f.get("error") or "failed" for f in final.get("failures") or ()}
+    radius = (config.extract.min_distance_px if getattr(config.extract, "min_distance_px", None)
+              else (final.get("diameter_px") or 0.0) / 2)
+    for name, micrograph in names.items():
+        part = groups.get(name, records.iloc[0:0])
+        on_result(SimpleNamespace(micrograph=micrograph, error=failed.get(name),
+                                  picks=part[["x", "y", "score"]].astype(float).reset_index(drop=True),
+                                  min_distance_px=radius))
 
 
 def _empty() -> pd.DataFrame:

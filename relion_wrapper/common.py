@@ -13,7 +13,13 @@ from pupick.core.errors import InputError
 
 from .job import RelionJob, relion_job, report_error
 from .nodes import detect_version
-from .protocol import ExternalArgs, Param, find_out_dir, parse_external
+from .protocol import ExternalArgs, Param, find_out_dir, parse_external, text
+
+# Server mode: the job runs on a `pupick serve` (core/client.py); this process then never imports torch.
+SERVER_PARAMS = (
+    Param("server", text, "pupick server URL, e.g. http://gpu-box:8765: the work runs there (default: here)"),
+    Param("token_file", text, "file holding the server's token on one line (default: $PUPICK_TOKEN_FILE)"),
+)
 
 
 def say(message: str) -> None:
@@ -104,3 +110,16 @@ def pixel_size_of(value: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v > 0 else None
+
+
+def connect(values: dict):
+    """A client for the `server` parameter (token from `token_file` or $PUPICK_TOKEN_FILE); None without one."""
+    if not values.get("server"):
+        if values.get("token_file"):
+            raise InputError("parameter token_file needs parameter server (the pupick server URL)")
+        return None
+    from pupick.core.client import Client
+
+    client = Client.connect(values["server"], values.get("token_file"))
+    say(f"pupick server {client.url}")
+    return client

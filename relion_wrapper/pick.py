@@ -12,8 +12,8 @@ from pupick.core.config import VIEW_COUNTS, PickConfig
 from pupick.core.errors import InputError
 from pupick.core.io import atomic_path
 
-from .common import (end_process, failures_error, help_text, pixel_size_of, read_micrographs, run_external,
-                     say, set_threads, set_version)
+from .common import (SERVER_PARAMS, connect, end_process, failures_error, help_text, pixel_size_of,
+                     read_micrographs, run_external, say, set_threads, set_version)
 from .job import RelionJob
 from .nodes import LABELS, STAR_VERSIONS, coordinates_relpath, node_name
 from .protocol import ExternalArgs, Param, check_inputs, choice, convert_params, device_spec, number, text, whole
@@ -23,8 +23,10 @@ LIST_NAME = "autopick.star"
 SUFFIX = "pupick"
 
 PARAMS = (
-    Param("model", text, "model file written by pupick_relion_train or `pupick train` (required)"),
-    Param("diameter", number("diameter", positive=True), "particle diameter in Å (default: the model's)"),
+    Param("model", text, "model file written by pupick_relion_train or `pupick train`, or `general` (the shipped "
+          "general model; needs diameter) or, with server, a model registered there (required)"),
+    Param("diameter", number("diameter", positive=True), "particle diameter in Å (default: the model's; required "
+          "with model general)"),
     Param("threshold", number("threshold"), "score threshold, a logit (default -6: keep nearly everything)"),
     Param("min_distance", number("min_distance", positive=True), "minimum distance between picks in Å "
           "(default: the particle radius)"),
@@ -36,7 +38,9 @@ PARAMS = (
     Param("relion_version", text, "4 or 5 (default: from default_pipeline.star)"),
     Param("cluster", text, "pick on a Dask cluster: local:N, tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml "
           "(default: this machine)"),
+    *SERVER_PARAMS,
 )
+GENERAL = "general"  # the shipped general model (core/modelfile.py SHIPPED_MODELS); a name, not a file
 
 
 def _write_list(out_dir: Path, out_name: str, mics: pd.DataFrame, rel: Sequence[PurePosixPath], version: int) -> int:
@@ -63,21 +67,33 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     if not values["model"]:
         raise InputError("parameter model is missing: add a Params row `model` with the model file "
                          "(e.g. External/job010/model.pt from pupick_relion_train)")
-    if not Path(values["model"]).is_file():
-        raise InputError(f"parameter model: {values['model']}: model file not found")
+    named = not Path(values["model"]).is_file()  # a shipped model's name, or one registered on the server
+    if named and not values["server"] and values["model"] != GENERAL:
+        raise InputError(f"parameter model: {values['model']}: model file not found (or give `general`, the "
+                         "shipped general model, with diameter)")
+    if named and values["model"] == GENERAL and values["diameter"] is None:
+        raise InputError("parameter diameter is missing: model general picks any particle size, so add a Params "
+                         "row `diameter` with the particle diameter in Å")
+    if values["server"] and values["cluster"]:
+        raise InputError("give either parameter server or cluster, not both (a server has its own executor)")
     device = device_spec(values["device"], values["gpu"])
+    client = connect(values)  # checked before any work; no torch in server mode
     mics_star = args.inputs["in_mics"]
     mics = read_micrographs(mics_star)
 
     from pupick.adapters.relion import write_coordinates_star
-    from pupick.core.modelfile import load_model
     from pupick.core.outputs import OutputDir, PerMicrographFiles, pick_to_dir
     from pupick.core.tables import duplicate_stems, stem
 
-    model = load_model(values["model"])
-    mc = model.config
-    say(f"model {values['model']}: {mc.get('arch')}, particle diameter {mc.get('diameter_px')} px at "
-        f"{mc.get('pixel_size') or 'unknown'} Å/px")
+    model = None
+    if client is None:
+        from pupick.core.modelfile import load_model, needs_particle_size
+
+        model = load_model(values["model"])  # a file, or the shipped `general`
+        named = named or needs_particle_size(model)
+        mc = model.config
+        say(f"model {values['model']}: {mc.get('arch')}, particle diameter {mc.get('diameter_px')} px at "
+            f"{mc.get('pixel_size') or 'unknown'} Å/px")
     rel = [coordinates_relpath(p, SUFFIX) for p in mics["path"]]
     owner: dict[PurePosixPath, str] = {}
     for path, r in zip(mics["path"], rel):
@@ -96,7 +112,14 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
         min_dist = values["diameter"] / 2
     config = PickConfig.from_settings({
         "threshold": values["threshold"], "min_distance_A": min_dist, "max_picks": values["max_picks"],
-        "device": device, "views": int(values["views"]) if values["views"] else None})
+        "device": device, "views": int(values["views"]) if values["views"] else None,
+        # a general model is set to the particle size (check_model); a trained one keeps its own
+        "diameter": values["diameter"] if named else None})
+    if model is not None and named:
+        from pupick.core.pipeline import check_model, micrograph_items
+
+        model = check_model(model, config, micrograph_items(table))
+        say(f"general model set to a {model.config.get('diameter_px')} px particle")
     executor = None
     if values["cluster"]:  # checked here, before any work; started with the picking
         from pupick.core.cluster import executor_from_spec
@@ -116,13 +139,16 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
             counts.append(len(res.picks))
             say(f"[{n_done + len(counts)}/{len(mics)}] {res.path}: {len(res.picks)} picks")
 
-    set_threads(args.threads)
     job.check_abort()
     try:
-        with executor or contextlib.nullcontext():
-            result = pick_to_dir(table, model, config, job.out_dir, files=files, on_result=on_result,
-                                 should_stop=job.abort_requested, log=say, executor=executor,
-                                 remedy="run a new job for new settings, so one job's picks stay comparable")
+        if client is not None:
+            result = _pick_on_server(client, table, values["model"], config, job, files, n_done, len(mics), counts)
+        else:
+            set_threads(args.threads)
+            with executor or contextlib.nullcontext():
+                result = pick_to_dir(table, model, config, job.out_dir, files=files, on_result=on_result,
+                                     should_stop=job.abort_requested, log=say, executor=executor,
+                                     remedy="run a new job for new settings, so one job's picks stay comparable")
     finally:
         n_listed = _write_list(job.out_dir, args.out_name, mics, rel, job.version)
         say(f"{job.out_dir / LIST_NAME}: lists {n_listed} micrograph(s)")
@@ -134,6 +160,28 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     if failures:  # each was reported in run.out as it happened; run.err's last line names them all
         raise failures_error(failures)
     job.add_output_node(node_name(args.out_name, LIST_NAME), LABELS[job.version]["coords"])
+
+
+def _pick_on_server(client, table: pd.DataFrame, model: str, config: PickConfig, job: RelionJob, files,
+                    n_done: int, total: int, counts: list[int]):
+    """Pick on the server into the job directory (same files and records as a local run); abort cancels the
+    server job."""
+    from pupick.core.client import pick_via_server
+
+    seen = [0]
+
+    def on_progress(state: dict) -> None:
+        done = int(state.get("done") or 0)
+        if done != seen[0]:
+            seen[0] = done
+            say(f"[{n_done + done}/{total}] picked on the server")
+
+    result = pick_via_server(client, table, model, config, job.out_dir, files=files, progress=False, log=say,
+                             should_stop=job.abort_requested, on_progress=on_progress)
+    picked = [m for m in result.micrographs if m not in set(result.skipped)]
+    sizes = result.picks.groupby("micrograph").size() if len(result.picks) else pd.Series(dtype=int)
+    counts.extend(int(sizes.get(m, 0)) for m in picked)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:

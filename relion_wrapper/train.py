@@ -12,12 +12,11 @@ from pupick.core.config import PreprocessConfig, TrainConfig
 from pupick.core.errors import InputError
 from pupick.core.io import atomic_path, write_text_atomic
 
-from .common import (end_process, help_text, pixel_size_of, read_micrographs, run_external, say,
-                     set_version)
+from .common import (SERVER_PARAMS, connect, end_process, help_text, pixel_size_of, read_micrographs,
+                     run_external, say, set_version)
 from .job import RelionJob
 from .nodes import LABELS, node_name
 from .protocol import ExternalArgs, Param, check_inputs, convert_params, device_spec, number, text, whole
-from .worker import run_training
 
 PROGRAM = "pupick_relion_train"
 MODEL_NAME = "model.pt"
@@ -46,6 +45,7 @@ PARAMS = (
     Param("device", text, "auto, cpu, cuda or cuda:N (default auto)"),
     Param("gpu", text, "GPU to use, as RELION writes it (0, or empty for any)", allow_empty=True),
     Param("relion_version", text, "4 or 5 (default: from default_pipeline.star)"),
+    *SERVER_PARAMS,
 )
 
 
@@ -119,6 +119,8 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     if values["diameter"] is None:
         raise InputError("parameter diameter is missing: add a Params row `diameter` with the particle diameter in Å")
     device = device_spec(values["device"], values["gpu"])
+    if values["server"] and values["init"]:
+        raise InputError("parameter init is not available with server (train from scratch there)")
     kind, source = _labels_source(args)
     model = job.out_dir / MODEL_NAME
     if model.is_file() and (job.out_dir / SUMMARY_NAME).is_file():
@@ -147,9 +149,15 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
         device=device,
         init=values["init"] or None,
     )
+    client = connect(values)  # no torch in server mode
     job.check_abort()
     started = time.perf_counter()
-    result = run_training(job, [Path(p) for p in mics["path"]], labels, config, model, args.threads)
+    if client is not None:
+        result = _train_on_server(client, job, [Path(p) for p in mics["path"]], labels, config, model)
+    else:
+        from .worker import run_training
+
+        result = run_training(job, [Path(p) for p in mics["path"]], labels, config, model, args.threads)
     best_ap = result["best_ap"]
     summary = {
         "model": str(model), "best_epoch": result["best_epoch"], "best_ap": best_ap, "pi": result["pi"],
@@ -160,6 +168,22 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     say(f"trained {model} in {summary['seconds']} s: best epoch {summary['best_epoch']}"
         + (f", validation AP {best_ap:.3f}" if best_ap is not None else ""))
     _finished(job, args)
+
+
+def _train_on_server(client, job: RelionJob, micrographs: list[Path], labels: pd.DataFrame, config: TrainConfig,
+                     output: Path) -> dict:
+    """Train on the server and download the model to OUTPUT; abort cancels the server job."""
+    import math
+
+    from pupick.core.client import train_via_server
+
+    final = train_via_server(client, micrographs, labels, config, output, name=None, progress=True, log=say,
+                             should_stop=job.abort_requested)
+    say(f"server model {final['model']} downloaded to {output}")
+    ap = final.get("ap")
+    ap = float(ap) if isinstance(ap, (int, float)) and math.isfinite(ap) else None
+    return {"best_epoch": final.get("best_epoch", final.get("epoch")), "best_ap": ap, "pi": final.get("pi"),
+            "server_model": final["model"]}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

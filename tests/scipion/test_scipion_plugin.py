@@ -50,6 +50,18 @@ def scipion_run(scipion_python: Path, tmp_path_factory: pytest.TempPathFactory) 
     tmp = tmp_path_factory.mktemp("scipion")
     out = tmp / "out"
     out.mkdir()
+    env = scipion_env(scipion_python, tmp, out)
+    try:
+        proc = subprocess.run([str(scipion_python), "run_checks.py", "units_checks", "workflow_checks"],
+                              cwd=SIDE, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        rc, output = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as err:
+        rc, output = "timeout", f"Scipion checks still running after {RUN_TIMEOUT_S} s\n{err.stdout}{err.stderr}"
+    return {"rc": rc, "output": output, "out": out}
+
+
+def scipion_env(scipion_python: Path, tmp: Path, out: Path) -> dict:
+    """The environment the Scipion-side checks run in: a fresh SCIPION_HOME/USER_DATA under tmp, results in out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SCIPION_", "PYTHON"))}
     env.update({
         "SCIPION_HOME": str(tmp / "home"),
@@ -66,14 +78,8 @@ def scipion_run(scipion_python: Path, tmp_path_factory: pytest.TempPathFactory) 
         "PUPICK_TEST_OUT": str(out),
         "OMP_NUM_THREADS": "2",
     })
-    (tmp / "home").mkdir()
-    try:
-        proc = subprocess.run([str(scipion_python), "run_checks.py", "units_checks", "workflow_checks"],
-                              cwd=SIDE, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-        rc, output = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as err:
-        rc, output = "timeout", f"Scipion checks still running after {RUN_TIMEOUT_S} s\n{err.stdout}{err.stderr}"
-    return {"rc": rc, "output": output, "out": out}
+    (tmp / "home").mkdir(exist_ok=True)
+    return env
 
 
 def test_scipion_checks_pass(scipion_run: dict) -> None:

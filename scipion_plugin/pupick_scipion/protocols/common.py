@@ -1,4 +1,5 @@
 """Pieces shared by the pupick protocols."""
+import functools
 import json
 import os
 import shlex
@@ -28,6 +29,34 @@ def addExtraParams(form, command):
                        % (command, command))
 
 
+def addServerParams(form):
+    """A pupick server URL (and its token file): the protocol then talks HTTP to `pupick serve` instead of running
+    pupick here, so this environment needs no pupick installed."""
+    form.addParam('serverUrl', params.StringParam, default='',
+                  label='pupick server URL',
+                  help='e.g. http://gpu-box:8765: pick on a running `pupick serve` (its --data-root must hold the '
+                       'micrographs). Empty: run pupick on this machine.')
+    form.addParam('tokenFile', params.PathParam, default='', condition='serverUrl',
+                  label='Server token file',
+                  help='The file holding the server\'s token on one line. Empty: $PUPICK_TOKEN_FILE, or no token.')
+
+
+class _InstanceOrClass:
+    """A method pyworkflow may call on the class (a classmethod there) or on a protocol (then it sees the form)."""
+
+    def __init__(self, func):
+        self.func = func
+
+    def __get__(self, obj, cls):
+        return functools.partial(self.func, obj, cls)
+
+
+def _validateInstallation(prot, cls):
+    if prot is not None and prot._serverUrl():
+        return []  # server mode: the work runs in the server's pupick; none is needed here
+    return super(PupickProtocolMixin, cls).validateInstallation()
+
+
 class PupickProtocolMixin:
     """Running pupick from a protocol step: device selection and the subprocess call."""
 
@@ -35,6 +64,11 @@ class PupickProtocolMixin:
         if self.usesGpu():
             return ['--device', 'cuda:' + GPU_PLACEHOLDER]
         return ['--device', 'cpu']
+
+    def _serverUrl(self):
+        return (self.getAttributeValue('serverUrl', '') or '').strip()
+
+    validateInstallation = _InstanceOrClass(_validateInstallation)
 
     def _extraArgs(self):
         text = self.getAttributeValue('extraParams', '') or ''

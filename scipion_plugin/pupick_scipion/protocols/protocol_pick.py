@@ -8,10 +8,12 @@ from pwem.protocols import ProtParticlePickingAuto
 
 from ..constants import SCORE_ATTR
 from ..convert import ConvertError, boxSizeRule, linkMicrographs, readPicks, splitByKey, writeRows
-from .common import PupickProtocolMixin, addExtraParams, addGpuParams
+from ..server import ServerClient
+from .common import PupickProtocolMixin, addExtraParams, addGpuParams, addServerParams
 
 MODEL_FROM_PROTOCOL = 0
 MODEL_FROM_FILE = 1
+MODEL_GENERAL = 2  # the general model shipped with pupick: picks any particle size given its diameter
 
 
 class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
@@ -27,7 +29,8 @@ class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
 
     def _defineParams(self, form):
         ProtParticlePickingAuto._defineParams(self, form)
-        form.addParam('modelSource', params.EnumParam, choices=['pupick train protocol', 'model file'],
+        form.addParam('modelSource', params.EnumParam, choices=['pupick train protocol', 'model file',
+                                                        'general model (shipped)'],
                       default=MODEL_FROM_PROTOCOL, display=params.EnumParam.DISPLAY_HLIST,
                       label='Model from')
         form.addParam('inputModel', params.PointerParam, pointerClass='PupickModel',
@@ -39,10 +42,12 @@ class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
                       help='A model file written by `pupick train` (.pt), e.g. trained once for a sample '
                            'and reused across sessions.')
         form.addParam('particleDiameter', params.FloatParam, allowsNull=True,
-                      condition='modelSource == %d' % MODEL_FROM_FILE,
+                      condition='modelSource in (%d, %d)' % (MODEL_FROM_FILE, MODEL_GENERAL),
                       label='Particle diameter (Å)',
-                      help='The diameter the model was trained for; used for the default box size. '
-                           'Not needed when a box size is given.')
+                      help='Model file: the diameter the model was trained for; used for the default box size '
+                           '(not needed when a box size is given). General model: the particle diameter to pick '
+                           '(required).')
+        addServerParams(form)
 
         form.addSection(label='Picking')
         form.addParam('threshold', params.FloatParam, allowsNull=True,
@@ -80,6 +85,8 @@ class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
         batch = self._getTmpPath('batch_%06d' % micList[0].getObjId())
         micsDir = os.path.join(batch, 'micrographs')
         linkMicrographs([(m.getObjId(), m.getFileName()) for m in micList], micsDir)
+        if self._serverUrl():
+            return self._pickOnServer(micList)
         outDir = os.path.join(batch, 'picks')
         args = ['pick', micsDir,
                 '--model', self._getModelFile(),
@@ -92,6 +99,8 @@ class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
             args += ['--min-distance', str(self.minDistance.get())]
         if self.maxPicks.get():
             args += ['--max-picks', str(self.maxPicks.get())]
+        if self.modelSource.get() == MODEL_GENERAL:
+            args += ['--diameter', '%g' % self.particleDiameter.get()]
         self._runPupick(args + self._deviceArgs() + self._extraArgs())
 
         groups = splitByKey(readPicks(os.path.join(outDir, 'picks.csv')))
@@ -103,6 +112,26 @@ class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
             rows = groups.get(mic.getObjId(), [])
             writeRows(self._getMicCoordsFile(mic), ['x', 'y', 'score'],
                       [(r['x'], r['y'], r['score']) for r in rows])
+
+    def _pickOnServer(self, micList):
+        """Pick the batch on a `pupick serve` over HTTP (no pupick in this environment)."""
+        client = ServerClient(self._serverUrl(), self.getAttributeValue('tokenFile', '') or None)
+        model = client.resolveModel(self._getModelFile())
+        settings = {'pixel_size': self._getPixelSize()}
+        if self.threshold.get() is not None:
+            settings['threshold'] = self.threshold.get()
+        if self.minDistance.get():
+            settings['min_distance'] = self.minDistance.get()
+        if self.maxPicks.get():
+            settings['max_picks'] = self.maxPicks.get()
+        if self.modelSource.get() == MODEL_GENERAL:
+            settings['diameter'] = self.particleDiameter.get()
+        mics = [{'micrograph': str(m.getObjId()), 'path': os.path.abspath(m.getFileName()),
+                 'pixel_size': self._getPixelSize()} for m in micList]
+        self.info('Picking %d micrograph(s) on the pupick server %s' % (len(mics), client.url))
+        picks = client.pick(mics, model, settings, log=self.info)
+        for mic in micList:
+            writeRows(self._getMicCoordsFile(mic), ['x', 'y', 'score'], picks.get(str(mic.getObjId()), []))
 
     def readCoordsFromMics(self, outputDir, micDoneList, outputCoords):
         outputCoords.setBoxSize(self._getBoxSize())
@@ -126,6 +155,8 @@ class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
                 errors.append('Model file %s not found.' % (path or '(empty)'))
             if not self.boxSize.get() and not self.particleDiameter.get():
                 errors.append('Give the particle diameter the model was trained for, or a box size.')
+        if self.modelSource.get() == MODEL_GENERAL and not self.particleDiameter.get():
+            errors.append('The general model needs the particle diameter (Å).')
         mics = self.getInputMicrographs()
         if mics is not None and not mics.getSamplingRate():
             errors.append('The input micrographs have no pixel size.')
@@ -135,7 +166,9 @@ class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
         summary = ProtParticlePickingAuto._summary(self)
         if self.getInputMicrographs() is not None:
             summary.append('Model: %s' % (self.inputModel.get() if self.modelSource.get() == MODEL_FROM_PROTOCOL
-                                          else self.modelFile.get()))
+                                          else self._getModelFile()))
+            if self._serverUrl():
+                summary.append('Picked on the pupick server %s' % self._serverUrl())
         return summary
 
     def _methods(self):
@@ -149,6 +182,8 @@ class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
     def _getModelFile(self):
         if self.modelSource.get() == MODEL_FROM_FILE:
             return os.path.abspath(self.modelFile.get())
+        if self.modelSource.get() == MODEL_GENERAL:
+            return 'general'
         return os.path.abspath(self.inputModel.get().getFileName())
 
     def _getPixelSize(self):
@@ -156,7 +191,7 @@ class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
 
     def _getDiameter(self):
         """Particle diameter in Å, or None when unknown."""
-        if self.modelSource.get() == MODEL_FROM_FILE:
+        if self.modelSource.get() in (MODEL_FROM_FILE, MODEL_GENERAL):
             return self.particleDiameter.get()
         return self.inputModel.get().getDiameter()
 
