@@ -287,6 +287,17 @@ def render_script(name: str, doc: dict, skip_keys: set) -> list[str]:
     return lines + [""]
 
 
+def kept_blocks(markdown: Path) -> str:
+    """Sections between `<!-- NAME:begin -->` and `<!-- NAME:end -->` (written by benches run on their own, such as
+    bench/seed_spread.py) survive a re-render unchanged."""
+    import re
+
+    if not markdown.exists():
+        return ""
+    found = re.finditer(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", markdown.read_text(), flags=re.S)
+    return "".join(f"\n{m.group(0)}\n" for m in found)
+
+
 def render(statuses: list[dict] | None, mode: str, total_seconds: float | None) -> Path:
     """Write BENCHMARKS.md (and the PR figure) from bench/out/*.json."""
     docs = load_results()
@@ -369,7 +380,7 @@ def render(statuses: list[dict] | None, mode: str, total_seconds: float | None) 
                           "section above), if any."]
         if total_seconds is not None:
             lines += ["", f"Total: {total_seconds / 60:.1f} min ({mode})."]
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + kept_blocks(MARKDOWN)
     tmp = MARKDOWN.with_name(f".{MARKDOWN.name}.part")
     tmp.write_text(text)
     os.replace(tmp, MARKDOWN)

@@ -34,7 +34,7 @@ PARAMS = (
     Param("gpu", text, "GPU to use, as RELION writes it (0, or empty for any)", allow_empty=True),
     Param("max_picks", whole("max_picks", minimum=1), "at most this many picks per micrograph"),
     Param("views", choice("views", [str(v) for v in VIEW_COUNTS]), "score averaged over this many rotated/mirrored copies "
-          "of each micrograph (default 4; 1 is fastest)"),
+          "of each micrograph (default 2; 1 is fastest)"),
     Param("relion_version", text, "4 or 5 (default: from default_pipeline.star)"),
     Param("cluster", text, "pick on a Dask cluster: local:N, tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml "
           "(default: this machine)"),

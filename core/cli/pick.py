@@ -115,7 +115,7 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @click.option("--dense", is_flag=True, help="Score every pixel exactly (slower) instead of the native stride.")
 @click.option("--views", type=click.Choice([str(v) for v in VIEW_COUNTS]), default=None,
               help="Average the score over this many rotated/mirrored copies of each micrograph (more: smoother, "
-                   "slower; default 4, or 1 with --dense).")
+                   "slower; default 2, or 1 with --dense).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--score-maps", is_flag=True, help="Also write each score map as OUTDIR/score_maps/<stem>.mrc.")
 @click.option("--method", type=click.Choice(METHODS), default="cnn", show_default=True,

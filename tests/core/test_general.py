@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pupick.core.config import PickConfig, PreprocessConfig, TrainConfig
+from pupick.core.config import PreprocessConfig, ScoreConfig, TrainConfig
 from pupick.core.errors import InputError, ModelFileError
 from pupick.core.general import LabelledSet, train_general
 from pupick.core.modelfile import (SHIPPED_MODELS, for_particle, load_model, loaded_from_state, needs_particle_size,
@@ -71,7 +71,7 @@ def test_general_model_picks_particles_above_background(demo_dir, demo_labels):
     name = "312_10028"
     pre = preprocess_micrograph(read_micrograph(demo_dir / "micrographs" / f"{name}.mrc"),
                                 PreprocessConfig(factor=model.config["factor"]))
-    smap = score_micrograph(model, pre.image, PickConfig(stride="dense"))
+    smap = score_micrograph(model, pre.image, ScoreConfig(stride="dense"))
     lab = demo_labels[demo_labels["micrograph"] == name]
     at = smap[np.rint(lab["y"] / pre.factor).astype(int), np.rint(lab["x"] / pre.factor).astype(int)]
     rng = np.random.default_rng(0)
