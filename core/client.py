@@ -439,15 +439,8 @@ def pick_via_server(client: Client, micrographs: Any, model: str | os.PathLike |
     t0 = time.perf_counter()
     with OutputDir(out_dir, "pick", manifest_settings(identity, config, settings), overwrite=overwrite) as out:
         root = out.path
-
-        def targets(item: Any) -> list[Path]:
-            return [root / files.target(item)] if files is not None else []
-
-        done = [i for i in items if out.is_done(i.micrograph, targets(i))]
+        done, todo = out.pending(items, files, log)
         done_names = {i.micrograph for i in done}
-        todo = [i for i in items if i.micrograph not in done_names]
-        if done:
-            log(f"{len(done)} micrograph(s) already picked in {root}; skipping them")
         if todo:
             sent = [_micrograph_entry(i) for i in todo]
             job_file = root / JOB_FILE
@@ -481,7 +474,7 @@ def pick_via_server(client: Client, micrographs: Any, model: str | os.PathLike |
                     log(f"skipped {item.path}: {failed[item.micrograph]}")
                     continue
                 part = groups.get(item.micrograph, table.iloc[0:0]).reset_index(drop=True)
-                written = targets(item)
+                written = out.targets(item, files)
                 if files is not None:
                     files.write(part, written[0])
                 out.record(item.micrograph, part, written)

@@ -133,6 +133,19 @@ class OutputDir:
             return False
         return all(Path(p).exists() for p in [*self.outputs_of(name), *outputs])
 
+    def pending(self, items: Sequence[Any], files: "PerMicrographFiles | None",
+                log: Callable[[str], None] | None = None) -> tuple[list[Any], list[Any]]:
+        """(done, to do): the items finished earlier whose outputs still exist, and the rest, in input order."""
+        done = [i for i in items if self.is_done(i.micrograph, self.targets(i, files))]
+        names = {i.micrograph for i in done}
+        if done and log is not None:
+            log(f"{len(done)} micrograph(s) already picked in {self.path}; skipping them")
+        return done, [i for i in items if i.micrograph not in names]
+
+    def targets(self, item: Any, files: "PerMicrographFiles | None") -> list[Path]:
+        """The user-visible per-micrograph files of an item (none without per-micrograph files)."""
+        return [self.path / files.target(item)] if files is not None else []
+
     def record(self, name: str, table: pd.DataFrame, outputs: Sequence[Path] = ()) -> None:
         """Mark a micrograph finished: its outputs' index, then its record (last: the resume marker)."""
         rel = [os.path.relpath(p, self.path) for p in outputs]
@@ -270,21 +283,14 @@ def pick_to_dir(
     kw = {"remedy": remedy} if remedy else {}
     with OutputDir(out_dir, "pick", pick_settings(model, config, settings), overwrite=overwrite, **kw) as out:
         root = out.path
-
-        def targets(item: Any) -> list[Path]:
-            return [root / files.target(item)] if files is not None else []
-
-        done = [i for i in items if out.is_done(i.micrograph, targets(i))]
+        done, todo = out.pending(items, files, log)
         done_names = {i.micrograph for i in done}
-        todo = [i for i in items if i.micrograph not in done_names]
-        if done and log is not None:
-            log(f"{len(done)} micrograph(s) already picked in {root}; skipping them")
 
         def finish(res: Any) -> None:
             if res.error is not None:
                 out.fail(res.micrograph, res.error)
             else:
-                written = targets(item_of[res.micrograph])
+                written = out.targets(item_of[res.micrograph], files)
                 if files is not None:
                     files.write(res.picks, written[0])
                 out.record(res.micrograph, res.picks, written)

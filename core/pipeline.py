@@ -76,7 +76,7 @@ def micrograph_items(micrographs: pd.DataFrame | Iterable[str | os.PathLike]) ->
                  else [stem(p) for p in paths])
         sizes = (micrographs["pixel_size"] if "pixel_size" in micrographs.columns
                  else pd.Series([None] * len(paths)))
-        items = [MicrographItem(n, p, _pixel_size(v)) for n, p, v in zip(names, paths, sizes)]
+        items = [MicrographItem(n, p, known_pixel_size(v)) for n, p, v in zip(names, paths, sizes)]
     else:
         items = [m if isinstance(m, MicrographItem) else MicrographItem(stem(m), str(m)) for m in micrographs]
     dupes = duplicate_stems(i.micrograph for i in items)
@@ -85,7 +85,8 @@ def micrograph_items(micrographs: pd.DataFrame | Iterable[str | os.PathLike]) ->
     return items
 
 
-def _pixel_size(value: Any) -> float | None:
+def known_pixel_size(value: Any) -> float | None:
+    """A pixel size from a table cell (Å), None when unknown (empty, NaN, zero or negative)."""
     try:
         v = float(value)
     except (TypeError, ValueError):

@@ -1,7 +1,6 @@
 """Pieces both executables share: the entry-point frame, inputs read through the adapters, threads."""
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -104,12 +103,10 @@ def read_micrographs(path: str) -> pd.DataFrame:
 
 
 def pixel_size_of(value: float) -> float | None:
-    """A pixel size from a table cell, None when unknown."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) and v > 0 else None
+    """A pixel size from a table cell, None when unknown (the engine's rule)."""
+    from pupick.core.pipeline import known_pixel_size
+
+    return known_pixel_size(value)
 
 
 def connect(values: dict):
