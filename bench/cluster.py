@@ -52,7 +52,7 @@ def train_model(bset, out: Path, quick: bool) -> Path:
 
     cfg = bset.train_config(units=32, epochs=2 if quick else 4, steps_per_epoch=20, batch_size=4, tile_size=160,
                             learning_rate=1e-3, test_split=0.0, seed=0)
-    train(bset.train, bset.train_labels, cfg, out, progress=False, log=lambda m: None)
+    train(bset.train, bset.train_labels, cfg, log=lambda m: None).save(out)
     return out
 
 

@@ -56,7 +56,7 @@ def train_model(bset, out: Path, quick: bool, device: str) -> tuple[Path, float]
     cfg = bset.train_config(units=32, epochs=4 if quick else 8, steps_per_epoch=20, batch_size=4, tile_size=160,
                             learning_rate=1e-3, test_split=0.0, seed=0, device=device)
     t0 = time.perf_counter()
-    train(bset.train, bset.train_labels, cfg, out, progress=False, log=lambda m: None)
+    train(bset.train, bset.train_labels, cfg, log=lambda m: None).save(out)
     return out, time.perf_counter() - t0
 
 
@@ -96,8 +96,8 @@ def ap_by_views(data: Path, names: list[str] | None, device: str, tmp: Path) -> 
     rows = []
     for bset in sets:
         out = tmp / f"{bset.name}.pt"
-        train(bset.train, bset.train_labels, bset.train_config(seed=0, test_split=0.0, device=device), out,
-              progress=False, log=lambda m: None)
+        train(bset.train, bset.train_labels, bset.train_config(seed=0, test_split=0.0, device=device),
+              log=lambda m: None).save(out)
         model = load_model(out)
         row = {"set": bset.name, "default_views": default_views("native")}
         for views in VIEW_COUNTS:

@@ -57,7 +57,7 @@ def demo_data(root: Path, models: Path, device: str, quick: bool) -> tuple[Path,
     config = TrainConfig(preprocess=PreprocessConfig(diameter_px=56, factor=1, pixel_size=5.36), units=32,
                          epochs=2 if quick else 4, steps_per_epoch=20, batch_size=4, tile_size=160,
                          expected_particles=150, test_split=0.0, seed=0, device=device)
-    train(originals, pd.read_csv(demo / "particles.csv"), config, model, progress=False, log=lambda m: None)
+    train(originals, pd.read_csv(demo / "particles.csv"), config, log=lambda m: None).save(model)
     mics = []
     for p in originals:
         image = read_micrograph(p).image
