@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 from urllib.parse import quote, urlencode, urlsplit
 
 from .errors import AbortRequested, PupickError
+from .hashing import file_sha256  # noqa: F401 (the name a local model is registered under)
 
 TOKEN_ENV = "PUPICK_TOKEN_FILE"
 CA_ENV = "PUPICK_CA_FILE"  # a CA bundle for a server with a private certificate
@@ -61,14 +62,6 @@ def read_token(token_file: str | os.PathLike | None = None) -> str | None:
         raise ServerError(f"{path}: the token file must hold the token on one line")
     return lines[0]
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file (the name a local model is registered under)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Client:

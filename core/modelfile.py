@@ -20,6 +20,7 @@ import torch
 from .errors import ModelFileError
 from .io import atomic_path
 from .models import ModelConfig, PickerNet, build, native_stride, receptive_field
+from .hashing import file_sha256  # noqa: F401 (callers import it from here)
 
 FORMAT = "pupick-model"
 FORMAT_VERSION = 1  # bump when a saved file can no longer be read by this code
@@ -73,14 +74,6 @@ def plain(value: Any, where: str = "config") -> Any:
         return {str(k): plain(v, f"{where}.{k}") for k, v in value.items()}
     raise TypeError(f"{where}: {type(value).__name__} is not a plain type")
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_state(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -> None:

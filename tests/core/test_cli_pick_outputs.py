@@ -11,19 +11,14 @@ import pandas as pd
 import pytest
 
 from pupick.core.cli import main
+from console_run import run_console
 
 BLOB = ["--method", "blob", "--diameter-px", "56"]
 PUPICK = str(Path(sys.executable).with_name("pupick"))
 
 
 def run(capsys, args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_console(main, capsys, args)
 
 
 def test_output_under_a_regular_file_is_one_line(capsys, tmp_path, demo_micrographs):

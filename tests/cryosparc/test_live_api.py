@@ -14,6 +14,7 @@ from cs_recorder import FakeServer, RecordingAPIClient, api_signatures, exposure
 
 from pupick.adapters.cryosparc import PARTICLE_FIELDS, read_exposures, write_particles
 from pupick.cryosparc.cli import main
+from console_run import run_console
 
 URL = ["--url", "http://cryosparc.test:39000", "--email", "a@b.c", "--password", "pw"]
 GROUPS = [1, 2, 1, 2, 3]
@@ -44,13 +45,7 @@ def server(cs_project, demo_labels, tmp_path, monkeypatch):
 
 
 def run(capsys, args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_console(main, capsys, args)
 
 
 def test_the_recorder_uses_the_librarys_signatures():

@@ -13,16 +13,11 @@ from pupick.adapters.cryosparc import exposure_uids
 from pupick.core.cli import main
 
 from relion_project import PIXEL_SIZE, STEMS, make_project
+from console_run import run_console
 
 
 def run(capsys, args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_console(main, capsys, args)
 
 
 @pytest.fixture
