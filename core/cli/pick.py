@@ -148,15 +148,15 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
 
     out = Path(out_dir)
     if method == "cnn" and not model_path:
-        raise click.UsageError("--model is required (or --method blob with --diameter/--diameter-px)")
+        raise BadOption("--model is required (or --method blob with --diameter/--diameter-px)")
     if method == "blob" and model_path:
-        raise click.UsageError("--method blob takes no --model")
+        raise BadOption("--method blob takes no --model")
     if fmt == "cs" and not exposures:
-        raise click.UsageError("--format cs needs --exposures EXPOSURES.cs (the micrographs' exposures)")
+        raise BadOption("--format cs needs --exposures EXPOSURES.cs (the micrographs' exposures)")
     if box_size is not None and box_size < 1:
-        raise click.UsageError(f"--box-size must be a whole number >= 1 (got {box_size})")
+        raise BadOption(f"--box-size must be a whole number >= 1 (got {box_size})")
     if match_radius is not None and not (match_radius > 0 and match_radius < float("inf")):
-        raise click.UsageError(f"--match-radius must be a finite number > 0 (got {match_radius})")
+        raise BadOption(f"--match-radius must be a finite number > 0 (got {match_radius})")
     settings = {"method": method, "threshold": threshold, "min_distance": min_distance, "max_picks": max_picks,
                 "border": border, "pixel_size": pixel_size, "device": device, "precision": precision,
                 "stride": "dense" if dense else "native", "views": int(views) if views else None,
@@ -177,7 +177,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
         run_core(check_output, target, kind, inputs, probe=False)
     if server:
         if score_maps:
-            raise click.UsageError("--score-maps is not available with --server (the maps stay on the server)")
+            raise BadOption("--score-maps is not available with --server (the maps stay on the server)")
         client, model = run_core(_server_model, server, token_file, model_path, config)
     else:
         model = run_core(check_model, model_path, config, micrograph_items(paths))  # loaded once, here
@@ -207,7 +207,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     if label_table is not None and radius is None:
         d = _diameter(result, config)
         if d is None:
-            raise click.UsageError("--labels needs --match-radius (the model records no particle diameter)")
+            raise BadOption("--labels needs --match-radius (the model records no particle diameter)")
         radius = default_match_radius(d)
     try:
         lines = _summary(result, config, seconds, label_table, radius)
@@ -231,7 +231,7 @@ def _executor(spec: str | None, workers: int | None):
     """The Dask executor for --cluster (None: this machine); a bad spec is bad usage."""
     if spec is None:
         if workers is not None:
-            raise click.UsageError("--cluster-workers needs --cluster")
+            raise BadOption("--cluster-workers needs --cluster")
         return None
     from ..cluster import executor_from_spec
 
