@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import STRIDE_MODES, VIEW_COUNTS, ScoreConfig
+from .allocator import keep_freed_memory
 from .errors import InputError
 
 # test-time views: (quarter turns, mirror first); scores are averaged over the dihedral copies of the image.
@@ -37,9 +38,10 @@ from .errors import InputError
 VIEWS = {1: [(0, False)], 2: [(0, False), (2, False)], 4: [(0, False), (1, False), (2, False), (3, False)],
          8: [(t, f) for f in (False, True) for t in range(4)]}
 assert tuple(VIEWS) == VIEW_COUNTS
-# downsampled pixels per tile side. CPU 512: the fastest of 256/384/512/1024 (CPU seconds per view 1.26 : 1.10 : 1 :
-# 1.20 here; bench/pick_speed.py's scorer ablation), and less memory than 1024; CUDA: a 2048² micrograph in one call
-DEFAULT_TILE = {"cpu": 512, "cuda": 2048}
+# downsampled pixels per tile side (at most; core.score._even_tile evens them out). CPU 1024: a 1024² image in one
+# tile, 8% faster than four of 512 (their halos: 2 x receptive field each) once freed memory is reused
+# (core.allocator; before that, fresh pages made 1024 slower than 512); 76 MB per activation. CUDA: 2048² in one call
+DEFAULT_TILE = {"cpu": 1024, "cuda": 2048}
 # views per network call: CPU 1 (four views in one call cost 1.3-1.5x more per view: the working set leaves the
 # cache); elsewhere (GPU) all the views of a tile at once
 VIEW_BATCH = {"cpu": 1}
@@ -229,6 +231,7 @@ class Scorer:
         cpu = self.device.type == "cpu"
         if cpu:  # weights in the compute precision: autocast's arithmetic without its per-call weight casts
             module = module.to(self.dtype)
+            keep_freed_memory()
         self.module = module
         self.net: Callable[[torch.Tensor], torch.Tensor] = (_FusedCPU.build(module) if cpu else None) or module
         tile = config.tile_size or DEFAULT_TILE.get(self.device.type, DEFAULT_TILE["cuda"])
@@ -271,10 +274,11 @@ class Scorer:
         """Maps at the scorer's stride of a padded batch [n, 1, h + 2P, w + 2P]: [n, ceil(h / J), ceil(w / J)]."""
         j, p, t, n = self.stride, self.pad, self.tile, batch.shape[0]
         out = self._buffer("coarse", (n, (h - 1) // j + 1, (w - 1) // j + 1), torch.float32)
+        ty, tx = _even_tile(h, t, j), _even_tile(w, t, j)
         with torch.inference_mode(), self._autocast():
-            for y0 in range(0, h, t):
-                for x0 in range(0, w, t):
-                    th, tw = min(t, h - y0), min(t, w - x0)
+            for y0 in range(0, h, ty):
+                for x0 in range(0, w, tx):
+                    th, tw = min(ty, h - y0), min(tx, w - x0)
                     oh, ow = (th - 1) // j + 1, (tw - 1) // j + 1
                     for b0 in range(0, n, self.view_batch):
                         crop = batch[b0:b0 + self.view_batch, :, y0:y0 + th + 2 * p, x0:x0 + tw + 2 * p]
@@ -335,6 +339,13 @@ class Scorer:
             if len(views) > 1:
                 total /= float(len(views))
             return np.ascontiguousarray(total.cpu().numpy())
+
+
+def _even_tile(n: int, most: int, stride: int) -> int:
+    """Tile side that covers n pixels in the fewest tiles of at most `most`, all about equal (multiples of stride):
+    a last sliver tile would cost its whole halo for few outputs."""
+    parts = -(-n // most)
+    return -(-n // parts // stride) * stride if parts > 1 else -(-n // stride) * stride
 
 
 def _checked(image: np.ndarray) -> np.ndarray:

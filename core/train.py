@@ -506,9 +506,12 @@ def _build_session(data: _Data, prior: _Prior, config: TrainConfig, model_cfg: M
                    init: LoadedModel | None = None) -> _Session:
     """Seeded network (or the init model's weights; classifier bias at logit π), Adam, the tile sampler and the
     batch-norm calibration tiles."""
+    from .allocator import keep_freed_memory
     from .score import autocast_context, choose_device, choose_precision
 
     device = choose_device(config.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     rf, stride = receptive_field(model_cfg), native_stride(model_cfg)
     torch.manual_seed(config.seed)
     module = build(model_cfg)

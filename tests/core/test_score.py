@@ -52,10 +52,22 @@ def reference(module, image, dense):
 @pytest.mark.parametrize("stride", ["dense", "native"])
 def test_stitched_tiles_equal_the_untiled_map(tiny, image, stride):
     ref = reference(tiny, image, stride == "dense")
-    for tile in (48, 4096):
+    for tile in (40, 48, 100, 4096):
         got = Scorer(tiny, ScoreConfig(stride=stride, precision="fp32", device="cpu", tile_size=tile)).coarse(image)
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n, most, stride", [(1024, 1024, 4), (1023, 1024, 4), (1440, 1024, 4), (2049, 1024, 4),
+                                             (100, 48, 1), (97, 40, 4)])
+def test_tiles_are_even_and_cover_the_image(n, most, stride):
+    from pupick.core.score import _even_tile
+
+    side = _even_tile(n, most, stride)
+    parts = -(-n // side)
+    assert side % stride == 0 and side <= max(most, stride)
+    assert parts == -(-n // most)  # as few tiles as the limit allows
+    assert n - (parts - 1) * side > side - parts * stride  # the last tile is not a sliver
 
 
 def test_fast_map_samples_the_dense_map_and_keeps_the_image_grid(tiny, image):
