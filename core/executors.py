@@ -12,6 +12,7 @@ from .errors import AbortRequested, PupickError
 
 if TYPE_CHECKING:
     from .pipeline import MicrographItem, MicrographResult, PickWork, _Picker
+    from .prefetch import Prefetch
 
 
 class Executor(Protocol):
@@ -24,9 +25,15 @@ class Executor(Protocol):
 
 
 def read_ahead(picker: "_Picker", items: Sequence["MicrographItem"], workers: int = 1,
-               should_stop: Callable[[], bool] | None = None) -> Iterator["MicrographResult"]:
-    """Results in input order; `workers` reader threads prepare the next micrographs while one is scored."""
+               should_stop: Callable[[], bool] | None = None,
+               prefetch: "Prefetch | None" = None) -> Iterator["MicrographResult"]:
+    """Results in input order; `workers` reader threads prepare the next micrographs while one is scored (or take
+    them from a prefetch started before the model loaded)."""
     from .pipeline import failed
+
+    def prepare(item: "MicrographItem") -> tuple:
+        early = prefetch.take(item, picker.model_config, picker.config) if prefetch is not None else None
+        return early if early is not None else picker.prepare(item)
 
     ahead = max(1, int(workers))
     queue = deque(items)
@@ -36,7 +43,7 @@ def read_ahead(picker: "_Picker", items: Sequence["MicrographItem"], workers: in
         while queue or pending:
             while queue and len(pending) < ahead + 1:  # keep the readers a little ahead of the scorer
                 item = queue.popleft()
-                pending.append((item, pool.submit(picker.prepare, item)))
+                pending.append((item, pool.submit(prepare, item)))
             if should_stop is not None and should_stop():
                 raise AbortRequested("stop requested; picking interrupted")
             item, fut = pending.popleft()
@@ -52,10 +59,12 @@ def read_ahead(picker: "_Picker", items: Sequence["MicrographItem"], workers: in
 
 
 class LocalExecutor:
-    """This process: `workers` reader threads ahead of one scorer on the configured device."""
+    """This process: `workers` reader threads ahead of one scorer on the configured device; optionally a Prefetch
+    (core/prefetch.py) that prepared the first micrographs while the model loaded."""
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, prefetch: "Prefetch | None" = None) -> None:
         self.workers = max(1, int(workers))
+        self.prefetch = prefetch
 
     def run(self, work: "PickWork", items: Sequence["MicrographItem"],
             should_stop: Callable[[], bool] | None = None) -> Iterator["MicrographResult"]:
@@ -63,4 +72,4 @@ class LocalExecutor:
 
         if not items:
             return iter(())
-        return read_ahead(picker_for(work), items, self.workers, should_stop)
+        return read_ahead(picker_for(work), items, self.workers, should_stop, self.prefetch)

@@ -22,7 +22,7 @@ from .io import atomic_path
 from .models import ModelConfig, PickerNet, build, native_stride, receptive_field
 from .hashing import file_sha256  # noqa: F401 (callers import it from here)
 
-FORMAT = "pupick-model"
+from .modelmeta import FORMAT
 FORMAT_VERSION = 1  # bump when a saved file can no longer be read by this code
 
 
@@ -161,7 +161,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
 
 def needs_particle_size(model: LoadedModel) -> bool:
     """True for a model that is not tied to one particle size (the general model): picking needs a diameter."""
-    return bool(model.config.get("grid_diameter")) and not model.config.get("diameter_px")
+    from .modelmeta import needs_particle_size as config_needs_size
+
+    return config_needs_size(model.config)
 
 
 def for_particle(model: LoadedModel, diameter_px: float | None = None, diameter_A: float | None = None,

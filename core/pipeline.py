@@ -158,65 +158,72 @@ class _Job:
     seconds_read: float = 0.0
 
 
+def micrograph_sizes(item: MicrographItem, header_ps: float | None, model_config: dict | None,
+                     config: PickConfig) -> tuple[float, float | None, list[str]]:
+    """(downsampling factor, particle diameter in original px, warnings) for one micrograph; `model_config` is the
+    model's plain config (None for the blob picker)."""
+    pre = config.preprocess
+    ps = pre.pixel_size or item.pixel_size or header_ps
+    notes: list[str] = []
+    if model_config is None:
+        d = replace_ps(pre, ps).diameter_in_px()
+        factor = float(pre.factor) if pre.factor else float(choose_factor(d))
+        return factor, d, notes
+    model_factor = float(model_config.get("factor") or 1.0)
+    model_ps = model_config.get("pixel_size") or None
+    factor, d = model_factor, model_config.get("diameter_px") or None
+    if ps and not model_ps and (pre.pixel_size or item.pixel_size):
+        notes.append("warning: the model records no pixel size, so the micrographs' pixel size cannot rescale; "
+                     f"micrographs are downsampled by the model's factor {model_factor:g}")
+    if ps and model_ps and abs(ps / model_ps - 1) > PIXEL_SIZE_TOLERANCE:
+        ratio = model_ps / ps  # original pixels of this micrograph per original pixel of the model's
+        factor = model_factor * ratio
+        d = d * ratio if d else None
+        notes.append(f"warning: pixel size {ps:g} Å differs from the model's {model_ps:g} Å; rescaling "
+                     f"(downsampling by {factor:.3g} instead of {model_factor:g})")
+        if factor < 1:
+            raise InputError(f"{item.path}: pixel size {ps:g} Å is coarser than the model's downsampled pixel "
+                             f"({model_ps * model_factor:g} Å); cannot pick with this model")
+    return factor, d, notes
+
+
+def prepare_micrograph(item: MicrographItem, model_config: dict | None,
+                       config: PickConfig) -> tuple[_Job, list[str]]:
+    """Read and preprocess one micrograph for a model's plain config (None: the blob picker); thread-safe, no torch."""
+    from .io import read_micrograph
+    from .preprocess import preprocess_micrograph
+
+    t0 = time.perf_counter()
+    mic = read_micrograph(item.path)
+    factor, d, notes = micrograph_sizes(item, mic.pixel_size, model_config, config)
+    ps = config.preprocess.pixel_size or item.pixel_size
+    normalize = (model_config.get("normalize") if model_config is not None else None) or "gmm"
+    pre = preprocess_micrograph(mic, PreprocessConfig(factor=factor, pixel_size=ps, normalize=normalize,
+                                                      seed=config.seed))
+    job = _Job(item, pre.image, pre.factor, d, pre.pixel_size, tuple(mic.image.shape), time.perf_counter() - t0)
+    return job, notes
+
+
 class _Picker:
     """Picks single micrographs for one model and config: sizes, preprocessing, scoring, extraction."""
 
     def __init__(self, model: Any, config: PickConfig) -> None:
         self.config = config
         self.model = model
+        self.model_config: dict | None = None if config.method == "blob" else model.config
         if config.method == "blob":
-            self.normalize = "gmm"
             self.edge_margin = 0.0
             self.scorer = None
         else:
-            mc = model.config
-            self.model_factor = float(mc.get("factor") or 1.0)
-            self.model_ps = mc.get("pixel_size") or None
-            self.model_diameter = mc.get("diameter_px") or None
-            self.normalize = mc.get("normalize") or "gmm"
-            self.edge_margin = float(mc.get("label_edge_margin") or 0.0)
+            self.edge_margin = float(model.config.get("label_edge_margin") or 0.0)
             from .score import Scorer
 
             self.scorer = Scorer(model, config.score)
         self.lock = threading.Lock()  # one micrograph at a time through the scorer (its buffers are reused)
 
-    def sizes(self, item: MicrographItem, header_ps: float | None) -> tuple[float, float | None, list[str]]:
-        """(downsampling factor, particle diameter in original px, warnings) for one micrograph."""
-        pre = self.config.preprocess
-        ps = pre.pixel_size or item.pixel_size or header_ps
-        notes: list[str] = []
-        if self.model is None:
-            d = replace_ps(pre, ps).diameter_in_px()
-            factor = float(pre.factor) if pre.factor else float(choose_factor(d))
-            return factor, d, notes
-        factor, d = self.model_factor, self.model_diameter
-        if ps and not self.model_ps and (pre.pixel_size or item.pixel_size):
-            notes.append("warning: the model records no pixel size, so the micrographs' pixel size cannot rescale; "
-                         f"micrographs are downsampled by the model's factor {self.model_factor:g}")
-        if ps and self.model_ps and abs(ps / self.model_ps - 1) > PIXEL_SIZE_TOLERANCE:
-            ratio = self.model_ps / ps  # original pixels of this micrograph per original pixel of the model's
-            factor = self.model_factor * ratio
-            d = d * ratio if d else None
-            notes.append(f"warning: pixel size {ps:g} Å differs from the model's {self.model_ps:g} Å; rescaling "
-                         f"(downsampling by {factor:.3g} instead of {self.model_factor:g})")
-            if factor < 1:
-                raise InputError(f"{item.path}: pixel size {ps:g} Å is coarser than the model's downsampled pixel "
-                                 f"({self.model_ps * self.model_factor:g} Å); cannot pick with this model")
-        return factor, d, notes
-
     def prepare(self, item: MicrographItem) -> tuple[_Job, list[str]]:
         """Read and preprocess one micrograph (thread-safe: runs in reader threads)."""
-        from .io import read_micrograph
-        from .preprocess import preprocess_micrograph
-
-        t0 = time.perf_counter()
-        mic = read_micrograph(item.path)
-        factor, d, notes = self.sizes(item, mic.pixel_size)
-        ps = self.config.preprocess.pixel_size or item.pixel_size
-        pre = preprocess_micrograph(mic, PreprocessConfig(factor=factor, pixel_size=ps, normalize=self.normalize,
-                                                          seed=self.config.seed))
-        job = _Job(item, pre.image, pre.factor, d, pre.pixel_size, tuple(mic.image.shape), time.perf_counter() - t0)
-        return job, notes
+        return prepare_micrograph(item, self.model_config, self.config)
 
     def finish(self, job: _Job, notes: list[str]) -> MicrographResult:
         """Score and extract one prepared micrograph."""

@@ -170,6 +170,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     if server and cluster:
         raise BadOption("--server and --cluster do not go together: a server has its own executor (pupick serve --cluster)")
     executor = _executor(cluster, cluster_workers)  # checked before any work; started below
+    prefetch = local = None
     paths = usage(expand_inputs, micrographs)
     run_core(check_output_dir, out)  # -o under a file or in an unwritable place: one line, before any work
     inputs = Protected([*paths, *(p for p in (labels, exposures, model_path) if p and Path(p).exists())])
@@ -180,7 +181,14 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
             raise BadOption("--score-maps is not available with --server (the maps stay on the server)")
         client, model = run_core(_server_model, server, token_file, model_path, config)
     else:
-        model = run_core(check_model, model_path, config, micrograph_items(paths))  # loaded once, here
+        items = run_core(micrograph_items, paths)
+        if executor is None:  # the first micrographs are read while torch and the model load
+            from ..executors import LocalExecutor
+            from ..prefetch import start_prefetch
+
+            prefetch = start_prefetch(items, model_path, config)
+            local = LocalExecutor(config.workers, prefetch)
+        model = run_core(check_model, model_path, config, items)  # loaded once, here
     label_table = run_core(read_pick_table, labels) if labels else None
     box = run_core(_box_size, box_size, model, config) if fmt == "box" else None
     files = _files(fmt, box)
@@ -194,10 +202,14 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     else:
         if executor is not None:
             run_core(executor.start)  # a cluster that cannot start is one line, not a traceback
-        with executor or contextlib.nullcontext():
-            result = run_core(pick_to_dir, paths, model, config, out, files=files, settings={"format": fmt,
-                              "box_size": box}, overwrite=overwrite, executor=executor, progress=True,
-                              log=lambda m: click.echo(m, err=True))
+        try:
+            with executor or contextlib.nullcontext():
+                result = run_core(pick_to_dir, paths, model, config, out, files=files, settings={"format": fmt,
+                                  "box_size": box}, overwrite=overwrite, executor=executor or local, progress=True,
+                                  log=lambda m: click.echo(m, err=True))
+        finally:
+            if prefetch is not None:
+                prefetch.close()
     seconds = time.perf_counter() - t0
     if fmt == "cs":
         run_core(_write_cs, result.picks, out / "particles.cs", exposures)

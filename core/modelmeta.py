@@ -1,0 +1,56 @@
+"""A model file's plain config, read without importing torch (the standard library only).
+
+A model file is torch's zip archive: `<name>/data.pkl` holds the payload dict, whose tensors are references to
+storages in the archive. Unpickling it with every torch name replaced by a placeholder gives the config (builtin
+types only, see core.modelfile) without loading torch or the weights. Anything unexpected returns None: the caller
+then waits for the real loader (core.modelfile.load_model), which reports problems properly.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+FORMAT = "pupick-model"  # the payload marker of every model file (core.modelfile writes it)
+MAX_PICKLE_BYTES = 1 << 20  # a payload pickle is a few kB; anything bigger is not ours
+
+
+def _placeholder(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+class _ConfigUnpickler(pickle.Unpickler):
+    """Builds builtins and OrderedDicts; every torch name (tensor rebuilders, storage types) is a placeholder."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "collections" and name == "OrderedDict":
+            return dict
+        if module == "torch" or module.startswith("torch."):
+            return _placeholder
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a model file")
+
+    def persistent_load(self, pid: Any) -> None:  # a tensor's storage: not read
+        return None
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The plain config of a pupick model file, or None when the file cannot be read this way."""
+    try:
+        with zipfile.ZipFile(Path(path)) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+            if len(names) != 1 or archive.getinfo(names[0]).file_size > MAX_PICKLE_BYTES:
+                return None
+            payload = _ConfigUnpickler(archive.open(names[0])).load()
+    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError):
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(payload.get("config"), dict):
+        return None
+    return payload["config"]
+
+
+def needs_particle_size(config: dict[str, Any]) -> bool:
+    """True for a config not tied to one particle size (the general model): picking needs a diameter."""
+    return bool(config.get("grid_diameter")) and not config.get("diameter_px")
