@@ -198,8 +198,9 @@ def prepare_micrograph(item: MicrographItem, model_config: dict | None,
     factor, d, notes = micrograph_sizes(item, mic.pixel_size, model_config, config)
     ps = config.preprocess.pixel_size or item.pixel_size
     normalize = (model_config.get("normalize") if model_config is not None else None) or "gmm"
+    # one FFT thread: this runs next to the scorer's threads (more readers: --workers)
     pre = preprocess_micrograph(mic, PreprocessConfig(factor=factor, pixel_size=ps, normalize=normalize,
-                                                      seed=config.seed))
+                                                      seed=config.seed), fft_workers=1)
     job = _Job(item, pre.image, pre.factor, d, pre.pixel_size, tuple(mic.image.shape), time.perf_counter() - t0)
     return job, notes
 

@@ -93,12 +93,12 @@ def normalize_with_fit(
     raise InputError(f"unknown normalisation {method!r} (choose from {', '.join(NORMALIZE_METHODS)})")
 
 
-def preprocess_micrograph(mic: Micrograph, config: PreprocessConfig) -> Preprocessed:
+def preprocess_micrograph(mic: Micrograph, config: PreprocessConfig, fft_workers: int = -1) -> Preprocessed:
     """Downsample (factor from the config, the diameter rule, or 1) and normalise one micrograph."""
     header_ps = mic.pixel_size
     factor = config.resolve_factor(header_ps)
     ps = config.pixel_size or header_ps
-    small = downsample(mic.image, factor)
+    small = downsample(mic.image, factor, workers=fft_workers)
     if min(small.shape) < 8:
         raise InputError(f"{mic.path}: too small after downsampling by {factor:g} ({small.shape[1]}x{small.shape[0]} px)")
     image, fit = normalize_with_fit(small, config.normalize, config.seed, config.gmm_samples)
