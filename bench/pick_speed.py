@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import (bench_args, discover_sets, evaluate_test, load_set, run_measured, set_threads,  # noqa: E402
+from common import (DATA_ROOT, bench_args, discover_sets, evaluate_test, load_set, run_measured, set_threads,  # noqa: E402
                     summarize, write_result)
 
 # (stride, precision, views)
@@ -87,28 +87,32 @@ def mode_quality(bset, model_path: Path, modes, device: str, quick: bool) -> lis
     return rows
 
 
-def ap_by_views(data: Path, names: list[str] | None, device: str, tmp: Path) -> list[dict]:
-    """Per shared set: the protocol's training (seed 0), then AP on the test micrographs with 1, 2, 4 and 8 views."""
+def ap_by_views(data: Path, names: list[str] | None, device: str, tmp: Path, seeds: tuple[int, ...] = (0,)) -> list[dict]:
+    """Per shared set and training seed: the protocol's training (defaults), then AP on the test micrographs with 1,
+    2, 4 and 8 views (the same model for every view count)."""
     from pupick.core.modelfile import load_model
     from pupick.core.train import train
 
     sets, skipped = discover_sets(data, names)
     rows = []
-    for bset in sets:
-        out = tmp / f"{bset.name}.pt"
-        train(bset.train, bset.train_labels, bset.train_config(seed=0, test_split=0.0, device=device),
+    for bset, seed in ((b, s) for b in sets for s in seeds):
+        out = tmp / f"{bset.name}_{seed}.pt"
+        train(bset.train, bset.train_labels, bset.train_config(seed=seed, test_split=0.0, device=device),
               log=lambda m: None).save(out)
         model = load_model(out)
-        row = {"set": bset.name, "default_views": default_views("native")}
+        row = {"set": bset.name, "seed": seed, "default_views": default_views("native")}
         for views in VIEW_COUNTS:
             t0 = time.perf_counter()
             run = _pick(bset.test, model, bset.pick_config(views=views, device=device))
             row[f"ap_{views}_views"] = evaluate_test(run.picks, bset)["ap"]
             row[f"s_per_micrograph_{views}_views"] = (time.perf_counter() - t0) / len(bset.test)
         row["ap_default"] = row[f"ap_{row['default_views']}_views"]
+        # the CPU tile before core.allocator (512 px; now up to 1024): the same model and views, tiles cut otherwise
+        run = _pick(bset.test, model, bset.pick_config(views=row["default_views"], device=device, tile_size=512))
+        row["ap_default_tile_512"] = evaluate_test(run.picks, bset)["ap"]
         rows.append(row)
-        print(f"  {bset.name}: AP " + ", ".join(f"{v} view(s) {row[f'ap_{v}_views']:.3f}" for v in VIEW_COUNTS),
-              flush=True)
+        print(f"  {bset.name} seed {seed}: AP " + ", ".join(f"{v} view(s) {row[f'ap_{v}_views']:.4f}" for v in VIEW_COUNTS)
+              + f"; default with 512-px tiles {row['ap_default_tile_512']:.4f}", flush=True)
     return rows + [{"set": n, "skipped": r} for n, r in skipped]
 
 
@@ -352,6 +356,13 @@ def matmul_peak(dtype_name: str, device: str, n: int = 2048, reps: int = 5) -> f
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--ap-only":  # --ap-only [SEEDS...]: AP by views only (any load)
+        set_threads(2)
+        seeds = tuple(int(a) for a in sys.argv[2:]) or (0,)
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = ap_by_views(DATA_ROOT, None, "cpu", Path(tmp), seeds)
+        print(f"wrote {write_result('pick_speed_ap', {'ap_per_set_by_views': rows})}")
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _, _, model, stride, precision, views, threads, device, passes, *mrcs = sys.argv
         child(model, mrcs, stride, precision, int(views), int(threads), device, int(passes))

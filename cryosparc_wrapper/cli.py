@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from pupick.core import __version__
-from pupick.core.config import ARCHITECTURES, DEFAULT_THRESHOLD, METHODS, VIEW_COUNTS, PickConfig, PreprocessConfig, TrainConfig
+from pupick.core.config import ARCHITECTURES, DEFAULT_THRESHOLD, DEFAULT_VIEWS, METHODS, VIEW_COUNTS, PickConfig, PreprocessConfig, TrainConfig
 from pupick.core.console import DEVICE, run_cli, size_options, usage
 from pupick.core.pipeline import check_model
 from pupick.core.errors import InputError
@@ -90,7 +90,7 @@ def cli() -> None:
 @click.option("--diameter-px", type=float, default=None, help="Blob picker: particle diameter in px.")
 @click.option("--pixel-size", type=float, default=None, help="Å/px of the micrographs (overrides the headers).")
 @click.option("--views", type=click.Choice([str(v) for v in VIEW_COUNTS]), default=None,
-              help="Average the score over this many rotated/mirrored copies (default 2).")
+              help=f"Average the score over this many rotated/mirrored copies (default {DEFAULT_VIEWS}).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where the network runs.")
 @click.option("--cluster", default=None, metavar="SPEC", help="Pick on a Dask cluster, as `pupick pick --cluster`: "
               "local[:N], tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml.")

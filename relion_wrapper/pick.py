@@ -8,7 +8,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from pupick.core.config import VIEW_COUNTS, PickConfig
+from pupick.core.config import DEFAULT_VIEWS, VIEW_COUNTS, PickConfig
 from pupick.core.errors import InputError
 from pupick.core.io import atomic_path
 
@@ -34,7 +34,7 @@ PARAMS = (
     Param("gpu", text, "GPU to use, as RELION writes it (0, or empty for any)", allow_empty=True),
     Param("max_picks", whole("max_picks", minimum=1), "at most this many picks per micrograph"),
     Param("views", choice("views", [str(v) for v in VIEW_COUNTS]), "score averaged over this many rotated/mirrored copies "
-          "of each micrograph (default 2; 1 is fastest)"),
+          f"of each micrograph (default {DEFAULT_VIEWS}; 1 is fastest)"),
     Param("relion_version", text, "4 or 5 (default: from default_pipeline.star)"),
     Param("cluster", text, "pick on a Dask cluster: local:N, tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml "
           "(default: this machine)"),
