@@ -4,7 +4,8 @@ Each step draws `batch_size` tiles (random micrograph by area, random position, 
 takes the loss over every output of the network on them at its native stride: positives are outputs within
 `label_radius` of a label, the unlabeled outputs are shuffled into groups of `unlabeled_samples` for the GE penalty.
 Mixed precision (bf16 autocast, fp32 master weights) where the hardware runs it natively. The classifier bias
-starts at logit(π); batch-norm statistics are re-estimated with the final weights of each epoch before validating.
+starts at logit(π); batch-norm statistics are re-estimated for the weights that are kept (the averaged ones with
+`ema_decay`): after each epoch when validating, once at the end otherwise.
 """
 from __future__ import annotations
 
@@ -565,6 +566,7 @@ class _Ema:
         self.decay, self.steps = decay, 0
         self.params = [p for p in module.parameters()]
         self.shadow = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        self.live: list[torch.Tensor] = []
 
     def update(self) -> None:
         self.steps += 1
@@ -572,13 +574,17 @@ class _Ema:
             torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - self.decay)
 
     def swap(self) -> None:
-        """Exchange the live weights and the (corrected) average; a second swap restores the live weights."""
-        correction = 1 - self.decay ** max(1, self.steps)
+        """Put the (corrected) average into the module; a second swap brings back the live weights, bit for bit."""
         with torch.no_grad():
+            if self.live:
+                for p, live in zip(self.params, self.live):
+                    p.copy_(live)
+                self.live = []
+                return
+            correction = 1 - self.decay ** max(1, self.steps)
+            self.live = [p.detach().clone() for p in self.params]
             for p, avg in zip(self.params, self.shadow):
-                live = p.detach().float().clone()
                 p.copy_(avg / correction)
-                avg.copy_(live * correction)
 
 
 def _diverged(epoch: int, step: int, loss: float, config: TrainConfig) -> TrainingDiverged:
@@ -614,10 +620,12 @@ def _run_epochs(s: _Session, data: _Data, prior: _Prior, config: TrainConfig,
                 if ema is not None:
                     ema.update()
                 bar.update()
-            if ema is not None:  # validate (and keep) the averaged weights
-                ema.swap()
-            _recalibrate_batchnorm(s.module, s.calibration, s.autocast)
             ap = f1 = math.nan
+            last = epoch == config.epochs
+            if data.val or last:  # without validation only the final weights need averaging and statistics
+                if ema is not None:  # validate (and keep) the averaged weights
+                    ema.swap()
+                _recalibrate_batchnorm(s.module, s.calibration, s.autocast)
             if data.val:
                 stop()
                 s.module.eval()
@@ -625,8 +633,8 @@ def _run_epochs(s: _Session, data: _Data, prior: _Prior, config: TrainConfig,
                 if ap > best_ap:
                     best_ap, best_epoch = ap, epoch
                     best_state = copy.deepcopy(s.module.state_dict())
-            if ema is not None and epoch < config.epochs:
-                ema.swap()  # train on from the live weights
+                if ema is not None and not last:
+                    ema.swap()  # train on from the live weights
             report = EpochReport(epoch, config.epochs, float(np.mean(losses)), ap, f1, time.perf_counter() - t0)
             rows.append(dataclasses.asdict(report))
             bar.set_postfix(loss=f"{report.loss:.4f}", ap=f"{ap:.3f}")
