@@ -35,6 +35,7 @@ from .io import atomic_path, check_output, read_micrograph
 from .models import ModelConfig, build, native_stride, receptive_field
 from .modelfile import LoadedModel, loaded_from_state, plain, save_state
 from .objectives import OBJECTIVES, class_prior
+from .optim import Adam
 from .preprocess import preprocess_micrograph
 from .tables import assign_micrographs, duplicate_stems, stem, validate_picks
 from .tiles import TileSampler, positive_mask
@@ -494,7 +495,7 @@ class _Session:
 
     module: torch.nn.Module
     model_cfg: ModelConfig
-    opt: torch.optim.Optimizer
+    opt: Adam
     sampler: TileSampler
     device: torch.device
     autocast: Callable[[], contextlib.AbstractContextManager]
@@ -521,7 +522,7 @@ def _build_session(data: _Data, prior: _Prior, config: TrainConfig, model_cfg: M
     with torch.no_grad():  # start calibrated at the prior: otherwise the first hundreds of steps only move this bias
         module.classifier.bias.fill_(math.log(prior.pi / (1 - prior.pi)))
     module = module.to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    opt = Adam(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     if config.train_stride == "dense":  # every pixel an output (dilated network): more, finer, but costlier outputs
         module.set_dense(True)
         stride = 1
@@ -553,7 +554,7 @@ def _train_step(s: _Session, config: TrainConfig, prior: _Prior) -> float:
     s_p, s_u = scores[y == 1], scores[y == 0]
     loss = OBJECTIVES[config.objective].fn(s_p, _unlabeled_groups(s_u, config.unlabeled_samples, s.gen),
                                            prior.prior, prior.slack)
-    s.opt.zero_grad(set_to_none=True)
+    s.opt.zero_grad()
     loss.backward()
     s.opt.step()
     return float(loss.detach())
