@@ -84,8 +84,8 @@ class _Crop(torch.autograd.Function):
     """``x[:, :, t:-t, t:-t]`` whose gradient keeps the memory layout of ``x``.
 
     Plain slicing back-propagates into a fresh NCHW tensor of zeros; with channels-last activations every later
-    backward op (batch norm, max-pool) then converts whole activations between layouts: about 15% of a CPU training
-    step. The values are the same either way.
+    backward op (batch norm, max-pool) then converts whole activations between layouts: a sixth of a CPU training
+    step (BENCHMARKS.md). The values are the same either way.
     """
 
     @staticmethod
