@@ -80,6 +80,30 @@ class ConvBlock(_Layer):
         return F.relu(x) if self.relu else x
 
 
+class _Crop(torch.autograd.Function):
+    """``x[:, :, t:-t, t:-t]`` whose gradient keeps the memory layout of ``x``.
+
+    Plain slicing back-propagates into a fresh NCHW tensor of zeros; with channels-last activations every later
+    backward op (batch norm, max-pool) then converts whole activations between layouts: a sixth of a CPU training
+    step (BENCHMARKS.md). The values are the same either way.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, t: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.t, ctx.shape = t, x.shape
+        ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        return x[:, :, t:-t, t:-t]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        t = ctx.t
+        layout = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        out = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=layout)
+        out.zero_()
+        out[:, :, t:-t, t:-t] = grad
+        return out, None
+
+
 class ResBlock(_Layer):
     """Two valid 3x3 convolutions with a (cropped, projected if needed) identity shortcut."""
 
@@ -99,7 +123,8 @@ class ResBlock(_Layer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.trim()
         y = self.b(self.a(x))
-        return F.relu(y + self.proj(x[:, :, t:-t, t:-t]))
+        shortcut = _Crop.apply(x, t) if x.requires_grad and torch.is_grad_enabled() else x[:, :, t:-t, t:-t]
+        return F.relu(y + self.proj(shortcut))
 
 
 class Pool(_Layer):

@@ -4,7 +4,8 @@ Each step draws `batch_size` tiles (random micrograph by area, random position, 
 takes the loss over every output of the network on them at its native stride: positives are outputs within
 `label_radius` of a label, the unlabeled outputs are shuffled into groups of `unlabeled_samples` for the GE penalty.
 Mixed precision (bf16 autocast, fp32 master weights) where the hardware runs it natively. The classifier bias
-starts at logit(π); batch-norm statistics are re-estimated with the final weights of each epoch before validating.
+starts at logit(π); batch-norm statistics are re-estimated for the weights that are kept (the averaged ones with
+`ema_decay`): after each epoch when validating, once at the end otherwise.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from .io import atomic_path, check_output, read_micrograph
 from .models import ModelConfig, build, native_stride, receptive_field
 from .modelfile import LoadedModel, loaded_from_state, plain, save_state
 from .objectives import OBJECTIVES, class_prior
+from .optim import Adam
 from .preprocess import preprocess_micrograph
 from .tables import assign_micrographs, duplicate_stems, stem, validate_picks
 from .tiles import TileSampler, positive_mask
@@ -493,7 +495,7 @@ class _Session:
 
     module: torch.nn.Module
     model_cfg: ModelConfig
-    opt: torch.optim.Optimizer
+    opt: Adam
     sampler: TileSampler
     device: torch.device
     autocast: Callable[[], contextlib.AbstractContextManager]
@@ -520,7 +522,7 @@ def _build_session(data: _Data, prior: _Prior, config: TrainConfig, model_cfg: M
     with torch.no_grad():  # start calibrated at the prior: otherwise the first hundreds of steps only move this bias
         module.classifier.bias.fill_(math.log(prior.pi / (1 - prior.pi)))
     module = module.to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    opt = Adam(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     if config.train_stride == "dense":  # every pixel an output (dilated network): more, finer, but costlier outputs
         module.set_dense(True)
         stride = 1
@@ -552,7 +554,7 @@ def _train_step(s: _Session, config: TrainConfig, prior: _Prior) -> float:
     s_p, s_u = scores[y == 1], scores[y == 0]
     loss = OBJECTIVES[config.objective].fn(s_p, _unlabeled_groups(s_u, config.unlabeled_samples, s.gen),
                                            prior.prior, prior.slack)
-    s.opt.zero_grad(set_to_none=True)
+    s.opt.zero_grad()
     loss.backward()
     s.opt.step()
     return float(loss.detach())
@@ -565,6 +567,7 @@ class _Ema:
         self.decay, self.steps = decay, 0
         self.params = [p for p in module.parameters()]
         self.shadow = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        self.live: list[torch.Tensor] = []
 
     def update(self) -> None:
         self.steps += 1
@@ -572,13 +575,17 @@ class _Ema:
             torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - self.decay)
 
     def swap(self) -> None:
-        """Exchange the live weights and the (corrected) average; a second swap restores the live weights."""
-        correction = 1 - self.decay ** max(1, self.steps)
+        """Put the (corrected) average into the module; a second swap brings back the live weights, bit for bit."""
         with torch.no_grad():
+            if self.live:
+                for p, live in zip(self.params, self.live):
+                    p.copy_(live)
+                self.live = []
+                return
+            correction = 1 - self.decay ** max(1, self.steps)
+            self.live = [p.detach().clone() for p in self.params]
             for p, avg in zip(self.params, self.shadow):
-                live = p.detach().float().clone()
                 p.copy_(avg / correction)
-                avg.copy_(live * correction)
 
 
 def _diverged(epoch: int, step: int, loss: float, config: TrainConfig) -> TrainingDiverged:
@@ -614,10 +621,12 @@ def _run_epochs(s: _Session, data: _Data, prior: _Prior, config: TrainConfig,
                 if ema is not None:
                     ema.update()
                 bar.update()
-            if ema is not None:  # validate (and keep) the averaged weights
-                ema.swap()
-            _recalibrate_batchnorm(s.module, s.calibration, s.autocast)
             ap = f1 = math.nan
+            last = epoch == config.epochs
+            if data.val or last:  # without validation only the final weights need averaging and statistics
+                if ema is not None:  # validate (and keep) the averaged weights
+                    ema.swap()
+                _recalibrate_batchnorm(s.module, s.calibration, s.autocast)
             if data.val:
                 stop()
                 s.module.eval()
@@ -625,8 +634,8 @@ def _run_epochs(s: _Session, data: _Data, prior: _Prior, config: TrainConfig,
                 if ap > best_ap:
                     best_ap, best_epoch = ap, epoch
                     best_state = copy.deepcopy(s.module.state_dict())
-            if ema is not None and epoch < config.epochs:
-                ema.swap()  # train on from the live weights
+                if ema is not None and not last:
+                    ema.swap()  # train on from the live weights
             report = EpochReport(epoch, config.epochs, float(np.mean(losses)), ap, f1, time.perf_counter() - t0)
             rows.append(dataclasses.asdict(report))
             bar.set_postfix(loss=f"{report.loss:.4f}", ap=f"{ap:.3f}")

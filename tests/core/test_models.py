@@ -92,3 +92,22 @@ def test_options_change_the_network():
     assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in base.parameters())
     with pytest.raises(Exception, match="unknown architecture"):
         build(ModelConfig(arch="resnet9"))
+
+
+def test_shortcut_gradient_keeps_the_channels_last_layout():
+    """A residual block's input gradient is the plain slice's gradient, in the layout of its (channels-last) input."""
+    from pupick.core.models import ResBlock
+
+    torch.manual_seed(0)
+    block = ResBlock(3, 3, batchnorm=True)
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weights = torch.randn(2, 3, 12, 12)
+    (block(x) * weights).sum().backward()
+    t = block.trim()
+    ref_x = x.detach().clone().requires_grad_()
+    y = block.b(block.a(ref_x))
+    (torch.relu(y + ref_x[:, :, t:-t, t:-t]) * weights).sum().backward()  # the block by hand, with plain slicing
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-6)
+    with torch.no_grad():  # scoring (no gradients): the same map
+        assert torch.equal(block(x), torch.relu(block.b(block.a(x)) + x[:, :, t:-t, t:-t]))

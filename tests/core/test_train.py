@@ -349,3 +349,12 @@ def test_cli_never_writes_over_an_input_or_a_foreign_file(tmp_path, demo_microgr
                                            "--diameter-px", "56", "--epochs", "1"])
         assert res.exit_code == 1 and str(target) in res.output, res.output  # failed work, one line
         assert target.read_bytes() == before
+
+
+def test_validating_the_weight_average_never_changes_training(tmp_path, demo_micrographs, demo_labels):
+    """Each epoch validates the averaged weights, then trains on from the live ones, restored bit for bit."""
+    mics = demo_micrographs[:2]
+    last = train(mics, demo_labels, tiny(tmp_path, epochs=3, test_split=0.5, ema_decay=0.0), log=lambda m: None)
+    avg = train(mics, demo_labels, tiny(tmp_path, epochs=3, test_split=0.5, ema_decay=0.5), log=lambda m: None)
+    assert avg.history["ap"].notna().all()
+    assert last.history["loss"].tolist() == avg.history["loss"].tolist()
