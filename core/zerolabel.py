@@ -100,7 +100,7 @@ def bootstrap_general(micrographs: Sequence[Any], model: Any, config: Any, boot:
         raise InputError("the bootstrap round fine-tunes from the general model's file; this model has none")
     items = list(micrographs) if _are_items(micrographs) else micrograph_items(micrographs)
     subset = spread_subset(items, boot.micrographs)
-    first = pick(subset, model, config.replace(threshold=DEFAULT_THRESHOLD, max_picks=None), log=lambda m: None)
+    first = pick(subset, model, config.replace(threshold=DEFAULT_THRESHOLD), log=lambda m: None)
     labels, expected = bootstrap_labels(first.picks, len(subset), boot.label_share)
     if len(labels) < boot.min_labels:
         log(f"bootstrap round skipped: {len(labels)} confident picks on {len(subset)} micrograph(s) (need "
