@@ -115,11 +115,25 @@ def bootstrap_general(micrographs: Sequence[Any], model: Any, config: Any, boot:
     log(f"bootstrap round: {len(labels)} labels from the general model's picks on {len(subset)} micrograph(s) "
         f"({expected:.0f} particles per micrograph expected); fine-tuning {boot.epochs} x {boot.steps_per_epoch} steps")
     result = train([it.path for it in subset], labels, train_cfg, log=lambda m: None)
+    device = next(model.module.parameters()).device
+    adapted = result.load(device)
+    # The round changes the ranking, not how many candidates the default threshold keeps: a fine-tune on too few
+    # labels (a low π) would push true particles below it. Lift the scores so that the adapted model keeps at least
+    # as many picks on the subset as the general model did (never lowered).
+    again = pick(subset, adapted, config.replace(threshold=-1e9), log=lambda m: None).picks
+    lift = 0.0
+    if len(first.picks) and len(again) >= len(first.picks):
+        kth = float(np.sort(again["score"].to_numpy(dtype=float))[::-1][len(first.picks) - 1])
+        lift = max(0.0, DEFAULT_THRESHOLD - kth + 1e-3)
+    if lift:
+        result.state_dict["classifier.bias"] = result.state_dict["classifier.bias"] + lift
+        adapted = result.load(device)
+    result.config["score_lift"] = lift
     result.config["provenance"] = {**result.config.get("provenance", {}),
                                    "bootstrap": round_key(model, boot), "bootstrap_micrographs": [
                                        it.micrograph for it in subset]}
-    log(f"bootstrap round: fine-tuned in {result.seconds:.1f} s")
-    return result.load(next(model.module.parameters()).device)
+    log(f"bootstrap round: fine-tuned in {result.seconds:.1f} s" + (f"; scores lifted by {lift:.2f}" if lift else ""))
+    return result.load(device)
 
 
 def is_general_for_size(model: Any) -> bool:

@@ -89,7 +89,7 @@ def cli() -> None:
 @click.option("--diameter", type=float, default=None, help="Blob picker: particle diameter in Å.")
 @click.option("--diameter-px", type=float, default=None, help="Blob picker: particle diameter in px.")
 @click.option("--pixel-size", type=float, default=None, help="Å/px of the micrographs (overrides the headers).")
-@click.option("--bootstrap/--no-bootstrap", default=True, show_default=True,
+@click.option("--bootstrap/--no-bootstrap", default=False, show_default=True,
               help="With --model general: first fine-tune it on its own confident picks on a few exposures, then "
                    "pick with that (as `pupick pick`).")
 @click.option("--views", type=click.Choice([str(v) for v in VIEW_COUNTS]), default=None,

@@ -220,14 +220,14 @@ def test_star_format_keeps_the_list_and_the_files_in_step(runner, trained_model,
     assert set(pd.read_csv(out / "picks.csv")["micrograph"]) == {"311_10028", HELD_OUT}
 
 
-def test_general_model_starts_with_a_bootstrap_round_kept_for_later_runs(runner, two_mics, demo_labels, tmp_path):
-    """`--model general` fine-tunes on its own picks first (kept as general_bootstrap.pt and reused by a rerun with
-    more micrographs); `--no-bootstrap` picks with the general model alone, into other picks."""
+def test_general_model_with_a_bootstrap_round_kept_for_later_runs(runner, two_mics, demo_labels, tmp_path):
+    """`--model general --bootstrap` fine-tunes on its own picks first (kept as general_bootstrap.pt and reused by a
+    rerun with more micrographs); `--no-bootstrap` picks with the general model alone, into other picks."""
     from pupick.core.modelfile import load_model
     from pupick.core.zerolabel import BOOTSTRAP_MODEL
 
     out = tmp_path / "boot"
-    args = ["--model", "general", "--diameter-px", "56", "-o", str(out), "--device", "cpu"]
+    args = ["--model", "general", "--diameter-px", "56", "-o", str(out), "--device", "cpu", "--bootstrap"]
     res = runner.invoke(cli, ["pick", two_mics[0], *args])
     assert res.exit_code == 0, res.output
     assert "bootstrap round: " in res.output and "fine-tuned in" in res.output
@@ -239,7 +239,7 @@ def test_general_model_starts_with_a_bootstrap_round_kept_for_later_runs(runner,
     assert "bootstrap round: reusing" in again.output and "fine-tuned in" not in again.output
     assert json.loads((out / "pupick_pick.json").read_text())["settings"]["bootstrap"]["micrographs"] >= 1
     plain = tmp_path / "plain"
-    res = runner.invoke(cli, ["pick", *two_mics, *args[:-4], "-o", str(plain), "--device", "cpu", "--no-bootstrap"])
+    res = runner.invoke(cli, ["pick", *two_mics, *args[:4], "-o", str(plain), "--device", "cpu", "--no-bootstrap"])
     assert res.exit_code == 0, res.output
     assert "bootstrap round" not in res.output and not (plain / BOOTSTRAP_MODEL).exists()
     a, b = pd.read_csv(out / "picks.csv"), pd.read_csv(plain / "picks.csv")
