@@ -55,7 +55,7 @@ def bootstrap_labels(bset):
     from pupick.core.pipeline import pick
 
     cfg = bset.pick_config(method="blob", scale=bset.factor, exclude_carbon=True, threshold=COUNT_SCORE,
-                           border_px=bset.diameter_px / 2)
+                           border=bset.diameter_px / 2)
     run = pick(bset.train, None, cfg, progress=False, log=lambda m: None)
     picks = run.picks
     labels = picks[picks["score"] >= LABEL_SCORE][["micrograph", "x", "y"]].reset_index(drop=True)

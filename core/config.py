@@ -245,6 +245,10 @@ class PickConfig:
     exclude_carbon: bool = False  # drop picks on pixels far from the GMM ice component
     workers: int = 1  # reader/preprocessor threads overlapping with scoring
     score_map_dir: str | None = None  # write each score map as <dir>/<stem>.mrc (downsampled grid)
+    # The general model first takes one bootstrap round (core/zerolabel.py): its confident picks on a few micrographs
+    # fine-tune it, then that model picks. Off by default: the general model alone measured better on 4 of 6 sets
+    # (issue 19 §3, BENCHMARKS.md). No effect on other models or the blob picker.
+    bootstrap: bool = False
 
     def __post_init__(self) -> None:
         _one_of(self.method, "--method", METHODS)
@@ -342,6 +346,7 @@ SETTINGS: dict[str, tuple[str, str, Any]] = {
     "tile_size": ("score", "tile_size", _integer),
     "dark_particles": ("blob", "dark_particles", _flag),
     "exclude_carbon": ("", "exclude_carbon", _flag),
+    "bootstrap": ("", "bootstrap", _flag),
     "workers": ("", "workers", _integer),
 }
 NULLABLE = frozenset()  # None always means "the default"

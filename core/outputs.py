@@ -278,13 +278,18 @@ def pick_to_dir(
     """Resumable picking into OUT_DIR: per-micrograph files (optional), records, then OUT_DIR/picks.csv."""
     from .pipeline import check_model, micrograph_items, pick
 
+    from .zerolabel import prepare, round_settings
+
     items = micrograph_items(micrographs)
     model = check_model(model, config, items)
     kw = {"remedy": remedy} if remedy else {}
+    settings = {**(settings or {}), **round_settings(model, config)}
     with OutputDir(out_dir, "pick", pick_settings(model, config, settings), overwrite=overwrite, **kw) as out:
         root = out.path
         done, todo = out.pending(items, files, log)
         done_names = {i.micrograph for i in done}
+        if todo:  # the general model's bootstrap round (kept in OUT_DIR for later runs), when on
+            model = prepare(model, config, items, root, overwrite=overwrite, log=log)
 
         def finish(res: Any) -> None:
             if res.error is not None:

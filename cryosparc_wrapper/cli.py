@@ -89,6 +89,9 @@ def cli() -> None:
 @click.option("--diameter", type=float, default=None, help="Blob picker: particle diameter in Å.")
 @click.option("--diameter-px", type=float, default=None, help="Blob picker: particle diameter in px.")
 @click.option("--pixel-size", type=float, default=None, help="Å/px of the micrographs (overrides the headers).")
+@click.option("--bootstrap/--no-bootstrap", default=False, show_default=True,
+              help="With --model general: first fine-tune it on its own confident picks on a few exposures, then "
+                   "pick with that (as `pupick pick`).")
 @click.option("--views", type=click.Choice([str(v) for v in VIEW_COUNTS]), default=None,
               help=f"Average the score over this many rotated/mirrored copies (default {DEFAULT_VIEWS}).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where the network runs.")
@@ -108,7 +111,7 @@ def pick_command(**kw) -> None:
         "threshold": kw["threshold"], "min_distance": kw["min_distance"], "max_picks": kw["max_picks"],
         "border": kw["border"], "pixel_size": kw["pixel_size"], "device": kw["device"],
         "views": int(kw["views"]) if kw["views"] else None, "method": kw["method"], "diameter": kw["diameter"],
-        "diameter_px": kw["diameter_px"]})
+        "diameter_px": kw["diameter_px"], "bootstrap": kw["bootstrap"]})
     client = None
     if kw["token_file"] and not kw["server"]:
         raise click.UsageError("--token-file needs --server")
