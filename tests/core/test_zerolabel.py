@@ -69,6 +69,7 @@ def test_bootstrap_round_gives_a_model_for_this_particle_size_and_is_determinist
     assert a is not general56 and not needs_particle_size(a)
     assert a.config["diameter_px"] == pytest.approx(56) and a.config["factor"] == pytest.approx(56 / 24)
     assert a.sha256 == b.sha256  # same seed, same weights
+    assert a.config["score_lift"] >= 0  # scores are only ever lifted, so the threshold keeps the general's candidates
     assert any("labels from the general model's picks on 2 micrograph(s)" in n for n in notes)
     held = [p for p in demo_micrographs if p.stem == held_out_micrograph]
     run = pick(held, a, config, log=lambda m: None)
