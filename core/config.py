@@ -141,7 +141,9 @@ VIEW_COUNTS = (1, 2, 4, 8)  # test-time views the scorer offers (see core.score.
 DEFAULT_VIEWS = 2  # native stride: the half-turn pair, within 0.005 AP of 4 views on every shared set at half the
 # network time (issue 15, BENCHMARKS.md pick_speed); 4 and 8 views score alike
 STRIDE_MODES = ("native", "dense")  # one name in training and picking: the network's own stride, or every pixel
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # training (autocast) and scoring
+# scoring also offers int8 on CPU (core.quantized): u8 activations scaled per micrograph, s8 weights
+SCORE_PRECISIONS = PRECISIONS + ("int8",)
 METHODS = ("cnn", "blob")
 DEFAULT_THRESHOLD = -6.0  # logit; low on purpose so recall (and AP) is not capped
 
@@ -187,15 +189,17 @@ class ScoreConfig:
     """How the CNN scores a micrograph: device, precision, stride mode, test-time views, tile size."""
 
     device: str = "auto"
-    precision: str = "auto"  # auto (bf16 where the hardware has it) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 where the hardware has it) | fp32 | bf16 | int8 (CPU, native stride)
     stride: str = "native"  # native (network stride + sub-pixel refinement) | dense (exact map at every pixel)
     views: int | None = None  # mean score over 1, 2, 4 or 8 rotated/mirrored copies; None: DEFAULT_VIEWS native, 1 dense
     tile_size: int | None = None  # downsampled pixels per scoring tile side (at most); None: 1024 on CPU, 2048 on GPU
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", check_device(self.device))
-        _one_of(self.precision, "--precision", PRECISIONS)
+        _one_of(self.precision, "--precision", SCORE_PRECISIONS)
         _one_of(self.stride, "stride", STRIDE_MODES)
+        if self.precision == "int8" and self.stride != "native":
+            raise InputError("--precision int8 scores at the native stride only (drop --dense, or choose bf16)")
         if self.views is not None:
             _one_of(self.views, "--views", VIEW_COUNTS)
         _whole(self.tile_size, "--tile-size", 16)

@@ -9,7 +9,7 @@ import click
 
 import dataclasses
 
-from ..config import DEFAULT_THRESHOLD, DEFAULT_VIEWS, METHODS, PRECISIONS, VIEW_COUNTS, PickConfig
+from ..config import DEFAULT_THRESHOLD, DEFAULT_VIEWS, METHODS, SCORE_PRECISIONS, VIEW_COUNTS, PickConfig
 from ..evaluate import default_match_radius
 from ..io import Protected, atomic_path, check_output, check_output_dir, expand_inputs
 from ..pipeline import check_model, micrograph_items
@@ -117,7 +117,9 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @click.option("--views", type=click.Choice([str(v) for v in VIEW_COUNTS]), default=None,
               help="Average the score over this many rotated/mirrored copies of each micrograph (more: smoother, "
                    f"slower; default {DEFAULT_VIEWS}, or 1 with --dense).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(SCORE_PRECISIONS), default="auto", show_default=True,
+              help="Scoring arithmetic: auto (bf16 where the hardware has it), fp32, bf16, or int8 (CPU, native "
+                   "stride: 8-bit activations scaled per micrograph).")
 @click.option("--score-maps", is_flag=True, help="Also write each score map as OUTDIR/score_maps/<stem>.mrc.")
 @click.option("--method", type=click.Choice(METHODS), default="cnn", show_default=True,
               help="cnn (a trained model) or blob (training-free band-pass picker; needs the diameter).")

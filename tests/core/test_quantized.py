@@ -1,0 +1,122 @@
+"""Int8 scoring (core.quantized): close to fp32 on a real micrograph for every architecture, exact tiling, scales
+that depend only on the micrograph, and the options that refuse it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pupick.core import quantized
+from pupick.core.config import ARCHITECTURES, PickConfig, ScoreConfig
+from pupick.core.errors import InputError
+from pupick.core.modelfile import load_model
+from pupick.core.models import ModelConfig, build
+from pupick.core.pipeline import MicrographItem, prepare_micrograph
+from pupick.core.score import Scorer, inference_precision
+
+pytestmark = pytest.mark.skipif(not quantized.available(), reason="this torch build has no oneDNN int8 convolutions")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model(trained_model):
+    return load_model(trained_model)
+
+
+@pytest.fixture(scope="module")
+def images(model, demo_micrographs, held_out_micrograph):
+    """Two bundled micrographs preprocessed for the session model (the held-out one first)."""
+    paths = sorted(demo_micrographs, key=lambda p: p.stem != held_out_micrograph)[:2]
+    config = PickConfig.from_settings({"device": "cpu"})
+    return [prepare_micrograph(MicrographItem(p.stem, str(p)), model.config, config)[0].image for p in paths]
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_int8_map_of_a_real_micrograph_is_close_to_fp32(model, images):
+    int8 = Scorer(model, ScoreConfig(precision="int8", device="cpu", views=1))
+    assert int8.int8 is not None
+    got = int8.coarse(images[0])
+    ref = Scorer(model, ScoreConfig(precision="fp32", device="cpu", views=1)).coarse(images[0])
+    bf16 = Scorer(model, ScoreConfig(precision="bf16", device="cpu", views=1)).coarse(images[0])
+    assert got.shape == ref.shape
+    assert _rel(got, ref) < 1e-2
+    assert _rel(got, ref) < 3 * _rel(bf16, ref) + 1e-3  # the same order of error as bf16
+    # the peaks that become picks: the 200 best coarse positions are nearly all the same
+    top = lambda m: set(np.argsort(m, axis=None)[-200:].tolist())  # noqa: E731
+    assert len(top(got) & top(ref)) >= 180
+
+
+@pytest.mark.parametrize("arch, pooling, batchnorm", [(a, "max", True) for a in ARCHITECTURES]
+                         + [("resnet8", "stride", True), ("conv31", "max", False)])
+def test_every_architecture_scores_in_int8_close_to_fp32(images, arch, pooling, batchnorm):
+    torch.manual_seed(0)
+    net = build(ModelConfig(arch=arch, units=4, pooling=pooling, batchnorm=batchnorm))
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    crop = images[0][:192, :160]
+    scorer = Scorer(net, ScoreConfig(precision="int8", device="cpu", views=1))
+    assert scorer.int8 is not None, f"{arch} has no int8 form"
+    ref = Scorer(net, ScoreConfig(precision="fp32", device="cpu", views=1)).coarse(crop)
+    bf16 = Scorer(net, ScoreConfig(precision="bf16", device="cpu", views=1)).coarse(crop)
+    # untrained nets give nearly flat maps: judge the error against bf16's on the same map
+    assert _rel(scorer.coarse(crop), ref) < 4 * _rel(bf16, ref) + 5e-3
+
+
+def test_int8_tiles_stitch_into_the_untiled_map_exactly(model, images):
+    image = images[0][:300, :260]
+    whole = Scorer(model, ScoreConfig(precision="int8", device="cpu", tile_size=4096)).coarse(image)
+    for tile in (40, 48, 100):
+        got = Scorer(model, ScoreConfig(precision="int8", device="cpu", tile_size=tile)).coarse(image)
+        np.testing.assert_array_equal(got, whole)  # integer sums: no rounding differences between tilings
+
+
+def test_scales_come_from_each_micrograph_alone(model, images):
+    a, b = images
+    scorer = Scorer(model, ScoreConfig(precision="int8", device="cpu"))
+    first_a = scorer(a)
+    after_b = (scorer(b), scorer(a))[1]
+    np.testing.assert_array_equal(first_a, after_b)
+    fresh = Scorer(model, ScoreConfig(precision="int8", device="cpu"))
+    np.testing.assert_array_equal(fresh(b), scorer(b))
+    crop_a = lambda img: torch.from_numpy(np.pad(img, fresh.pad))[None, None].to(fresh.dtype)  # noqa: E731
+    assert fresh.int8.scales(crop_a(a)) != fresh.int8.scales(crop_a(b))
+
+
+def test_int8_logits_do_not_depend_on_the_thread_count(model, images):
+    maps = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            maps.append(Scorer(model, ScoreConfig(precision="int8", device="cpu")).coarse(images[1]))
+        finally:
+            torch.set_num_threads(1)
+    np.testing.assert_array_equal(maps[0], maps[1])
+
+
+def test_auto_scores_in_int8_where_the_cpu_has_int8_dot_products(model):
+    auto = Scorer(model, ScoreConfig(device="cpu"))
+    assert (auto.int8 is not None) == quantized.cpu_has_vnni()
+    assert Scorer(model, ScoreConfig(device="cpu", precision="bf16")).int8 is None
+    assert Scorer(model, ScoreConfig(device="cpu", stride="dense")).int8 is None  # dense: the float path
+
+
+def test_int8_is_refused_where_it_cannot_run():
+    with pytest.raises(InputError, match="native stride"):
+        ScoreConfig(precision="int8", stride="dense")
+    with pytest.raises(InputError, match="CPU only"):
+        inference_precision("int8", torch.device("cuda"))
+    with pytest.raises(InputError, match="--precision"):
+        ScoreConfig(precision="int4")
