@@ -36,8 +36,9 @@ from common import (DATA_ROOT, bench_args, discover_sets, evaluate_test, load_se
 
 # (stride, precision, views)
 # None = the default view count (PickConfig.resolved_views); four views are kept as a row whatever the default
-MODES = [("native", "bf16", None), ("native", "bf16", 4), ("native", "bf16", 1), ("native", "fp32", None),
-         ("dense", "bf16", None), ("dense", "fp32", None)]
+# "auto" is the default mode: int8 on CPUs with VNNI (core.quantized), else bf16 or fp32 as the hardware has them
+MODES = [("native", "auto", None), ("native", "bf16", None), ("native", "bf16", 4), ("native", "bf16", 1),
+         ("native", "fp32", None), ("dense", "bf16", None), ("dense", "fp32", None)]
 FULL_PIXEL_SIZE = 1.77
 TOPAZ_RECORDED_S = 7.67  # Topaz 0.3.20 preprocess + extract, s per 4096² micrograph, whole process (issue 15)
 TOPAZ_RECORDED_RSS_MB = 2980
@@ -107,12 +108,17 @@ def ap_by_views(data: Path, names: list[str] | None, device: str, tmp: Path, see
             row[f"ap_{views}_views"] = evaluate_test(run.picks, bset)["ap"]
             row[f"s_per_micrograph_{views}_views"] = (time.perf_counter() - t0) / len(bset.test)
         row["ap_default"] = row[f"ap_{row['default_views']}_views"]
+        # the default views in bf16: against the default precision (int8 where the CPU has VNNI), the same model
+        run = _pick(bset.test, model, bset.pick_config(views=row["default_views"], device=device, precision="bf16"))
+        row["ap_default_bf16"] = evaluate_test(run.picks, bset)["ap"]
+        row["default_precision"] = resolved_precision(model, device)
         # the CPU tile before core.allocator (512 px; now up to 1024): the same model and views, tiles cut otherwise
         run = _pick(bset.test, model, bset.pick_config(views=row["default_views"], device=device, tile_size=512))
         row["ap_default_tile_512"] = evaluate_test(run.picks, bset)["ap"]
         rows.append(row)
         print(f"  {bset.name} seed {seed}: AP " + ", ".join(f"{v} view(s) {row[f'ap_{v}_views']:.4f}" for v in VIEW_COUNTS)
-              + f"; default with 512-px tiles {row['ap_default_tile_512']:.4f}", flush=True)
+              + f"; default with 512-px tiles {row['ap_default_tile_512']:.4f}; default ({row['default_precision']}) "
+              f"{row['ap_default']:.4f} vs bf16 {row['ap_default_bf16']:.4f}", flush=True)
     return rows + [{"set": n, "skipped": r} for n, r in skipped]
 
 
@@ -334,6 +340,35 @@ def ablation(model_path: Path, device: str, n: int) -> list[dict]:
              "relative_to_first": statistics.median(times[i]) / base} for i, v in enumerate(variants)]
 
 
+def resolved_precision(model, device: str, precision: str = "auto", stride: str = "native") -> str:
+    """What a precision setting scores in here: int8, bf16 or fp32 (fp16 on an old GPU)."""
+    from pupick.core.config import ScoreConfig
+    from pupick.core.modelfile import load_model
+    from pupick.core.score import Scorer
+
+    model = load_model(model) if isinstance(model, (str, Path)) else model
+    scorer = Scorer(model, ScoreConfig(stride=stride, precision=precision, device=device))
+    return "int8" if scorer.int8 is not None else str(scorer.dtype).replace("torch.", "").replace("bfloat16", "bf16"
+                                                                                                    ).replace("float32", "fp32")
+
+
+def int8_peak(channels: int = 512, side: int = 128, reps: int = 5) -> float:
+    """Best GOP/s of a 1x1 int8 convolution (a matmul: side² x channels x channels) through core.quantized's kernel."""
+    import torch
+
+    from pupick.core.quantized import _QConv
+
+    conv = _QConv(torch.nn.Conv2d(channels, channels, 1))
+    x = torch.randint(0, 255, (1, channels, side, side), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    conv(x, 0.01, 0.05)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        conv(x, 0.01, 0.05)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * side * side * channels * channels / best / 1e9
+
+
 def matmul_peak(dtype_name: str, device: str, n: int = 2048, reps: int = 5) -> float:
     """Best GFLOP/s of an n x n matmul on this process's torch threads (or the GPU)."""
     import torch
@@ -400,6 +435,9 @@ def main() -> None:
         per_set = [] if args.quick else ap_by_views(Path(args.data), args.sets, device, tmp)
         mrcs = convert_full(bset.dir / "full4096", tmp)
         peaks = {p: matmul_peak(p, device) for p in ("bf16", "fp32")}
+        resolved = {pr: resolved_precision(model, device, pr, st) for st, pr, _ in modes}
+        if "int8" in resolved.values():
+            peaks["int8"] = int8_peak()
         startup = startup_seconds(device)
         topaz = None
         for i, (stride, precision, views) in enumerate(modes):
@@ -424,24 +462,25 @@ def main() -> None:
             flops = conv_flops(model, (1024, 1024), stride, views)
             s_score = score_seconds(model, (1024, 1024), stride, precision, views, 1 if args.quick else 3, device)
             stages = stage_seconds(model, mrcs[0], stride, precision, views, device)
+            peak = peaks.get(resolved[precision], peaks["bf16"])
             row = {
-                "stride": stride, "dtype": precision, "views": views,
+                "stride": stride, "dtype": precision, "resolved_precision": resolved[precision], "views": views,
                 "process_s_per_micrograph": whole["process_s_per_micrograph"],
                 "x_faster_than_topaz": topaz_s / whole["process_s_per_micrograph"],
                 "warm_s_per_micrograph": warm["median"], "warm_runs": warm,
                 "first_pass_s_per_micrograph": out["seconds_per_micrograph"][0],
                 "peak_rss_mb": whole["peak_rss_mb"], "picks_per_micrograph": out["n_picks"] / len(mrcs),
                 "gflop_per_micrograph": flops / 1e9, "score_seconds": s_score,
-                "achieved_gflops": flops / 1e9 / s_score, "matmul_peak_gflops": peaks[precision],
-                "fraction_of_peak": flops / 1e9 / s_score / peaks[precision],
+                "achieved_gflops": flops / 1e9 / s_score, "matmul_peak_gflops": peak,
+                "fraction_of_peak": flops / 1e9 / s_score / peak,
                 ("stage_wall_seconds" if device.startswith("cuda") else "stage_cpu_seconds_1thread"): stages,
             }
             results.append(row)
-            print(f"  4096² {stride:5s} {precision} {views} view(s): whole process {row['process_s_per_micrograph']:.2f}"
+            print(f"  4096² {stride:5s} {precision} ({resolved[precision]}) {views} view(s): whole process {row['process_s_per_micrograph']:.2f}"
                   f" s/micrograph ({row['x_faster_than_topaz']:.1f}x Topaz), warm {row['warm_s_per_micrograph']:.2f} s,"
                   f" peak RSS {row['peak_rss_mb']:.0f} MiB; {row['gflop_per_micrograph']:.0f} GFLOP, scoring "
                   f"{s_score:.2f} s = {row['achieved_gflops']:.0f} GFLOP/s ({row['fraction_of_peak']:.0%} of "
-                  f"{peaks[precision]:.0f} matmul peak)", flush=True)
+                  f"{peak:.0f} {resolved[precision]} peak)", flush=True)
             print("     stages: " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()), flush=True)
         abl = [] if args.quick else ablation(model, device, 3)
         for r in abl:
@@ -449,7 +488,7 @@ def main() -> None:
                   f"({r['relative_to_first']:.2f}x)", flush=True)
         gpu = {"device": torch.cuda.get_device_name(0)} if torch.cuda.is_available() else None
     load1 = os.getloadavg()[0]
-    default = next((r for r in results if r.get("stride") == "native" and r.get("dtype") == "bf16"
+    default = next((r for r in results if r.get("stride") == "native" and r.get("dtype") == "auto"
                     and r.get("views") == default_views("native") and "error" not in r), None)
     targets = {"warm_s_max": 0.5, "process_s_max": TOPAZ_RECORDED_S / 8, "x_topaz_min": 8, "rss_mb_max": 1024}
     met = None if default is None else {

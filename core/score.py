@@ -285,14 +285,10 @@ class Scorer:
             return self.module(x)
 
     def _int8_scales(self, batch: torch.Tensor, h: int, w: int) -> list[float] | None:
-        """Int8 activation scales from the central crop of the first view (None: not scoring in int8)."""
+        """Int8 activation scales from crops of the first view (None: not scoring in int8)."""
         if self.int8 is None:
             return None
-        p, c = self.pad, quantized.CALIBRATION_CROP
-        ch, cw = min(c, h), min(c, w)
-        y0, x0 = (h - ch) // 2, (w - cw) // 2
-        crop = batch[0:1, :, y0:y0 + ch + 2 * p, x0:x0 + cw + 2 * p].contiguous(memory_format=torch.channels_last)
-        return self.int8.scales(crop)
+        return self.int8.scales(quantized.calibration_crops(batch[0], h, w, self.pad))
 
     def _coarse_batch(self, batch: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Maps at the scorer's stride of a padded batch [n, 1, h + 2P, w + 2P]: [n, ceil(h / J), ceil(w / J)]."""

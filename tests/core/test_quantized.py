@@ -113,6 +113,26 @@ def test_auto_scores_in_int8_where_the_cpu_has_int8_dot_products(model):
     assert Scorer(model, ScoreConfig(device="cpu", stride="dense")).int8 is None  # dense: the float path
 
 
+@pytest.mark.parametrize("h, w, n, side", [(300, 260, 4, (96, 96)), (300, 150, 2, (96, 96)), (150, 111, 1, (96, 96)),
+                                           (50, 40, 1, (50, 40))])
+def test_calibration_crops_spread_over_the_micrograph(h, w, n, side):
+    pad = 5
+    padded = torch.arange((h + 2 * pad) * (w + 2 * pad), dtype=torch.float32).reshape(1, h + 2 * pad, w + 2 * pad)
+    crops = quantized.calibration_crops(padded, h, w, pad)
+    assert tuple(crops.shape) == (n, 1, side[0] + 2 * pad, side[1] + 2 * pad)
+    # each crop is a window of the padded image, centred in its part of the micrograph
+    width = w + 2 * pad
+    corners = [(int(c[0, 0, 0]) // width, int(c[0, 0, 0]) % width) for c in crops]
+    assert len(set(corners)) == n
+    for y0, x0 in corners:
+        assert 0 <= y0 <= h - side[0] and 0 <= x0 <= w - side[1]
+        np.testing.assert_array_equal(crops[corners.index((y0, x0)), 0].numpy(),
+                                      padded[0, y0:y0 + side[0] + 2 * pad, x0:x0 + side[1] + 2 * pad].numpy())
+    if n == 4:  # one per quarter
+        assert {(y0 + side[0] // 2 >= h // 2, x0 + side[1] // 2 >= w // 2) for y0, x0 in corners} == {
+            (False, False), (False, True), (True, False), (True, True)}
+
+
 def test_int8_is_refused_where_it_cannot_run():
     with pytest.raises(InputError, match="native stride"):
         ScoreConfig(precision="int8", stride="dense")
