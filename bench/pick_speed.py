@@ -1,7 +1,8 @@
 """Picking speed, memory and mode quality (issue 15).
 
 1. Trains a ResNet8-u32 quickly on the shared empiar10017 set (1024², 7.08 Å/px, factor 1; quality protocol split).
-2. Mode quality: AP on the set's test micrographs for native/dense x bf16/fp32 (deltas against dense fp32).
+2. Mode quality: AP on the set's test micrographs for the default (auto: int8 on CPUs with VNNI) and native/dense x
+   bf16/fp32 (deltas against dense fp32).
 3. AP of the default mode on every shared set, and by view count (1, 2, 4, 8), one model per set (seed 0, the
    protocol's training): the measurement behind the default view count.
 4. Speed on four 4096² micrographs (full4096/*.jpg converted to float32 MRC, 1.77 Å/px; the model's 7.08 Å/px gives
@@ -14,8 +15,8 @@
 
     python bench/pick_speed.py [--quick] [--device cpu|cuda|auto] [--model MODEL.pt] [--threads N]
 
-`--quick` (about a minute on a quiet 2-core machine with --model; a few with the training): the default mode only,
-no per-set AP or ablation. Writes bench/out/pick_speed.json.
+`--quick` (about two minutes on a quiet 2-core machine with --model; a few with the training): the default mode and
+bf16 at the default views only, no per-set AP or ablation. Writes bench/out/pick_speed.json.
 """
 from __future__ import annotations
 
@@ -352,13 +353,14 @@ def resolved_precision(model, device: str, precision: str = "auto", stride: str 
                                                                                                     ).replace("float32", "fp32")
 
 
-def int8_peak(channels: int = 512, side: int = 128, reps: int = 5) -> float:
-    """Best GOP/s of a 1x1 int8 convolution (a matmul: side² x channels x channels) through core.quantized's kernel."""
+def int8_peak(channels: int = 256, side: int = 96, reps: int = 5) -> float:
+    """Best GOP/s of a compute-bound int8 convolution (3x3, 256 -> 256 channels, 96² input) through core.quantized's
+    kernel on this process's threads: the int8 counterpart of `matmul_peak` (a 1x1 convolution is memory-bound)."""
     import torch
 
     from pupick.core.quantized import _QConv
 
-    conv = _QConv(torch.nn.Conv2d(channels, channels, 1))
+    conv = _QConv(torch.nn.Conv2d(channels, channels, 3))
     x = torch.randint(0, 255, (1, channels, side, side), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     conv(x, 0.01, 0.05)
     best = float("inf")
@@ -366,7 +368,8 @@ def int8_peak(channels: int = 512, side: int = 128, reps: int = 5) -> float:
         t0 = time.perf_counter()
         conv(x, 0.01, 0.05)
         best = min(best, time.perf_counter() - t0)
-    return 2 * side * side * channels * channels / best / 1e9
+    out = side - 2
+    return 2 * out * out * channels * channels * 9 / best / 1e9
 
 
 def matmul_peak(dtype_name: str, device: str, n: int = 2048, reps: int = 5) -> float:
@@ -425,8 +428,9 @@ def main() -> None:
         else:
             model, t_train = train_model(bset, tmp / "model.pt", args.quick, device)
             print(f"trained on {len(bset.train)} micrographs in {t_train:.0f} s", flush=True)
-        modes = MODES[:1] if args.quick else list(dict.fromkeys(  # the default and an explicit 4 may coincide
-            (st, pr, v or default_views(st)) for st, pr, v in MODES))
+        # quick: the default and bf16 with the default views (the same-run comparison where the default is int8)
+        modes = list(dict.fromkeys(  # the default and an explicit 4 may coincide
+            (st, pr, v or default_views(st)) for st, pr, v in (MODES[:2] if args.quick else MODES)))
         quality = mode_quality(bset, model, modes, device, args.quick)
         for r in quality:
             delta = "" if r["ap_delta_vs_dense_fp32"] is None else f" ({r['ap_delta_vs_dense_fp32']:+.3f} vs dense fp32)"
