@@ -259,6 +259,16 @@ def pick_settings(model: Any, config: Any, extra: dict[str, Any] | None = None) 
             "pick": config.recorded(), **(extra or {})}
 
 
+def unfinished(out_dir: str | os.PathLike, items: Sequence[Any], files: "PerMicrographFiles | None" = None,
+               overwrite: bool = False) -> list[Any]:
+    """The items a pick run into `out_dir` has left to do (all of them with `overwrite`), without taking the
+    directory's lock or creating it: what a prefetch should prepare, so a resumed run reads no finished micrograph."""
+    if overwrite:
+        return list(items)
+    out = OutputDir(out_dir, "pick", {})
+    return [i for i in items if not out.is_done(i.micrograph, out.targets(i, files))]
+
+
 def pick_to_dir(
     micrographs: Any,
     model: Any,

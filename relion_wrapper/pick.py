@@ -87,15 +87,11 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     from pupick.core.outputs import OutputDir, PerMicrographFiles, pick_to_dir
     from pupick.core.tables import duplicate_stems, stem
 
-    model = None
-    if client is None:
-        from pupick.core.modelfile import load_model, needs_particle_size
+    if client is None and not named:  # a model file: is it tied to a particle size? (its config, read without torch)
+        from pupick.core.modelmeta import needs_particle_size as config_needs_size, read_config
 
-        model = load_model(values["model"])  # a file, or the shipped `general`
-        named = named or needs_particle_size(model)
-        mc = model.config
-        say(f"model {values['model']}: {mc.get('arch')}, particle diameter {mc.get('diameter_px')} px at "
-            f"{mc.get('pixel_size') or 'unknown'} Å/px")
+        meta = read_config(values["model"])
+        named = meta is not None and config_needs_size(meta)
     rel = [coordinates_relpath(p, SUFFIX) for p in mics["path"]]
     owner: dict[PurePosixPath, str] = {}
     for path, r in zip(mics["path"], rel):
@@ -112,16 +108,15 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     min_dist = values["min_distance"]
     if min_dist is None and values["diameter"] is not None:
         min_dist = values["diameter"] / 2
-    config = PickConfig.from_settings({
-        "threshold": values["threshold"], "min_distance_A": min_dist, "max_picks": values["max_picks"],
-        "device": device, "views": int(values["views"]) if values["views"] else None,
-        # a general model is set to the particle size (check_model); a trained one keeps its own
-        "diameter": values["diameter"] if named else None, "bootstrap": values["bootstrap"] == "yes"})
-    if model is not None and named:
-        from pupick.core.pipeline import check_model, micrograph_items
 
-        model = check_model(model, config, micrograph_items(table))
-        say(f"general model set to a {model.config.get('diameter_px')} px particle")
+    def pick_config(sized: bool) -> PickConfig:
+        return PickConfig.from_settings({
+            "threshold": values["threshold"], "min_distance_A": min_dist, "max_picks": values["max_picks"],
+            "device": device, "views": int(values["views"]) if values["views"] else None,
+            # a general model is set to the particle size (check_model); a trained one keeps its own
+            "diameter": values["diameter"] if sized else None, "bootstrap": values["bootstrap"] == "yes"})
+
+    config = pick_config(named)
     executor = None
     if values["cluster"]:  # checked here, before any work; started with the picking
         from pupick.core.cluster import executor_from_spec
@@ -133,6 +128,32 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     n_done = sum(OutputDir(job.out_dir, "pick", {}).is_done(n, [job.out_dir / r]) for n, r in rel_of.items())
     say(f"{len(mics)} micrograph(s) in {mics_star}: {n_done} picked by an earlier run (kept), "
         f"{len(mics) - n_done} to pick")
+    model = prefetch = local = None
+    if client is None:
+        from pupick.core.modelfile import load_model, needs_particle_size
+        from pupick.core.pipeline import check_model, micrograph_items
+
+        items = micrograph_items(table)
+        if executor is None:  # the micrographs left to pick are read while torch and the model load
+            from pupick.core.executors import LocalExecutor
+            from pupick.core.outputs import unfinished
+            from pupick.core.prefetch import start_prefetch
+
+            prefetch = start_prefetch(unfinished(job.out_dir, items, files), values["model"], config)
+            local = LocalExecutor(config.workers, prefetch)
+        try:
+            model = load_model(values["model"])  # a file, or the shipped `general`
+        except BaseException:
+            if prefetch is not None:
+                prefetch.close()
+            raise
+        mc = model.config
+        say(f"model {values['model']}: {mc.get('arch')}, particle diameter {mc.get('diameter_px')} px at "
+            f"{mc.get('pixel_size') or 'unknown'} Å/px")
+        if named or needs_particle_size(model):
+            config = pick_config(True)  # the same unless the file's config could not be read without torch
+            model = check_model(model, config, items)
+            say(f"general model set to a {model.config.get('diameter_px')} px particle")
     counts: list[int] = []
     started = time.perf_counter()
 
@@ -149,9 +170,11 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
             set_threads(args.threads)
             with executor or contextlib.nullcontext():
                 result = pick_to_dir(table, model, config, job.out_dir, files=files, on_result=on_result,
-                                     should_stop=job.abort_requested, log=say, executor=executor,
+                                     should_stop=job.abort_requested, log=say, executor=executor or local,
                                      remedy="run a new job for new settings, so one job's picks stay comparable")
     finally:
+        if prefetch is not None:
+            prefetch.close()
         n_listed = _write_list(job.out_dir, args.out_name, mics, rel, job.version)
         say(f"{job.out_dir / LIST_NAME}: lists {n_listed} micrograph(s)")
     if counts:

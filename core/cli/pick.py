@@ -195,7 +195,10 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
             from ..executors import LocalExecutor
             from ..prefetch import start_prefetch
 
-            prefetch = start_prefetch(items, model_path, config)
+            from ..outputs import unfinished
+
+            # a resumed run: only what is left (the format's file names do not depend on the box size)
+            prefetch = start_prefetch(unfinished(out, items, _files(fmt, None), overwrite), model_path, config)
             local = LocalExecutor(config.workers, prefetch)
         model = run_core(check_model, model_path, config, items)  # loaded once, here
     label_table = run_core(read_pick_table, labels) if labels else None

@@ -74,3 +74,21 @@ def test_no_prefetch_where_it_cannot_know_the_size(items):
     prefetch = start_prefetch(items, None, blob)
     assert prefetch is not None and prefetch.model_config is None
     prefetch.close()
+
+
+def test_a_resumed_run_prefetches_only_the_micrographs_left(trained_model, items, tmp_path):
+    from pupick.core.outputs import PerMicrographFiles, pick_to_dir, unfinished
+
+    def write(df, target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(target, index=False)
+
+    files = PerMicrographFiles(target=lambda item: f"coordinates/{item.micrograph}.csv", write=write)
+    out = tmp_path / "picks"
+    assert unfinished(out, items, files) == list(items)  # nothing there yet (and nothing created)
+    assert not out.exists()
+    pick_to_dir(items[:2], load_model(trained_model), CPU, out, files=files, log=lambda m: None)
+    assert unfinished(out, items, files) == [items[2]]
+    assert unfinished(out, items, files, overwrite=True) == list(items)
+    (out / "coordinates" / f"{items[0].micrograph}.csv").unlink()  # a deleted output is redone
+    assert unfinished(out, items, files) == [items[0], items[2]]
