@@ -106,6 +106,21 @@ def test_int8_logits_do_not_depend_on_the_thread_count(model, images):
     np.testing.assert_array_equal(maps[0], maps[1])
 
 
+def test_int8_takes_fp32_input_where_the_cpu_has_no_bf16(model, images):
+    """On a CPU without bf16 the first layer and the calibration run in fp32; the int8 layers are the same."""
+    scorer = Scorer(model, ScoreConfig(precision="int8", device="cpu"))
+    net, p = scorer.int8, scorer.pad
+    image = images[0][:200, :180]
+    padded = torch.from_numpy(np.pad(image, p))[None, None]
+    maps = []
+    for dtype in (torch.float32, torch.bfloat16):
+        x = padded.to(dtype).contiguous(memory_format=torch.channels_last)
+        crops = quantized.calibration_crops(x[0], *image.shape, p)
+        maps.append(net(x, net.scales(crops))[0, 0].numpy())
+    ref = Scorer(model, ScoreConfig(precision="fp32", device="cpu", views=1)).coarse(image)
+    assert _rel(maps[0], ref) < 1e-2 and _rel(maps[1], ref) < 1e-2
+
+
 def test_auto_scores_in_int8_where_the_cpu_has_int8_dot_products(model):
     auto = Scorer(model, ScoreConfig(device="cpu"))
     assert (auto.int8 is not None) == quantized.cpu_has_vnni()
