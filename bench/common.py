@@ -161,6 +161,8 @@ class BenchSet:
         from pupick.core.config import PickConfig
 
         kw.setdefault("diameter_px", self.diameter_px)
+        if not hasattr(PickConfig, "from_settings"):  # code before the settings registry (baseline runs, issue 19)
+            return PickConfig(**kw)
         return PickConfig.from_settings(kw)
 
     def summary(self) -> dict:

@@ -98,6 +98,7 @@ class TrainConfig:
     validation_stride: str = "native"  # scorer mode for per-epoch validation AP (STRIDE_MODES)
     init: str | None = None  # fine-tune from this model: a file or a shipped name (`general`); None: from scratch
     ema_decay: float = 0.97  # weights saved = exponential moving average over steps with this decay (0: last step)
+    lr_schedule: str = "constant"  # constant | cosine: learning_rate decays to 0 over all epochs x steps (LR_SCHEDULES)
 
     def __post_init__(self) -> None:
         _check_train_config(self)
@@ -126,6 +127,7 @@ def _check_train_config(c: "TrainConfig") -> None:
     _finite(c.slack, "--slack", minimum=0)
     if not (isinstance(c.ema_decay, (int, float)) and 0 <= c.ema_decay < 1):
         raise InputError(f"--ema-decay must be in [0, 1) (got {c.ema_decay!r})")
+    _one_of(c.lr_schedule, "--lr-schedule", LR_SCHEDULES)
     if c.init is not None and not (isinstance(c.init, str) and c.init.strip()):
         raise InputError(f"--init must be a model file or a shipped model's name (got {c.init!r})")
     _one_of(c.arch, "--arch", ARCHITECTURES)
@@ -144,6 +146,7 @@ STRIDE_MODES = ("native", "dense")  # one name in training and picking: the netw
 PRECISIONS = ("auto", "fp32", "bf16")  # training (autocast) and scoring
 # scoring also offers int8 on CPU (core.quantized): u8 activations scaled per micrograph, s8 weights
 SCORE_PRECISIONS = PRECISIONS + ("int8",)
+LR_SCHEDULES = ("constant", "cosine")  # learning rate per training step: core.optim.scheduled_lr
 METHODS = ("cnn", "blob")
 DEFAULT_THRESHOLD = -6.0  # logit; low on purpose so recall (and AP) is not capped
 

@@ -24,6 +24,7 @@ from .config import TrainConfig
 from .errors import InputError
 from .models import ModelConfig, build, native_stride, receptive_field
 from .objectives import OBJECTIVES
+from .optim import scheduled_lr
 from .tables import stem
 from .tiles import degrade
 
@@ -122,6 +123,8 @@ def train_general(sets: list[LabelledSet], config: TrainConfig, grid_diameter: f
         slack = config.slack if config.slack is not None else objective.default_slack
         loss = objective.fn(scores[y == 1], _unlabeled_groups(scores[y == 0], config.unlabeled_samples, gen), prior,
                             slack)
+        for group in opt.param_groups:
+            group["lr"] = scheduled_lr(config.lr_schedule, config.learning_rate, step - 1, total)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

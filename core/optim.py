@@ -8,9 +8,20 @@ batch the tensors (its multi-tensor path): the same update up to rounding, for a
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
+
+
+def scheduled_lr(schedule: str, base: float, step: int, total: int) -> float:
+    """Learning rate for 0-based `step` of `total`: `constant` keeps `base`; `cosine` follows half a cosine from
+    `base` at the first step towards 0 after the last (no warm-up), so the last steps move the weights least."""
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * step / total))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")  # TrainConfig checks it first (LR_SCHEDULES)
 
 
 class Adam:

@@ -35,7 +35,7 @@ from .io import atomic_path, check_output, read_micrograph
 from .models import ModelConfig, build, native_stride, receptive_field
 from .modelfile import LoadedModel, loaded_from_state, plain, save_state
 from .objectives import OBJECTIVES, class_prior
-from .optim import Adam
+from .optim import Adam, scheduled_lr
 from .preprocess import preprocess_micrograph
 from .tables import assign_micrographs, duplicate_stems, stem, validate_picks
 from .tiles import TileSampler, positive_mask
@@ -615,6 +615,8 @@ def _run_epochs(s: _Session, data: _Data, prior: _Prior, config: TrainConfig,
             losses = []
             for step in range(1, config.steps_per_epoch + 1):
                 stop()
+                s.opt.lr = scheduled_lr(config.lr_schedule, config.learning_rate,
+                                        (epoch - 1) * config.steps_per_epoch + step - 1, total)
                 losses.append(_train_step(s, config, prior))
                 if not math.isfinite(losses[-1]):
                     raise _diverged(epoch, step, losses[-1], config)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from ..config import ARCHITECTURES, NORMALIZATIONS, PRECISIONS, SETTINGS, PickConfig, PreprocessConfig, TrainConfig
+from ..config import (ARCHITECTURES, LR_SCHEDULES, NORMALIZATIONS, PRECISIONS, SETTINGS, PickConfig, PreprocessConfig,
+                      TrainConfig)
 from ..errors import InputError
 
 SERVER_KEYS = ("device", "workers", "score_maps", "output", "model", "overwrite", "format", "quiet", "cache")
@@ -55,6 +56,7 @@ TRAIN_KEYS: dict[str, tuple[str, Callable]] = {
     "tile_size": ("tile_size", _int),
     "learning_rate": ("learning_rate", _num),
     "ema_decay": ("ema_decay", _num),
+    "lr_schedule": ("lr_schedule", _choice(*LR_SCHEDULES)),
     "test_split": ("test_split", _num),
     "seed": ("seed", _int),
     "precision": ("precision", _choice(*PRECISIONS)),

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from pupick.core.optim import Adam
+from pupick.core.optim import Adam, scheduled_lr
 
 
 def _net() -> torch.nn.Module:
@@ -55,3 +55,13 @@ def test_training_does_not_import_the_compiler(tmp_path, demo_micrographs, demo_
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "no dynamo"
+
+
+def test_constant_schedule_keeps_the_rate_and_cosine_decays_it_to_zero():
+    total = 72
+    assert [scheduled_lr("constant", 1e-3, k, total) for k in range(total)] == [1e-3] * total
+    cosine = [scheduled_lr("cosine", 1e-3, k, total) for k in range(total)]
+    assert cosine[0] == 1e-3 and cosine[total // 2] == pytest.approx(5e-4)  # full rate first, half at mid-run
+    assert all(a > b for a, b in zip(cosine, cosine[1:])) and 0 < cosine[-1] < 1e-3 * 1e-3  # falls to ~0 at the end
+    assert sum(cosine) == pytest.approx((total + 1) * 1e-3 / 2)  # about half the constant schedule's total
+    assert cosine[10] == pytest.approx(cosine[0] - cosine[total - 10])  # symmetric about the midpoint
