@@ -14,8 +14,8 @@ interpolation and the mapping back run on the whole batch on the device. On CPU 
 compute precision once (the same arithmetic as autocast, without a cast per call) and each convolution runs with its
 ReLU and residual sum fused (oneDNN post-ops), and the batch is cut to the views per network call that run fastest
 there (one: a bigger working set leaves the cache); on CUDA every view of a tile goes in one call, under autocast.
-On CPUs with int8 dot products (VNNI), 'auto' scores in int8 (core.quantized): 1.5x faster per micrograph than bf16,
-AP within 0.002 on every shared set (BENCHMARKS.md, pick_speed).
+On CPUs with int8 dot products (VNNI), 'auto' scores in int8 (core.quantized): the network 1.6x faster than in bf16,
+AP within 0.0025 of bf16 in every run on the shared sets (BENCHMARKS.md, pick_speed).
 """
 from __future__ import annotations
 

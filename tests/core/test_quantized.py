@@ -148,6 +148,16 @@ def test_calibration_crops_spread_over_the_micrograph(h, w, n, side):
             (False, False), (False, True), (True, False), (True, True)}
 
 
+@pytest.mark.parametrize("value", [0.0, 50.0])
+def test_a_blank_micrograph_gives_finite_scores_close_to_fp32(model, value):
+    """All-zero crops make every scale tiny, an all-bright one saturates the first layer: still finite, still close."""
+    image = np.full((160, 150), value, dtype=np.float32)
+    got = Scorer(model, ScoreConfig(precision="int8", device="cpu"))(image)
+    ref = Scorer(model, ScoreConfig(precision="fp32", device="cpu"))(image)
+    assert np.isfinite(got).all()
+    assert np.abs(got - ref).max() < 0.1 * max(1.0, float(np.abs(ref).max()))
+
+
 def test_int8_is_refused_where_it_cannot_run():
     with pytest.raises(InputError, match="native stride"):
         ScoreConfig(precision="int8", stride="dense")
