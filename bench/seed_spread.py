@@ -9,7 +9,10 @@ subsample stays the same. Each run is a subprocess. `--init DIR` fine-tunes from
 general models: a model never trained on the set it is scored on). Reports median and min-max per set and protocol.
 
     python bench/seed_spread.py [--quick] [--sets empiar10028 ...] [--seeds 0 1 2 3 4] [--protocols standard hard]
-        [--set-config '{"test_split": 0.2}'] [--init DIR] [--tag NAME]
+        [--set-config '{"test_split": 0.2}'] [--init DIR] [--tag NAME] [--vary both|init|draws]
+
+`--vary init` / `--vary draws`: the seed sets only the initial weights / only the training draws (the other from
+seed 0), to see where the spread comes from.
 """
 from __future__ import annotations
 
@@ -52,11 +55,25 @@ def train_model(micrographs, labels, config, target: Path):
     return result
 
 
-def run_one(set_dir: str, protocol: str, seed: int, overrides: dict, init: str, threads: int) -> dict:
-    """Train one (set, protocol, seed), pick the test micrographs, evaluate; a plain dict."""
+def run_one(set_dir: str, protocol: str, seed: int, overrides: dict, init: str, threads: int,
+            vary: str = "both") -> dict:
+    """Train one (set, protocol, seed), pick the test micrographs, evaluate; a plain dict. `vary`: what the seed
+    sets: both (the initial weights and the training draws, as `pupick train --seed`), init (the initial weights
+    only; draws from seed 0) or draws (the tiles and unlabeled samples only; initial weights from seed 0)."""
     import torch
 
     torch.set_num_threads(threads)
+    init_seed, seed = {"both": (seed, seed), "init": (seed, 0), "draws": (0, seed)}[vary]
+    if init_seed != seed:  # a diagnostic of where the spread comes from: the weights are built from init_seed
+        import pupick.core.train as train_module
+
+        built = train_module.build
+
+        def build_from_init_seed(cfg):
+            torch.manual_seed(init_seed)
+            return built(cfg)
+
+        train_module.build = build_from_init_seed
     from pupick.core.modelfile import load_model
     from pupick.core.pipeline import pick
 
@@ -76,7 +93,7 @@ def run_one(set_dir: str, protocol: str, seed: int, overrides: dict, init: str, 
             raise RuntimeError(f"picking failed: {run.failures}")
     ev = evaluate_test(run.picks, bset)
     ev.pop("curve", None)
-    return {"set": bset.name, "protocol": protocol, "seed": seed, "train_seconds": train_seconds,
+    return {"set": bset.name, "protocol": protocol, "seed": seed, "init_seed": init_seed, "train_seconds": train_seconds,
             "train_cpu_seconds": train_cpu_seconds, "load_average": os.getloadavg()[0],
             "n_train_micrographs": len(bset.train), "n_train_labels": len(bset.train_labels),
             "best_epoch": result.best_epoch, "val_ap": result.best_ap, **ev}
@@ -100,7 +117,7 @@ def summary_rows(runs: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--one"]:  # child: --one SET_DIR PROTOCOL SEED OVERRIDES_JSON INIT THREADS
-        out = run_one(argv[1], argv[2], int(argv[3]), json.loads(argv[4]), argv[5], int(argv[6]))
+        out = run_one(argv[1], argv[2], int(argv[3]), json.loads(argv[4]), argv[5], int(argv[6]), *argv[7:8])
         print("RESULT " + json.dumps(out, default=float))
         return
 
@@ -110,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--set-config", default="{}", help="JSON of TrainConfig overrides")
         ap.add_argument("--init", default="", help="folder of leave-one-set-out models <set>.pt to fine-tune from")
         ap.add_argument("--tag", default="", help="suffix of the output name (bench/out/seed_spread[_TAG].json)")
+        ap.add_argument("--vary", default="both", choices=["both", "init", "draws"],
+                        help="what the seed sets: both (default), the initial weights only, or the training draws only")
 
     args = bench_args(__doc__.splitlines()[0], argv, extra)
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2, 3, 4])
@@ -120,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         for protocol in args.protocols:
             for seed in seeds:
                 m = run_measured([sys.executable, __file__, "--one", str(bset.dir), protocol, str(seed),
-                                  json.dumps(overrides), args.init, str(args.threads)])
+                                  json.dumps(overrides), args.init, str(args.threads), args.vary])
                 line = [ln for ln in m.stdout.splitlines() if ln.startswith("RESULT ")]
                 if m.returncode or not line:
                     print(f"{bset.name} {protocol} seed {seed}: FAILED\n{m.stderr[-2000:]}", flush=True)
@@ -135,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"== {row['set']} {row['protocol']}: median AP {row['ap_median']:.3f}, range {row['ap_min']:.3f}-"
               f"{row['ap_max']:.3f} ({row['ap_range']:.3f}), train {row['train_seconds_median']:.1f} s", flush=True)
     name = "seed_spread" + (f"_{args.tag}" if args.tag else "")
-    path = write_result(name, rows, runs=runs, seeds=seeds, overrides=overrides, init=args.init or None,
+    path = write_result(name, rows, runs=runs, seeds=seeds, overrides=overrides, init=args.init or None, vary=args.vary,
                         skipped=[{"set": n, "reason": r} for n, r in skipped])
     print(f"wrote {path}")
 
