@@ -88,6 +88,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     test_split: float = 0.0  # a validation micrograph costs more AP than epoch selection gains (BENCHMARKS.md)
     augment_rotations: str = "90"  # 90 (random 90° rotations and flips) | none
+    tile_sampling: str = "random"  # random (uniform tile positions) | grid (shuffled passes of a jittered grid)
     seed: int = 0
     device: str = "auto"
     workers: int = 0  # unused: tiles are cut in the training thread (cheap next to a step)
@@ -133,6 +134,7 @@ def _check_train_config(c: "TrainConfig") -> None:
     _one_of(c.arch, "--arch", ARCHITECTURES)
     _one_of(c.pooling, "--pooling", ("max", "stride"))
     _one_of(c.augment_rotations, "--augment", ("90", "none"))
+    _one_of(c.tile_sampling, "--tile-sampling", TILE_SAMPLINGS)
     _one_of(c.train_stride, "--train-stride", STRIDE_MODES)
     _one_of(c.validation_stride, "--validation-stride", STRIDE_MODES)
     _one_of(c.precision, "--precision", PRECISIONS)
@@ -146,7 +148,8 @@ STRIDE_MODES = ("native", "dense")  # one name in training and picking: the netw
 PRECISIONS = ("auto", "fp32", "bf16")  # training (autocast) and scoring
 # scoring also offers int8 on CPU (core.quantized): u8 activations scaled per micrograph, s8 weights
 SCORE_PRECISIONS = PRECISIONS + ("int8",)
-LR_SCHEDULES = ("constant", "cosine")  # learning rate per training step: core.optim.scheduled_lr
+LR_SCHEDULES = ("constant", "cosine")
+TILE_SAMPLINGS = ("random", "grid")  # where training tiles are cut: core.tiles.TileSampler  # learning rate per training step: core.optim.scheduled_lr
 METHODS = ("cnn", "blob")
 DEFAULT_THRESHOLD = -6.0  # logit; low on purpose so recall (and AP) is not capped
 

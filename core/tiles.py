@@ -42,10 +42,30 @@ class TileSampler:
     pad: int
     stride: int
     rotations: str = "90"  # 90 | none
+    sampling: str = "random"  # random (uniform positions) | grid (every pass covers each micrograph once)
 
     def __post_init__(self) -> None:
         areas = np.array([m.size for m in self.masks], dtype=float)
         self.weights = areas / areas.sum()
+        self._queues: dict[int, list[tuple[int, int, int]]] = {}  # grid passes, one per random stream
+
+    def _grid(self, rng: np.random.Generator, batch: int) -> list[tuple[int, int, int]]:
+        """The next `batch` (micrograph, y0, x0) of shuffled passes over a jittered grid: each pass cuts one tile per
+        grid cell of every micrograph, so every region (and every labelled particle) is seen equally often."""
+        n, j = self.out // self.stride, self.stride
+        queue = self._queues.setdefault(id(rng), [])
+        while len(queue) < batch:
+            cells = []
+            for i, mask in enumerate(self.masks):
+                h, w = mask.shape
+                span_y, span_x = max(1, h - (n - 1) * j), max(1, w - (n - 1) * j)
+                oy, ox = int(rng.integers(self.out)), int(rng.integers(self.out))
+                cells += [(i, (oy + a * self.out) % span_y, (ox + b * self.out) % span_x)
+                          for a in range(-(-h // self.out)) for b in range(-(-w // self.out))]
+            queue += [cells[k] for k in rng.permutation(len(cells))]
+        out = queue[:batch]
+        del queue[:batch]
+        return out
 
     def sample(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """(inputs [B, 1, S, S] float32, labels [B, n, n] uint8) with S = out - stride + 2 pad + 1, n = out / stride."""
@@ -54,12 +74,16 @@ class TileSampler:
         size = (n - 1) * j + 2 * p + 1
         xs = np.empty((batch, 1, size, size), dtype=np.float32)
         ys = np.empty((batch, n, n), dtype=np.uint8)
-        picks = rng.choice(len(self.masks), size=batch, p=self.weights)
+        grid = self._grid(rng, batch) if self.sampling == "grid" else None
+        picks = rng.choice(len(self.masks), size=batch, p=self.weights) if grid is None else [g[0] for g in grid]
         for b, i in enumerate(picks):
             mask = self.masks[i]
             h, w = mask.shape
-            y0 = int(rng.integers(0, max(1, h - (n - 1) * j)))
-            x0 = int(rng.integers(0, max(1, w - (n - 1) * j)))
+            if grid is None:
+                y0 = int(rng.integers(0, max(1, h - (n - 1) * j)))
+                x0 = int(rng.integers(0, max(1, w - (n - 1) * j)))
+            else:
+                y0, x0 = grid[b][1], grid[b][2]
             img = self.images[i][y0:y0 + size, x0:x0 + size]
             lab = mask[y0:y0 + (n - 1) * j + 1:j, x0:x0 + (n - 1) * j + 1:j]
             if img.shape != (size, size) or lab.shape != (n, n):  # micrograph smaller than a tile: pad with ice

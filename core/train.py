@@ -541,7 +541,7 @@ def _sampler(data: _Data, prior: _Prior, config: TrainConfig, rf: int, stride: i
     pad = rf // 2
     out = max(stride, min(config.tile_size, max(max(m.shape) for m in prior.masks)) // stride * stride)
     return TileSampler([np.pad(m.image, pad) for m in data.train], prior.masks, out, pad, stride,
-                       config.augment_rotations)
+                       config.augment_rotations, config.tile_sampling)
 
 
 def _train_step(s: _Session, config: TrainConfig, prior: _Prior) -> float:

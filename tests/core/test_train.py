@@ -166,8 +166,9 @@ def test_trains_on_a_preprocessed_directory(tmp_path, demo_micrographs, demo_lab
     assert not list((tmp_path / "cache").glob("*.npz"))  # nothing to cache
 
 
+@pytest.mark.parametrize("sampling", ["random", "grid"])
 @pytest.mark.parametrize("rotations", ["none", "90"])
-def test_tile_labels_sit_under_their_outputs(rotations):
+def test_tile_labels_sit_under_their_outputs(rotations, sampling):
     """With image == mask, the label of output (k, l) equals the input pixel at its window centre, after any flip."""
     from pupick.core.tiles import TileSampler, positive_mask
 
@@ -175,12 +176,30 @@ def test_tile_labels_sit_under_their_outputs(rotations):
     mask = positive_mask((90, 70), rng.uniform(0, 90, 30), rng.uniform(0, 70, 30), 3)
     assert mask.sum() > 100
     pad, stride = 15, 4
-    sampler = TileSampler([np.pad(mask.astype(np.float32), pad)], [mask], 32, pad, stride, rotations)
+    sampler = TileSampler([np.pad(mask.astype(np.float32), pad)], [mask], 32, pad, stride, rotations, sampling)
     xs, ys = sampler.sample(np.random.default_rng(1), 16)
     n = ys.shape[1]
     centres = xs[:, 0, pad:pad + (n - 1) * stride + 1:stride, pad:pad + (n - 1) * stride + 1:stride]
     assert xs.shape[2] == (n - 1) * stride + 2 * pad + 1
     np.testing.assert_array_equal(centres, ys.astype(np.float32))
+
+
+def test_grid_sampling_covers_every_cell_of_every_micrograph_once_per_pass():
+    from pupick.core.tiles import TileSampler
+
+    masks = [np.zeros((100, 70), np.uint8), np.zeros((40, 130), np.uint8)]
+    sampler = TileSampler([np.pad(m.astype(np.float32), 5) for m in masks], masks, 32, 5, 4, "none", "grid")
+    cells = (4 * 3) + (2 * 5)  # ceil(h / 32) x ceil(w / 32) per micrograph
+    rng = np.random.default_rng(3)
+    first = sampler._grid(rng, cells)
+    assert [sum(1 for c in first if c[0] == i) for i in (0, 1)] == [12, 10]  # one tile per cell: area-fair
+    assert len(set(first)) == cells  # no cell twice in a pass
+    for i, y0, x0 in first:  # every tile starts where a whole tile's outputs fit (or at 0 on a short side)
+        assert 0 <= y0 < max(1, masks[i].shape[0] - 28) and 0 <= x0 < max(1, masks[i].shape[1] - 28)
+    again = TileSampler([np.pad(m.astype(np.float32), 5) for m in masks], masks, 32, 5, 4, "none", "grid")
+    assert again._grid(np.random.default_rng(3), cells) == first  # the seed decides everything
+    second = sampler._grid(rng, cells)  # the next pass: the same count per micrograph, new offsets and order
+    assert [sum(1 for c in second if c[0] == i) for i in (0, 1)] == [12, 10] and second != first
 
 
 def test_cli_choices_match_the_registries():
