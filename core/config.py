@@ -195,7 +195,7 @@ class ScoreConfig:
     """How the CNN scores a micrograph: device, precision, stride mode, test-time views, tile size."""
 
     device: str = "auto"
-    precision: str = "auto"  # auto (bf16 where the hardware has it) | fp32 | bf16 | int8 (CPU, native stride)
+    precision: str = "auto"  # auto (int8 on VNNI CPUs, else bf16 where the hardware has it) | fp32 | bf16 | int8
     stride: str = "native"  # native (network stride + sub-pixel refinement) | dense (exact map at every pixel)
     views: int | None = None  # mean score over 1, 2, 4 or 8 rotated/mirrored copies; None: DEFAULT_VIEWS native, 1 dense
     tile_size: int | None = None  # downsampled pixels per scoring tile side (at most); None: 1024 on CPU, 2048 on GPU
