@@ -93,7 +93,8 @@ def run_one(set_dir: str, protocol: str, seed: int, overrides: dict, init: str, 
             raise RuntimeError(f"picking failed: {run.failures}")
     ev = evaluate_test(run.picks, bset)
     ev.pop("curve", None)
-    return {"set": bset.name, "protocol": protocol, "seed": seed, "init_seed": init_seed, "train_seconds": train_seconds,
+    return {"set": bset.name, "protocol": protocol, "seed": seed, "init_seed": init_seed,
+            "train_seconds": train_seconds,
             "train_cpu_seconds": train_cpu_seconds, "load_average": os.getloadavg()[0],
             "n_train_micrographs": len(bset.train), "n_train_labels": len(bset.train_labels),
             "best_epoch": result.best_epoch, "val_ap": result.best_ap, **ev}

@@ -9,13 +9,13 @@ into the second convolution (oneDNN sum post-op, in place).
 """
 from __future__ import annotations
 
-import functools
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .hardware import cpu_has
 
 # the scales come from four crops of this side (downsampled pixels, plus the halo), one at the centre of each quarter
 # of the micrograph: spread out, so one empty or contaminated spot does not set them; about 9% of a bf16 pass on 1024²
@@ -26,14 +26,9 @@ MARGIN = 1.5
 _CL = torch.channels_last
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_has_vnni() -> bool:
     """True when the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return cpu_has("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def available() -> bool:

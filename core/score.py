@@ -6,7 +6,8 @@ output depends only on the input window centred on it, so tiles cut from the pad
 into exactly the untiled map. The fast mode scores at the native stride and refines peak positions by bicubic
 interpolation of the coarse map onto the dense grid; the dense mode computes every pixel. Test-time views average
 the map over rotated/mirrored copies of the micrograph (each mapped back): a particle's score should not depend on
-its orientation, and the average is a smoother, better-ranked map (fast mode default: core.config.DEFAULT_VIEWS; dense mode 1).
+its orientation, and the average is a smoother, better-ranked map (fast mode default: core.config.DEFAULT_VIEWS;
+dense mode 1).
 
 Speed: the views of a micrograph are stacked into one padded batch (kept between micrographs of the same shape) and
 go through the network together, tile by tile, in channels-last layout and the compute precision throughout; the
@@ -21,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from .config import STRIDE_MODES, VIEW_COUNTS, ScoreConfig
 from . import quantized
 from .allocator import keep_freed_memory
+from .hardware import cpu_has
 from .errors import InputError
 
 # test-time views: (quarter turns, mirror first); scores are averaged over the dihedral copies of the image.
@@ -69,14 +69,9 @@ def choose_device(spec: str | None = "auto") -> torch.device:
     return device
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return cpu_has("amx_bf16", "avx512_bf16")
 
 
 def choose_precision(spec: str, device: torch.device) -> torch.dtype:

@@ -14,15 +14,10 @@ from pupick.core.models import ModelConfig, build
 from pupick.core.pipeline import MicrographItem, prepare_micrograph
 from pupick.core.score import Scorer, inference_precision
 
-pytestmark = pytest.mark.skipif(not quantized.available(), reason="this torch build has no oneDNN int8 convolutions")
+pytestmark = [pytest.mark.skipif(not quantized.available(), reason="this torch build has no oneDNN int8 convolutions"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,7 @@ from pupick.core.errors import InputError
 from pupick.core.models import ModelConfig, build
 from pupick.core.score import Scorer, choose_device, choose_precision, score_micrograph, upsample_map
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions run fastest (and disturb the shared machine least) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
