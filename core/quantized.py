@@ -54,6 +54,7 @@ class _QConv:
         self.bias = conv.bias.detach().float() if conv.bias is not None else None
         self.weight_lp = _channels_last(conv.weight.detach())  # the float weights, for the calibration pass
         self.bias_lp = conv.bias.detach() if conv.bias is not None else None
+        self._float: dict[torch.dtype, tuple] = {}  # (weight, bias) per input precision, converted once
 
     def __call__(self, x: torch.Tensor, x_scale: float, out_scale: float, out_zp: int = 0, relu: bool = True,
                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -70,8 +71,10 @@ class _QConv:
 
     def float_relu(self, x: torch.Tensor, relu: bool = True) -> torch.Tensor:
         """The same convolution in x's float precision (oneDNN, fused ReLU): the calibration pass."""
-        w = self.weight_lp if self.weight_lp.dtype == x.dtype else _channels_last(self.weight_lp.to(x.dtype))
-        b = self.bias_lp.to(x.dtype) if self.bias_lp is not None else None
+        if x.dtype not in self._float:
+            self._float[x.dtype] = (_channels_last(self.weight_lp.to(x.dtype)),
+                                    self.bias_lp.to(x.dtype) if self.bias_lp is not None else None)
+        w, b = self._float[x.dtype]
         return torch.ops.mkldnn._convolution_pointwise.default(x, w, b, self.padding, self.stride, self.dilation,
                                                                 self.groups, "relu" if relu else "none", [], "")
 
