@@ -134,7 +134,7 @@ def _check_train_config(c: "TrainConfig") -> None:
     _one_of(c.arch, "--arch", ARCHITECTURES)
     _one_of(c.pooling, "--pooling", ("max", "stride"))
     _one_of(c.augment_rotations, "--augment", ("90", "none"))
-    _one_of(c.tile_sampling, "--tile-sampling", TILE_SAMPLINGS)
+    _one_of(c.tile_sampling, "tile_sampling", TILE_SAMPLINGS)  # engine only: no CLI option (BENCHMARKS.md)
     _one_of(c.train_stride, "--train-stride", STRIDE_MODES)
     _one_of(c.validation_stride, "--validation-stride", STRIDE_MODES)
     _one_of(c.precision, "--precision", PRECISIONS)
