@@ -365,8 +365,8 @@ def _describe(url: str, status: int, message: str, tries: int) -> str:
 _TRAIN_PRE_FIELDS = {"factor": "scale", "diameter_A": "diameter", "diameter_px": "diameter_px",
                      "pixel_size": "pixel_size", "normalize": "normalize"}
 _TRAIN_FIELDS = ("expected_particles", "label_radius", "arch", "units", "objective", "slack", "epochs",
-                 "steps_per_epoch", "batch_size", "tile_size", "learning_rate", "ema_decay", "lr_schedule", "test_split",
-                 "seed", "precision")
+                 "steps_per_epoch", "batch_size", "tile_size", "learning_rate", "ema_decay", "lr_schedule",
+                 "weight_init", "tile_sampling", "test_split", "seed", "precision")
 
 
 def pick_settings(config: Any) -> dict:

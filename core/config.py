@@ -88,7 +88,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     test_split: float = 0.0  # a validation micrograph costs more AP than epoch selection gains (BENCHMARKS.md)
     augment_rotations: str = "90"  # 90 (random 90° rotations and flips) | none
-    tile_sampling: str = "random"  # random (uniform tile positions) | grid (shuffled passes of a jittered grid)
+    tile_sampling: str = "grid"  # grid (shuffled passes of a jittered grid) | random (uniform tile positions)
     seed: int = 0
     device: str = "auto"
     workers: int = 0  # unused: tiles are cut in the training thread (cheap next to a step)
@@ -100,6 +100,7 @@ class TrainConfig:
     init: str | None = None  # fine-tune from this model: a file or a shipped name (`general`); None: from scratch
     ema_decay: float = 0.97  # weights saved = exponential moving average over steps with this decay (0: last step)
     lr_schedule: str = "constant"  # constant | cosine: learning_rate decays to 0 over all epochs x steps (LR_SCHEDULES)
+    weight_init: str = "pca"  # pca (principal components of the training tiles: core.weightinit) | random (seeded)
 
     def __post_init__(self) -> None:
         _check_train_config(self)
@@ -129,12 +130,13 @@ def _check_train_config(c: "TrainConfig") -> None:
     if not (isinstance(c.ema_decay, (int, float)) and 0 <= c.ema_decay < 1):
         raise InputError(f"--ema-decay must be in [0, 1) (got {c.ema_decay!r})")
     _one_of(c.lr_schedule, "--lr-schedule", LR_SCHEDULES)
+    _one_of(c.weight_init, "--weight-init", WEIGHT_INITS)
     if c.init is not None and not (isinstance(c.init, str) and c.init.strip()):
         raise InputError(f"--init must be a model file or a shipped model's name (got {c.init!r})")
     _one_of(c.arch, "--arch", ARCHITECTURES)
     _one_of(c.pooling, "--pooling", ("max", "stride"))
     _one_of(c.augment_rotations, "--augment", ("90", "none"))
-    _one_of(c.tile_sampling, "tile_sampling", TILE_SAMPLINGS)  # engine only: no CLI option (BENCHMARKS.md)
+    _one_of(c.tile_sampling, "--tile-sampling", TILE_SAMPLINGS)
     _one_of(c.train_stride, "--train-stride", STRIDE_MODES)
     _one_of(c.validation_stride, "--validation-stride", STRIDE_MODES)
     _one_of(c.precision, "--precision", PRECISIONS)
@@ -148,8 +150,9 @@ STRIDE_MODES = ("native", "dense")  # one name in training and picking: the netw
 PRECISIONS = ("auto", "fp32", "bf16")  # training (autocast) and scoring
 # scoring also offers int8 on CPU (core.quantized): u8 activations scaled per micrograph, s8 weights
 SCORE_PRECISIONS = PRECISIONS + ("int8",)
-LR_SCHEDULES = ("constant", "cosine")
-TILE_SAMPLINGS = ("random", "grid")  # where training tiles are cut: core.tiles.TileSampler  # learning rate per training step: core.optim.scheduled_lr
+LR_SCHEDULES = ("constant", "cosine")  # learning rate per training step: core.optim.scheduled_lr
+TILE_SAMPLINGS = ("random", "grid")  # where training tiles are cut: core.tiles.TileSampler
+WEIGHT_INITS = ("random", "pca")  # a network's starting weights when not fine-tuning: core.weightinit
 METHODS = ("cnn", "blob")
 DEFAULT_THRESHOLD = -6.0  # logit; low on purpose so recall (and AP) is not capped
 

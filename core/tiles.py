@@ -67,11 +67,16 @@ class TileSampler:
         del queue[:batch]
         return out
 
+    @property
+    def input_size(self) -> int:
+        """S, the side of a tile's input: out - stride + 2 pad + 1."""
+        return (self.out // self.stride - 1) * self.stride + 2 * self.pad + 1
+
     def sample(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """(inputs [B, 1, S, S] float32, labels [B, n, n] uint8) with S = out - stride + 2 pad + 1, n = out / stride."""
         j, p = self.stride, self.pad
         n = self.out // j
-        size = (n - 1) * j + 2 * p + 1
+        size = self.input_size
         xs = np.empty((batch, 1, size, size), dtype=np.float32)
         ys = np.empty((batch, n, n), dtype=np.uint8)
         grid = self._grid(rng, batch) if self.sampling == "grid" else None

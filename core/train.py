@@ -517,16 +517,20 @@ def _build_session(data: _Data, prior: _Prior, config: TrainConfig, model_cfg: M
     rf, stride = receptive_field(model_cfg), native_stride(model_cfg)
     torch.manual_seed(config.seed)
     module = build(model_cfg)
+    # dense training: every pixel an output (dilated network): more, finer, but costlier outputs
+    sampler = _sampler(data, prior, config, rf, 1 if config.train_stride == "dense" else stride)
     if init is not None:
         module.load_state_dict(init.module.state_dict())
+    elif config.weight_init == "pca":
+        from .weightinit import grid_tiles, pca_init
+
+        pca_init(module, torch.from_numpy(grid_tiles(sampler.images, sampler.input_size)))
     with torch.no_grad():  # start calibrated at the prior: otherwise the first hundreds of steps only move this bias
         module.classifier.bias.fill_(math.log(prior.pi / (1 - prior.pi)))
     module = module.to(device).to(memory_format=torch.channels_last)
     opt = Adam(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    if config.train_stride == "dense":  # every pixel an output (dilated network): more, finer, but costlier outputs
+    if config.train_stride == "dense":
         module.set_dense(True)
-        stride = 1
-    sampler = _sampler(data, prior, config, rf, stride)
     dtype = choose_precision(config.precision, device)
     autocast = functools.partial(autocast_context, device, dtype)
     calib_rng = np.random.default_rng([config.seed, 4])  # its own stream: calibration never shifts training's draws

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ..config import ARCHITECTURES, LR_SCHEDULES, PreprocessConfig, TrainConfig
+from ..config import ARCHITECTURES, LR_SCHEDULES, TILE_SAMPLINGS, WEIGHT_INITS, PreprocessConfig, TrainConfig
 from ..errors import InputError
 from ..io import check_output, expand_inputs
 from ._common import DEVICE, BadOption, UserError, read_pick_table, run_core, size_options, usage
@@ -63,6 +63,14 @@ def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
               help="Save the exponential moving average of the weights over steps (0: the last step's weights).")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=TrainConfig.lr_schedule, show_default=True,
               help="Learning rate over the steps: constant, or cosine (from --learning-rate down to 0 by the last step).")
+@click.option("--weight-init", type=click.Choice(WEIGHT_INITS), default=TrainConfig.weight_init, show_default=True,
+              help="Starting weights (without --init): pca, the principal components of the training micrographs' "
+                   "patches, layer by layer, the same for every seed; or random, drawn from --seed. pca narrowed the "
+                   "seed-to-seed AP range on 5 of 6 benchmark cells (BENCHMARKS.md).")
+@click.option("--tile-sampling", type=click.Choice(TILE_SAMPLINGS), default=TrainConfig.tile_sampling,
+              show_default=True,
+              help="Where training tiles are cut: grid (shuffled passes of a jittered grid: every labeled particle "
+                   "is seen equally often) or random (uniform positions).")
 @click.option("--normalize", type=click.Choice(["gmm", "affine", "none"]), default="gmm", show_default=True)
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="Preprocessed-micrograph cache (default: MODEL.cache/ next to the model).")
@@ -76,7 +84,8 @@ def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
               help="With --server: the file holding its token (default: $PUPICK_TOKEN_FILE).")
 def command(micrographs, labels, output, expected_particles, scale, diameter, diameter_px, pixel_size, label_radius,
             arch, units, objective, slack, epochs, steps_per_epoch, batch_size, tile_size, learning_rate, test_split,
-            init, ema_decay, lr_schedule, normalize, cache_dir, seed, device, precision, quiet, server, token_file):
+            init, ema_decay, lr_schedule, weight_init, tile_sampling, normalize, cache_dir, seed, device, precision, quiet,
+            server, token_file):
     """Train a picker on MICROGRAPHS (files, directories, globs, @list.txt) with the particles in --labels."""
     output = Path(output)
     try:  # options first: a bad one costs nothing and exits 2
@@ -87,6 +96,7 @@ def command(micrographs, labels, output, expected_particles, scale, diameter, di
                              steps_per_epoch=steps_per_epoch, batch_size=batch_size, tile_size=tile_size,
                              learning_rate=learning_rate, test_split=test_split, seed=seed, device=device,
                              precision=precision, init=init, ema_decay=ema_decay, lr_schedule=lr_schedule,
+                             weight_init=weight_init, tile_sampling=tile_sampling,
                              cache_dir=cache_dir or str(output.with_name(output.stem + ".cache")))
     except InputError as err:
         raise BadOption(str(err)) from None

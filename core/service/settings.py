@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from ..config import (ARCHITECTURES, LR_SCHEDULES, NORMALIZATIONS, PRECISIONS, SETTINGS, PickConfig, PreprocessConfig,
-                      TrainConfig)
+from ..config import (ARCHITECTURES, LR_SCHEDULES, NORMALIZATIONS, PRECISIONS, SETTINGS, TILE_SAMPLINGS, WEIGHT_INITS,
+                      PickConfig, PreprocessConfig, TrainConfig)
 from ..errors import InputError
 
 SERVER_KEYS = ("device", "workers", "score_maps", "output", "model", "overwrite", "format", "quiet", "cache")
@@ -57,6 +57,8 @@ TRAIN_KEYS: dict[str, tuple[str, Callable]] = {
     "learning_rate": ("learning_rate", _num),
     "ema_decay": ("ema_decay", _num),
     "lr_schedule": ("lr_schedule", _choice(*LR_SCHEDULES)),
+    "weight_init": ("weight_init", _choice(*WEIGHT_INITS)),
+    "tile_sampling": ("tile_sampling", _choice(*TILE_SAMPLINGS)),
     "test_split": ("test_split", _num),
     "seed": ("seed", _int),
     "precision": ("precision", _choice(*PRECISIONS)),
