@@ -319,6 +319,8 @@ def test_divergence_fails_clearly(tmp_path, demo_micrographs, demo_labels):
     ("label_radius", -1.0, "--label-radius must be"),
     ("train_stride", "sparse", "--train-stride must be one of native, dense"),
     ("lr_schedule", "linear", "--lr-schedule must be one of constant, cosine"),
+    ("weight_init", "zeros", "--weight-init must be one of random, pca"),
+    ("tile_sampling", "poisson", "--tile-sampling must be one of random, grid"),
 ])
 def test_train_config_refuses_bad_values(field, value, message):
     with pytest.raises(InputError, match=message):
