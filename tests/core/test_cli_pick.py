@@ -164,14 +164,14 @@ def test_cryosparc_particles_with_exposures(runner, trained_model, two_mics, tmp
     dset.save(exposures)
     out = tmp_path / "cs"
     res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--format", "cs",
-                              "--exposures", str(exposures), "--threshold", "0"])
+                              "--exposures", str(exposures), "--max-picks", "40"])
     assert res.exit_code == 0, res.output
     table = pd.read_csv(out / "picks.csv")
     particles = read_picks(out / "particles.cs")
     assert len(particles) == len(table) > 0
     again = tmp_path / "cs_again"  # same picks, same particle uids (salted by the file name, never a temp name)
     res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(again), "--format", "cs",
-                              "--exposures", str(exposures), "--threshold", "0"])
+                              "--exposures", str(exposures), "--max-picks", "40"])
     assert res.exit_code == 0, res.output
     uids = [Dataset.load(d / "particles.cs")["uid"] for d in (out, again)]
     assert np.array_equal(uids[0], uids[1])
