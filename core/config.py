@@ -80,7 +80,7 @@ class TrainConfig:
     expected_particles: float | None = None  # per micrograph; None: twice the labeled mean (with a warning)
     label_radius: int = 3  # positive-label radius, downsampled pixels
     unlabeled_samples: int = 256  # N, unlabeled outputs per step in the GE penalty
-    epochs: int = 6  # with the weight average below: seed-to-seed AP range <= 0.025 on every shared set (issue 19)
+    epochs: int = 6  # with the weight average and the PCA start below: BENCHMARKS.md, seed spread (issue 19)
     steps_per_epoch: int = 12
     batch_size: int = 8  # tiles per step
     tile_size: int = 128  # downsampled pixels, output tile (input adds the receptive field)
