@@ -42,12 +42,13 @@ class TileSampler:
     pad: int
     stride: int
     rotations: str = "90"  # 90 | none
-    sampling: str = "random"  # random (uniform positions) | grid (every pass covers each micrograph once)
+    sampling: str = "random"  # random (uniform positions) | grid (passes over a grid; orientations in blocks of 8)
 
     def __post_init__(self) -> None:
         areas = np.array([m.size for m in self.masks], dtype=float)
         self.weights = areas / areas.sum()
         self._queues: dict[int, list[tuple[int, int, int]]] = {}  # grid passes, one per random stream
+        self._orientations: dict[int, list[int]] = {}  # grid: shuffled blocks of the 8 orientations, per stream
 
     def _grid(self, rng: np.random.Generator, batch: int) -> list[tuple[int, int, int]]:
         """The next `batch` (micrograph, y0, x0) of shuffled passes over a jittered grid: each pass cuts one tile per
@@ -66,6 +67,15 @@ class TileSampler:
         out = queue[:batch]
         del queue[:batch]
         return out
+
+    def _orientation(self, rng: np.random.Generator) -> tuple[int, int]:
+        """(quarter turns, flip) of the next grid tile: the 8 orientations in shuffled blocks, so any 8 consecutive
+        tiles of a block (a batch of 8) see each orientation once."""
+        queue = self._orientations.setdefault(id(rng), [])
+        if not queue:
+            queue += rng.permutation(8).tolist()
+        o = queue.pop()
+        return o % 4, o // 4
 
     @property
     def input_size(self) -> int:
@@ -95,9 +105,9 @@ class TileSampler:
                 img = np.pad(img, ((0, size - img.shape[0]), (0, size - img.shape[1])))
                 lab = np.pad(lab, ((0, n - lab.shape[0]), (0, n - lab.shape[1])), constant_values=2)
             if self.rotations != "none":
-                k = int(rng.integers(4))
+                k, flip = self._orientation(rng) if grid is not None else (int(rng.integers(4)), rng.integers(2))
                 img, lab = np.rot90(img, k), np.rot90(lab, k)
-                if rng.integers(2):
+                if flip:
                     img, lab = img[:, ::-1], lab[:, ::-1]
             xs[b, 0] = img
             ys[b] = lab
