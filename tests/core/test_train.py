@@ -202,6 +202,21 @@ def test_grid_sampling_covers_every_cell_of_every_micrograph_once_per_pass():
     assert [sum(1 for c in second if c[0] == i) for i in (0, 1)] == [12, 10] and second != first
 
 
+def test_grid_sampling_gives_every_batch_of_8_each_orientation_once():
+    from pupick.core.tiles import TileSampler
+
+    masks = [np.zeros((100, 70), np.uint8)]
+    sampler = TileSampler([np.pad(m.astype(np.float32), 5) for m in masks], masks, 32, 5, 4, "90", "grid")
+    rng = np.random.default_rng(7)
+    blocks = [[sampler._orientation(rng) for _ in range(8)] for _ in range(3)]
+    for block in blocks:
+        assert sorted(block) == sorted((k, f) for f in (0, 1) for k in range(4))
+    assert blocks[0] != blocks[1]  # shuffled anew, from the seed
+    again = TileSampler([np.pad(m.astype(np.float32), 5) for m in masks], masks, 32, 5, 4, "90", "grid")
+    fresh = np.random.default_rng(7)
+    assert [again._orientation(fresh) for _ in range(8)] == blocks[0]  # the seed decides
+
+
 def test_cli_choices_match_the_registries():
     from pupick.core.cli import train as cli_train
     from pupick.core.models import MODELS
