@@ -141,10 +141,18 @@ def test_slider_counts_and_circles_match_picks_csv(page, outdir: Path) -> None:
 
 
 def _screen(page, x: float, y: float) -> tuple[float, float]:
-    """Page coordinates of original pixel (x, y) in the viewer."""
-    k, ox, oy = page.evaluate("[pupickView.viewer.k, pupickView.viewer.ox, pupickView.viewer.oy]")
-    box = page.locator("#stage").bounding_box()
-    return box["x"] + x * k + ox, box["y"] + y * k + oy
+    """Page coordinates of original pixel (x, y) in the viewer, once the view and the layout have stopped moving
+    (a status line or a re-fit can shift them between reading and clicking on a busy machine)."""
+    last = None
+    for _ in range(60):
+        k, ox, oy = page.evaluate("[pupickView.viewer.k, pupickView.viewer.ox, pupickView.viewer.oy]")
+        box = page.locator("#stage").bounding_box()
+        here = (box["x"] + x * k + ox, box["y"] + y * k + oy)
+        if here == last:
+            return here
+        last = here
+        page.wait_for_timeout(50)
+    return last
 
 
 def test_label_mode_adds_and_removes_labels_in_the_file(page, outdir: Path) -> None:
