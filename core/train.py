@@ -517,7 +517,7 @@ def _build_session(data: _Data, prior: _Prior, config: TrainConfig, model_cfg: M
     rf, stride = receptive_field(model_cfg), native_stride(model_cfg)
     torch.manual_seed(config.seed)
     module = build(model_cfg)
-    # dense training: every pixel an output (dilated network): more, finer, but costlier outputs
+    # the label grid follows the outputs: every pixel when training dense (a dilated network), else the native stride
     sampler = _sampler(data, prior, config, rf, 1 if config.train_stride == "dense" else stride)
     if init is not None:
         module.load_state_dict(init.module.state_dict())
