@@ -20,7 +20,8 @@ from .models import ConvBlock, PickerNet, Pool, ResBlock
 
 MAX_TILES = 16  # grid tiles that the components are estimated from
 PRIMAL_VALUES = 1024  # a window with at most this many values: components of the D x D covariance of the windows
-WINDOWS_PER_VALUE = 16  # ... estimated from 16 D windows (at most 8192) taken at a fixed stride over the tiles
+WINDOWS_PER_VALUE = 16  # ... estimated from 16 D windows, within [MIN_WINDOWS, MAX_WINDOWS], at a fixed stride
+MIN_WINDOWS, MAX_WINDOWS = 2048, 8192
 DUAL_WINDOWS = 1024  # a larger window: components from the Gram matrix of this many windows
 
 
@@ -44,7 +45,7 @@ def grid_tiles(images: list[np.ndarray], size: int, count: int = MAX_TILES) -> n
 def _windows(x: torch.Tensor, k: int) -> torch.Tensor:
     """[D, n] k x k windows of x (D = C k k), at a fixed stride that keeps n near the layer's budget."""
     d = x.shape[1] * k * k
-    budget = min(8192, max(2048, WINDOWS_PER_VALUE * d)) if d <= PRIMAL_VALUES else DUAL_WINDOWS
+    budget = min(MAX_WINDOWS, max(MIN_WINDOWS, WINDOWS_PER_VALUE * d)) if d <= PRIMAL_VALUES else DUAL_WINDOWS
     positions = x.shape[0] * max(1, x.shape[2] - k + 1) * max(1, x.shape[3] - k + 1)
     stride = max(1, math.ceil(math.sqrt(positions / budget)))
     cols = F.unfold(x.float().contiguous(), k, stride=stride)  # [B, D, L]
@@ -54,7 +55,8 @@ def _windows(x: torch.Tensor, k: int) -> torch.Tensor:
 def principal_components(a: torch.Tensor, m: int) -> torch.Tensor:
     """[m, D] unit vectors: the m leading principal components of the columns of a ([D, n]), largest first, each
     with its largest entry positive; repeats from the first when the data have fewer than m directions."""
-    a = a.float() - a.float().mean(1, keepdim=True)
+    a = a.float()
+    a = a - a.mean(1, keepdim=True)
     d, n = a.shape
     if d <= n:
         _, vecs = torch.linalg.eigh((a @ a.T).double())
