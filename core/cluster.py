@@ -39,6 +39,7 @@ FAST_MICROGRAPH_S = 0.05
 MAX_TASK_S = 60.0  # a dying worker loses at most about this much work
 TASKS_PER_THREAD = 2  # tasks queued per worker thread: the next batch is there when one finishes
 CONNECT_TIMEOUT_S = 20
+KEEP_JOBS_S = 5.0  # how often a jobqueue run asks again for worker jobs that ended (walltime, scancel, node failure)
 
 
 @dataclass
@@ -88,6 +89,22 @@ class ClusterConfig:
             raise InputError(f"--cluster {spec!r}: expected {SPEC_FORMS}")
 
 
+def _check_slurm_job(spec: str, script: str) -> None:
+    """`sbatch --test-only` of the worker job: a bad partition, account, time or memory is one line now, before any
+    work, instead of jobs that never start while the run waits for workers."""
+    import subprocess
+
+    try:
+        res = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise PupickError(f"--cluster {spec}: sbatch --test-only did not answer ({err})") from None
+    if res.returncode != 0:
+        lines = [line.strip() for line in (res.stderr + res.stdout).splitlines() if line.strip()]
+        reason = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else "")
+        reason = reason.split("error:", 1)[-1].strip() if "error:" in reason else reason
+        raise InputError(f"--cluster {spec}: SLURM refuses the worker job: {reason or f'exit {res.returncode}'}")
+
+
 def _check_tls_config(spec: str) -> None:
     """tls:// takes its certificates from Dask's own configuration; say which keys when they are missing."""
     import dask
@@ -135,10 +152,19 @@ def read_jobqueue_config(path: Path) -> tuple[str, dict]:
 
 
 def _jobqueue_module(source: Any):
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    ctrl_c = signal.getsignal(signal.SIGINT) if main else None
     try:
         import dask_jobqueue
     except ImportError:
         raise InputError(f"{source}: jobqueue clusters need dask-jobqueue: pip install 'pupick[cluster]'") from None
+    finally:
+        # dask_jobqueue.runner, on import, makes Ctrl-C a silent sys.exit() (exit status 0, as if the run succeeded)
+        if main and ctrl_c is not None:
+            signal.signal(signal.SIGINT, ctrl_c)
     return dask_jobqueue
 
 
@@ -236,6 +262,8 @@ class DaskExecutor:
         self._owns = client is None
         self._cluster: Any = None
         self.last_batch_sizes: list[int] = []
+        self._jobs_seen: set = set()
+        self._kept = 0.0
 
     # -- lifecycle
 
@@ -267,6 +295,8 @@ class DaskExecutor:
                 if submit and shutil.which(submit[0]) is None:  # else the jobs fail unseen, and we wait forever
                     raise PupickError(f"--cluster {cfg.spec}: {submit[0]} not found; run where the "
                                       f"{cfg.jobqueue_system} commands work (a login or submit node)")
+                if cfg.jobqueue_system == "slurm":
+                    _check_slurm_job(cfg.spec, self._cluster.job_script())
                 self._cluster.scale(cfg.workers)
                 self.client = Client(self._cluster)
                 self.log(f"dask-jobqueue: asked {cfg.jobqueue_system} for {cfg.workers} worker(s); picking starts "
@@ -355,6 +385,7 @@ class DaskExecutor:
                     raise AbortRequested("stop requested; the cluster's pending tasks were cancelled")
                 now = time.monotonic()
                 if now - checked > 1.0:
+                    self._keep_jobs()
                     threads, checked = self._threads(client, waiting=not inflight, stop=stop), now
                 # keep every worker thread busy with the next batch queued behind the running one
                 while threads and len(inflight) < threads * TASKS_PER_THREAD:
@@ -417,7 +448,26 @@ class DaskExecutor:
             if not said:
                 self.log(f"waiting for Dask workers to join {client.scheduler.address}")
                 said = True
+            self._keep_jobs()
             time.sleep(0.5)
+
+    def _keep_jobs(self) -> None:
+        """A jobqueue run keeps its --cluster-workers jobs: one that ended (its walltime, scancel, a failed node) is
+        submitted again, once Dask has given its worker up (distributed.deploy.lost-worker-timeout)."""
+        cluster = self._cluster
+        if cluster is None or self.config is None or self.config.kind != "jobqueue":
+            return
+        now = time.monotonic()
+        if now - self._kept < KEEP_JOBS_S:
+            return
+        self._kept = now
+        jobs = set(list(cluster.workers))
+        lost = self._jobs_seen - jobs
+        if lost:
+            self.log(f"{len(lost)} worker job(s) ended before the run did (walltime, scancel or a failed node); "
+                     "submitting new ones")
+        self._jobs_seen = jobs
+        cluster.scale(self.config.workers)  # submits a job for each worker whose job is gone; else nothing
 
     def _collect(self, fut: Any, batch: tuple[int, ...], items: list, queue: deque,
                  isolated: set[int]) -> Iterator[tuple[int, Any]]:

@@ -213,7 +213,8 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
                           log=lambda m: click.echo(m, err=True))
     else:
         if executor is not None:
-            run_core(executor.start)  # a cluster that cannot start is one line, not a traceback
+            # a cluster that cannot start is one line, not a traceback; a refused job config is bad usage (exit 2)
+            run_core(usage, executor.start)
         try:
             with executor or contextlib.nullcontext():
                 result = run_core(pick_to_dir, paths, model, config, out, files=files, settings={"format": fmt,

@@ -1,7 +1,7 @@
 """The Dask executor with real Dask: a LocalCluster, and `dask scheduler` / `dask worker` processes on loopback.
 
 The pick runs go through the real CLI (`pupick pick --cluster ...`) and compare picks.csv with a serial run's, row
-for row. The jobqueue path renders a SLURM job script without a SLURM controller (none runs here).
+for row. Here the jobqueue path renders a SLURM job script; test_slurm.py runs it against a real SLURM.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cluster_runs import PICK_ARGS, check_same_as_serial as _check_same_as_serial, pick as _pick
 from pupick.core.cluster import ClusterConfig, batch_size, executor_from_spec, jobqueue_cluster
 from pupick.core.errors import InputError
 
@@ -86,7 +87,7 @@ jobqueue:
 
 
 def test_jobqueue_slurm_config_renders_the_job_script(tmp_path):
-    """What sbatch would get, rendered by dask-jobqueue itself; nothing is submitted (no SLURM controller here)."""
+    """What sbatch would get, rendered by dask-jobqueue itself; nothing is submitted."""
     cfg = tmp_path / "slurm.yaml"
     cfg.write_text(SLURM_YAML)
     cluster = jobqueue_cluster(ClusterConfig(f"jobqueue:{cfg}", 4))
@@ -186,46 +187,6 @@ def test_workers_with_another_pupick_version_are_refused_with_one_line(local2):
 
 # ---------------------------------------------------------------- the real CLI and engine, serial vs cluster
 
-N_COPIES = 4  # the 5 bundled micrographs under 4 names each: 20 micrographs, so a run lasts long enough to kill a worker
-PICK_ARGS = ["--device", "cpu", "--threshold", "-3", "--views", "1"]  # one view: 4x less work, same code path
-
-
-@pytest.fixture(scope="module")
-def many_mics(tmp_path_factory, demo_micrographs) -> tuple[Path, Path]:
-    """20 micrographs (links to the bundled five under new names) and one corrupt file among them."""
-    folder = tmp_path_factory.mktemp("mics")
-    for k in range(N_COPIES):
-        for src in demo_micrographs:
-            (folder / f"c{k}_{src.name}").symlink_to(src)
-    bad = folder / "c9_corrupt.mrc"
-    bad.write_bytes(b"MRC?" + os.urandom(3000))
-    return folder, bad
-
-
-def _pick(args: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "pupick"), "pick", *args], capture_output=True, text=True, timeout=300, **kw)
-
-
-@pytest.fixture(scope="module")
-def serial_run(many_mics, trained_model, tmp_path_factory):
-    folder, bad = many_mics
-    out = tmp_path_factory.mktemp("serial") / "out"
-    res = _pick([str(folder), "--model", str(trained_model), "-o", str(out), *PICK_ARGS])
-    assert res.returncode == 1, res.stderr  # the corrupt micrograph fails the run's exit status, not the others
-    table = pd.read_csv(out / "picks.csv")
-    assert table["micrograph"].nunique() == 5 * N_COPIES and len(table) > 100
-    return out, table
-
-
-def _check_same_as_serial(out: Path, res: subprocess.CompletedProcess, serial_table: pd.DataFrame, bad: Path):
-    assert res.returncode == 1, res.stdout + res.stderr
-    failed = [line for line in res.stderr.splitlines() if "failed:" in line]
-    assert len(failed) == 1 and bad.name in failed[0], res.stderr  # reported once
-    assert "Traceback" not in res.stderr
-    table = pd.read_csv(out / "picks.csv")
-    pd.testing.assert_frame_equal(table, serial_table)  # row for row: nothing lost, nothing duplicated
-
-
 def test_local2_gives_the_serial_picks(many_mics, serial_run, trained_model, tmp_path):
     folder, bad = many_mics
     out = tmp_path / "out"
@@ -290,12 +251,11 @@ def test_dask_cli_cluster_survives_a_killed_worker_with_the_serial_picks(many_mi
     _check_same_as_serial(out, res, serial_run[1], bad)
 
 
-def test_jobqueue_without_the_batch_system_says_so(tmp_path):
-    """No SLURM here: starting the cluster stops at the missing sbatch, with one line, instead of waiting for jobs."""
+def test_jobqueue_without_the_batch_system_says_so(tmp_path, monkeypatch):
+    """Where sbatch is not on PATH, starting the cluster stops there with one line instead of waiting for jobs."""
     from pupick.core.errors import PupickError
 
-    if shutil.which("sbatch"):
-        pytest.skip("sbatch exists here: this checks the message where it does not")
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without the SLURM commands
     cfg = tmp_path / "slurm.yaml"
     cfg.write_text(SLURM_YAML)
     ex = executor_from_spec(f"jobqueue:{cfg}", 2)
