@@ -413,7 +413,7 @@ def pick_via_server(client: Client, micrographs: Any, model: str | os.PathLike |
     import pandas as pd
 
     from .errors import InputError
-    from .outputs import PICKS_TABLE, DirRun, OutputDir, gather, pick_settings as manifest_settings, write_table
+    from .outputs import PICKS_TABLE, DirRun, OutputDir, PicksCsv, ScoreHistogram, pick_settings as manifest_settings
     from .pipeline import PickResult, micrograph_items
 
     log = log or (lambda m: None)
@@ -434,6 +434,9 @@ def pick_via_server(client: Client, micrographs: Any, model: str | os.PathLike |
         root = out.path
         done, todo = out.pending(items, files, log)
         done_names = {i.micrograph for i in done}
+        picks_csv = PicksCsv(out, items, done, todo)  # the same bytes as a local run's
+        counts: dict[str, int] = {}
+        scores = ScoreHistogram()
         if todo:
             sent = [_micrograph_entry(i) for i in todo]
             job_file = root / JOB_FILE
@@ -465,28 +468,33 @@ def pick_via_server(client: Client, micrographs: Any, model: str | os.PathLike |
                     failures.append((item.path, failed[item.micrograph]))
                     out.fail(item.micrograph, failed[item.micrograph])
                     log(f"skipped {item.path}: {failed[item.micrograph]}")
+                    picks_csv.finished(item.micrograph, False)
                     continue
                 part = groups.get(item.micrograph, table.iloc[0:0]).reset_index(drop=True)
                 written = out.targets(item, files)
                 if files is not None:
                     files.write(part, written[0])
                 out.record(item.micrograph, part, written)
+                picks_csv.finished(item.micrograph, True)
+                counts[item.micrograph] = len(part)
+                scores.add(part["score"].to_numpy(dtype=float))
                 if final.get("diameter_px"):
                     diameters[item.micrograph] = float(final["diameter_px"])
             job_file.unlink(missing_ok=True)
-        finished = [i.micrograph for i in items if (out.records / f"{i.micrograph}.csv").exists()]
-        picks = gather(out, finished)
+        picks_csv.close(files)
+        finished = [n for n in (i.micrograph for i in items) if n in done_names or n in counts]
         picks_path = root / PICKS_TABLE
-        write_table(picks, picks_path)
         if diameters:
             out.manifest["diameter_px"] = float(next(iter(diameters.values())))
         out.save_manifest()
     n_done = len(todo) - len(failures)
     seconds = time.perf_counter() - t0
-    run = PickResult(picks.iloc[0:0], failures, {"seconds_total": seconds,
+    from .tables import empty_picks
+
+    run = PickResult(empty_picks(with_path=True), failures, {"seconds_total": seconds,
                                                  "seconds_per_micrograph": seconds / n_done if n_done else
                                                  float("nan")}, n_done, diameters)
-    return DirRun(run, sorted(done_names), picks, picks_path, None, finished, items)
+    return DirRun(run, sorted(done_names), None, picks_path, None, finished, items, counts, scores)
 
 
 def _reattach(client: Client, job_file: Path, sent: list, log: Callable[[str], None]) -> str | None:

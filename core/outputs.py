@@ -135,12 +135,28 @@ class OutputDir:
 
     def pending(self, items: Sequence[Any], files: "PerMicrographFiles | None",
                 log: Callable[[str], None] | None = None) -> tuple[list[Any], list[Any]]:
-        """(done, to do): the items finished earlier whose outputs still exist, and the rest, in input order."""
-        done = [i for i in items if self.is_done(i.micrograph, self.targets(i, files))]
+        """(done, to do): the items finished earlier whose outputs still exist, and the rest, in input order.
+
+        One listing of the records and of each output folder, whatever the number of finished micrographs: no
+        file of finished work is opened or stat'ed (an on-the-fly rerun costs what is new)."""
+        done = self.done_items(items, files)
         names = {i.micrograph for i in done}
         if done and log is not None:
             log(f"{len(done)} micrograph(s) already picked in {self.path}; skipping them")
         return done, [i for i in items if i.micrograph not in names]
+
+    def done_items(self, items: Sequence[Any], files: "PerMicrographFiles | None") -> list[Any]:
+        """The items with a record whose per-micrograph file (for this format) is still there, in input order."""
+        recorded = _listing(self.records)
+        listings: dict[Path, set[str]] = {}
+
+        def present(target: Path) -> bool:
+            if target.parent not in listings:
+                listings[target.parent] = _listing(target.parent)
+            return target.name in listings[target.parent]
+
+        return [i for i in items if f"{i.micrograph}.csv" in recorded
+                and all(present(t) for t in self.targets(i, files))]
 
     def targets(self, item: Any, files: "PerMicrographFiles | None") -> list[Path]:
         """The user-visible per-micrograph files of an item (none without per-micrograph files)."""
@@ -171,6 +187,14 @@ class OutputDir:
 
     def save_manifest(self) -> None:
         write_text_atomic(self.manifest_path, json.dumps(self.manifest, indent=1))
+
+
+def _listing(folder: Path) -> set[str]:
+    """The names in a folder (one listing; none when it is missing)."""
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return set()
 
 
 def _reason(err: OSError) -> str:
@@ -228,6 +252,126 @@ def gather(out: OutputDir, names: list[str]) -> pd.DataFrame:
     })
 
 
+COMMITTED = "committed.txt"  # in RECORDS: the micrographs whose rows are in picks.csv, in its order (appended)
+PICKS_HEADER = ",".join(PICK_TABLE_COLUMNS) + "\n"
+
+
+def _rows(out: "OutputDir", name: str) -> bytes:
+    """A finished micrograph's rows of picks.csv, formatted as write_table formats them."""
+    df = out.read(name)
+    return df[PICK_TABLE_COLUMNS].to_csv(index=False, header=False, float_format="%.6g").encode() if len(df) else b""
+
+
+class PicksCsv:
+    """OUTDIR/picks.csv in input order, appended as micrographs finish: a micrograph's rows go in (one write) once
+    every earlier input is done or has failed, then its name in .pupick_records/committed.txt, then the committed
+    lengths in the manifest. A run first cuts what lies beyond those lengths (a torn tail). A micrograph that
+    finishes before rows already there (a retried failure, a new name that sorts earlier), or an input list that
+    no longer matches, makes the run rewrite the file from the records: the same inputs give the same bytes."""
+
+    def __init__(self, out: "OutputDir", items: Sequence[Any], done: Sequence[Any], todo: Sequence[Any]) -> None:
+        self.out = out
+        self.path = out.path / PICKS_TABLE
+        self.list_path = out.records / COMMITTED
+        self.items = list(items)
+        self.index = {i.micrograph: n for n, i in enumerate(self.items)}
+        done_names = {i.micrograph for i in done}
+        committed = self._committed(done_names)
+        self.stale = False  # rows arrived out of order: rewrite at the end
+        if committed is None:
+            self._rewrite(done_names)
+            committed = [i.micrograph for i in self.items if i.micrograph in done_names]
+        self.last = self.index[committed[-1]] if committed else -1
+        in_file = set(committed)
+        self.status = {n: True for n in done_names if n not in in_file}  # finished, rows not yet in the file
+        self.queue = sorted([*self.status, *(i.micrograph for i in todo)], key=self.index.__getitem__)
+        self.next = 0
+        self.advance()
+
+    def _committed(self, done_names: set[str]) -> list[str] | None:
+        """The micrographs in picks.csv, after cutting a torn tail; None when the file must be rewritten."""
+        state = self.out.manifest.get("picks_csv")
+        if not isinstance(state, dict):
+            return None
+        size, count = state.get("bytes"), state.get("micrographs")
+        try:
+            with open(self.list_path, "rb") as fh:
+                listing = fh.read()
+            if os.path.getsize(self.path) < size:
+                return None
+        except (OSError, TypeError):
+            return None
+        lines = listing.split(b"\n")
+        if not isinstance(count, int) or len(lines) - 1 < count:
+            return None
+        names = [line.decode() for line in lines[:count]]
+        positions = [self.index.get(n, -1) for n in names]
+        last = positions[-1] if positions else -1
+        # what the file holds must be exactly the inputs done up to its last micrograph, in input order
+        if min(positions, default=0) < 0 or any(b <= a for a, b in zip(positions, positions[1:])):
+            return None
+        if [i.micrograph for i in self.items[:last + 1] if i.micrograph in done_names] != names:
+            return None
+        os.truncate(self.path, size)  # the torn tail of a run killed mid-append
+        os.truncate(self.list_path, sum(len(line) + 1 for line in lines[:count]))
+        return names
+
+    def _save(self, size: int, count: int) -> None:
+        self.out.manifest["picks_csv"] = {"bytes": size, "micrographs": count}
+        self.out.save_manifest()
+
+    def _rewrite(self, done_names: set[str]) -> None:
+        """picks.csv and its list from the records of every done input, in input order (O(all), rarely)."""
+        self.out.manifest.pop("picks_csv", None)
+        self.out.save_manifest()  # killed while rewriting: the next run rewrites again
+        names = [i.micrograph for i in self.items if i.micrograph in done_names]
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
+            fh.write(PICKS_HEADER.encode())
+            for name in names:
+                fh.write(_rows(self.out, name))
+        write_text_atomic(self.list_path, "".join(f"{n}\n" for n in names))
+        self._save(os.path.getsize(self.path), len(names))
+
+    def finished(self, name: str, ok: bool) -> None:
+        """A micrograph of this run finished (ok) or failed; commits what is now in order."""
+        self.status[name] = ok
+        self.advance()
+
+    def advance(self) -> None:
+        while self.next < len(self.queue) and self.queue[self.next] in self.status:
+            name = self.queue[self.next]
+            self.next += 1
+            if not self.status.pop(name):
+                continue
+            if self.index[name] < self.last:
+                self.stale = True
+                continue
+            self._append(name)
+
+    def _append(self, name: str) -> None:
+        rows = _rows(self.out, name)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, rows)  # one write: a killed run leaves whole rows or none
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        fd = os.open(self.list_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, f"{name}\n".encode())
+        finally:
+            os.close(fd)
+        self.last = self.index[name]
+        state = self.out.manifest["picks_csv"]
+        self._save(size, state["micrographs"] + 1)
+
+    def close(self, files: "PerMicrographFiles | None") -> None:
+        """At the end of a run: rewrite when rows came out of order."""
+        if self.stale:
+            self._rewrite({i.micrograph for i in self.out.done_items(self.items, files)})
+            self.stale = False
+
+
 @dataclass
 class PerMicrographFiles:
     """Where each micrograph's own pick file goes (relative to the output directory) and how it is written."""
@@ -242,21 +386,95 @@ class DirRun:
 
     run: Any  # PickResult
     skipped: list[str]
-    picks: pd.DataFrame  # every requested micrograph's picks, including earlier runs'
+    _picks: pd.DataFrame | None  # None: read from picks_path when asked for
     picks_path: Path
     model: Any  # the LoadedModel (None for the blob picker)
     micrographs: list[str] = field(default_factory=list)  # names of every requested micrograph now done
     items: list[Any] = field(default_factory=list)  # every requested MicrographItem
+    counts: dict[str, int] = field(default_factory=dict)  # this run's picks per micrograph
+    scores: Any = None  # this run's ScoreHistogram
+
+    @property
+    def picks(self) -> pd.DataFrame:
+        """Every requested micrograph's picks, including earlier runs' (read from picks.csv on first use)."""
+        if self._picks is None:
+            self._picks = read_table(self.picks_path)
+        return self._picks
 
     @property
     def failures(self) -> list[tuple[str, str]]:
         return self.run.failures
 
 
+class ScoreHistogram:
+    """Pick scores binned at 0.01 (a logit), so a run's score quantiles need no list of all its picks."""
+
+    STEP = 0.01
+
+    def __init__(self) -> None:
+        self.bins: dict[int, int] = {}
+        self.n = 0
+
+    def add(self, scores: Any) -> None:
+        keys, counts = np.unique(np.floor(np.asarray(scores, dtype=float) / self.STEP).astype(np.int64),
+                                 return_counts=True)
+        for k, c in zip(keys.tolist(), counts.tolist()):
+            self.bins[k] = self.bins.get(k, 0) + c
+        self.n += int(counts.sum())
+
+    def kth_largest(self, k: int) -> float | None:
+        """The k-th highest score, to the bin (None when there are fewer than k)."""
+        if k < 1 or k > self.n:
+            return None
+        seen = 0
+        for key in sorted(self.bins, reverse=True):
+            seen += self.bins[key]
+            if seen >= k:
+                return key * self.STEP
+        return None
+
+
 def pick_settings(model: Any, config: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a pick directory's manifest records: the model's identity, the picking fields, output settings."""
     return {"model_sha256": getattr(model, "sha256", None) if config.method == "cnn" else None,
             "pick": config.recorded(), **(extra or {})}
+
+
+def _file_identity(path: Any) -> dict[str, Any] | None:
+    """A model file's path, size and modification time: enough to know it is the file a directory was picked with."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def nothing_new(out_dir: str | os.PathLike, items: Sequence[Any], files: "PerMicrographFiles | None",
+                model_path: Any, config: Any, extra: dict[str, Any]) -> bool:
+    """True when an earlier run into `out_dir` picked every item with these settings and model file, and
+    picks.csv holds exactly them: a rerun has nothing to do, and needs neither torch nor the model (no file of
+    finished work is opened: one listing of the records and of each output folder, the manifest, the list)."""
+    root = Path(out_dir)
+    try:
+        manifest = json.loads((root / PICK_MANIFEST).read_text())
+        recorded = manifest["settings"]
+        state = manifest["picks_csv"]
+        if (recorded.get("pick") != config.recorded() or any(recorded.get(k) != v for k, v in extra.items())
+                or "bootstrap" in recorded or manifest.get("failures")):
+            return False
+        if config.method == "cnn" and (manifest.get("model_file") is None
+                                       or manifest["model_file"] != _file_identity(model_path)):
+            return False
+        if state["micrographs"] != len(items) or os.path.getsize(root / PICKS_TABLE) != state["bytes"]:
+            return False
+        listed = (root / RECORDS / COMMITTED).read_text().split("\n")[:len(items)]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    if listed != [i.micrograph for i in items]:
+        return False
+    return not unfinished(root, items, files)
 
 
 def unfinished(out_dir: str | os.PathLike, items: Sequence[Any], files: "PerMicrographFiles | None" = None,
@@ -266,7 +484,8 @@ def unfinished(out_dir: str | os.PathLike, items: Sequence[Any], files: "PerMicr
     if overwrite:
         return list(items)
     out = OutputDir(out_dir, "pick", {})
-    return [i for i in items if not out.is_done(i.micrograph, out.targets(i, files))]
+    done = {i.micrograph for i in out.done_items(items, files)}
+    return [i for i in items if i.micrograph not in done]
 
 
 def pick_to_dir(
@@ -301,6 +520,10 @@ def pick_to_dir(
         if todo:  # the general model's bootstrap round (kept in OUT_DIR for later runs), when on
             model = prepare(model, config, items, root, overwrite=overwrite, log=log)
 
+        table = PicksCsv(out, items, done, todo)
+        counts: dict[str, int] = {}
+        scores = ScoreHistogram()
+
         def finish(res: Any) -> None:
             if res.error is not None:
                 out.fail(res.micrograph, res.error)
@@ -309,6 +532,9 @@ def pick_to_dir(
                 if files is not None:
                     files.write(res.picks, written[0])
                 out.record(res.micrograph, res.picks, written)
+                counts[res.micrograph] = len(res.picks)
+                scores.add(res.picks["score"].to_numpy(dtype=float))
+            table.finished(res.micrograph, res.error is None)  # its rows join picks.csv when their turn comes
             if on_result is not None:
                 on_result(res)
 
@@ -318,11 +544,10 @@ def pick_to_dir(
                        progress=progress, log=log, keep_picks=False)
         finally:
             out.save_manifest()  # failures so far, even when interrupted
-        finished = [i.micrograph for i in items if (out.records / f"{i.micrograph}.csv").exists()]
-        picks = gather(out, finished)
-        picks_path = root / PICKS_TABLE
-        write_table(picks, picks_path)
+        table.close(files)
+        out.manifest["model_file"] = _file_identity(getattr(model, "path", None))
+        finished = [n for n in (i.micrograph for i in items) if n in done_names or n in counts]
         if run.diameters:  # in the micrographs' own pixels (after any pixel-size rescaling), for `pupick evaluate`
             out.manifest["diameter_px"] = float(np.median(list(run.diameters.values())))
         out.save_manifest()
-    return DirRun(run, sorted(done_names), picks, picks_path, model, finished, items)
+    return DirRun(run, sorted(done_names), None, root / PICKS_TABLE, model, finished, items, counts, scores)

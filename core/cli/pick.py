@@ -40,15 +40,16 @@ def _files(fmt: str, box_size: int | None):
 def _summary(result, config: PickConfig, seconds: float, labels, match_radius) -> list[str]:
     import numpy as np
 
-    picks, run = result.picks, result.run
-    n_mics = run.n_done + len(result.skipped)
+    run = result.run
+    n_mics = len(result.counts)  # this run's: the cost of a rerun follows what is new
     lines = []
     if n_mics:
-        counts = picks.groupby("micrograph", observed=True).size().to_numpy() if len(picks) else np.zeros(0, int)
-        counts = np.r_[counts, np.zeros(max(0, n_mics - len(counts)), int)]
-        lines.append(f"{len(picks)} picks on {n_mics} micrograph(s) at threshold {config.extract.threshold:g}: "
+        counts = np.fromiter(result.counts.values(), dtype=int, count=n_mics)
+        lines.append(f"{counts.sum()} picks on {n_mics} micrograph(s) at threshold {config.extract.threshold:g}: "
                      f"{counts.mean():.1f} per micrograph (median {np.median(counts):g}, range {counts.min()}-"
                      f"{counts.max()})" + (f"; {len(result.skipped)} done earlier" if result.skipped else ""))
+    elif result.skipped:
+        lines.append(f"nothing new to pick: {len(result.skipped)} micrograph(s) done earlier")
     if run.n_done:
         lines.append(f"{run.seconds_per_micrograph:.2f} s per micrograph ({run.n_done} picked in {seconds:.1f} s)")
     suggestion = _suggest_threshold(result, labels, match_radius, n_mics)
@@ -61,10 +62,12 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
     """A working threshold: best F1 against labels when given, else where picks meet the expected count."""
     import numpy as np
 
-    picks = result.picks
-    if not len(picks) or not n_mics:
+    if not n_mics:
         return None
     if labels is not None:
+        picks = result.picks  # every requested micrograph's, from picks.csv: labels may name any of them
+        if not len(picks):
+            return None
         from ..evaluate import evaluate
 
         ev = evaluate(picks, labels, match_radius, micrographs=result.micrographs)
@@ -77,12 +80,10 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
     expected = (result.model.config.get("expected_particles") if result.model is not None else None)
     if not expected:
         return None
-    k = int(round(expected * n_mics))
-    scores = np.sort(picks["score"].to_numpy(dtype=float))[::-1]
-    if k < 1 or k > len(scores):
+    kth = result.scores.kth_largest(int(round(expected * n_mics))) if result.scores is not None else None
+    if kth is None:
         return None
-    return (f"suggested threshold {scores[k - 1]:.2f}: keeps the model's expected {expected:g} particles per "
-            "micrograph")
+    return f"suggested threshold {kth:.2f}: keeps the model's expected {expected:g} particles per micrograph"
 
 
 @click.command("pick")
@@ -191,6 +192,14 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
         client, model = run_core(_server_model, server, token_file, model_path, config)
     else:
         items = run_core(micrograph_items, paths)
+        if not overwrite and fmt != "cs" and labels is None:
+            from ..outputs import nothing_new
+
+            extra = {"format": fmt, "box_size": box_size if fmt == "box" else None}
+            if nothing_new(out, items, _files(fmt, None), model_path, config, extra):  # no torch, no model read
+                click.echo(f"nothing new: all {len(items)} micrograph(s) were picked earlier; {out / 'picks.csv'} "
+                           "is unchanged")
+                return
         if executor is None:  # the first micrographs are read while torch and the model load
             from ..executors import LocalExecutor
             from ..prefetch import start_prefetch
@@ -309,10 +318,11 @@ def _write_star_list(result, out: Path) -> None:
 
     from pupick.adapters.relion import write_coordinate_list
 
+    done = set(result.micrographs)  # their records and coordinate files exist: no stat of each
+    items = [i for i in result.items if i.micrograph in done]
     entries = pd.DataFrame({
-        "micrograph_path": [i.path for i in result.items],
-        "coordinates_path": [str(out / COORD_DIR / f"{i.micrograph}.star") for i in result.items],
+        "micrograph_path": [i.path for i in items],
+        "coordinates_path": [str(out / COORD_DIR / f"{i.micrograph}.star") for i in items],
     })
-    exists = [Path(c).exists() for c in entries["coordinates_path"]]
     with atomic_path(out / "coordinates.star") as tmp:
-        write_coordinate_list(entries[exists], tmp)
+        write_coordinate_list(entries, tmp)

@@ -50,7 +50,7 @@ def test_rerun_skips_and_other_settings_refuse(runner, picked, trained_model, tw
     out, _ = picked
     res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    assert "already picked" in res.output and "2 done earlier" in res.output
+    assert "nothing new: all 2 micrograph(s) were picked earlier" in res.output  # settings and model agree
     res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--threshold", "1"])
     assert res.exit_code == 1 and "threshold" in res.output and "--overwrite" in res.output
 
