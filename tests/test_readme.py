@@ -30,11 +30,12 @@ def code_blocks(path: Path, language: str) -> list[str]:
 def section(path: Path, heading: str) -> str:
     """The text of a Markdown file from HEADING to the next heading of the same or a higher level."""
     text = path.read_text()
-    start = text.index(heading)
+    # headings are looked for outside fenced code (a STAR file's `# version` line is no heading)
+    masked = re.sub(r"^```.*?^```", lambda m: re.sub(r"[^\n]", " ", m.group(0)), text, flags=re.S | re.M)
+    start = masked.index(heading)
     level = heading.split(" ")[0]
-    rest = text[start + len(heading):]
-    ends = [m.start() for m in re.finditer(rf"^#{{1,{len(level)}}} ", rest, re.M)]
-    return heading + (rest[:ends[0]] if ends else rest)
+    ends = [m.start() for m in re.finditer(rf"^#{{1,{len(level)}}} ", masked[start + len(heading):], re.M)]
+    return text[start:start + len(heading) + ends[0]] if ends else text[start:]
 
 
 @pytest.mark.slow
