@@ -22,26 +22,10 @@ from .io import atomic_path
 from .models import ModelConfig, PickerNet, build, native_stride, receptive_field
 from .hashing import file_sha256  # noqa: F401 (callers import it from here)
 
-from .modelmeta import FORMAT
+from .modelmeta import FORMAT, SHIPPED_DIR, SHIPPED_MODELS, resolve_model  # noqa: F401 (torch-free)
 FORMAT_VERSION = 1  # bump when a saved file can no longer be read by this code
 
 
-# One registry of the models shipped inside the package: name -> file under core/shipped/ (package data).
-SHIPPED_MODELS = {
-    "general": "general.pt",  # trained on every shared set's labels (EMPIAR-10017, 10028, 10059); needs a diameter
-}
-SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
-
-
-def resolve_model(name_or_path: str | os.PathLike) -> Path:
-    """The file of a shipped model's name (`general`), else the path as given."""
-    if isinstance(name_or_path, str) and name_or_path in SHIPPED_MODELS:
-        path = SHIPPED_DIR / SHIPPED_MODELS[name_or_path]
-        if not path.is_file():
-            raise ModelFileError(f"the shipped model {name_or_path!r} is missing from this installation ({path}); "
-                                 "build it with `make general-model`")
-        return path
-    return Path(name_or_path)
 
 
 @dataclass

@@ -13,6 +13,26 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from .errors import ModelFileError
+
+# One registry of the models shipped inside the package: name -> file under core/shipped/ (package data).
+SHIPPED_MODELS = {
+    "general": "general.pt",  # trained on every shared set's labels (EMPIAR-10017, 10028, 10059); needs a diameter
+}
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """The file of a shipped model's name (`general`), else the path as given."""
+    if isinstance(name_or_path, str) and name_or_path in SHIPPED_MODELS:
+        path = SHIPPED_DIR / SHIPPED_MODELS[name_or_path]
+        if not path.is_file():
+            raise ModelFileError(f"the shipped model {name_or_path!r} is missing from this installation ({path}); "
+                                 "build it with `make general-model`")
+        return path
+    return Path(name_or_path)
+
+
 FORMAT = "pupick-model"  # the payload marker of every model file (core.modelfile writes it)
 MAX_PICKLE_BYTES = 1 << 20  # a payload pickle is a few kB; anything bigger is not ours
 

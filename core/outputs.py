@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, PupickError
 from .io import atomic_path, write_text_atomic
 
 LOCK = ".pupick.lock"
@@ -444,9 +444,12 @@ def _file_identity(path: Any) -> dict[str, Any] | None:
     """A model file's path, size and modification time: enough to know it is the file a directory was picked with."""
     if path is None:
         return None
+    from .modelmeta import resolve_model
+
     try:
+        path = resolve_model(path)  # a shipped model's name (`general`): its file
         st = os.stat(path)
-    except OSError:
+    except (OSError, PupickError):
         return None
     return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
