@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 from typing import Sequence
 
 import pandas as pd
@@ -49,7 +51,15 @@ def _write_list(out_dir: Path, out_name: str, mics: pd.DataFrame, rel: Sequence[
     """Rewrite <o>autopick.star listing every micrograph whose coordinate file exists; returns how many."""
     from pupick.adapters.relion import write_coordinate_list
 
-    done = [(p, node_name(out_name, r)) for p, r in zip(mics["path"], rel) if (out_dir / r).is_file()]
+    listings: dict[Path, set[str]] = {}  # one listing per folder, not a stat per micrograph (on-the-fly reruns)
+
+    def exists(r: PurePosixPath) -> bool:
+        folder = out_dir / r.parent
+        if folder not in listings:
+            listings[folder] = set(os.listdir(folder)) if folder.is_dir() else set()
+        return r.name in listings[folder]
+
+    done = [(p, node_name(out_name, r)) for p, r in zip(mics["path"], rel) if exists(r)]
     entries = pd.DataFrame({
         "micrograph_path": pd.Series([p for p, _ in done], dtype=object),
         "coordinates_path": pd.Series([c for _, c in done], dtype=object),
@@ -125,7 +135,7 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     files = PerMicrographFiles(
         target=lambda item: Path(rel_of[item.micrograph]),
         write=lambda df, target: write_coordinates_star(df, target, version=STAR_VERSIONS[job.version]))
-    n_done = sum(OutputDir(job.out_dir, "pick", {}).is_done(n, [job.out_dir / r]) for n, r in rel_of.items())
+    n_done = len(OutputDir(job.out_dir, "pick", {}).done_items([SimpleNamespace(micrograph=n) for n in rel_of], files))
     say(f"{len(mics)} micrograph(s) in {mics_star}: {n_done} picked by an earlier run (kept), "
         f"{len(mics) - n_done} to pick")
     model = prefetch = local = None
