@@ -356,7 +356,9 @@ def expand_inputs(items: Sequence[str | os.PathLike], extensions: Sequence[str] 
         p = Path(s)
         if p.is_dir():
             try:
-                files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in extensions)
+                with os.scandir(p) as entries:  # the entry's type comes with the listing: no stat per file
+                    files = sorted(p / e.name for e in entries
+                                   if os.path.splitext(e.name)[1].lower() in extensions and e.is_file())
             except OSError as err:
                 raise InputError(f"{p}: cannot read the directory ({err.strerror})") from None
             if not files:
