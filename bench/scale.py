@@ -74,14 +74,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--k", type=int, default=10, help="new micrographs per on-the-fly iteration")
     ap.add_argument("--keep", type=Path, default=None, help="work here and keep it (default: a temporary folder)")
+    ap.add_argument("--reuse", action="store_true", help="only the rounds, on the data sets an earlier --keep left")
     args = ap.parse_args(argv)
+    if args.reuse and args.keep is None:
+        ap.error("--reuse needs --keep")
     root = Path(args.keep or tempfile.mkdtemp(prefix="pupick-scale-"))
     root.mkdir(parents=True, exist_ok=True)
     results: dict = {"real": {}, "take_in": {}, "rounds": []}
     try:
         # 1. real picking at two sizes
         real_mics = root / "real_mics"
-        for n in (max(1, args.real // 4), args.real):
+        for n in () if args.reuse else (max(1, args.real // 4), args.real):
             link(real_mics, [f"r{i:05d}" for i in range(n)])
             out = root / f"real{n}"
             results["real"][n] = pick(real_mics, out)
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         # 2. the cloned data sets, taken into picks.csv once
         sets = {}
         for n in (args.small, args.clone):
+            if args.reuse:
+                sets[n] = (root / f"mics{n}", root / f"out{n}")
+                continue
             t0 = time.perf_counter()
             mics, out = clone(real_out, real_mics, n, root)
             built = time.perf_counter() - t0
@@ -99,12 +105,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"take-in of {n}: {results['take_in'][n]}", flush=True)
             sets[n] = (mics, out)
         # 3. interleaved rounds: nothing new, then k new
+        stamp = f"{int(time.time()):x}"
         for r in range(args.repeats):
             row = {}
             for n, (mics, out) in sets.items():
                 still = run_measured([PUPICK, "pick", mics, "-o", out, *PICK])
                 assert "nothing new" in still.stdout, still.stdout + still.stderr
-                link(mics, [f"z{r:02d}{i:03d}" for i in range(args.k)])
+                link(mics, [f"z{stamp}{r:02d}{i:03d}" for i in range(args.k)])  # new names, after the others
                 new = run_measured([PUPICK, "pick", mics, "-o", out, *PICK])
                 assert new.returncode == 0 and f"on {args.k} micrograph(s)" in new.stdout, new.stdout + new.stderr
                 row[n] = {"nothing_new_s": still.seconds, "nothing_new_rss_mb": still.peak_rss_mb,

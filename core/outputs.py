@@ -148,15 +148,17 @@ class OutputDir:
     def done_items(self, items: Sequence[Any], files: "PerMicrographFiles | None") -> list[Any]:
         """The items with a record whose per-micrograph file (for this format) is still there, in input order."""
         recorded = _listing(self.records)
-        listings: dict[Path, set[str]] = {}
+        if files is None:
+            return [i for i in items if f"{i.micrograph}.csv" in recorded]
+        listings: dict[str, set[str]] = {}
 
-        def present(target: Path) -> bool:
-            if target.parent not in listings:
-                listings[target.parent] = _listing(target.parent)
-            return target.name in listings[target.parent]
+        def present(item: Any) -> bool:
+            folder, _, name = os.fspath(files.target(item)).rpartition(os.sep)  # relative: no Path arithmetic
+            if folder not in listings:
+                listings[folder] = _listing(self.path / folder)
+            return name in listings[folder]
 
-        return [i for i in items if f"{i.micrograph}.csv" in recorded
-                and all(present(t) for t in self.targets(i, files))]
+        return [i for i in items if f"{i.micrograph}.csv" in recorded and present(i)]
 
     def targets(self, item: Any, files: "PerMicrographFiles | None") -> list[Path]:
         """The user-visible per-micrograph files of an item (none without per-micrograph files)."""

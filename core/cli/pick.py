@@ -32,7 +32,7 @@ def _files(fmt: str, box_size: int | None):
     adapter_fmt = "relion" if fmt == "star" else fmt
     ext = EXTENSIONS[fmt]
     return PerMicrographFiles(
-        target=lambda item: Path(COORD_DIR) / f"{item.micrograph}{ext}",
+        target=lambda item: Path(f"{COORD_DIR}/{item.micrograph}{ext}"),
         write=lambda df, target: write_picks(df, target, fmt=adapter_fmt, box_size=box_size),  # atomic
     )
 
