@@ -645,7 +645,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
             os.replace(tmp, target)
 
             def run(device: str):
-                from ..pipeline import pick
+                from ..picking import pick
 
                 loaded = registry.load(entry.name, entry.sha256, device) if entry else None
                 # here, never on a cluster: the uploaded file lives only on this machine

@@ -82,10 +82,7 @@ def call_train(paths: list[Path], labels, config, output: Path, on_epoch: Callab
 def call_pick_to_dir(paths: list[Path], model: Path, config, out_dir: Path, on_one: Callable[[], None],
                      should_stop: Callable[[], bool], log: Callable[[str], None]):
     """Run the engine's resumable `pick_to_dir` into `out_dir`, calling `on_one` after each micrograph."""
-    try:
-        from ..outputs import pick_to_dir  # the engine API's home once it lands
-    except ImportError:
-        from ..pipeline import pick_to_dir
+    from ..outputs import pick_to_dir
     params = inspect.signature(pick_to_dir).parameters
     kw: dict[str, Any] = {"should_stop": should_stop, "progress": False, "log": log}
     if "on_result" in params:

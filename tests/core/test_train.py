@@ -153,7 +153,7 @@ def test_cli_module_does_not_import_torch():
 
 
 def test_trains_on_a_preprocessed_directory(tmp_path, demo_micrographs, demo_labels):
-    from pupick.core.preprocess import preprocess_to_dir
+    from pupick.core.outputs import preprocess_to_dir
 
     pre_dir = tmp_path / "pre"
     preprocess_to_dir(demo_micrographs[:1], pre_dir, PreprocessConfig(diameter_px=56), progress=False)
