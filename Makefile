@@ -27,6 +27,7 @@ SCIPION_VENV ?= $(CURDIR)/.venv-scipion
 test: $(STAMP)
 	scipion_plugin/make_env.sh $(SCIPION_VENV)
 	tests/service/ensure_chromium.sh
+	$(VENV)/bin/lint-imports  # core's layers and the adapters' place (pyproject.toml, docs/architecture.md)
 	PUPICK_SCIPION_VENV=$(SCIPION_VENV) $(PY) -m pytest -q
 
 bench: $(STAMP)
