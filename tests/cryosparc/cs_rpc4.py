@@ -156,6 +156,10 @@ class Rpc4Server:
             except Refused as err:
                 error = {"code": err.code, "name": "Error", "message": str(err), "data": None}
                 return 200, "application/json", json.dumps({"jsonrpc": "2.0", "error": error}).encode()
+            message = params.get("message", "") if isinstance(params, dict) else ""
+            if method == "job_send_streamlog" and self.hold_on and message.startswith(self.hold_on):
+                self.held.set()  # this reply waits (outside the lock: other requests are answered meanwhile)
+                self.release.wait(30)
             return 200, "application/json", json.dumps({"jsonrpc": "2.0", "result": result}).encode()
         if service != "vis":
             raise RpcRejected(f"{service} {path}: 4.7.1 sends no such request")
@@ -243,9 +247,6 @@ class Rpc4Server:
         self._job(project_uid, job_uid)
         kind = "image" if imgfiles else ("error" if error else "text")
         self.events.setdefault(job_uid, []).append((kind, message))
-        if self.hold_on and message.startswith(self.hold_on):
-            self.held.set()
-            self.release.wait(30)
         return f"{len(self.events[job_uid]):024x}"
 
     # command_vis (vis)
