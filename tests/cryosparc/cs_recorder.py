@@ -303,7 +303,7 @@ class FakeServer:
         from cs_rpc4 import check_output
 
         declared = [s.name for s in out.slots]
-        problem = check_output(dataset, declared, self.output_fields[out.type])
+        problem = check_output(dataset, declared, self.output_fields.get(out.type, []))
         if problem:
             raise api_error(422, f"output {output_name}: {problem}")
         # through the wire format; cryoSPARC keeps the declared slots only

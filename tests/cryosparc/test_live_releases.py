@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryosparc.dataset import Dataset
-from cs_project import DIAMETER_PX, NAMES, make_project
+from cs_project import DIAMETER_PX, NAMES, PICKER_FIELDS, make_project
 from cs_recorder import FakeServer, ServerHost, exposure_groups
 from cs_rpc4 import Rpc4Server
 
@@ -27,15 +27,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RELEASES = ["4.7.1", "5.0.3"]
 LICENSE = "0f0f0f0f-1111-2222-3333-444444444444"
-# A real cryoSPARC picker's particle output (location + pick_stats), as cryoSPARC 4.x/5.x write it: the server's
-# template here, written down independently of pupick's own list (adapters/cryosparc.py PARTICLE_FIELDS).
-PICKER_FIELDS = [
-    ("location/micrograph_uid", "<u8"), ("location/exp_group_id", "<u4"), ("location/micrograph_path", "O"),
-    ("location/micrograph_shape", "2<u4"), ("location/micrograph_psize_A", "<f4"),
-    ("location/center_x_frac", "<f4"), ("location/center_y_frac", "<f4"), ("location/min_dist_A", "<f4"),
-    ("pick_stats/ncc_score", "<f4"), ("pick_stats/power", "<f4"), ("pick_stats/template_idx", "<u4"),
-    ("pick_stats/angle_rad", "<f4"),
-]
 EXPOSURE_FIELDS = [("micrograph_blob/path", "O"), ("micrograph_blob/idx", "<u4"),
                    ("micrograph_blob/shape", "2<u4"), ("micrograph_blob/psize_A", "<f4"),
                    ("micrograph_blob/format", "O")]
