@@ -146,6 +146,7 @@ class FakeServer:
                  output_fields: dict[str, list[tuple]], make_job_dirs: bool = False):
         self.make_job_dirs = make_job_dirs
         self.hold_on: str | None = None  # a log text prefix: that request waits until `release` is set
+        self.drop_on: str | None = None  # an endpoint (jobs_add_external_input): it times out instead
         self.held, self.release = threading.Event(), threading.Event()
         self.project_uid, self.project_dir = project_uid, Path(project_dir)
         self.sources = source_outputs  # (job, output) -> (type, dataset)
@@ -384,6 +385,8 @@ class ServerProxy:
                 return value
             if kind == "api_error":
                 raise api_error(*value)
+            if kind == "timeout":  # what httpx raises when the server does not answer in time
+                raise httpx.ReadTimeout("timed out")
             raise RequestRejected(value)
 
         return call
@@ -416,6 +419,9 @@ class ServerHost:
             except (OSError, EOFError):
                 return
             handler = getattr(self.server, name, None)
+            if name == self.server.drop_on:
+                conn.send(("timeout", None))
+                return
             try:
                 if handler is None:
                     raise RequestRejected(f"{name}: called, but this test's server does not expect it")

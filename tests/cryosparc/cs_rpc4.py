@@ -61,6 +61,7 @@ class Rpc4Server:
         self.rejected: list[str] = []
         self.refuse: set[str] = set()
         self.hold_on: str | None = None  # a log text prefix: that request waits until `release` is set
+        self.drop_on: str | None = None  # a method name: the connection is dropped instead of answered
         self.held, self.release = threading.Event(), threading.Event()
         self.lock = threading.RLock()
         self._next = 20
@@ -110,6 +111,9 @@ class Rpc4Server:
             def do_POST(self):
                 body = self._body()
                 url = urlparse(self.path)
+                if server.drop_on and url.path == "/api" and json.loads(body).get("method") == server.drop_on:
+                    self.close_connection = True  # the network fails mid-request: no answer at all
+                    return
                 try:
                     status, ctype, reply = server.handle(service, url.path, parse_qs(url.query), body)
                 except Exception as err:  # noqa: BLE001 - RpcRejected, or a call this server cannot answer

@@ -255,6 +255,18 @@ def test_an_unreachable_server_is_one_line_naming_the_job(live):
     assert live.server.statuses[job] == ["building", "running"]
 
 
+def test_a_network_failure_during_setup_fails_the_job_without_a_traceback(live):
+    live.server.drop_on = "add_external_job_input" if live.release.startswith("4.") else "jobs_add_external_input"
+    code, out, err = live.run([*PICK, *BLOB])
+    assert code == 1, err
+    _one_line(err)
+    job = live.job()
+    assert f"External job P3-{job} could not be set up and is marked failed" in err
+    assert live.server.statuses[job] == ["building", "failed"]
+    errors = [t for kind, t in live.server.events[job] if kind == "error"]
+    assert len(errors) == 1 and errors[0].startswith("pupick: cryoSPARC: "), errors
+
+
 def test_an_unreachable_server_at_connect_is_one_line(live):
     live.stop_server()
     code, out, err = live.run([*PICK, *BLOB])
