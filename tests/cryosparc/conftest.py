@@ -1,6 +1,7 @@
 """Fixtures for the cryoSPARC wrapper tests (helpers live in cs_project.py)."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,10 @@ def cs_project(tmp_path_factory) -> CsProject:
 
 # The older cryosparc-tools release the live tests drive, next to the 5.x one installed by `make install`
 # (two releases cannot share a process: the 4.x one runs in subprocesses with this directory on PYTHONPATH).
-CS47_RELEASE = "4.7.1"
-CS47_DIR = Path(__file__).resolve().parents[2] / ".venv-cs47"
+# PUPICK_TEST_CS4=4.6.1 (or 4.4.1 ...) runs the same tests against another 4.x release, in its own directory.
+CS47_RELEASE = os.environ.get("PUPICK_TEST_CS4", "4.7.1")
+CS47_DIR = Path(__file__).resolve().parents[2] / (".venv-cs47" if CS47_RELEASE == "4.7.1" else
+                                                  f".venv-cs{CS47_RELEASE.replace('.', '')}")
 
 
 def ensure_cs47(target: Path = CS47_DIR) -> Path:

@@ -45,8 +45,9 @@ class Rpc4Server:
     """One project on a 4.x master; `start()` binds the three services on loopback."""
 
     def __init__(self, package: Path, project_uid: str, project_dir: Path, sources: dict, output_fields: dict,
-                 make_job_dirs: bool = False):
+                 make_job_dirs: bool = False, version: str = "4.7.1"):
         self.calls_allowed = library_calls(package)
+        self.version = version
         self.project_uid, self.project_dir = project_uid, Path(project_dir)
         self.sources = sources  # (job, output) -> (type, Dataset)
         self.output_fields = output_fields  # type -> [(field, dtype)...] the server's templates
@@ -221,7 +222,7 @@ class Rpc4Server:
         return "0123456789abcdef01234567"
 
     def cli_get_running_version(self):
-        return "v4.7.1"
+        return "v" + self.version
 
     def cli_get_project(self, project_uid):
         if project_uid != self.project_uid:

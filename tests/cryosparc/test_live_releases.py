@@ -19,13 +19,14 @@ import pytest
 from cryosparc.dataset import Dataset
 from cs_project import DIAMETER_PX, NAMES, PICKER_FIELDS, make_project
 from cs_recorder import FakeServer, ServerHost, exposure_groups
+from conftest import CS47_RELEASE
 from cs_rpc4 import Rpc4Server
 
 from pupick.adapters.cryosparc import read_exposures, write_particles
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-RELEASES = ["4.7.1", "5.0.3"]
+RELEASES = [CS47_RELEASE, "5.0.3"]
 LICENSE = "0f0f0f0f-1111-2222-3333-444444444444"
 EXPOSURE_FIELDS = [("micrograph_blob/path", "O"), ("micrograph_blob/idx", "<u4"),
                    ("micrograph_blob/shape", "2<u4"), ("micrograph_blob/psize_A", "<f4"),
@@ -94,7 +95,8 @@ def make_live(release: str, request, project, demo_labels, tmp_path: Path) -> Li
     sources = _sources(project, demo_labels, tmp_path)
     if release.startswith("4."):
         package = request.getfixturevalue("cs47_path")
-        server = Rpc4Server(package / "cryosparc", "P3", project.root, sources, fields, make_job_dirs=True).start()
+        server = Rpc4Server(package / "cryosparc", "P3", project.root, sources, fields, make_job_dirs=True,
+                            version=release).start()
         env["PYTHONPATH"] = os.pathsep.join([str(package), str(HERE)])
         connection = ["--host", "127.0.0.1", "--base-port", server.base_port, "--license", LICENSE,
                       "--email", "a@b.c", "--password", "pw"]
@@ -230,7 +232,7 @@ def test_a_signal_fails_the_job(live, signum, said):
     proc = live.spawn([*PICK, *BLOB])
     assert live.server.held.wait(120), proc.communicate(timeout=5)
     proc.send_signal(signum)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=120)
     live.server.release.set()
     assert proc.returncode == 1, err
     _one_line(err)
