@@ -87,7 +87,7 @@ def make_live(release: str, request, project, demo_labels, tmp_path: Path) -> Li
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     env = {**os.environ, "HOME": str(tmp_path), "PUPICK_TEST_CS_RELEASE": release, "PUPICK_TEST_CWD": str(cwd),
-           "PUPICK_CRYOSPARC_STOP_RETRY_S": "3", "CRYOSPARC_COMMAND_RETRY_SECONDS": "0", "OMP_NUM_THREADS": "1",
+           "PUPICK_CRYOSPARC_STOP_RETRY_S": "1", "CRYOSPARC_COMMAND_RETRY_SECONDS": "0", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(HERE)}
     for name in ("CRYOSPARC_BASE_URL", "CRYOSPARC_MASTER_HOSTNAME", "CRYOSPARC_BASE_PORT", "CRYOSPARC_LICENSE_ID"):
         env.pop(name, None)
@@ -207,8 +207,8 @@ def _failing_live(release, request, demo_labels, tmp_path) -> Live:
     return make_live(release, request, project, demo_labels, tmp_path)
 
 
-@pytest.mark.parametrize("release", RELEASES)
-@pytest.mark.parametrize("command", ["pick", "train"])
+# training's failure path is the same code on both releases (the pick case covers each release's mark-failed)
+@pytest.mark.parametrize("command,release", [("pick", r) for r in RELEASES] + [("train", CS47_RELEASE)])
 def test_a_failure_in_picking_or_training_fails_the_job_with_one_line(release, command, request, demo_labels,
                                                                       tmp_path):
     live = _failing_live(release, request, demo_labels, tmp_path)
@@ -252,7 +252,7 @@ def test_an_unreachable_server_is_one_line_naming_the_job(live):
     assert proc.returncode == 1, err
     _one_line(err)
     job = live.job()
-    assert f"External job P3-{job} may still show as running" in err and "could not be reached for 3 s" in err
+    assert f"External job P3-{job} may still show as running" in err and "could not be reached for 1 s" in err
     assert f"pupick_cryosparc mark-failed --project P3 --job {job}" in err
     assert live.server.statuses[job] == ["building", "running"]
 
