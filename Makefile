@@ -27,7 +27,7 @@ SCIPION_VENV ?= $(CURDIR)/.venv-scipion
 test: $(STAMP)
 	scipion_plugin/make_env.sh $(SCIPION_VENV)
 	tests/service/ensure_chromium.sh
-	$(PY) -c 'import sys; sys.path.insert(0, "tests/cryosparc"); from conftest import ensure_cs47; ensure_cs47()'
+	$(PY) -c 'import sys; sys.path.insert(0, "tests/cryosparc"); from cs_releases import ensure_cs47; ensure_cs47()'
 	PUPICK_SCIPION_VENV=$(SCIPION_VENV) $(PY) -m pytest -q
 
 bench: $(STAMP)

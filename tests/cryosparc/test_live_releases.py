@@ -19,7 +19,7 @@ import pytest
 from cryosparc.dataset import Dataset
 from cs_project import DIAMETER_PX, NAMES, PICKER_FIELDS, make_project
 from cs_recorder import FakeServer, ServerHost, exposure_groups
-from conftest import CS47_RELEASE
+from cs_releases import CS47_RELEASE
 from cs_rpc4 import Rpc4Server
 
 from pupick.adapters.cryosparc import read_exposures, write_particles
