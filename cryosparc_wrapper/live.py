@@ -288,9 +288,8 @@ def finish(job, failure: str = "") -> None:
                 raise InputError(f"cryoSPARC did not mark External job {job_name(job)} "
                                  f"{'failed' if failure else 'completed'}: {compat.reason(err)}") from None
             if time.monotonic() >= deadline:
-                state = "running or building"
                 raise InputError(
-                    f"External job {job_name(job)} may still show as {state}: cryoSPARC could not be reached "
+                    f"External job {job_name(job)} may still show as running: cryoSPARC could not be reached "
                     f"for {retry_s:g} s ({compat.reason(err)}); once it is back, mark the job failed with "
                     f"`pupick_cryosparc mark-failed --project {job.project_uid} --job {job.uid}`") from None
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))

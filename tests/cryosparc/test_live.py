@@ -52,6 +52,17 @@ def test_input_specs_are_what_cryosparc_tools_builds(spec):
     assert model.count_min == 1 and model.count_max == 1
 
 
+def test_slots_are_sent_in_the_installed_tools_syntax():
+    """5.x here: a slot dict names its prefix `name`; 4.x gets `prefix` (driven for real in test_live_releases)."""
+    from pupick.cryosparc import compat
+
+    tools = compat.tools()
+    assert (tools.version, tools.slot_key, tools.base_url, tools.stop_takes_reason) == ("5.0.3", "name", True, True)
+    assert compat.port_spec(live.EXPOSURE_INPUT)["slots"] == [
+        "micrograph_blob", {"name": "mscope_params", "dtype": "mscope_params", "required": False}]
+    assert live.EXPOSURE_INPUT["slots"] == ["micrograph_blob", "?mscope_params"]  # pupick's own notation
+
+
 def test_exposure_input_requires_micrograph_blob():
     assert live.EXPOSURE_INPUT["type"] == "exposure"
     slots = [as_input_slot(s) for s in live.EXPOSURE_INPUT["slots"]]

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from cryosparc.dataset import Dataset
 from cs_project import PICKER_FIELDS, DEMO, DIAMETER_PX, NAMES, exposure_dataset, make_project
 
-from pupick.adapters.cryosparc import PARTICLE_FIELDS, read_exposures, read_particles
+from pupick.adapters.cryosparc import read_exposures, read_particles
 from pupick.core.evaluate import evaluate
 from pupick.core.io import read_micrograph, write_mrc
 from pupick.cryosparc.cli import cli, main
