@@ -49,6 +49,7 @@ class MicrographResult:
     timings: dict[str, float] = field(default_factory=dict)  # read, score, extract seconds
     warnings: tuple[str, ...] = ()  # said once per run by the caller (they may come from another process)
     min_distance_px: float | None = None  # the NMS distance it was picked with (original pixels)
+    tile_size: int | None = None  # scoring tile side (downsampled px) when out of device memory made it smaller
 
 
 @dataclass
@@ -247,6 +248,9 @@ class _Picker:
 
                 smap = mask_scores(smap, ice_mask(job.image, d_ds))  # no junk peaks along the mask's edge
         t1 = time.perf_counter()
+        tile = None
+        if self.scorer is not None and self.scorer.tile != self.scorer.configured_tile:
+            notes, tile = [*notes, *self.scorer.notes], self.scorer.tile
         if cfg.score_map_dir:
             from .io import write_mrc
 
@@ -269,7 +273,7 @@ class _Picker:
         return MicrographResult(job.item.micrograph, job.item.path, picks[PICK_TABLE_COLUMNS], None,
                                 job.seconds_read + (t2 - t0), job.diameter_px,
                                 {"read": job.seconds_read, "score": t1 - t0, "extract": t2 - t1}, tuple(notes),
-                                float(min_distance))
+                                float(min_distance), tile)
 
     def one(self, item: MicrographItem) -> MicrographResult:
         """Pick one micrograph; a problem with it becomes a failed result."""
