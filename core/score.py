@@ -80,6 +80,13 @@ def choose_device(spec: str | None = "auto") -> torch.device:
     return device
 
 
+def check_scoring_device(config: ScoreConfig) -> torch.device:
+    """The device `config` scores on, refused (InputError) where it is absent or cannot run its precision."""
+    device = choose_device(config.device)
+    inference_precision(config.precision, device)
+    return device
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
     return cpu_has("amx_bf16", "avx512_bf16")
