@@ -394,7 +394,7 @@ def stage_training(plan: Plan, work: Path, out: Path) -> dict:
 
 class UtilisationSampler:
     """GPU utilisation (%) and memory used (MiB) every 100 ms from `nvidia-smi -lms`, else torch.cuda.utilization
-    polled in a thread; nothing on a machine without either."""
+    polled in a thread; nothing on a machine without either. Sample times are time.time()."""
 
     def __init__(self) -> None:
         self.samples: list[tuple[float, float, float | None]] = []  # (time, utilisation %, memory MiB)
@@ -411,9 +411,12 @@ class UtilisationSampler:
         if not torch.cuda.is_available():
             return self
         if shutil.which("nvidia-smi"):
-            self._proc = subprocess.Popen(["nvidia-smi", "-i", "0", "--query-gpu=utilization.gpu,memory.used",
-                                           "--format=csv,noheader,nounits", "-lms", "100"],
-                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            # its own timestamps: a pipe may hand the lines over late and in bursts (stdbuf asks for each line)
+            cmd = ["nvidia-smi", "-i", "0", "--query-gpu=timestamp,utilization.gpu,memory.used",
+                   "--format=csv,noheader,nounits", "-lms", "100"]
+            if shutil.which("stdbuf"):
+                cmd = ["stdbuf", "-oL", *cmd]
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             self.source = "nvidia-smi"
             self._thread = threading.Thread(target=self._read_smi, daemon=True)
         else:
@@ -427,7 +430,11 @@ class UtilisationSampler:
         for line in self._proc.stdout:
             parts = [p.strip() for p in line.split(",")]
             try:
-                self.samples.append((time.perf_counter(), float(parts[0]), float(parts[1])))
+                when = dt.datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()  # local time, as time.time
+            except ValueError:
+                when = time.time()  # an unexpected timestamp format: the line's arrival
+            try:
+                self.samples.append((when, float(parts[1]), float(parts[2])))
             except (ValueError, IndexError):
                 continue
 
@@ -436,13 +443,14 @@ class UtilisationSampler:
 
         while not self._stop.is_set():
             try:
-                self.samples.append((time.perf_counter(), float(torch.cuda.utilization()), None))
+                self.samples.append((time.time(), float(torch.cuda.utilization()), None))
             except Exception:  # noqa: BLE001 - no NVML: no samples
                 self.source = None
                 return
             time.sleep(0.1)
 
     def stop(self) -> None:
+        time.sleep(0.3)  # the last samples of the run
         self._stop.set()
         if self._proc is not None:
             self._proc.terminate()
@@ -456,7 +464,8 @@ class UtilisationSampler:
     def between(self, t0: float, t1: float) -> dict:
         inside = [s for s in self.samples if t0 <= s[0] <= t1]
         if not inside:
-            return {"source": self.source, "samples": 0, "busy_fraction": None, "peak_memory_used_mib": None}
+            return {"source": self.source, "samples": 0, "samples_in_all": len(self.samples), "busy_fraction": None,
+                    "peak_memory_used_mib": None}
         memory = [s[2] for s in inside if s[2] is not None]
         return {"source": self.source, "samples": len(inside),
                 "busy_fraction": round(statistics.fmean(s[1] for s in inside) / 100, 3),
@@ -485,10 +494,10 @@ def stage_busy(plan: Plan, work: Path, out: Path) -> dict:
     ready: list[int] = []
     sampler = UtilisationSampler().start()
     try:
-        t0 = time.perf_counter()
+        t0 = time.time()
         result = pick(mics, model, config, executor=LocalExecutor(n_workers, observe=lambda i, n: ready.append(n)),
                       log=lambda m: None)
-        t1 = time.perf_counter()
+        t1 = time.time()
     finally:
         sampler.stop()
     wall = t1 - t0
@@ -614,24 +623,31 @@ def summary(out: Path) -> list[str]:
         head = f"  {stage:<9} {s.get('status', 'not run'):<8} {seconds:>6}"
         lines.append(head + ("  " + s["error"] if s.get("error") else ""))
     pk, cpu = st.get("picking", {}), st.get("cpu_ap", {})
-    for size, label in (("square", "4096²"), ("k3", "K3")):
+    plan = doc.get("plan", {})
+    for size, label in (("square", "square"), ("k3", "K3")):
         if isinstance(pk.get(size), dict):
             r = pk[size]
+            rows, cols = plan.get(size, ("?", "?"))
             warm = r["warm_per_micrograph"].get("median")
-            lines.append(f"  pick {label}: warm {warm:.3f} s/micrograph, whole process "
-                         f"{r['whole_process']['per_micrograph']:.3f} s/micrograph ({r['micrographs']} micrographs), "
-                         f"AP {r['ap']:.4f}" + (f", CPU AP {cpu[size]['ap']:.4f} (difference "
-                                                 f"{cpu[size].get('ap_difference', float('nan')):+.4f})"
-                                                 if isinstance(cpu.get(size), dict) else ""))
+            lines.append(f"  pick {label} {cols}x{rows} ({pk.get('precision')}): warm {warm:.3f} s/micrograph, whole "
+                         f"process {r['whole_process']['per_micrograph']:.3f} s/micrograph ({r['micrographs']} "
+                         f"micrographs), AP {r['ap']:.4f}")
+            c = cpu.get(size)
+            if isinstance(c, dict) and "ap_difference" in c:
+                lines.append(f"    CPU AP {c['ap']:.4f}: difference {c['ap_difference']:+.4f} "
+                             f"({'PASS' if c['within_tolerance'] else 'FAIL'}: within {AP_TOLERANCE})")
     tr = st.get("training", {})
     if tr.get("status") == "ok":
         lines.append(f"  demo protocol: train {tr['train_seconds']} s, pick {tr['pick_seconds']} s, AP {tr['ap']}")
     b = st.get("busy", {})
     if b.get("status") == "ok":
         busy = b["gpu"]["busy_fraction"]
-        lines.append(f"  {b['micrographs']} micrographs: {b['per_micrograph']:.3f} s each, GPU busy "
-                     f"{'n/a' if busy is None else f'{busy:.0%}'}, scorer busy {b['scorer_busy_fraction']:.0%}, "
-                     f"reader queue empty {b['queue_ready']['empty_after_5']} times after micrograph {QUEUE_FROM}")
+        verdict = "n/a" if b["gpu_busy_pass"] is None else ("PASS" if b["gpu_busy_pass"] else "FAIL")
+        lines.append(f"  {b['micrographs']} micrographs, {b['workers']} readers: {b['per_micrograph']:.3f} s each, "
+                     f"GPU busy {'n/a' if busy is None else f'{busy:.0%}'} ({verdict}: >= {BUSY_LEAST:.0%}), scorer "
+                     f"busy {b['scorer_busy_fraction']:.0%}, reader queue empty "
+                     f"{b['queue_ready']['empty_after_5']} times after micrograph {QUEUE_FROM} "
+                     f"({'PASS' if b['queue_never_empty_after_5'] else 'FAIL'})")
     mem = st.get("memory", {})
     for size in ("square", "k3"):
         if isinstance(mem.get(size), dict):

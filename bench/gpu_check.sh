@@ -4,7 +4,8 @@
 #
 #   bench/gpu_check.sh              on a GPU machine: results in bench/results/gpu_<date>.json
 #   bench/gpu_check.sh --dry-run    every stage on the CPU at the smallest sizes (<= 60 s; tests/bench runs it)
-#   options: --out FILE (results), --work DIR (scratch, default bench/out/gpu_check[_dry])
+#   options: --out FILE (results), --work DIR (scratch, default bench/out/gpu_check[_dry]),
+#            --only STAGE[,STAGE...] (a rerun of some stages: the results file keeps the others')
 #   environment: PYTHON (default python3: the one whose torch is used; torch is never installed),
 #                GPU_CHECK_BUDGET (seconds for the whole check: 240, dry run 60),
 #                GPU_CHECK_SLACK (multiplies every stage's time box: the test of the dry run on a loaded machine)
@@ -19,12 +20,14 @@ cd "$(dirname "$0")/.." || exit 2
 DRY=0
 RESULTS=""
 WORK=""
+ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
         --out) RESULTS=${2:?--out needs a file}; shift ;;
         --work) WORK=${2:?--work needs a folder}; shift ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --only) ONLY=",${2:?--only needs stage names},"; shift ;;
+        -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
         *) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -47,6 +50,11 @@ else
     BOXES=(30 45 30 25 40 15 120)
 fi
 STAGES=(prepare picking cpu_ap training busy memory tests)
+if [ -n "$ONLY" ]; then
+    for stage in ${ONLY//,/ }; do
+        case " ${STAGES[*]} " in *" $stage "*) ;; *) echo "gpu_check: --only $stage: no such stage (${STAGES[*]})" >&2; exit 2 ;; esac
+    done
+fi
 START=$SECONDS
 command -v "$PY" >/dev/null 2>&1 || { echo "gpu_check: no python at '$PY' (set PYTHON=...)" >&2; exit 2; }
 command -v timeout >/dev/null 2>&1 || { echo "gpu_check: the 'timeout' command (coreutils) is missing" >&2; exit 2; }
@@ -76,9 +84,12 @@ if [ "$DRY" = 0 ]; then
     fi
 fi
 
-"$PY" bench/gpu_check.py --begin --out "$RESULTS" "${FLAG[@]}" || exit 2
+if [ -z "$ONLY" ] || [ ! -f "$RESULTS" ]; then
+    "$PY" bench/gpu_check.py --begin --out "$RESULTS" "${FLAG[@]}" || exit 2
+fi
 for i in "${!STAGES[@]}"; do
     stage=${STAGES[$i]}
+    [ -n "$ONLY" ] && [[ "$ONLY" != *",$stage,"* ]] && continue
     left=$((BUDGET - (SECONDS - START)))
     if [ $left -lt 5 ]; then
         "$PY" bench/gpu_check.py --mark "$stage" "skipped: out of time" --out "$RESULTS"

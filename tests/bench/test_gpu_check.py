@@ -52,7 +52,8 @@ def test_the_dry_run_leaves_figures_for_every_stage(tmp_path):
     assert tests["tests"] >= 8 and tests["skipped"] == tests["tests"]  # every cuda test found, all skipped on CPU
     assert "tests/core/test_cuda.py" in tests["files"] and "tests/service/test_serve_cuda.py" in tests["files"]
     # the printed summary names each stage and the headline figures
-    for word in (*STAGES, "pick 4096²", "pick K3", "demo protocol", "cuda tests"):
+    for word in (*STAGES, "pick square 1024x1024", "pick K3 1440x1023", "CPU AP", "demo protocol", "readers",
+                 "cuda tests"):
         assert word in done.stdout
 
 
