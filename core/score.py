@@ -281,8 +281,8 @@ class Scorer:
                 torch.cuda.empty_cache()
             smaller = self._tile_side(self.tile // 2)
             if self.tile // 2 < MIN_TILE or smaller >= self.tile:
-                raise OutOfDeviceMemory(f"out of memory on {self.device} even with {self.tile} px scoring tiles "
-                                        f"(the smallest tried is {MIN_TILE} px); free the device or use another")
+                raise OutOfDeviceMemory(f"out of memory on {self.device} with {self.tile} px scoring tiles (none "
+                                        f"under {MIN_TILE} px is tried); free the device's memory or use another")
             self.notes.append(f"warning: out of memory on {self.device} with {self.tile} px scoring tiles; "
                               f"scoring with {smaller} px tiles from now on")
             self.tile = smaller

@@ -201,7 +201,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
             prefetch = start_prefetch(unfinished(out, items, _files(fmt, None), overwrite), model_path, config)
             local = LocalExecutor(config.workers, prefetch)
         model = run_core(check_model, model_path, config, items)  # loaded once, here
-        if cluster is None or cluster.startswith("local"):  # this machine's device: present, and right for it
+        if method == "cnn" and (cluster is None or cluster.startswith("local")):  # this machine's device, fit for it
             from ..score import check_scoring_device
 
             usage(check_scoring_device, config.score)

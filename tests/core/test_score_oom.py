@@ -70,7 +70,7 @@ def test_below_the_smallest_tile_the_micrograph_fails_in_one_line(trained_model,
     assert got.n_done == 0 and len(got.failures) == 1
     path, reason = got.failures[0]
     assert path == str(demo_micrographs[0])
-    assert "\n" not in reason and "out of memory on cpu even with 256 px scoring tiles" in reason
+    assert "\n" not in reason and "out of memory on cpu with 256 px scoring tiles (none under 256 px" in reason
 
 
 def test_the_cli_records_the_tile_and_says_it_once(trained_model, demo_micrographs, memory_for, tmp_path, capsys,
