@@ -274,8 +274,10 @@ class Scorer:
         while True:
             try:
                 return score()
-            except OUT_OF_MEMORY:
-                pass  # the handler's frame holds the error's tensors: release them before retrying
+            except RuntimeError as err:  # OUT_OF_MEMORY, or a CUDA library's own "out of memory" (cuDNN, cuBLAS)
+                if not isinstance(err, OUT_OF_MEMORY) and "out of memory" not in str(err).lower():
+                    raise
+            # out of the handler: its frame held the error's tensors, now released
             self._buffers.clear()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -28,11 +28,11 @@ def memory_for(monkeypatch):
     refused: list[int] = []
     real = Scorer._forward
 
-    def install(side: int) -> list[int]:
+    def install(side: int, error: Exception | None = None) -> list[int]:
         def forward(self, x, scales=None):
             if max(x.shape[-2:]) > side + 2 * self.pad:
                 refused.append(int(max(x.shape[-2:])))
-                raise OUT_OF_MEMORY("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+                raise error or OUT_OF_MEMORY("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
             return real(self, x, scales)
 
         monkeypatch.setattr(Scorer, "_forward", forward)
@@ -87,6 +87,18 @@ def test_the_cli_records_the_tile_and_says_it_once(trained_model, demo_micrograp
     assert manifest["tile_size_px"] == {p.stem: MIN_TILE for p in demo_micrographs[:3]}
     assert manifest["failures"] == {}
     assert len(pd.read_csv(out / "picks.csv")) > 0
+
+
+def test_a_cuda_library_s_out_of_memory_counts_too_and_other_errors_do_not(trained_model, demo_micrographs,
+                                                                          memory_for):
+    reference = pick(demo_micrographs[:1], trained_model, config(MIN_TILE))
+    memory_for(MIN_TILE, RuntimeError("CUDA error: out of memory (cuDNN workspace, injected by the test)"))
+    got = pick(demo_micrographs[:1], trained_model, config(1024), log=lambda m: None)
+    pd.testing.assert_frame_equal(got.picks, reference.picks)
+    memory_for(MIN_TILE, RuntimeError("CUDNN_STATUS_EXECUTION_FAILED (injected by the test)"))
+    # another tile size: another scorer (the one above keeps its smaller tile for the process's later runs)
+    with pytest.raises(RuntimeError, match="CUDNN_STATUS_EXECUTION_FAILED"):  # not memory: not retried, not hidden
+        pick(demo_micrographs[:1], trained_model, config(512), log=lambda m: None)
 
 
 def _with_tile(from_settings, tile):
