@@ -14,15 +14,18 @@ if TYPE_CHECKING:
 
 class LocalExecutor:
     """This process: `workers` reader threads ahead of one scorer on the configured device; optionally a Prefetch
-    (core/prefetch.py) that prepared the first micrographs while the model loaded."""
+    (core/prefetch.py) that prepared the first micrographs while the model loaded; optionally an observer of the
+    reader queue (read_ahead's `observe`: bench/gpu_check.py measures with it)."""
 
-    def __init__(self, workers: int = 1, prefetch: "Prefetch | None" = None) -> None:
+    def __init__(self, workers: int = 1, prefetch: "Prefetch | None" = None,
+                 observe: Callable[[int, int], None] | None = None) -> None:
         self.workers = max(1, int(workers))
         self.prefetch = prefetch
+        self.observe = observe
 
     def run(self, work: PickWork, items: Sequence[MicrographItem],
             should_stop: Callable[[], bool] | None = None) -> Iterator[MicrographResult]:
         if not items:
             return iter(())
         take = self.prefetch.take if self.prefetch is not None else None
-        return read_ahead(picker_for(work), items, self.workers, should_stop, take)
+        return read_ahead(picker_for(work), items, self.workers, should_stop, take, self.observe)

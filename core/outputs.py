@@ -309,6 +309,8 @@ def pick_to_dir(
                 if files is not None:
                     files.write(res.picks, written[0])
                 out.record(res.micrograph, res.picks, written)
+                if getattr(res, "tile_size", None):  # out of device memory: the smaller scoring tile it took
+                    out.manifest.setdefault("tile_size_px", {})[res.micrograph] = res.tile_size
             if on_result is not None:
                 on_result(res)
 

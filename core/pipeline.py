@@ -53,6 +53,7 @@ class MicrographResult:
     timings: dict[str, float] = field(default_factory=dict)  # read, score, extract seconds
     warnings: tuple[str, ...] = ()  # said once per run by the caller (they may come from another process)
     min_distance_px: float | None = None  # the NMS distance it was picked with (original pixels)
+    tile_size: int | None = None  # scoring tile side (downsampled px) when out of device memory made it smaller
 
 
 @dataclass
@@ -251,6 +252,9 @@ class _Picker:
                     raise InputError("excluding carbon needs the particle diameter, which the model does not record")
                 smap = mask_scores(smap, ice_mask(job.image, d_ds))  # no junk peaks along the mask's edge
         t1 = time.perf_counter()
+        tile = None
+        if self.scorer is not None and self.scorer.tile != self.scorer.configured_tile:
+            notes, tile = [*notes, *self.scorer.notes], self.scorer.tile
         if cfg.score_map_dir:
             write_mrc(Path(cfg.score_map_dir) / f"{job.item.micrograph}.mrc", smap, job.pixel_size_ds)
         if ex.min_distance_px is not None:
@@ -271,7 +275,7 @@ class _Picker:
         return MicrographResult(job.item.micrograph, job.item.path, picks[PICK_TABLE_COLUMNS], None,
                                 job.seconds_read + (t2 - t0), job.diameter_px,
                                 {"read": job.seconds_read, "score": t1 - t0, "extract": t2 - t1}, tuple(notes),
-                                float(min_distance))
+                                float(min_distance), tile)
 
     def one(self, item: MicrographItem) -> MicrographResult:
         """Pick one micrograph; a problem with it becomes a failed result."""
@@ -314,10 +318,12 @@ def picker_for(work: PickWork) -> _Picker:
 
 def read_ahead(picker: _Picker, items: Sequence[MicrographItem], workers: int = 1,
                should_stop: Callable[[], bool] | None = None,
-               take: Callable[[MicrographItem, dict | None, PickConfig], Any] | None = None
-               ) -> Iterator[MicrographResult]:
+               take: Callable[[MicrographItem, dict | None, PickConfig], Any] | None = None,
+               observe: Callable[[int, int], None] | None = None) -> Iterator[MicrographResult]:
     """Results in input order; `workers` reader threads prepare the next micrographs while one is scored (or `take`
-    them from a prefetch started before the model loaded: `prefetch.Prefetch.take`)."""
+    them from a prefetch started before the model loaded: `prefetch.Prefetch.take`). `observe(i, ready)`, if given,
+    hears as the scorer turns to micrograph i how many prepared micrographs wait in the reader queue (0: the scorer
+    waits for the readers)."""
 
     def prepare(item: MicrographItem) -> tuple:
         early = take(item, picker.model_config, picker.config) if take is not None else None
@@ -327,6 +333,7 @@ def read_ahead(picker: _Picker, items: Sequence[MicrographItem], workers: int = 
     queue = deque(items)
     pending: deque[tuple[MicrographItem, Future]] = deque()
     pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="pupick-read")
+    taken = 0
     try:
         while queue or pending:
             while queue and len(pending) < ahead + 1:  # keep the readers a little ahead of the scorer
@@ -334,6 +341,9 @@ def read_ahead(picker: _Picker, items: Sequence[MicrographItem], workers: int = 
                 pending.append((item, pool.submit(prepare, item)))
             if should_stop is not None and should_stop():
                 raise AbortRequested("stop requested; picking interrupted")
+            if observe is not None:
+                observe(taken, _leading_done(pending))
+            taken += 1
             item, fut = pending.popleft()
             try:
                 result = picker.finish(*fut.result())
@@ -344,6 +354,16 @@ def read_ahead(picker: _Picker, items: Sequence[MicrographItem], workers: int = 
         for _, fut in pending:
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _leading_done(pending: deque) -> int:
+    """How many prepared micrographs stand at the head of the queue (the scorer takes them without waiting)."""
+    ready = 0
+    for _, fut in pending:
+        if not fut.done():
+            break
+        ready += 1
+    return ready
 
 
 def pick_batch(work: PickWork, items: Sequence[MicrographItem]) -> list[MicrographResult]:

@@ -194,6 +194,10 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
             prefetch = start_prefetch(unfinished(out, items, _files(fmt, None), overwrite), model_path, config)
             local = LocalExecutor(config.workers, prefetch)
         model = run_core(check_model, model_path, config, items)  # loaded once, here
+        if method == "cnn" and (cluster is None or cluster.startswith("local")):  # this machine's device, fit for it
+            from ..score import check_scoring_device
+
+            usage(check_scoring_device, config.score)
     label_table = run_core(read_pick_table, labels) if labels else None
     box = run_core(_box_size, box_size, model, config) if fmt == "box" else None
     files = _files(fmt, box)

@@ -115,6 +115,9 @@ def command(micrographs, labels, output, expected_particles, scale, diameter, di
         click.echo(f"model -> {output} (registered on the server as {job['model']}{ap})")
         return
     from ..train import output_files, train  # torch: here, so that --server and `pupick --help` never load it
+    from ..score import choose_device
+
+    usage(choose_device, device)  # a device this machine lacks: exit 2 before any work
 
     for target, kind in output_files(output):  # never over an input, nor over another kind of file
         run_core(check_output, target, kind, [*paths, labels, *([init] if init else [])])

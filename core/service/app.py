@@ -419,6 +419,12 @@ def _settings_or_422(fn, *args, **kwargs):
         raise SettingsError(str(err)) from None
 
 
+def _pick_config_or_422(settings: dict | None, devices: tuple[str, ...]):
+    """The request's PickConfig, refused (422) where any of this server's devices could not run it (int8 on CUDA)."""
+    configs = [_settings_or_422(settings_map.pick_config, settings, device=d) for d in devices or ("auto",)]
+    return configs[0]
+
+
 def _pick_items(given: list, roots: DataRoots) -> list[tuple[str, str, float | None]]:
     """(name, path, pixel size) per micrograph: strings expand like the CLI's inputs, objects name one file each."""
     out: list[tuple[str, str, float | None]] = []
@@ -517,7 +523,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/pick", tags=["jobs"], status_code=202)
     def submit_pick(body: PickRequest, request: Request) -> JSONResponse:
         """Queue a pick job; returns 202 {"job": ID} at once."""
-        config = _settings_or_422(settings_map.pick_config, body.settings)
+        config = _pick_config_or_422(body.settings, tuple(svc.workers.devices))
         model, sha = None, None
         if config.method == "cnn":
             if not body.model:
@@ -625,7 +631,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
         t0 = time.perf_counter()
         query = {k: v for k, v in request.query_params.items() if k not in ("model", "name", "token")}
         settings = {k: _query_value(v) for k, v in query.items()}
-        config = _settings_or_422(settings_map.pick_config, settings)
+        config = _pick_config_or_422(settings, tuple(svc.workers.devices))
         if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or len(name) > 200:
             raise SettingsError("name must be a plain file stem (no '/', not starting with '.')")
         entry = None
