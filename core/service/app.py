@@ -27,14 +27,17 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import __version__
 from ..errors import InputError, ModelFileError, PupickError
+from ..picking import pick
 from ..tables import duplicate_stems, stem
 from . import settings as settings_map
 from .jobs import FINISHED, JobStore, QueueFull, TooLarge
 from .metrics import Metrics
 from .models import ModelConflict, ModelRegistry, UnknownModel, check_name
 from .security import DataRoots, Forbidden, bearer_ok, check_bind
-from .worker import Workers
+from .view import ViewState, make_router
+from .worker import EXACT_DIR, Workers, read_exact
 
 log = logging.getLogger("pupick.serve")
 MB = 1 << 20
@@ -252,8 +255,6 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         finally:
             await run_in_threadpool(svc.stop)
 
-    from .. import __version__
-
     app = FastAPI(title="pupick serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Particle picking as a service: pick and train jobs on micrographs under the "
                               "server's data roots. Every error is `{\"error\": sentence}`.")
@@ -349,10 +350,6 @@ def _docs(app: FastAPI) -> None:
 def _mount_ui(app: FastAPI, svc: Service) -> None:
     """The browser pages (core/service/view.py) for each finished pick job at /ui/jobs/<id>/, when this pupick has
     them. The page and its static files hold no data; everything under api/ needs the token like any endpoint."""
-    try:
-        from .view import ViewState, make_router
-    except ImportError:
-        return
     app.mount("/ui/jobs", JobPages(svc, ViewState, make_router))
 
 
@@ -420,6 +417,12 @@ def _settings_or_422(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except InputError as err:
         raise SettingsError(str(err)) from None
+
+
+def _pick_config_or_422(settings: dict | None, devices: tuple[str, ...]):
+    """The request's PickConfig, refused (422) where any of this server's devices could not run it (int8 on CUDA)."""
+    configs = [_settings_or_422(settings_map.pick_config, settings, device=d) for d in devices or ("auto",)]
+    return configs[0]
 
 
 def _pick_items(given: list, roots: DataRoots) -> list[tuple[str, str, float | None]]:
@@ -520,7 +523,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/pick", tags=["jobs"], status_code=202)
     def submit_pick(body: PickRequest, request: Request) -> JSONResponse:
         """Queue a pick job; returns 202 {"job": ID} at once."""
-        config = _settings_or_422(settings_map.pick_config, body.settings)
+        config = _pick_config_or_422(body.settings, tuple(svc.workers.devices))
         model, sha = None, None
         if config.method == "cnn":
             if not body.model:
@@ -603,8 +606,6 @@ def _routes(app: FastAPI, svc: Service) -> None:
         import pandas as pd
 
         if format == "json":
-            from .worker import EXACT_DIR, read_exact
-
             mics = store.micrographs(job_id)
             records: list[dict] = []
             for name, _, state in mics:
@@ -630,7 +631,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
         t0 = time.perf_counter()
         query = {k: v for k, v in request.query_params.items() if k not in ("model", "name", "token")}
         settings = {k: _query_value(v) for k, v in query.items()}
-        config = _settings_or_422(settings_map.pick_config, settings)
+        config = _pick_config_or_422(settings, tuple(svc.workers.devices))
         if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or len(name) > 200:
             raise SettingsError("name must be a plain file stem (no '/', not starting with '.')")
         entry = None
@@ -645,8 +646,6 @@ def _routes(app: FastAPI, svc: Service) -> None:
             os.replace(tmp, target)
 
             def run(device: str):
-                from ..pipeline import pick
-
                 loaded = registry.load(entry.name, entry.sha256, device) if entry else None
                 # here, never on a cluster: the uploaded file lives only on this machine
                 return pick([target], loaded, settings_map.pick_config(settings, device=device), progress=False,
