@@ -15,7 +15,7 @@ from ..errors import InputError
 from ..evaluate import default_match_radius, evaluate
 from ..executors import LocalExecutor
 from ..io import Protected, atomic_path, check_output, check_output_dir, expand_inputs
-from ..outputs import PerMicrographFiles, pick_to_dir, unfinished
+from ..outputs import PerMicrographFiles, nothing_new, pick_to_dir, unfinished
 from ..pipeline import check_model, micrograph_items
 from ..prefetch import start_prefetch
 from ..zerolabel import BOOTSTRAP_MODEL, BootstrapConfig
@@ -191,8 +191,6 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     else:
         items = run_core(micrograph_items, paths)
         if not overwrite and fmt != "cs" and labels is None:
-            from ..outputs import nothing_new
-
             extra = {"format": fmt, "box_size": box_size if fmt == "box" else None}
             if nothing_new(out, items, _files(fmt, None), model_path, config, extra):  # no torch, no model read
                 click.echo(f"nothing new: all {len(items)} micrograph(s) were picked earlier; {out / 'picks.csv'} "
