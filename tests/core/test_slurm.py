@@ -157,14 +157,14 @@ def test_scancel_and_walltime_mid_run_keep_the_serial_picks(slurm, many_mics, se
     ends with the serial picks (each micrograph once) and leaves no job behind.
 
     SLURM's shortest walltime is a minute and slurmctld looks every 30 s, so the job's end time is moved to now
-    (`scontrol update EndTime=now`, as an admin may) and the workers start (a file the job script waits for) ~12 s
+    (`scontrol update EndTime=now`, as an admin may) and the workers start (a file the job script waits for) ~10 s
     before slurmctld's next look: the walltime ends that job mid-run however fast this machine picks."""
     from distributed import Client
 
     folder, _ = many_mics
     serial = serial_run[1]
     names = sorted(p.stem for p in folder.iterdir() if not p.name.startswith("c9_"))
-    copies = 5  # 100 micrographs: over 20 s of picking for two workers on a fast machine
+    copies = 8  # 160 micrographs: ~20 s of picking for two workers on an idle machine, the tick comes after 10
     mics = tmp_path / "mics"
     mics.mkdir()
     for r in range(copies):
@@ -184,8 +184,8 @@ def test_scancel_and_walltime_mid_run_keep_the_serial_picks(slurm, many_mics, se
     while len([j for j in our_jobs(slurm) if j["state"] == "RUNNING"]) < 2:
         assert time.monotonic() < deadline and run.proc.poll() is None, "".join(run.lines) + str(slurm.jobs())
         time.sleep(0.2)
-    tick = slurm.next_timelimit_check(after=time.time() + 14)
-    time.sleep(max(0.0, tick - 12 - time.time()))
+    tick = slurm.next_timelimit_check(after=time.time() + 12)
+    time.sleep(max(0.0, tick - 10 - time.time()))
     go.touch()
     with Client(run.scheduler(), timeout="30s") as monitor:
         while (job := busy_job(monitor)) is None:
