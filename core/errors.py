@@ -18,6 +18,10 @@ class AbortRequested(PupickError):
     """The host asked the job to stop (e.g. RELION's abort file)."""
 
 
+class BadName(InputError):
+    """A micrograph name that cannot name a file (core.names): bad input, exit status 2, HTTP 422."""
+
+
 class Forbidden(PupickError):
     """A path that lies outside every data root of a server (HTTP 403)."""
 

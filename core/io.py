@@ -77,7 +77,8 @@ def _read_tiff(path: Path, fh: BinaryIO) -> tuple[np.ndarray, float | None]:
     import tifffile
 
     try:
-        data = tifffile.imread(fh)
+        with tifffile.TiffFile(fh, name=path.name) as tif:  # a descriptor's file object: named, not opened by name
+            data = tif.asarray()
     except Exception as err:  # tifffile raises several unrelated types for corrupt files
         raise InputError(f"{path}: not a readable TIFF file ({err})") from None
     if data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4:

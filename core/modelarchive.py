@@ -11,6 +11,7 @@ loaded. Checks on the values (NaN weights, factors) are core.modelfile's.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import pickle
@@ -72,7 +73,7 @@ class _SpecUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "collections" and name == "OrderedDict":
-            return dict
+            return collections.OrderedDict  # a state_dict's carries attributes (_metadata): plain dict would not
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
             return _rebuild_tensor
         if module == "torch" and name in STORAGES:

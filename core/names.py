@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from .errors import InputError
+from .errors import BadName
 
 MAX_NAME_BYTES = 200
 MAX_PATH_NAME_BYTES = 1000  # a path-form name (RELION's); each part is still at most MAX_NAME_BYTES
@@ -47,7 +47,7 @@ def check_micrograph_name(name: object, where: str = "micrograph name", path_ok:
     `path_ok`: a relative path of such names (RELION's rule for two micrographs sharing a stem) is also accepted.
     """
     if not isinstance(name, str):
-        raise InputError(f"{where} {name!r} is not a string")
+        raise BadName(f"{where} {name!r} is not a string")
     parts = name.split("/") if path_ok else [name]
     if path_ok and len(name.encode("utf-8", "surrogatepass")) > MAX_PATH_NAME_BYTES:
         problem: str | None = f"is longer than {MAX_PATH_NAME_BYTES} bytes (UTF-8)"
@@ -55,7 +55,7 @@ def check_micrograph_name(name: object, where: str = "micrograph name", path_ok:
         problem = next((p for p in map(_part_problem, parts) if p), None)
     if problem:
         shown = repr(name if len(name) <= 80 else name[:77] + "...")
-        raise InputError(f"{where} {shown} {problem}; a micrograph name must be a plain file name "
+        raise BadName(f"{where} {shown} {problem}; a micrograph name must be a plain file name "
                          f"(no '/', '\\', NUL or control characters, not '.' or '..', no leading '.', "
                          f"at most {MAX_NAME_BYTES} bytes)")
     return name
