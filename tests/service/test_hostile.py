@@ -278,6 +278,18 @@ def test_a_file_swapped_for_a_symlink_after_submission_is_not_read(hostile, area
         reason = job["failures"][0]["error"]
         assert "outside the server's data roots" in reason or "symbolic link" in reason, reason
         assert _never_opened(secret)
+        # the job's pages read its micrographs the same way: one swapped now for a link to a readable MRC outside
+        shown, readable = first[0], area.outside / "readable.mrc"
+        saved = shown.read_bytes()
+        readable.write_bytes(saved)
+        tmp = shown.with_name(".swap")
+        tmp.symlink_to(readable)
+        os.replace(tmp, shown)
+        status, body = call(hostile, "GET", f"/ui/jobs/{job['job']}/api/image/{shown.stem}?size=view", timeout=10)
+        shown.unlink()
+        shown.write_bytes(saved)
+        readable.unlink()
+        assert status == 403 and "outside the server's data roots" in body["error"], (status, body)
     finally:
         target.unlink(missing_ok=True)
         secret.unlink()
