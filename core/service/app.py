@@ -27,7 +27,8 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import InputError, InvalidModel, ModelFileError, ModelTooLarge, NotRegularFile, PupickError
+from ..errors import (InputError, InvalidModel, ModelFileError, ModelTooLarge, NotRegularFile,
+                      PupickError)
 from ..confine import open_confined
 from ..names import check_micrograph_name
 from ..tables import duplicate_stems, stem
@@ -131,7 +132,8 @@ class Conflict(PupickError):
     """The job is not in a state that allows this (HTTP 409)."""
 
 
-STATUS = [(Forbidden, 403), (NotRegularFile, 422), (ModelTooLarge, 413), (InvalidModel, 422), (UnknownModel, 404), (NotFound, 404), (ModelConflict, 409), (Conflict, 409),
+STATUS = [(Forbidden, 403), (NotRegularFile, 422), (ModelTooLarge, 413), (InvalidModel, 422),
+          (UnknownModel, 404), (NotFound, 404), (ModelConflict, 409), (Conflict, 409),
           (SettingsError, 422), (BodyTooLarge, 413), (TooLarge, 413), (ModelFileError, 400), (InputError, 400),
           (PupickError, 400)]
 

@@ -66,3 +66,21 @@ def test_the_process_roots_apply_when_none_are_given(tree):
     finally:
         set_read_roots(before)
     assert read_micrograph(outside / "secret.mrc").image.shape == (1024, 1024)
+
+
+def test_the_roots_travel_with_the_item_to_another_process(tree):
+    """A Dask worker gets MicrographItems by pickle: their roots confine its reads though its process has none."""
+    import pickle
+
+    from pupick.core.config import PickConfig, PreprocessConfig
+    from pupick.core.pipeline import MicrographItem, prepare_micrograph
+
+    root, outside = tree
+    (root / "link.mrc").symlink_to(outside / "secret.mrc")
+    config = PickConfig(method="blob", preprocess=PreprocessConfig(diameter_px=40))
+    item = pickle.loads(pickle.dumps(MicrographItem("link", str(root / "link.mrc"), None, (str(root),))))
+    assert read_roots() == ()
+    with pytest.raises(Forbidden):
+        prepare_micrograph(item, None, config)
+    job, _ = prepare_micrograph(MicrographItem("a", str(root / "sub" / "a.mrc"), None, (str(root),)), None, config)
+    assert job.source_shape == (1024, 1024)

@@ -47,7 +47,8 @@ def test_relion_path_names_pass_part_by_part(name, ok):
 def test_relion_names_keep_working_through_the_path_rule():
     paths = ["/data/a/Movies/x.mrc", "/data/b/Movies/x.mrc", "../c/y.mrc", "./Movies/z.mrc"]
     assert micrograph_names(paths) == ["data/a/Movies/x.mrc", "data/b/Movies/x.mrc", "y", "z"]
-    assert coordinate_file_name("../../etc/MotionCorr/job002/Movies/a.mrc") == "etc/MotionCorr/job002/Movies/a_pupick.star"
+    assert (coordinate_file_name("../../etc/MotionCorr/job002/Movies/a.mrc")
+            == "etc/MotionCorr/job002/Movies/a_pupick.star")
     assert coordinate_file_name("MotionCorr/job002/Movies/a.mrc") == "Movies/a_pupick.star"
     with pytest.raises(BadName, match="m.star: micrograph name '.x'"):
         micrograph_names(["Movies/.x.mrc"], "m.star")
@@ -70,4 +71,5 @@ def test_the_cli_refuses_a_bad_name_with_one_line_and_exit_2(tmp_path, demo_micr
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert "starts with '.'" in lines[-1] and "Traceback" not in res.output
-    assert not (tmp_path / "out" / ".pupick_records").exists() or not list((tmp_path / "out" / ".pupick_records").iterdir())
+    records = tmp_path / "out" / ".pupick_records"
+    assert not records.exists() or not list(records.iterdir())
