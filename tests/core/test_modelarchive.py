@@ -74,3 +74,17 @@ def test_tensors_must_be_the_architectures(tmp_path, kind, message):
         load_model(path)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert isinstance(err.value, ModelFileError)
+
+
+def test_pupick_pick_refuses_the_inflating_file_in_one_line(tmp_path, demo_micrographs):
+    from click.testing import CliRunner
+
+    from pupick.core.cli import cli
+
+    bomb = tmp_path / "bomb.pt"
+    write_inflating_model(bomb)
+    res = CliRunner().invoke(cli, ["pick", str(demo_micrographs[0]), "--model", str(bomb), "-o", str(tmp_path / "o"),
+                                   "--device", "cpu"])
+    assert res.exit_code == 1, res.output
+    assert "not a valid pupick model: compressed entry" in res.output and "Traceback" not in res.output
+    assert len([ln for ln in res.output.splitlines() if "error" in ln]) == 1
