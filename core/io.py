@@ -63,7 +63,7 @@ def _read_mrc(path: Path, fh: BinaryIO) -> tuple[np.ndarray, float | None]:
             with mrc_from_stream(fh) as mrc:
                 if mrc.data is None:
                     raise InputError(f"{path}: not a readable MRC file (no data block; truncated or corrupt header)")
-                data = np.array(mrc.data, dtype=np.float32)  # copies out of the memory map
+                data = np.array(mrc.data, dtype=np.float32)  # a writable copy of the read-only array
                 voxel = mrc.voxel_size
                 ps = float(voxel.x) if voxel is not None else 0.0
     except InputError:

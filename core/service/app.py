@@ -247,7 +247,7 @@ class Service:
                 try:
                     self.roots.confine(path)
                 except PupickError as err:
-                    reason = (f"{' '.join(str(err).split())} (the server restarted with other --data-root; "
+                    reason = (f"{' '.join(str(err).split())} (the server restarted with another --data-root; "
                               "the job was not run)")
                     self.store.finish(job.id, "failed", reason)
                     log.info(json.dumps({"event": "job", "job": job.id, "state": "failed", "error": reason}))
@@ -459,7 +459,7 @@ def _pick_items(given: list, roots: DataRoots) -> list[tuple[str, str, float | N
             _name_or_422(entry.micrograph, f"micrographs[{i}].micrograph")
         path = roots.regular_file(entry.path)
         out.append((entry.micrograph or stem(path), str(path), entry.pixel_size))
-    for i, (name, path, _) in enumerate(out):
+    for name, path, _ in out:
         _name_or_422(name, f"micrograph name of {path}")
     dupes = duplicate_stems([name for name, _, _ in out])
     if dupes:
