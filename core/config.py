@@ -10,6 +10,7 @@ from .errors import InputError
 NORMALIZATIONS = ("gmm", "affine", "none")
 # the architectures core.models.MODELS builds (names here, so front ends offer them without importing torch)
 ARCHITECTURES = ("resnet8", "resnet16", "conv31", "conv63", "conv127")
+MAX_UNITS = 128  # the widest network (--units) pupick trains or loads; bounds a model file (core.modelarchive)
 TARGET_DIAMETER_PX = 40  # the factor rule: smallest integer s >= 1 with diameter_px / s <= 40
 
 
@@ -116,6 +117,8 @@ def _check_train_config(c: "TrainConfig") -> None:
                           ("--batch-size", c.batch_size), ("--tile-size", c.tile_size),
                           ("--unlabeled-samples", c.unlabeled_samples)):
         _whole(value, option, 1)
+    if c.units > MAX_UNITS:
+        raise InputError(f"--units must be at most {MAX_UNITS} (got {c.units})")
     _whole(c.calibration_batches, "calibration_batches", 0)
     _whole(c.seed, "--seed", 0)
     if not (isinstance(c.test_split, (int, float)) and 0 <= c.test_split < 1):

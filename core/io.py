@@ -10,7 +10,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
@@ -46,16 +46,24 @@ def _check_pixels(image: np.ndarray, path: Path) -> np.ndarray:
     return image
 
 
-def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
-    import mrcfile
+def mrc_from_stream(fh: BinaryIO):
+    """An MRC read from an open binary file, read-only (mrcfile.MrcFile does the same with a file it opens)."""
+    from mrcfile.mrcinterpreter import MrcInterpreter
 
+    mrc = MrcInterpreter(permissive=True)
+    mrc._iostream, mrc._read_only = fh, True
+    mrc._read()
+    return mrc
+
+
+def _read_mrc(path: Path, fh: BinaryIO) -> tuple[np.ndarray, float | None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+            with mrc_from_stream(fh) as mrc:
                 if mrc.data is None:
                     raise InputError(f"{path}: not a readable MRC file (no data block; truncated or corrupt header)")
-                data = np.array(mrc.data, dtype=np.float32)  # copies out of the memory map
+                data = np.array(mrc.data, dtype=np.float32)  # a writable copy of the read-only array
                 voxel = mrc.voxel_size
                 ps = float(voxel.x) if voxel is not None else 0.0
     except InputError:
@@ -65,11 +73,12 @@ def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
     return data, (ps if ps > 0 and np.isfinite(ps) else None)
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
+def _read_tiff(path: Path, fh: BinaryIO) -> tuple[np.ndarray, float | None]:
     import tifffile
 
     try:
-        data = tifffile.imread(path)
+        with tifffile.TiffFile(fh, name=path.name) as tif:  # a descriptor's file object: named, not opened by name
+            data = tif.asarray()
     except Exception as err:  # tifffile raises several unrelated types for corrupt files
         raise InputError(f"{path}: not a readable TIFF file ({err})") from None
     if data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4:
@@ -77,11 +86,11 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     return data, None
 
 
-def _read_pil(path: Path) -> tuple[np.ndarray, float | None]:
+def _read_pil(path: Path, fh: BinaryIO) -> tuple[np.ndarray, float | None]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(fh) as im:
             im.load()
             # 16-bit and float images keep their values; only colour images are reduced to luminance
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
@@ -99,15 +108,25 @@ _READERS = {
 }
 
 
-def read_micrograph(path: str | os.PathLike) -> Micrograph:
-    """Read one micrograph as float32 with its pixel size (MRC header; None for formats without one)."""
+def read_micrograph(path: str | os.PathLike, roots: Sequence[str] | None = None) -> Micrograph:
+    """Read one micrograph as float32 with its pixel size (MRC header; None for formats without one).
+
+    The file is opened by core.confine.open_confined (under `roots`, else this process's read roots, if any) and
+    read from that descriptor only."""
+    from .confine import open_confined
+
     path = Path(path)
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise InputError(f"{path}: unknown image extension {path.suffix!r} (known: {', '.join(IMAGE_EXTENSIONS)})")
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    data, ps = reader(path)
+    try:
+        fh = open_confined(path, roots)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
+    with fh:
+        data, ps = reader(path, fh)
     return Micrograph(_check_pixels(data, path), ps, path)
 
 

@@ -19,6 +19,7 @@ import torch
 
 from .errors import ModelFileError
 from .io import atomic_path
+from .modelarchive import check_archive
 from .models import ModelConfig, PickerNet, build, native_stride, receptive_field
 from .hashing import file_sha256  # noqa: F401 (callers import it from here)
 
@@ -136,6 +137,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     path = resolve_model(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
+    check_archive(path)  # entries, sizes, tensor shapes and dtypes: before torch.load allocates anything
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # corrupt, foreign pickle, or not a torch file at all

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .names import check_micrograph_name
 from .io import atomic_path, write_text_atomic
 
 LOCK = ".pupick.lock"
@@ -116,20 +117,24 @@ class OutputDir:
         self.save_manifest()
 
     # -- records -------------------------------------------------------------------------------------------------
+    def _record(self, name: str, suffix: str) -> Path:
+        """RECORDS/NAME+suffix, the name checked first (it must not lead out of the directory)."""
+        return self.records / f"{check_micrograph_name(name, 'micrograph name', path_ok=True)}{suffix}"
+
     def finished(self) -> list[str]:
         """Names of the micrographs with a record (finished by some run)."""
         return sorted(p.stem for p in self.records.glob("*.csv")) if self.records.is_dir() else []
 
     def outputs_of(self, name: str) -> list[Path]:
         """The user-visible files a record says its micrograph produced."""
-        index = self.records / f"{name}.outputs"
+        index = self._record(name, ".outputs")
         if not index.exists():
             return []
         return [self.path / line for line in index.read_text().splitlines() if line.strip()]
 
     def is_done(self, name: str, outputs: Sequence[Path] = ()) -> bool:
         """Finished earlier, and every output the user sees is still there (a deleted one is redone)."""
-        if not (self.records / f"{name}.csv").exists():
+        if not (self._record(name, ".csv")).exists():
             return False
         return all(Path(p).exists() for p in [*self.outputs_of(name), *outputs])
 
@@ -149,8 +154,8 @@ class OutputDir:
     def record(self, name: str, table: pd.DataFrame, outputs: Sequence[Path] = ()) -> None:
         """Mark a micrograph finished: its outputs' index, then its record (last: the resume marker)."""
         rel = [os.path.relpath(p, self.path) for p in outputs]
-        write_text_atomic(self.records / f"{name}.outputs", "".join(f"{r}\n" for r in rel))
-        with atomic_path(self.records / f"{name}.csv") as tmp:
+        write_text_atomic(self._record(name, ".outputs"), "".join(f"{r}\n" for r in rel))
+        with atomic_path(self._record(name, ".csv")) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
         self.manifest["failures"].pop(name, None)
 
@@ -159,7 +164,7 @@ class OutputDir:
 
     def read(self, name: str) -> pd.DataFrame:
         """A finished micrograph's picks (the record of a pick directory)."""
-        return read_table(self.records / f"{name}.csv")
+        return read_table(self._record(name, ".csv"))
 
     def clear(self) -> None:
         """Remove every record and the outputs it names (what --overwrite means)."""
@@ -167,7 +172,7 @@ class OutputDir:
             for out in self.outputs_of(name):
                 out.unlink(missing_ok=True)
             for suffix in (".csv", ".outputs"):
-                (self.records / f"{name}{suffix}").unlink(missing_ok=True)
+                self._record(name, suffix).unlink(missing_ok=True)
 
     def save_manifest(self) -> None:
         write_text_atomic(self.manifest_path, json.dumps(self.manifest, indent=1))
@@ -318,7 +323,7 @@ def pick_to_dir(
                        progress=progress, log=log, keep_picks=False)
         finally:
             out.save_manifest()  # failures so far, even when interrupted
-        finished = [i.micrograph for i in items if (out.records / f"{i.micrograph}.csv").exists()]
+        finished = [i.micrograph for i in items if out._record(i.micrograph, ".csv").exists()]
         picks = gather(out, finished)
         picks_path = root / PICKS_TABLE
         write_table(picks, picks_path)

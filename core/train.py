@@ -118,8 +118,11 @@ def _cache_key(path: Path, config: TrainConfig) -> str:
 @functools.lru_cache(maxsize=8)
 def _read_manifest(manifest: Path, mtime_ns: int, size: int) -> dict:
     """A preprocessing manifest, parsed once per version of the file (not once per micrograph it lists)."""
+    from .confine import open_confined
+
     try:
-        return json.loads(manifest.read_text())
+        with open_confined(manifest) as fh:  # beside a micrograph: confined like it (a server's data roots)
+            return json.loads(fh.read())
     except (OSError, ValueError):
         raise InputError(f"{manifest}: unreadable preprocessing manifest") from None
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from pupick.core.errors import AbortRequested, PupickError
+from pupick.core.errors import AbortRequested, BadName, PupickError
 
 from .nodes import write_output_nodes
 
@@ -35,6 +35,7 @@ class RelionJob:
     version: int = 4
     nodes: list[tuple[str, str]] = field(default_factory=list)
     status: str | None = None  # one of EXIT_FILES once the run has ended
+    bad_input: bool = False  # failed on a micrograph name that cannot name a file (exit status 2)
 
     def abort_requested(self) -> bool:
         """True when RELION's abort file exists."""
@@ -51,7 +52,7 @@ class RelionJob:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.status == SUCCESS else 1
+        return 0 if self.status == SUCCESS else 2 if self.bad_input else 1
 
 
 def _touch(path: Path) -> None:
@@ -122,6 +123,7 @@ def relion_job(out_dir: str | os.PathLike, program: str = "pupick") -> Iterator[
         print(f"{program}: aborted on request; finished results are kept, continue the job to resume", flush=True)
     except PupickError as err:
         reason = str(err)
+        job.bad_input = isinstance(err, BadName)
     except KeyboardInterrupt:
         reason = "interrupted"
     except Exception as err:  # a bug, not a user mistake: keep the traceback for the report

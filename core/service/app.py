@@ -27,7 +27,10 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import InputError, ModelFileError, PupickError
+from ..errors import (InputError, InvalidModel, ModelFileError, ModelTooLarge, NotRegularFile,
+                      PupickError)
+from ..confine import open_confined
+from ..names import check_micrograph_name
 from ..tables import duplicate_stems, stem
 from . import settings as settings_map
 from .jobs import FINISHED, JobStore, QueueFull, TooLarge
@@ -129,7 +132,8 @@ class Conflict(PupickError):
     """The job is not in a state that allows this (HTTP 409)."""
 
 
-STATUS = [(Forbidden, 403), (UnknownModel, 404), (NotFound, 404), (ModelConflict, 409), (Conflict, 409),
+STATUS = [(Forbidden, 403), (NotRegularFile, 422), (ModelTooLarge, 413), (InvalidModel, 422),
+          (UnknownModel, 404), (NotFound, 404), (ModelConflict, 409), (Conflict, 409),
           (SettingsError, 422), (BodyTooLarge, 413), (TooLarge, 413), (ModelFileError, 400), (InputError, 400),
           (PupickError, 400)]
 
@@ -209,23 +213,45 @@ class Service:
         self.registry = ModelRegistry(cfg.state_dir, cfg.models_dir, cfg.model_cache, log=log.warning)
         self.metrics = Metrics(self.store.counts, self.store.waiting, self.registry.loaded_count)
         self.workers = Workers(list(cfg.devices), self.store, self.registry, self.metrics, cfg.executor,
-                               cache_dir=cfg.state_dir / "cache")
+                               cache_dir=cfg.state_dir / "cache", roots=tuple(self.roots.roots))
         self.uploads = cfg.state_dir / "uploads"
         self._janitor_stop = threading.Event()
 
     def start(self) -> None:
+        from ..confine import read_roots, set_read_roots
+
         recovered = self.store.recover()
         if recovered:
             log.info(json.dumps({"event": "recovered", "jobs": recovered}))
+        self._recheck_queued()
         shutil.rmtree(self.uploads, ignore_errors=True)
         self.uploads.mkdir(parents=True, exist_ok=True)
+        # every read of this process (training, the pages' images, an upload) is confined where it opens the file
+        self._outer_roots = read_roots()
+        set_read_roots([*self.roots.roots, self.uploads])
         if self.cfg.start_workers:
             self.workers.start()
         threading.Thread(target=self._janitor, name="pupick-janitor", daemon=True).start()
 
     def stop(self) -> None:
+        from ..confine import set_read_roots
+
         self._janitor_stop.set()
         self.workers.stop()
+        set_read_roots(getattr(self, "_outer_roots", ()))
+
+    def _recheck_queued(self) -> None:
+        """Queued jobs (re-queued ones too) whose micrographs this server's data roots no longer hold fail now."""
+        for job in self.store.list("queued", limit=1 << 30):
+            for _, path, _ in self.store.micrographs(job.id):
+                try:
+                    self.roots.confine(path)
+                except PupickError as err:
+                    reason = (f"{' '.join(str(err).split())} (the server restarted with another --data-root; "
+                              "the job was not run)")
+                    self.store.finish(job.id, "failed", reason)
+                    log.info(json.dumps({"event": "job", "job": job.id, "state": "failed", "error": reason}))
+                    break
 
     def _janitor(self) -> None:
         while not self._janitor_stop.wait(min(60.0, self.cfg.retention_hours * 3600 / 4)):
@@ -425,21 +451,33 @@ def _settings_or_422(fn, *args, **kwargs):
 def _pick_items(given: list, roots: DataRoots) -> list[tuple[str, str, float | None]]:
     """(name, path, pixel size) per micrograph: strings expand like the CLI's inputs, objects name one file each."""
     out: list[tuple[str, str, float | None]] = []
-    for entry in given:
+    for i, entry in enumerate(given):
         if isinstance(entry, str):
             out.extend((stem(p), str(p), None) for p in roots.expand([entry]))
             continue
-        path = roots.confine(entry.path)
-        if not path.is_file():
-            raise InputError(f"{entry.path}: no such file")
+        if entry.micrograph is not None:
+            _name_or_422(entry.micrograph, f"micrographs[{i}].micrograph")
+        path = roots.regular_file(entry.path)
         out.append((entry.micrograph or stem(path), str(path), entry.pixel_size))
+    for name, path, _ in out:
+        _name_or_422(name, f"micrograph name of {path}")
     dupes = duplicate_stems([name for name, _, _ in out])
     if dupes:
         raise InputError(f"two micrographs share the name {dupes[0]!r}; their picks could not be told apart")
     return out
 
 
+def _name_or_422(name: Any, where: str) -> str:
+    """A client's micrograph name checked before it names any file (422 naming the field otherwise)."""
+    try:
+        return check_micrograph_name(name, where)
+    except InputError as err:
+        raise SettingsError(str(err)) from None
+
+
 def _unique_stems(paths: list[Path]) -> None:
+    for p in paths:
+        _name_or_422(stem(p), f"micrograph name of {p}")
     dupes = duplicate_stems([stem(p) for p in paths])
     if dupes:
         raise InputError(f"two micrographs share the name {dupes[0]!r}; their picks could not be told apart")
@@ -553,7 +591,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
             raise SettingsError("give the labels as exactly one of 'labels_csv' (CSV text) or 'labels_path'")
         paths = roots.expand(body.micrographs)
         _unique_stems(paths)
-        labels = _labels(body, roots)
+        labels = _labels(body, roots, svc.uploads, int(svc.cfg.max_json_mb * MB))
         names = {stem(p) for p in paths}
         if not set(labels["micrograph"].astype(str)) & names:
             raise InputError("the labels name none of the given micrographs")
@@ -631,8 +669,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
         query = {k: v for k, v in request.query_params.items() if k not in ("model", "name", "token")}
         settings = {k: _query_value(v) for k, v in query.items()}
         config = _settings_or_422(settings_map.pick_config, settings)
-        if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or len(name) > 200:
-            raise SettingsError("name must be a plain file stem (no '/', not starting with '.')")
+        _name_or_422(name, "name")
         entry = None
         if config.method == "cnn":
             if not model:
@@ -677,7 +714,7 @@ def _job(store: JobStore, job_id: str):
     return job
 
 
-def _labels(body: TrainRequest, roots: DataRoots):
+def _labels(body: TrainRequest, roots: DataRoots, uploads: Path, limit: int):
     import pandas as pd
 
     if body.labels_csv is not None:
@@ -700,7 +737,29 @@ def _labels(body: TrainRequest, roots: DataRoots):
         raise InputError(f"{body.labels_path}: labels file not found")
     from pupick.adapters.registry import read_picks
 
-    return read_picks(path)
+    # read from copies made through confined descriptors: a FIFO or a file swapped for a symlink is never opened
+    sources = [path] if not path.is_dir() else sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    with tempfile.TemporaryDirectory(dir=uploads) as tmp:
+        copy = Path(tmp) / path.name
+        if path.is_dir():
+            copy.mkdir()
+        budget = limit
+        for src in sources:
+            if path.is_dir() and not src.is_file():
+                continue
+            try:
+                fh = open_confined(src, roots.roots)
+            except FileNotFoundError:
+                raise InputError(f"{src}: labels file not found") from None
+            with fh, open(copy / src.name if path.is_dir() else copy, "wb") as out:
+                data = fh.read(budget + 1)
+                budget -= len(data)
+                if budget < 0:
+                    raise BodyTooLarge(f"{body.labels_path}: labels over this server's limit of {limit} bytes")
+                out.write(data)
+        df = read_picks(copy)
+    df["micrograph"] = df["micrograph"].astype(str)
+    return df
 
 
 def _query_value(v: str) -> Any:

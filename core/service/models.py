@@ -66,7 +66,7 @@ def inspect_model_file(path: Path) -> dict[str, Any]:
     try:
         loaded = load_model(path, device="cpu")
     except ModelFileError as err:
-        raise ModelFileError(str(err).replace(f"{path}: ", "")) from None
+        raise type(err)(str(err).replace(f"{path}: ", "")) from None  # keeps the kind: 413 / 422 / 400
     from ..modelfile import file_sha256
 
     return {"config": loaded.config, "sha256": loaded.sha256, "file_sha256": file_sha256(path)}

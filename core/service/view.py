@@ -27,7 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
-from ..errors import InputError, PupickError
+from ..errors import Forbidden, InputError, PupickError
 from .view_data import LABELS, ViewState, suggest_threshold
 from .view_jobs import RoundRunner
 from .view_labels import LabelStore
@@ -67,7 +67,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _answers_errors(fn: Callable) -> Callable:
-    """Bad input -> 400, unknown things -> 404, a busy runner -> 409; always one sentence of JSON."""
+    """Bad input -> 400, outside the data roots -> 403, unknown things -> 404, a busy runner -> 409; one sentence of JSON."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -75,6 +75,8 @@ def _answers_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except LookupError as err:
             return _error(404, str(err.args[0]) if err.args else "not found")
+        except Forbidden as err:  # a file outside the data roots (core.confine, where it is opened)
+            return _error(403, str(err))
         except PupickError as err:
             return _error(400, str(err))
         except RuntimeError as err:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import AbortRequested, PupickError
+from ..names import check_micrograph_name
 from ..tables import stem
 from . import settings as settings_map
 from .jobs import Job, JobStore
@@ -31,8 +32,9 @@ class Workers:
     """The device workers and the queue of urgent (synchronous) tasks they share."""
 
     def __init__(self, devices: list[str], store: JobStore, registry: ModelRegistry, metrics: Metrics,
-                 executor: Any = None, cache_dir: Path | None = None) -> None:
+                 executor: Any = None, cache_dir: Path | None = None, roots: tuple = ()) -> None:
         self.store, self.registry, self.metrics, self.executor = store, registry, metrics, executor
+        self.roots = roots
         self.cache_dir = cache_dir
         self.urgent: queue.Queue[tuple[Callable[[str], Any], Future]] = queue.Queue()
         self.stopping = threading.Event()
@@ -135,7 +137,8 @@ class _Worker(threading.Thread):
             model = self.pool.registry.load(req["model"], req.get("model_sha256"), self.device)
         from ..pipeline import MicrographItem
 
-        items = [MicrographItem(name, path, ps) for name, path, ps in store.items(job.id)]
+        roots = tuple(str(r) for r in self.pool.roots)  # checked again where each file is opened, on any machine
+        items = [MicrographItem(name, path, ps, roots) for name, path, ps in store.items(job.id)]
 
         def finished(res) -> None:
             if res.error is None:
@@ -221,7 +224,7 @@ def read_exact(path: Path):
 
 
 def _exact_target(item) -> Path:
-    return Path(EXACT_DIR) / f"{item.micrograph}.csv"
+    return Path(EXACT_DIR) / f"{check_micrograph_name(item.micrograph, 'micrograph name', path_ok=True)}.csv"
 
 
 class _ExactFiles:
