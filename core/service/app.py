@@ -34,10 +34,12 @@ from .jobs import FINISHED, JobStore, QueueFull, TooLarge
 from .metrics import Metrics
 from .models import ModelConflict, ModelRegistry, UnknownModel, check_name
 from .security import DataRoots, Forbidden, bearer_ok, check_bind
-from .worker import Workers
+from .statelock import StateLock
+from .worker import Workers, disk_full
 
 log = logging.getLogger("pupick.serve")
 MB = 1 << 20
+DISK_RETRY_S = 10.0
 PUBLIC_PATHS = ("/health",)
 
 
@@ -60,16 +62,21 @@ class ServeConfig:
     max_json_mb: float = 16.0
     executor: Any = None  # an engine executor (e.g. the cluster's); None: local
     start_workers: bool = True
+    disk_retry_s: float = DISK_RETRY_S  # while --state is full, how often the paused workers look again
+    lock: Any = None  # the StateLock the front end took (None: create_app takes it)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_bind(self.host, self.token)
-        if not 1 <= self.max_queue:
-            raise InputError(f"--max-queue must be >= 1 (got {self.max_queue})")
-        if not self.retention_hours > 0:
-            raise InputError(f"--retention must be > 0 hours (got {self.retention_hours})")
-        if self.model_cache < 1:
-            raise InputError(f"--model-cache must be >= 1 (got {self.model_cache})")
+        for option, value in (("--max-queue", self.max_queue), ("--model-cache", self.model_cache)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{option} must be a whole number >= 1 (got {value})")
+        for option, value in (("--retention", self.retention_hours), ("--max-upload-mb", self.max_upload_mb),
+                              ("--max-model-mb", self.max_model_mb), ("--max-json-mb", self.max_json_mb),
+                              ("--disk-retry", self.disk_retry_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value)
+                                                                                     and value > 0):
+                raise InputError(f"{option} must be a finite number > 0 (got {value})")
         for root in self.data_roots:
             if not Path(root).is_dir():
                 raise InputError(f"{root}: --data-root is not a directory")
@@ -113,12 +120,25 @@ class TrainRequest(BaseModel):
     name: Optional[str] = None
 
 
+class HealthBody(BaseModel):
+    """GET /health: ok or failing, nothing more (it needs no token)."""
+
+    status: str
+
+
 class SettingsError(PupickError):
     """Bad request settings (HTTP 422)."""
 
 
 class BodyTooLarge(PupickError):
     """A request body over its limit (HTTP 413)."""
+
+
+class StateFull(PupickError):
+    """--state has no space, or cannot be written (HTTP 507)."""
+
+
+STATE_FULL = "the server's state directory is full; new jobs are refused until its administrator frees space"
 
 
 class NotFound(PupickError):
@@ -129,7 +149,7 @@ class Conflict(PupickError):
     """The job is not in a state that allows this (HTTP 409)."""
 
 
-STATUS = [(Forbidden, 403), (UnknownModel, 404), (NotFound, 404), (ModelConflict, 409), (Conflict, 409),
+STATUS = [(StateFull, 507), (Forbidden, 403), (UnknownModel, 404), (NotFound, 404), (ModelConflict, 409), (Conflict, 409),
           (SettingsError, 422), (BodyTooLarge, 413), (TooLarge, 413), (ModelFileError, 400), (InputError, 400),
           (PupickError, 400)]
 
@@ -151,8 +171,12 @@ class Guard:
         path = scope.get("path", "")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
+        started = False
+
         async def counted_send(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 self.metrics.requests.labels(f"{message['status'] // 100}xx").inc()
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(b"referrer-policy", b"no-referrer"),
@@ -185,7 +209,18 @@ class Guard:
                     raise BodyTooLarge(f"request body is over this endpoint's limit of {limit} bytes")
             return message
 
-        return await self.app(scope, limited_receive, counted_send)
+        try:
+            return await self.app(scope, limited_receive, counted_send)
+        except Exception as err:  # the app's handlers answered already (and logged); else answer here, once
+            if started:
+                return
+            if disk_full(err):
+                return await _error(507, STATE_FULL)(scope, receive, counted_send)
+            if isinstance(err, BodyTooLarge):
+                return await _error(413, str(err))(scope, receive, counted_send)
+            log.error("internal error on %s:\n%s", path, traceback.format_exc())
+            return await _error(500, f"internal error ({type(err).__name__}); the server log has the details")(
+                scope, receive, counted_send)
 
     def _authorised(self, scope, headers: dict) -> bool:
         if bearer_ok(headers.get("authorization"), self.token):
@@ -204,12 +239,15 @@ class Service:
 
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
+        self.lock = cfg.lock or StateLock(cfg.state_dir)  # first: a second server on this --state touches nothing
+        self.exit_code = 0
         self.roots = DataRoots(cfg.data_roots)
         self.store = JobStore(cfg.state_dir, cfg.max_queue)
         self.registry = ModelRegistry(cfg.state_dir, cfg.models_dir, cfg.model_cache, log=log.warning)
         self.metrics = Metrics(self.store.counts, self.store.waiting, self.registry.loaded_count)
         self.workers = Workers(list(cfg.devices), self.store, self.registry, self.metrics, cfg.executor,
-                               cache_dir=cfg.state_dir / "cache")
+                               cache_dir=cfg.state_dir / "cache", disk_retry_s=cfg.disk_retry_s,
+                               on_fatal=self.fatal)
         self.uploads = cfg.state_dir / "uploads"
         self._janitor_stop = threading.Event()
 
@@ -226,6 +264,25 @@ class Service:
     def stop(self) -> None:
         self._janitor_stop.set()
         self.workers.stop()
+
+    def fatal(self, reason: str) -> None:
+        """A worker cannot be restarted: shut down (jobs go back to the queue) and exit 1, for the service manager."""
+        import signal
+
+        log.critical(json.dumps({"event": "fatal", "reason": reason}))
+        self.exit_code = 1
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def healthy(self) -> bool:
+        """ok: a worker runs (when workers were asked for) and the state takes writes."""
+        if not self.cfg.start_workers:
+            return self.workers.db_ok and not self.workers.paused.is_set()
+        return self.workers.healthy()
+
+    def check_room(self) -> None:
+        """Refuse new work while --state is full (507)."""
+        if self.workers.paused.is_set():
+            raise StateFull(STATE_FULL)
 
     def _janitor(self) -> None:
         while not self._janitor_stop.wait(min(60.0, self.cfg.retention_hours * 3600 / 4)):
@@ -276,6 +333,9 @@ def _errors(app: FastAPI, svc: Service) -> None:
 
     @app.exception_handler(PupickError)
     async def pupick_error(request: Request, err: PupickError):
+        if disk_full(err):
+            svc.workers.pause(err)
+            return _error(507, STATE_FULL)
         status = next(code for cls, code in STATUS if isinstance(err, cls))
         if isinstance(err, TooLarge):
             svc.metrics.rejected.labels("too_large").inc()
@@ -314,6 +374,9 @@ def _errors(app: FastAPI, svc: Service) -> None:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, err: Exception):
+        if disk_full(err):
+            svc.workers.pause(err)
+            return _error(507, STATE_FULL)
         log.error("internal error on %s %s:\n%s", request.method, request.url.path, traceback.format_exc())
         return _error(500, f"internal error ({type(err).__name__}); the server log has the details")
 
@@ -448,10 +511,12 @@ def _unique_stems(paths: list[Path]) -> None:
 def _routes(app: FastAPI, svc: Service) -> None:
     store, registry, roots = svc.store, svc.registry, svc.roots
 
-    @app.get("/health", tags=["status"])
-    def health() -> dict:
-        """Liveness: the process answers (no token needed)."""
-        return {"status": "ok"}
+    @app.get("/health", tags=["status"], responses={503: {"model": HealthBody, "description": "failing"}})
+    async def health() -> HealthBody:
+        """ok, or 503 failing: no worker runs, or the state (directory or database) takes no writes. No token."""
+        if svc.healthy():
+            return HealthBody(status="ok")
+        return JSONResponse({"status": "failing"}, status_code=503)
 
     @app.get("/ready", tags=["status"])
     def ready():
@@ -507,6 +572,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
     async def upload_model(request: Request, name: str = Query(..., description="name to register it under")):
         """Upload a model file (the raw bytes as the body); loaded with weights_only=True and checked first."""
         check_name(name)
+        svc.check_room()
         tmp = await _spool(request, registry.own_dir, int(svc.cfg.max_model_mb * MB))
         try:
             entry, created = await run_in_threadpool(registry.add_upload, name, tmp)
@@ -520,6 +586,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/pick", tags=["jobs"], status_code=202)
     def submit_pick(body: PickRequest, request: Request) -> JSONResponse:
         """Queue a pick job; returns 202 {"job": ID} at once."""
+        svc.check_room()
         config = _settings_or_422(settings_map.pick_config, body.settings)
         model, sha = None, None
         if config.method == "cnn":
@@ -540,6 +607,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/train", tags=["jobs"], status_code=202)
     def submit_train(body: TrainRequest, request: Request) -> JSONResponse:
         """Queue a training job; when done its result is a newly registered model (job field 'model')."""
+        svc.check_room()
         _settings_or_422(settings_map.train_config, body.settings)
         if body.name is not None:
             check_name(body.name)
@@ -628,6 +696,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
     async def pick_upload(request: Request, model: Optional[str] = None, name: str = "upload") -> dict:
         """Pick one micrograph sent as the body (MRC) and return its picks at once; settings as query parameters."""
         t0 = time.perf_counter()
+        svc.check_room()
         query = {k: v for k, v in request.query_params.items() if k not in ("model", "name", "token")}
         settings = {k: _query_value(v) for k, v in query.items()}
         config = _settings_or_422(settings_map.pick_config, settings)

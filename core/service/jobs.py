@@ -7,6 +7,7 @@ the micrographs already done.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import sqlite3
@@ -51,6 +52,7 @@ CREATE TABLE IF NOT EXISTS micrographs (
     PRIMARY KEY (job, idx)
 );
 CREATE INDEX IF NOT EXISTS micrographs_name ON micrographs(job, name);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 0), at REAL NOT NULL);
 """
 
 
@@ -178,6 +180,27 @@ class JobStore:
                        (state, error, json.dumps(result) if result is not None else None,
                         time.time() if state in FINISHED else None, job_id))
         self.notify()
+
+    def probe(self, room: int = 0) -> None:
+        """Raise (OSError, sqlite3.Error) unless the database takes a write and `room` bytes fit in --state."""
+        if room:
+            path = self.state_dir / ".probe"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                try:
+                    data = memoryview(bytes(room))
+                    while data:
+                        data = data[os.write(fd, data):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            finally:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (0, ?)", (time.time(),))
 
     def update_result(self, job_id: str, result: dict) -> None:
         """Replace a running job's result fields (training progress: epoch, loss, ap)."""
