@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import InputError, ModelFileError, PupickError
 from ..tables import duplicate_stems, stem
 from . import settings as settings_map
-from .jobs import FINISHED, JobStore, QueueFull, TooLarge
+from .jobs import FINISHED, JobStore, KeyReused, QueueFull, TooLarge
 from .metrics import Metrics
 from .models import ModelConflict, ModelRegistry, UnknownModel, check_name
 from .security import DataRoots, Forbidden, bearer_ok, check_bind
@@ -341,6 +341,10 @@ def _errors(app: FastAPI, svc: Service) -> None:
             svc.metrics.rejected.labels("too_large").inc()
         return _error(status, str(err))
 
+    @app.exception_handler(KeyReused)
+    async def key_reused(request: Request, err: KeyReused):
+        return _error(422, str(err))
+
     @app.exception_handler(TooLarge)
     async def too_large(request: Request, err: TooLarge):
         svc.metrics.rejected.labels("too_large").inc()
@@ -419,8 +423,16 @@ def _mount_ui(app: FastAPI, svc: Service) -> None:
     app.mount("/ui/jobs", JobPages(svc, ViewState, make_router))
 
 
+READ_ONLY = ("the pages under pupick serve only show a job: train with POST /v1/train and pick with POST /v1/pick, "
+             "which queue like any job")
+
+
 class JobPages:
-    """ASGI app: /ui/jobs/<id>/... -> the pages' router for STATE/jobs/<id> (built once per job, kept in a small LRU)."""
+    """ASGI app: /ui/jobs/<id>/... -> the pages' router for STATE/jobs/<id> (built once per job, kept in a small LRU).
+
+    Read-only: training, picking, label edits and exports from the pages would bypass the queue, its bounds, the
+    audit log and the metrics, so only GET and HEAD pass. The page and its assets are the same static files for any
+    id; the job is looked up only under api/, which the Guard has already checked the token for."""
 
     def __init__(self, svc: Service, view_state, make_router, keep: int = 8) -> None:
         from collections import OrderedDict
@@ -443,6 +455,19 @@ class JobPages:
         state = self.view_state(self.svc.store.job_dir(job_id), micrographs=paths)
         sub = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
         sub.include_router(self.make_router(state))
+
+        @sub.exception_handler(RequestValidationError)
+        async def invalid(request: Request, err: RequestValidationError):
+            first = err.errors()[0] if err.errors() else {}
+            where = ".".join(str(x) for x in first.get("loc", ()))
+            return _error(422, f"{where or 'request'}: {first.get('msg', 'invalid request')}")
+
+        @sub.exception_handler(StarletteHTTPException)
+        async def http_error(request: Request, err: StarletteHTTPException):
+            if err.status_code == 404:
+                return _error(404, f"no such page endpoint: {request.method} {request.url.path}")
+            return _error(err.status_code, str(err.detail))
+
         with self.lock:
             self.apps[job_id] = sub
             while len(self.apps) > self.keep:
@@ -452,7 +477,13 @@ class JobPages:
     async def __call__(self, scope, receive, send):
         root = scope.get("root_path", "")
         rest = scope["path"][len(root):] if scope["path"].startswith(root) else scope["path"]
-        job_id, _, _ = rest.lstrip("/").partition("/")
+        job_id, _, tail = rest.lstrip("/").partition("/")
+        if scope["method"] not in ("GET", "HEAD"):
+            return await _error(405, READ_ONLY, {"Allow": "GET, HEAD"})(scope, receive, send)
+        if not re.fullmatch(r"[0-9a-f]{1,64}", job_id):  # ids are hex; nothing else reaches the page's HTML
+            return await _error(404, f"no pick job {job_id!r} to show")(scope, receive, send)
+        if not tail.startswith("api/"):
+            return await self._static(scope, tail)(scope, receive, send)
         try:
             sub = await run_in_threadpool(self._app, job_id)
         except PupickError as err:
@@ -463,6 +494,23 @@ class JobPages:
         await sub(child, receive, send)
 
 
+    @staticmethod
+    def _static(scope, tail: str) -> Response:
+        """The pages' HTML (tail '') or one asset (static/NAME): the same for every job id."""
+        from .view import STATIC_TYPES, UI_DIR
+
+        if tail == "":
+            path = scope["path"] if scope["path"].endswith("/") else scope["path"] + "/"
+            html = (UI_DIR / "index.html").read_text().replace("__BASE__", path)
+            return Response(html, media_type="text/html", headers={"Cache-Control": "no-store"})
+        name = tail[len("static/"):] if tail.startswith("static/") else ""
+        target = UI_DIR / name
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name) or target.suffix not in STATIC_TYPES \
+                or not target.is_file():
+            return _error(404, f"no page asset {tail!r}")
+        return FileResponse(target, media_type=STATIC_TYPES[target.suffix], headers={"Cache-Control": "no-cache"})
+
+
 UI_PUBLIC = re.compile(r"^/ui/jobs/[0-9a-f]{1,64}/(static/[A-Za-z0-9._-]+)?$")  # the pages' HTML and assets: no data
 
 
@@ -470,12 +518,18 @@ def _client(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def _key(request: Request) -> str | None:
-    """The client's Idempotency-Key (a retried submission returns the job the first one made)."""
+def _key(request: Request, body: BaseModel) -> dict:
+    """The client's Idempotency-Key bound to this endpoint and a hash of the body (a retried submission returns the
+    job the first one made; the same key with another body is refused)."""
+    import hashlib
+
     key = request.headers.get("idempotency-key")
-    if key is not None and not (0 < len(key) <= 128 and key.isprintable()):
+    if key is None:
+        return {"key": None}
+    if not (0 < len(key) <= 128 and key.isprintable()):
         raise InputError("Idempotency-Key must be 1-128 printable characters")
-    return key
+    digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    return {"key": f"{request.url.path} {key}", "body_sha256": digest}
 
 
 def _settings_or_422(fn, *args, **kwargs):
@@ -598,7 +652,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
             raise SettingsError("the blob picker takes no model (drop 'model' or use settings.method 'cnn')")
         mics = _pick_items(body.micrographs, roots)
         job_id = store.submit("pick", {"model": model, "model_sha256": sha, "settings": body.settings or {}},
-                              mics, client=_client(request), key=_key(request))
+                              mics, client=_client(request), **_key(request, body))
         log.info(json.dumps({"event": "submitted", "job": job_id, "kind": "pick", "micrographs": len(mics),
                              "model": model, "client": _client(request)}))
         return JSONResponse({"job": job_id, "total": len(mics)}, status_code=202,
@@ -627,7 +681,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
             raise InputError("the labels name none of the given micrographs")
         csv = labels[["micrograph", "x", "y"]].to_csv(index=False)
         job_id = store.submit("train", {"name": body.name, "settings": body.settings or {}, "labels_csv": csv},
-                              [(stem(p), str(p)) for p in paths], client=_client(request), key=_key(request))
+                              [(stem(p), str(p)) for p in paths], client=_client(request), **_key(request, body))
         log.info(json.dumps({"event": "submitted", "job": job_id, "kind": "train", "micrographs": len(paths),
                              "labels": int(len(labels)), "client": _client(request)}))
         return JSONResponse({"job": job_id, "total": len(paths)}, status_code=202,

@@ -60,6 +60,10 @@ class QueueFull(Exception):
     """More micrographs would wait than --max-queue allows (HTTP 429)."""
 
 
+class KeyReused(Exception):
+    """An Idempotency-Key sent again with another request body (HTTP 422)."""
+
+
 class TooLarge(Exception):
     """One job holds more micrographs than --max-queue (HTTP 413)."""
 
@@ -118,10 +122,11 @@ class JobStore:
         return _Tx(self._db, self._lock)
 
     def submit(self, kind: str, request: dict[str, Any], micrographs: list[tuple],
-               client: str | None = None, key: str | None = None) -> str:
+               client: str | None = None, key: str | None = None, body_sha256: str | None = None) -> str:
         """Queue a job of (name, path[, pixel size]) micrographs; QueueFull/TooLarge when the bound would be exceeded.
 
-        A repeated `key` (the client's Idempotency-Key) returns the job it created before instead of a second one."""
+        A repeated `key` (the client's Idempotency-Key, scoped to its endpoint) with the same `body_sha256` returns
+        the job it created before instead of a second one; with another body, KeyReused."""
         n = len(micrographs)
         if n > self.max_queue:
             raise TooLarge(f"the job holds {n} micrographs, more than this server queues at once ({self.max_queue}); "
@@ -129,9 +134,13 @@ class JobStore:
         job_id = secrets.token_hex(8)
         with self._tx() as db:
             if key is not None:
-                row = db.execute("SELECT id FROM jobs WHERE key=?", (key,)).fetchone()
+                row = db.execute("SELECT id, request FROM jobs WHERE key=?", (key,)).fetchone()
                 if row is not None:
+                    if json.loads(row["request"]).get("body_sha256") != body_sha256:
+                        raise KeyReused("this Idempotency-Key was sent before with another request body; use a new "
+                                        "key for a new request")
                     return row["id"]
+                request = {**request, "body_sha256": body_sha256}
             waiting = self._waiting(db)
             if waiting + n > self.max_queue:
                 raise QueueFull(f"the queue is full ({waiting} micrographs waiting, at most {self.max_queue}); "
