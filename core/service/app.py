@@ -171,10 +171,12 @@ class Guard:
         path = scope.get("path", "")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
-        started = False
+        started = refused = False
 
         async def counted_send(message):
             nonlocal started
+            if refused and started:
+                return  # the 413 went out already; what the app says after it is dropped
             if message["type"] == "http.response.start":
                 started = True
                 self.metrics.requests.labels(f"{message['status'] // 100}xx").inc()
@@ -201,12 +203,18 @@ class Guard:
         seen = 0
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge(f"request body is over this endpoint's limit of {limit} bytes")
+                if seen > limit:  # a chunked body has no Content-Length to refuse up front: answer 413 here
+                    if not started:
+                        await _error(413, f"request body is over this endpoint's limit of {limit} bytes")(
+                            scope, receive, counted_send)
+                    refused = True
+                    return {"type": "http.disconnect"}  # the app stops reading and its answer is dropped
             return message
 
         try:
