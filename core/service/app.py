@@ -4,6 +4,7 @@ Every error a client can cause is a 4xx with `{"error": "<one sentence>"}`; noth
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -40,6 +41,8 @@ from .worker import Workers, disk_full
 log = logging.getLogger("pupick.serve")
 MB = 1 << 20
 DISK_RETRY_S = 10.0
+MAX_UPLOADS = 8  # POST /v1/pick/upload bodies received at once (each may spool up to --max-upload-mb to --state)
+BODY_IDLE_S = 30.0  # a request body that sends nothing for this long gets 408 (slow-body clients hold nothing)
 PUBLIC_PATHS = ("/health",)
 
 
@@ -202,12 +205,25 @@ class Guard:
                     scope, receive, counted_send)
         seen = 0
 
+        body_done = False
+
         async def limited_receive():
-            nonlocal seen, refused
+            nonlocal seen, refused, body_done
             if refused:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if body_done:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), BODY_IDLE_S)
+                except asyncio.TimeoutError:  # a slow body holds nothing: answer 408 and stop reading
+                    if not started:
+                        await _error(408, f"the request body stalled for {BODY_IDLE_S:g} s")(scope, receive,
+                                                                                              counted_send)
+                    refused = True
+                    return {"type": "http.disconnect"}
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 seen += len(message.get("body", b""))
                 if seen > limit:  # a chunked body has no Content-Length to refuse up front: answer 413 here
                     if not started:
@@ -249,6 +265,11 @@ class Service:
         self.cfg = cfg
         self.lock = cfg.lock or StateLock(cfg.state_dir)  # first: a second server on this --state touches nothing
         self.exit_code = 0
+        self.uploads_in_flight = 0
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.ready_pool = ThreadPoolExecutor(1, thread_name_prefix="pupick-ready")  # /ready never waits for the
+        # request threads, which slow requests may all hold
         self.roots = DataRoots(cfg.data_roots)
         self.store = JobStore(cfg.state_dir, cfg.max_queue)
         self.registry = ModelRegistry(cfg.state_dir, cfg.models_dir, cfg.model_cache, log=log.warning)
@@ -272,6 +293,7 @@ class Service:
     def stop(self) -> None:
         self._janitor_stop.set()
         self.workers.stop()
+        self.ready_pool.shutdown(wait=False)
 
     def fatal(self, reason: str) -> None:
         """A worker cannot be restarted: shut down (jobs go back to the queue) and exit 1, for the service manager."""
@@ -286,6 +308,17 @@ class Service:
         if not self.cfg.start_workers:
             return self.workers.db_ok and not self.workers.paused.is_set()
         return self.workers.healthy()
+
+    @asynccontextmanager
+    async def upload_slot(self):
+        """One of MAX_UPLOADS bodies spooled to --state at once (429 past it); taken and freed on the event loop."""
+        if self.uploads_in_flight >= MAX_UPLOADS:
+            raise QueueFull(f"{MAX_UPLOADS} uploads are in flight, the most this server takes at once; retry later")
+        self.uploads_in_flight += 1
+        try:
+            yield
+        finally:
+            self.uploads_in_flight -= 1
 
     def check_room(self) -> None:
         """Refuse new work while --state is full (507)."""
@@ -581,8 +614,11 @@ def _routes(app: FastAPI, svc: Service) -> None:
         return JSONResponse({"status": "failing"}, status_code=503)
 
     @app.get("/ready", tags=["status"])
-    def ready():
+    async def ready():
         """Readiness: the workers run, the device computes, and a model loads."""
+        return await asyncio.get_running_loop().run_in_executor(svc.ready_pool, ready_check)
+
+    def ready_check():
         if cfg_workers_missing(svc):
             return _error(503, "the device worker is not running")
         try:
@@ -635,6 +671,10 @@ def _routes(app: FastAPI, svc: Service) -> None:
         """Upload a model file (the raw bytes as the body); loaded with weights_only=True and checked first."""
         check_name(name)
         svc.check_room()
+        async with svc.upload_slot():
+            return await _upload_model(request, name)
+
+    async def _upload_model(request: Request, name: str):
         tmp = await _spool(request, registry.own_dir, int(svc.cfg.max_model_mb * MB))
         try:
             entry, created = await run_in_threadpool(registry.add_upload, name, tmp)
@@ -759,6 +799,12 @@ def _routes(app: FastAPI, svc: Service) -> None:
         """Pick one micrograph sent as the body (MRC) and return its picks at once; settings as query parameters."""
         t0 = time.perf_counter()
         svc.check_room()
+        if not svc.cfg.start_workers:
+            return _error(503, "this server runs no workers (--no-workers); nothing can be picked")
+        async with svc.upload_slot():
+            return await _pick_upload(request, model, name, t0)
+
+    async def _pick_upload(request: Request, model: Optional[str], name: str, t0: float) -> dict:
         query = {k: v for k, v in request.query_params.items() if k not in ("model", "name", "token")}
         settings = {k: _query_value(v) for k, v in query.items()}
         config = _settings_or_422(settings_map.pick_config, settings)
@@ -783,7 +829,8 @@ def _routes(app: FastAPI, svc: Service) -> None:
                 return pick([target], loaded, settings_map.pick_config(settings, device=device), progress=False,
                             log=lambda m: None)
 
-            result = await run_in_threadpool(svc.workers.call, run)
+            # awaited on the event loop: a request waiting for the worker holds no thread of the request pool
+            result = await asyncio.wrap_future(svc.workers.submit(run))
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         if result.failures:

@@ -104,10 +104,14 @@ class Workers:
 
     def call(self, fn: Callable[[str], Any], timeout: float | None = None) -> Any:
         """Run fn(device) on a worker (between micrographs when one is busy) and return its result."""
+        return self.submit(fn).result(timeout)
+
+    def submit(self, fn: Callable[[str], Any]) -> Future:
+        """Queue fn(device) for a worker (between micrographs when one is busy); its Future, not waited for."""
         fut: Future = Future()
         self.urgent.put((fn, fut))
         self.store.notify()
-        return fut.result(timeout)
+        return fut
 
     # ---------------------------------------------------------------- supervision
     def pause(self, err: BaseException) -> None:
