@@ -326,16 +326,41 @@ class Service:
             raise StateFull(STATE_FULL)
 
     def _janitor(self) -> None:
-        while not self._janitor_stop.wait(min(60.0, self.cfg.retention_hours * 3600 / 4)):
-            removed = self.store.purge(self.cfg.retention_hours * 3600)
-            if removed:
-                log.info(json.dumps({"event": "purged", "jobs": removed}))
+        """Every so often: finished jobs, models no job loaded, and training cache files past --retention go."""
+        keep = self.cfg.retention_hours * 3600
+        while not self._janitor_stop.wait(min(60.0, keep / 4)):
+            try:
+                removed = self.store.purge(keep)
+                models = self.registry.purge_unused(keep, self.store.models_in_use())
+                cache = [] if self.store.training() else _purge_files(self.cfg.state_dir / "cache", keep)
+            except Exception as err:  # a failed sweep is retried on the next one; the server goes on
+                log.error(json.dumps({"event": "purge-failed", "error": " ".join(str(err).split())}))
+                continue
+            if removed or models or cache:
+                log.info(json.dumps({"event": "purged", "jobs": removed, "models": models, "cache_files": len(cache)}))
 
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained enough to take a job (1-60)."""
         rate = self.metrics.rate()
         waiting = self.store.waiting()
         return int(min(60, max(1, math.ceil(waiting / rate / 4) if rate > 0 else 5)))
+
+
+def _purge_files(folder: Path, older_than_s: float) -> list[Path]:
+    """Remove the files under `folder` last modified more than `older_than_s` ago (and the folders left empty)."""
+    cutoff = time.time() - older_than_s
+    removed = []
+    for path in sorted(folder.rglob("*"), reverse=True) if folder.is_dir() else []:
+        try:
+            if path.is_symlink() or path.is_file():
+                if path.lstat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        except OSError:
+            pass
+    return removed
 
 
 def create_app(cfg: ServeConfig) -> FastAPI:

@@ -257,6 +257,18 @@ class JobStore:
         return ids
 
     # ---------------------------------------------------------------- reading
+    def models_in_use(self) -> set[str]:
+        """Model names that queued or running jobs will load."""
+        with self._lock:
+            rows = self._db.execute("SELECT request FROM jobs WHERE state IN ('queued', 'running')").fetchall()
+        return {json.loads(r["request"]).get("model") for r in rows} - {None}
+
+    def training(self) -> bool:
+        """Whether a training job is queued or running (it may be using STATE/cache)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM jobs WHERE kind='train' AND state IN ('queued', 'running') "
+                                    "LIMIT 1").fetchone() is not None
+
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
 

@@ -165,3 +165,29 @@ def test_train_server_reattaches_after_a_server_restart(tmp_path, data_root):
         assert [j["job"] for j in second.client().jobs()] == [job]  # no second training was submitted
     finally:
         second.stop()
+
+
+def test_unused_models_and_cache_follow_retention(tmp_path, data_root, models_dir):
+    """--retention of 3.6 s: an uploaded model no job uses and old training-cache files go; a model a queued job
+    needs, and the --models files, stay. (--no-workers keeps the job queued.)"""
+    srv = Server(tmp_path / "state", data_root, models=models_dir,
+                 extra=["--retention", "0.001", "--no-workers"]).start()
+    try:
+        client = srv.client()
+        client.upload_model(models_dir / "demo.pt", "unused")
+        client.upload_model(models_dir / "demo.pt", "needed")
+        job = client.submit_pick([str(data_root / "mics" / "061_10028.mrc")], "needed", {"views": 1})
+        cached = tmp_path / "state" / "cache" / "abc" / "mic.npy"
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(b"preprocessed")
+        os.utime(cached, (time.time() - 3600, time.time() - 3600))
+        t0 = time.monotonic()
+        while "unused" in {m["name"] for m in client.models()} or cached.exists():
+            assert time.monotonic() - t0 < 20, srv.output()[-2000:]
+            time.sleep(0.2)
+        names = {m["name"] for m in client.models()}
+        assert {"needed", "demo"} <= names and "unused" not in names
+        assert client.job(job)["state"] == "queued"
+        assert not (tmp_path / "state" / "models" / "unused.pt").exists()
+    finally:
+        srv.stop()
