@@ -129,6 +129,28 @@ class HealthBody(BaseModel):
     status: str
 
 
+class ErrorBody(BaseModel):
+    """Every error: one sentence."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: str
+
+
+ERROR_RESPONSES: dict = {code: {"model": ErrorBody, "description": why} for code, why in (
+    (400, "bad input (a file that cannot be read, a malformed body)"),
+    (401, "missing or wrong token"),
+    (403, "a path outside the data roots"),
+    (404, "no such model, job or endpoint"),
+    (405, "method not allowed"),
+    (408, "the request body stalled"),
+    (409, "the job or model is not in a state that allows this"),
+    (413, "a body or job over its limit"),
+    (422, "bad settings or request fields"),
+    (429, "the queue (or the upload slots) is full; see Retry-After"),
+    (503, "not ready: no worker runs"),
+    (507, "the server's state directory is full"))}
+
+
 class SettingsError(PupickError):
     """Bad request settings (HTTP 422)."""
 
@@ -378,7 +400,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     from .. import __version__
 
     app = FastAPI(title="pupick serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Particle picking as a service: pick and train jobs on micrographs under the "
+                  responses=ERROR_RESPONSES, description="Particle picking as a service: pick and train jobs on micrographs under the "
                               "server's data roots. Every error is `{\"error\": sentence}`.")
     app.state.service = svc
     _errors(app, svc)
@@ -631,7 +653,8 @@ def _unique_stems(paths: list[Path]) -> None:
 def _routes(app: FastAPI, svc: Service) -> None:
     store, registry, roots = svc.store, svc.registry, svc.roots
 
-    @app.get("/health", tags=["status"], responses={503: {"model": HealthBody, "description": "failing"}})
+    @app.get("/health", tags=["status"], responses={503: {"model": HealthBody, "description": "failing"}},
+             response_model=HealthBody)
     async def health() -> HealthBody:
         """ok, or 503 failing: no worker runs, or the state (directory or database) takes no writes. No token."""
         if svc.healthy():
@@ -644,6 +667,8 @@ def _routes(app: FastAPI, svc: Service) -> None:
         return await asyncio.get_running_loop().run_in_executor(svc.ready_pool, ready_check)
 
     def ready_check():
+        if not svc.cfg.start_workers:
+            return _error(503, "this server runs no workers (--no-workers)")
         if cfg_workers_missing(svc):
             return _error(503, "the device worker is not running")
         try:
@@ -678,7 +703,8 @@ def _routes(app: FastAPI, svc: Service) -> None:
         """One registered model."""
         return registry.get(name).public()
 
-    @app.get("/v1/models/{name}/file", tags=["models"])
+    @app.get("/v1/models/{name}/file", tags=["models"], response_class=FileResponse,
+             responses={200: {"content": {"application/octet-stream": {}}, "description": "the model file"}})
     def download_model(name: str):
         """The model file (state_dict + config)."""
         entry = registry.get(name)
@@ -780,7 +806,9 @@ def _routes(app: FastAPI, svc: Service) -> None:
         job = store.request_cancel(job_id)
         return JSONResponse(job.public(), status_code=202)
 
-    @app.get("/v1/jobs/{job_id}/picks", tags=["jobs"])
+    @app.get("/v1/jobs/{job_id}/picks", tags=["jobs"],
+             responses={200: {"content": {"text/csv": {}, "application/json": {}, "text/plain": {}},
+                              "description": "the picks as csv, json or star"}})
     def job_picks(job_id: str, format: str = Query("csv", pattern="^(csv|json|star)$")):
         """A finished pick job's picks: csv (exactly picks.csv), json (every float as computed) or star (one RELION
         particles table)."""
