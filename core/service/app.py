@@ -318,12 +318,15 @@ class Service:
         self.ready_pool.shutdown(wait=False)
 
     def fatal(self, reason: str) -> None:
-        """A worker cannot be restarted: shut down (jobs go back to the queue) and exit 1, for the service manager."""
-        import signal
+        """A worker cannot be restarted (its job is back in the queue): exit 1 at once, for the service manager.
 
+        No graceful shutdown: it may need threads that cannot be had. Jobs other workers were running are re-queued
+        at the next start, as after kill -9."""
         log.critical(json.dumps({"event": "fatal", "reason": reason}))
+        for handler in logging.getLogger().handlers:
+            handler.flush()
         self.exit_code = 1
-        os.kill(os.getpid(), signal.SIGTERM)
+        os._exit(1)
 
     def healthy(self) -> bool:
         """ok: a worker runs (when workers were asked for) and the state takes writes."""

@@ -137,7 +137,7 @@ def test_server_abort_cancels_the_server_job_and_continue_finishes(root, server,
 
 @pytest.mark.parametrize("how, message", [
     ("down", "cannot reach the pupick server at http://127.0.0.1:{port} (connection refused)"),
-    ("no token", "refused the token (401)"),
+    ("no token", "needs a token (401)"),
     ("wrong token", "refused the token (401)"),
 ])
 def test_client_failures_are_one_line_in_run_err(root, server, tmp_path, trained_model, how, message):

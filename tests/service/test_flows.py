@@ -98,7 +98,7 @@ def test_client_failures_are_one_line(server, five, tmp_path):
     assert done.returncode == 1 and "cannot reach the pupick server" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     done = cli("pick", *five[:1], "--model", "demo", "-o", tmp_path / "x", "--server", server.url)
-    assert done.returncode == 1 and "refused the token (401)" in done.stderr
+    assert done.returncode == 1 and "needs a token (401)" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 

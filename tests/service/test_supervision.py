@@ -151,3 +151,60 @@ def test_a_second_server_on_the_same_state_is_refused_and_touches_nothing(tmp_pa
     # the lock dies with its process: a restart on the same state works
     again = Server(state, data_root, models=models_dir, port=first.port).start()
     again.stop()
+
+
+@pytest.fixture
+def no_new_threads():
+    """A pids cgroup (v1 or v2) whose limit the test sets to the tasks already in it: no thread can start."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        pids = base.name == "pids" or (v2.exists() and "pids" in v2.read_text().split())
+        if (base / "cgroup.procs").exists() and pids:
+            group = base / f"pupick-test-{os.getpid()}-{time.monotonic_ns()}"
+            try:
+                group.mkdir()
+            except OSError:
+                continue
+            try:
+                yield group
+            finally:
+                for _ in range(50):
+                    try:
+                        group.rmdir()
+                        break
+                    except OSError:
+                        time.sleep(0.1)
+            return
+    if os.environ.get("CI") == "true":
+        pytest.fail("no writable pids cgroup: the test of a worker that cannot be restarted needs one (root)")
+    pytest.skip("SKIPPED LOUDLY: no writable pids cgroup here (needs root)")
+
+
+def test_a_worker_that_cannot_be_restarted_ends_the_process_with_1(tmp_path, data_root, no_new_threads):
+    """The worker dies and no thread can be started for a new one: the job goes back to the queue and the process
+    exits 1, for the service manager to restart it."""
+    import sqlite3
+
+    srv = Server(tmp_path / "state", data_root).start()
+    try:
+        client = srv.client()
+        mics = [str(p) for p in sorted((data_root / "mics").glob("*.mrc"))[:2]]
+        (no_new_threads / "cgroup.procs").write_text(str(srv.proc.pid))
+        small = {"units": 8, "epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "diameter_px": 56}
+        warm = client.submit_train(mics, labels_path=str(data_root / "particles.csv"), settings=small)
+        assert client.wait(warm, timeout=120, poll=0.2)["state"] == "done"  # the native thread pools exist now
+        job = client.submit_train(mics, labels_path=str(data_root / "particles.csv"),
+                                  settings={**small, "units": 200_000})
+        (no_new_threads / "pids.max").write_text("1")  # from now on no thread starts (those running go on)
+        try:
+            srv.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s later:\n{srv.output()[-3000:]}")
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 1, srv.output()[-3000:]
+    assert '"event": "fatal"' in srv.output()
+    db = sqlite3.connect(tmp_path / "state" / "pupick.sqlite3")
+    (state,) = db.execute("SELECT state FROM jobs WHERE id=?", (job,)).fetchone()
+    db.close()
+    assert state == "queued"
