@@ -308,8 +308,7 @@ class Service:
             log.info(json.dumps({"event": "recovered", "jobs": recovered}))
         shutil.rmtree(self.uploads, ignore_errors=True)
         self.uploads.mkdir(parents=True, exist_ok=True)
-        if self.cfg.start_workers:
-            self.workers.start()
+        self.workers.start(workers=self.cfg.start_workers)  # the supervisor runs either way: it lifts a disk pause
         threading.Thread(target=self._janitor, name="pupick-janitor", daemon=True).start()
 
     def stop(self) -> None:

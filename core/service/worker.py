@@ -78,9 +78,13 @@ class Workers:
         self._next_check = 0.0
         self._supervisor: threading.Thread | None = None
 
-    def start(self) -> None:
-        for t in self.threads:
-            t.start()
+    def start(self, workers: bool = True) -> None:
+        """Start the workers (unless `workers` is false: --no-workers) and the supervisor."""
+        if workers:
+            for t in self.threads:
+                t.start()
+        else:
+            self.threads = []
         self._supervisor = threading.Thread(target=self._supervise, name="pupick-supervisor", daemon=True)
         self._supervisor.start()
 
