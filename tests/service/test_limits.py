@@ -168,9 +168,10 @@ def test_train_server_reattaches_after_a_server_restart(tmp_path, data_root):
 
 def test_unused_models_and_cache_follow_retention(tmp_path, data_root, models_dir):
     """--retention of 3.6 s: an uploaded model no job uses and old training-cache files go; a model a queued job
-    needs, and the --models files, stay. (--no-workers keeps the job queued.)"""
+    needs, and the --models files, stay. (--no-workers keeps the job queued.) The same server believes the proxy
+    it is told of (--forwarded-allow-ips)."""
     srv = Server(tmp_path / "state", data_root, models=models_dir,
-                 extra=["--retention", "0.001", "--no-workers"]).start()
+                 extra=["--retention", "0.001", "--no-workers", "--forwarded-allow-ips", "127.0.0.1"]).start()
     try:
         client = srv.client()
         client.upload_model(models_dir / "demo.pt", "unused")
@@ -188,5 +189,13 @@ def test_unused_models_and_cache_follow_retention(tmp_path, data_root, models_di
         assert {"needed", "demo"} <= names and "unused" not in names
         assert client.job(job)["state"] == "queued"
         assert not (tmp_path / "state" / "models" / "unused.pt").exists()
+        body = {"micrographs": [str(data_root / "mics" / "062_10028.mrc")],
+                "settings": {"method": "blob", "diameter_px": 56}}
+        status, proxied = _request(srv, "POST", "/v1/pick", json.dumps(body).encode(),
+                                   {"Content-Type": "application/json", "X-Forwarded-For": "203.0.113.9"},
+                                   token=False)
+        assert status == 202
+        line = next(json.loads(ln) for ln in srv.output().splitlines() if proxied["job"] in ln)
+        assert line["client"] == "203.0.113.9"
     finally:
         srv.stop()
