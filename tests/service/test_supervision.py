@@ -36,14 +36,15 @@ def _health(url: str) -> int:
 
 
 def test_a_job_that_kills_workers_fails_after_three_strikes(tmp_path, data_root):
-    """A training that cannot allocate its network raises in the worker: restarted twice with the job put back,
+    """A training that cannot allocate its batch raises in the worker: restarted twice with the job put back,
     failed with the reason on the third death; the restarted worker then runs the next job."""
     srv = Server(tmp_path / "state", data_root).start()
     try:
         client = srv.client()
         mics = [str(p) for p in sorted((data_root / "mics").glob("*.mrc"))[:2]]
         job = client.submit_train(mics, labels_path=str(data_root / "particles.csv"),
-                                  settings={"units": 200_000, "epochs": 1, "steps_per_epoch": 1, "diameter_px": 56})
+                                  settings={"units": 8, "batch_size": 1_000_000, "epochs": 1, "steps_per_epoch": 1,
+                                            "diameter_px": 56})
         final = client.wait(job, timeout=120, poll=0.2)
         assert final["state"] == "failed", final
         assert "stopped a worker 3 times" in final["error"] and "allocate" in final["error"]
@@ -194,7 +195,7 @@ def test_a_worker_that_cannot_be_restarted_ends_the_process_with_1(tmp_path, dat
         warm = client.submit_train(mics, labels_path=str(data_root / "particles.csv"), settings=small)
         assert client.wait(warm, timeout=120, poll=0.2)["state"] == "done"  # the native thread pools exist now
         job = client.submit_train(mics, labels_path=str(data_root / "particles.csv"),
-                                  settings={**small, "units": 200_000})
+                                  settings={**small, "batch_size": 1_000_000})
         (no_new_threads / "pids.max").write_text("1")  # from now on no thread starts (those running go on)
         try:
             srv.proc.wait(60)
