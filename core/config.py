@@ -212,6 +212,8 @@ class ScoreConfig:
         _one_of(self.stride, "stride", STRIDE_MODES)
         if self.precision == "int8" and self.stride != "native":
             raise InputError("--precision int8 scores at the native stride only (drop --dense, or choose bf16)")
+        if self.precision == "int8" and self.device.startswith("cuda"):
+            raise InputError(f"--precision int8 runs on CPU only (--device {self.device}: choose auto or bf16)")
         if self.views is not None:
             _one_of(self.views, "--views", VIEW_COUNTS)
         _whole(self.tile_size, "--tile-size", 16)

@@ -17,6 +17,9 @@ ReLU and residual sum fused (oneDNN post-ops), and the batch is cut to the views
 there (one: a bigger working set leaves the cache); on CUDA every view of a tile goes in one call, under autocast.
 On CPUs with int8 dot products (VNNI), 'auto' scores in int8 (core.quantized): the network 1.6x faster than in bf16,
 AP within 0.0025 of bf16 in every run on the shared sets (BENCHMARKS.md, pick_speed).
+
+Out of GPU memory, the tile side halves (down to MIN_TILE) and the micrograph is scored again; the smaller tile stays
+for the scorer's later micrographs (`tile`), and `notes` says so once per size.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from .config import STRIDE_MODES, VIEW_COUNTS, ScoreConfig
 from . import quantized
 from .allocator import keep_freed_memory
 from .hardware import cpu_has
-from .errors import InputError
+from .errors import InputError, PupickError
+from .models import ConvBlock, Pool, ResBlock
 
 # test-time views: (quarter turns, mirror first); scores are averaged over the dihedral copies of the image.
 # Two views: the half turn, whose native-stride grid lands 3 px off the first in both axes (the vertical mirror's only
@@ -48,6 +52,14 @@ DEFAULT_TILE = {"cpu": 1024, "cuda": 2048}
 # views per network call: CPU 1 (four views in one call cost 1.3-1.5x more per view: the working set leaves the
 # cache); elsewhere (GPU) all the views of a tile at once
 VIEW_BATCH = {"cpu": 1}
+# the smallest tile side (downsampled pixels) tried after running out of GPU memory; below it the micrograph fails
+MIN_TILE = 256
+# torch >= 2.5 names it torch.OutOfMemoryError; older releases only torch.cuda.OutOfMemoryError (the same class)
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
+class OutOfDeviceMemory(PupickError):
+    """The device ran out of memory even at the smallest scoring tile."""
 
 
 def choose_device(spec: str | None = "auto") -> torch.device:
@@ -66,6 +78,13 @@ def choose_device(spec: str | None = "auto") -> torch.device:
             raise InputError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
     elif device.type != "cpu":
         raise InputError(f"--device {spec}: unsupported device type (use auto, cpu, cuda or cuda:N)")
+    return device
+
+
+def check_scoring_device(config: ScoreConfig) -> torch.device:
+    """The device `config` scores on, refused (InputError) where it is absent or cannot run its precision."""
+    device = choose_device(config.device)
+    inference_precision(config.precision, device)
     return device
 
 
@@ -142,8 +161,6 @@ class _FusedCPU:
 
     @classmethod
     def build(cls, module: torch.nn.Module) -> "_FusedCPU | None":
-        from .models import ConvBlock, Pool, ResBlock
-
         ops = getattr(torch.ops, "mkldnn", None)
         if ops is None or not hasattr(ops, "_convolution_pointwise") or not torch.backends.mkldnn.is_available():
             return None
@@ -239,13 +256,37 @@ class Scorer:
         self.module = module
         self.net: Callable[[torch.Tensor], torch.Tensor] = (_FusedCPU.build(module) if cpu else None) or module
         tile = config.tile_size or DEFAULT_TILE.get(self.device.type, DEFAULT_TILE["cuda"])
-        self.tile = max(self.stride, int(tile) // self.stride * self.stride)
+        self.tile = self.configured_tile = self._tile_side(int(tile))
+        self.notes: list[str] = []  # said by the caller: the tile halved after running out of device memory
         views = config.resolved_views()
         if views not in VIEWS:
             raise InputError(f"views {views!r}: choose {', '.join(map(str, VIEWS))}")
         self.views = VIEWS[views]
         self.view_batch = VIEW_BATCH.get(self.device.type, len(self.views))  # views per network call
         self._buffers: dict[tuple, torch.Tensor] = {}  # kept between micrographs: padded inputs, coarse maps
+
+    def _tile_side(self, tile: int) -> int:
+        return max(self.stride, tile // self.stride * self.stride)
+
+    def _retrying(self, score: Callable[[], Any]) -> Any:
+        """score(), again with tiles half the side after each out-of-memory error, down to MIN_TILE."""
+        while True:
+            try:
+                return score()
+            except RuntimeError as err:  # OUT_OF_MEMORY, or a CUDA library's own "out of memory" (cuDNN, cuBLAS)
+                if not isinstance(err, OUT_OF_MEMORY) and "out of memory" not in str(err).lower():
+                    raise
+            # out of the handler: its frame held the error's tensors, now released
+            self._buffers.clear()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            smaller = self._tile_side(self.tile // 2)
+            if self.tile // 2 < MIN_TILE or smaller >= self.tile:
+                raise OutOfDeviceMemory(f"out of memory on {self.device} with {self.tile} px scoring tiles (none "
+                                        f"under {MIN_TILE} px is tried); free the device's memory or use another")
+            self.notes.append(f"warning: out of memory on {self.device} with {self.tile} px scoring tiles; "
+                              f"scoring with {smaller} px tiles from now on")
+            self.tile = smaller
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cpu":  # the weights are already in the compute precision
@@ -325,13 +366,17 @@ class Scorer:
     def coarse(self, image: np.ndarray) -> np.ndarray:
         """Map at the scorer's stride of the image as given (one view): [k, l] scores pixel (k * stride, l * stride)."""
         image = _checked(image)
-        batch = self._padded(torch.from_numpy(image).to(self.device), [(0, False)])
-        return self._coarse_batch(batch, *image.shape)[0].cpu().numpy().copy()
+
+        def score() -> np.ndarray:
+            batch = self._padded(torch.from_numpy(image).to(self.device), [(0, False)])
+            return self._coarse_batch(batch, *image.shape)[0].cpu().numpy().copy()
+
+        return self._retrying(score)
 
     def single(self, image: np.ndarray) -> np.ndarray:
         """Score map of the image as given (one view)."""
         image = _checked(image)
-        return self._maps(image, [(0, False)])[0].cpu().numpy().copy()
+        return self._retrying(lambda: self._maps(image, [(0, False)])[0].cpu().numpy().copy())
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Score map on the image's grid (float32, same shape): map[i, j] scores a particle centred on pixel (i, j).
@@ -339,6 +384,9 @@ class Scorer:
         With several views, the mean logit over rotated/flipped copies of the image, each mapped back.
         """
         image = _checked(image)
+        return self._retrying(lambda: self._views_mean(image))
+
+    def _views_mean(self, image: np.ndarray) -> np.ndarray:
         views = self.views
         # views of one shape go through the network together (all of them for a square micrograph)
         groups: dict[bool, list[int]] = {}

@@ -1,6 +1,7 @@
 """Shared fixtures: the bundled demo data and one small model trained on it (once per session)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,21 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
 # The session model trains on these four micrographs; HELD_OUT is never seen in training.
 HELD_OUT = "312_10028"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`cuda`-marked tests skip where torch sees no CUDA device, CI=true included (CI machines have none); with
+    PUPICK_REQUIRE_CUDA=1 (bench/gpu_check.sh on a GPU machine) they run, and fail there without CUDA."""
+    cuda_tests = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_tests or os.environ.get("PUPICK_REQUIRE_CUDA") == "1":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none on this machine)")
+    for item in cuda_tests:
+        item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -28,10 +28,12 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import __version__
 from ..errors import (InputError, InvalidModel, ModelFileError, ModelTooLarge, NotRegularFile,
                       PupickError)
-from ..confine import open_confined
+from ..confine import open_confined, read_roots, set_read_roots
 from ..names import check_micrograph_name
+from ..picking import pick
 from ..tables import duplicate_stems, stem
 from . import settings as settings_map
 from .jobs import FINISHED, JobStore, KeyReused, QueueFull, TooLarge
@@ -39,7 +41,8 @@ from .metrics import Metrics
 from .models import ModelConflict, ModelRegistry, UnknownModel, check_name
 from .security import DataRoots, Forbidden, bearer_ok, check_bind
 from .statelock import StateLock
-from .worker import Workers, disk_full
+from .view import ViewState, make_router
+from .worker import EXACT_DIR, Workers, disk_full, read_exact
 
 log = logging.getLogger("pupick.serve")
 MB = 1 << 20
@@ -307,8 +310,6 @@ class Service:
         self._janitor_stop = threading.Event()
 
     def start(self) -> None:
-        from ..confine import read_roots, set_read_roots
-
         recovered = self.store.recover()
         if recovered:
             log.info(json.dumps({"event": "recovered", "jobs": recovered}))
@@ -322,8 +323,6 @@ class Service:
         threading.Thread(target=self._janitor, name="pupick-janitor", daemon=True).start()
 
     def stop(self) -> None:
-        from ..confine import set_read_roots
-
         self._janitor_stop.set()
         self.workers.stop()
         self.ready_pool.shutdown(wait=False)
@@ -424,8 +423,6 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             yield
         finally:
             await run_in_threadpool(svc.stop)
-
-    from .. import __version__
 
     app = FastAPI(title="pupick serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   responses=ERROR_RESPONSES, description="Particle picking as a service: pick and train jobs on micrographs under the "
@@ -532,10 +529,6 @@ def _docs(app: FastAPI) -> None:
 def _mount_ui(app: FastAPI, svc: Service) -> None:
     """The browser pages (core/service/view.py) for each finished pick job at /ui/jobs/<id>/, when this pupick has
     them. The page and its static files hold no data; everything under api/ needs the token like any endpoint."""
-    try:
-        from .view import ViewState, make_router
-    except ImportError:
-        return
     app.mount("/ui/jobs", JobPages(svc, ViewState, make_router))
 
 
@@ -653,6 +646,12 @@ def _settings_or_422(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except InputError as err:
         raise SettingsError(str(err)) from None
+
+
+def _pick_config_or_422(settings: dict | None, devices: tuple[str, ...]):
+    """The request's PickConfig, refused (422) where any of this server's devices could not run it (int8 on CUDA)."""
+    configs = [_settings_or_422(settings_map.pick_config, settings, device=d) for d in devices or ("auto",)]
+    return configs[0]
 
 
 def _pick_items(given: list, roots: DataRoots) -> list[tuple[str, str, float | None]]:
@@ -780,7 +779,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
     def submit_pick(body: PickRequest, request: Request) -> JSONResponse:
         """Queue a pick job; returns 202 {"job": ID} at once."""
         svc.check_room()
-        config = _settings_or_422(settings_map.pick_config, body.settings)
+        config = _pick_config_or_422(body.settings, tuple(svc.workers.devices))
         model, sha = None, None
         if config.method == "cnn":
             if not body.model:
@@ -866,8 +865,6 @@ def _routes(app: FastAPI, svc: Service) -> None:
         import pandas as pd
 
         if format == "json":
-            from .worker import EXACT_DIR, read_exact
-
             mics = store.micrographs(job_id)
             records: list[dict] = []
             for name, _, state in mics:
@@ -900,7 +897,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
     async def _pick_upload(request: Request, model: Optional[str], name: str, t0: float) -> dict:
         query = {k: v for k, v in request.query_params.items() if k not in ("model", "name", "token")}
         settings = {k: _query_value(v) for k, v in query.items()}
-        config = _settings_or_422(settings_map.pick_config, settings)
+        config = _pick_config_or_422(settings, tuple(svc.workers.devices))
         _name_or_422(name, "name")
         entry = None
         if config.method == "cnn":
@@ -914,8 +911,6 @@ def _routes(app: FastAPI, svc: Service) -> None:
             os.replace(tmp, target)
 
             def run(device: str):
-                from ..pipeline import pick
-
                 loaded = registry.load(entry.name, entry.sha256, device) if entry else None
                 # here, never on a cluster: the uploaded file lives only on this machine
                 return pick([target], loaded, settings_map.pick_config(settings, device=device), progress=False,

@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from ..errors import Forbidden, InputError, PupickError
+from ..evaluate import evaluate
 from .view_data import LABELS, ViewState, suggest_threshold
 from .view_jobs import RoundRunner
 from .view_labels import LabelStore
@@ -146,8 +147,6 @@ def make_router(state: ViewState) -> APIRouter:
                                "pr": None, "match_radius": radius}
         labelled = sorted(set(table["micrograph"]) & set(names))
         if labelled and radius and not df.empty:
-            from ..evaluate import evaluate
-
             ev = evaluate(df, table, radius, micrographs=labelled)
             curve = ev.curve.dropna(subset=["threshold"])
             if len(curve) > MAX_CURVE_POINTS:

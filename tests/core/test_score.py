@@ -219,7 +219,7 @@ def test_cpu_scoring_runs_fused_convolutions_that_match_the_module(tiny):
         np.testing.assert_allclose(scorer.net(x).numpy(), scorer.module(x).numpy(), atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.cuda
 def test_cuda_maps_match_the_cpu_map(tiny, image):
     cpu = Scorer(tiny, ScoreConfig(views=4, precision="fp32", device="cpu"))(image)
     scale = np.abs(cpu).max()

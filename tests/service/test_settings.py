@@ -32,6 +32,14 @@ def test_the_server_chooses_the_device():
     assert settings.pick_config({"views": 2}, device="cpu").score.device == "cpu"
 
 
+def test_int8_is_refused_for_a_cuda_worker():
+    """What makes `pupick serve --device cuda` answer an int8 request 422 (tests/service/test_serve_cuda.py)."""
+    assert settings.pick_config({"precision": "int8"}, device="cpu").score.precision == "int8"
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(InputError, match="int8 runs on CPU only"):
+            settings.pick_config({"precision": "int8"}, device=device)
+
+
 @pytest.mark.parametrize("config", [
     TrainConfig(),
     TrainConfig(preprocess=PreprocessConfig(diameter_px=56, factor=2, normalize="affine", seed=5), seed=5, units=16,
