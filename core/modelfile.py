@@ -97,7 +97,7 @@ def save_model(path: str | os.PathLike, module: torch.nn.Module, config: dict[st
 def content_sha256(state: dict[str, torch.Tensor], config: dict[str, Any]) -> str:
     """A model's identity: SHA-256 of its weights (name, dtype, shape, values) and its canonical config JSON.
 
-    The save date (config provenance.date) is left out, so retraining with the same seed is the same model, and
+    The save date (config provenance.date) and the preprocessing cache's place are left out, so retraining with the same seed is the same model, and
     re-saving or copying a file does not change it.
     """
     h = hashlib.sha256()
@@ -108,6 +108,9 @@ def content_sha256(state: dict[str, torch.Tensor], config: dict[str, Any]) -> st
     ident = dict(config)
     if isinstance(ident.get("provenance"), dict):
         ident["provenance"] = {k: v for k, v in ident["provenance"].items() if k != "date"}
+        train_config = ident["provenance"].get("train_config")
+        if isinstance(train_config, dict):  # files written before cache_dir was left out
+            ident["provenance"]["train_config"] = {k: v for k, v in train_config.items() if k != "cache_dir"}
     h.update(json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str).encode())
     return h.hexdigest()
 

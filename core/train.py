@@ -687,7 +687,8 @@ def _model_config(s: _Session, data: _Data, prior: _Prior, config: TrainConfig, 
             "micrographs": [stem(p) for p in data.paths],
             "validation": [stem(m.path) for m in data.val],
             "n_labels": int(prior.n_train_labels),
-            "train_config": plain(config.to_dict()),
+            # where the cache was changes nothing in the model: not recorded
+            "train_config": {k: v for k, v in plain(config.to_dict()).items() if k != "cache_dir"},
         },
     }
 
