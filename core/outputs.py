@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .io import atomic_path, write_text_atomic
+from .io import atomic_path, is_write_error, os_reason, write_text_atomic
 
 LOCK = ".pupick.lock"
 RECORDS = ".pupick_records"
@@ -62,7 +62,7 @@ class OutputDir:
         try:
             self.records.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise InputError(f"{self.path}: cannot create the output directory ({_reason(err)})") from None
+            raise InputError(f"{self.path}: cannot create the output directory ({os_reason(err)})") from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise InputError(f"{self.path}: the output directory is not writable")
 
@@ -73,7 +73,7 @@ class OutputDir:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
-            raise InputError(f"{lock}: cannot open the lock file ({_reason(err)})") from None
+            raise InputError(f"{lock}: cannot open the lock file ({os_reason(err)})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -81,9 +81,13 @@ class OutputDir:
             os.close(fd)
             raise InputError(f"{self.path}: another pupick run (process {holder}) is writing here; wait for it "
                              "to finish or use another output directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        try:  # the holder's process id, for the message a second run gets (nothing lost if it cannot be written)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as err:
+            if not is_write_error(err):
+                raise
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -171,10 +175,6 @@ class OutputDir:
 
     def save_manifest(self) -> None:
         write_text_atomic(self.manifest_path, json.dumps(self.manifest, indent=1))
-
-
-def _reason(err: OSError) -> str:
-    return (err.strerror or str(err)).lower()
 
 
 def _differences(before: Any, now: dict[str, Any]) -> list[str]:

@@ -160,8 +160,7 @@ def _load_one(path: Path, config: TrainConfig, cache: Path | None) -> tuple[np.n
     pre = preprocess_micrograph(mic, config.preprocess)
     ps = config.preprocess.pixel_size or mic.pixel_size
     if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
+        with atomic_path(target) as tmp:  # a full disk: one line naming the cache file
             with open(tmp, "wb") as fh:
                 np.savez(fh, image=pre.image, factor=pre.factor, pixel_size=ps or 0.0, shape=np.array(pre.source_shape))
     return pre.image.astype(np.float32, copy=False), float(pre.factor), ps, tuple(pre.source_shape)
