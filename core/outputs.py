@@ -322,6 +322,8 @@ def pick_to_dir(
         picks = gather(out, finished)
         picks_path = root / PICKS_TABLE
         write_table(picks, picks_path)
+        if getattr(model, "path", None) is not None:  # `pupick view` reads its defaults (expected count) from it
+            out.manifest["model"] = str(Path(model.path).resolve())
         if run.diameters:  # in the micrographs' own pixels (after any pixel-size rescaling), for `pupick evaluate`
             out.manifest["diameter_px"] = float(np.median(list(run.diameters.values())))
         out.save_manifest()
