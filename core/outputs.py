@@ -31,8 +31,9 @@ class OutputDir:
     """A resumable output directory (use as a context manager: it holds the directory's lock)."""
 
     def __init__(self, path: str | os.PathLike, kind: str, settings: dict[str, Any], *, overwrite: bool = False,
-                 remedy: str = "use another output directory or --overwrite") -> None:
+                 remedy: str = "use another output directory or --overwrite", only: Sequence[str] | None = None) -> None:
         self.path = Path(path)
+        self.only = None if only is None else set(only)  # what `overwrite` redoes (None: everything)
         self.remedy = remedy
         self.kind = kind
         self.settings = settings
@@ -106,8 +107,17 @@ class OutputDir:
                     raise InputError(f"{self.manifest_path}: unreadable ({err}); remove it or use --overwrite") from None
                 earlier = {}
         if self.overwrite:
-            self.clear()
-            earlier = {}
+            others = [n for n in self.finished() if self.only is not None and n not in self.only]
+            if others and earlier.get("settings") not in (None, self.settings):
+                shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+                raise InputError(
+                    f"{self.path}: --overwrite redoes only the micrographs given, and {len(others)} other "
+                    f"micrograph(s) ({shown}) were picked with a different "
+                    f"{'; '.join(_differences(earlier.get('settings'), self.settings))}; give all the micrographs to "
+                    "redo them all, or use another output directory")
+            self.clear(self.only)
+            if not others:
+                earlier = {}
         elif earlier.get("settings") not in (None, self.settings) and self.finished():
             raise InputError(f"{self.path}: holds {self.kind} outputs made with a different "
                              f"{'; '.join(_differences(earlier.get('settings'), self.settings))}; {self.remedy}")
@@ -165,9 +175,11 @@ class OutputDir:
         """A finished micrograph's picks (the record of a pick directory)."""
         return read_table(self.records / f"{name}.csv")
 
-    def clear(self) -> None:
-        """Remove every record and the outputs it names (what --overwrite means)."""
+    def clear(self, names: set[str] | None = None) -> None:
+        """Remove the records of `names` (None: every one) and the outputs they name (what --overwrite means)."""
         for name in self.finished():
+            if names is not None and name not in names:
+                continue
             for out in self.outputs_of(name):
                 out.unlink(missing_ok=True)
             for suffix in (".csv", ".outputs"):
@@ -294,7 +306,8 @@ def pick_to_dir(
     model = check_model(model, config, items)
     kw = {"remedy": remedy} if remedy else {}
     settings = {**(settings or {}), **round_settings(model, config)}
-    with OutputDir(out_dir, "pick", pick_settings(model, config, settings), overwrite=overwrite, **kw) as out:
+    with OutputDir(out_dir, "pick", pick_settings(model, config, settings), overwrite=overwrite,
+                   only=[i.micrograph for i in items], **kw) as out:
         root = out.path
         done, todo = out.pending(items, files, log)
         done_names = {i.micrograph for i in done}
@@ -319,9 +332,11 @@ def pick_to_dir(
         finally:
             out.save_manifest()  # failures so far, even when interrupted
         finished = [i.micrograph for i in items if (out.records / f"{i.micrograph}.csv").exists()]
+        # picks.csv lists every micrograph finished in OUT_DIR (one run's settings): this run's, then earlier runs'
+        earlier = sorted(set(out.finished()) - set(finished))
         picks = gather(out, finished)
         picks_path = root / PICKS_TABLE
-        write_table(picks, picks_path)
+        write_table(pd.concat([picks, gather(out, earlier)], ignore_index=True) if earlier else picks, picks_path)
         if getattr(model, "path", None) is not None:  # `pupick view` reads its defaults (expected count) from it
             out.manifest["model"] = str(Path(model.path).resolve())
         if run.diameters:  # in the micrographs' own pixels (after any pixel-size rescaling), for `pupick evaluate`

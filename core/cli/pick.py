@@ -107,7 +107,9 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @click.option("--device", type=DEVICE, default="auto", show_default=True,
               help="Where the network runs (cuda:N picks a GPU).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Reader threads ahead of the scorer.")
-@click.option("--overwrite", is_flag=True, help="Redo every micrograph, even with other settings than before.")
+@click.option("--overwrite", is_flag=True,
+              help="Redo the micrographs given, even with other settings than before; OUTDIR's other micrographs "
+                   "are kept (refused if they were picked with other settings).")
 @click.option("--max-picks", type=int, default=None, help="Keep at most this many picks per micrograph.")
 @click.option("--top-n", type=int, default=None, hidden=True, help="Alias of --max-picks.")
 @click.option("--border", type=float, default=None,
@@ -302,6 +304,25 @@ def _write_cs(picks, target: Path, exposures: str) -> None:
     write_picks(picks, target, fmt="cs", micrographs=read_micrographs(exposures))
 
 
+def _earlier_entries(out: Path, now: set[str]):
+    """The entries of an existing OUTDIR/coordinates.star for micrographs this run did not name (kept by a run
+    on some of them), while their records and files are there."""
+    import pandas as pd
+    import starfile
+
+    from ..outputs import RECORDS
+
+    columns = ["micrograph_path", "coordinates_path"]
+    try:
+        old = starfile.read(out / "coordinates.star", always_dict=True)
+        table = next(iter(old.values()))
+        rows = [(m, c) for m, c in zip(table["rlnMicrographName"], table["rlnMicrographCoordinates"])
+                if c not in now and (out / RECORDS / f"{Path(c).stem}.csv").exists()]
+    except Exception:  # noqa: BLE001 - no list yet, or not one of ours: nothing to keep
+        rows = []
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _write_star_list(result, out: Path) -> None:
     """OUTDIR/coordinates.star: RELION's list of micrographs and their coordinate files."""
     import pandas as pd
@@ -309,8 +330,9 @@ def _write_star_list(result, out: Path) -> None:
     from pupick.adapters.relion import write_coordinate_list
 
     entries = pd.DataFrame({
-        "micrograph_path": [i.path for i in result.items],
+        "micrograph_path": [str(i.path) for i in result.items],
         "coordinates_path": [str(out / COORD_DIR / f"{i.micrograph}.star") for i in result.items],
     })
+    entries = pd.concat([entries, _earlier_entries(out, set(entries["coordinates_path"]))], ignore_index=True)
     exists = [Path(c).exists() for c in entries["coordinates_path"]]
     write_coordinate_list(entries[exists], out / "coordinates.star")  # atomic
