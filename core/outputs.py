@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -48,6 +50,7 @@ class OutputDir:
         self._create()
         self._lock()
         try:
+            remove_stale_parts(self.path, self._locked_at)
             self._check_settings()
         except BaseException:
             self._unlock()
@@ -83,6 +86,7 @@ class OutputDir:
             raise InputError(f"{self.path}: another pupick run (process {holder}) is writing here; wait for it "
                              "to finish or use another output directory") from None
         self._lock_fd = fd
+        self._locked_at = time.time()
         try:  # the holder's process id, for the message a second run gets (nothing lost if it cannot be written)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -187,6 +191,32 @@ class OutputDir:
 
     def save_manifest(self) -> None:
         write_text_atomic(self.manifest_path, json.dumps(self.manifest, indent=1))
+
+
+# core.io's temporary names: .NAME.<8 hex>.part[.SUFFIX]. Under OUT_DIR, a run holding the lock writes the only
+# live ones, except `pupick view`'s: its labels.csv, its exports/ and its picture cache, and the rounds/ it picks
+# into (each with its own lock).
+PART_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.part(\.[^.]+)?$")
+NOT_OURS = (".labels.csv.",)
+SKIP_DIRS = {"exports", ".pupick_view_cache", "rounds"}
+
+
+def remove_stale_parts(root: Path, before: float) -> int:
+    """Remove temporary files a killed run left under `root` (older than `before`); returns how many."""
+    removed = 0
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        for name in names:
+            if not PART_NAME.match(name) or name.startswith(NOT_OURS):
+                continue
+            path = Path(folder) / name
+            try:
+                if path.lstat().st_mtime < before:
+                    path.unlink()
+                    removed += 1
+            except OSError:  # gone already, or not ours to remove
+                pass
+    return removed
 
 
 def _differences(before: Any, now: dict[str, Any]) -> list[str]:

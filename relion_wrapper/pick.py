@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
@@ -90,6 +91,10 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
 
         meta = read_config(values["model"])
         named = meta is not None and config_needs_size(meta)
+    listed = Counter(mics["path"])
+    again = next((path for path, n in listed.items() if n > 1), None)
+    if again is not None:
+        raise InputError(f"{mics_star}: micrograph {again} is listed {listed[again]} times; list each micrograph once")
     rel = [coordinates_relpath(p, SUFFIX) for p in mics["path"]]
     owner: dict[PurePosixPath, str] = {}
     for path, r in zip(mics["path"], rel):

@@ -10,6 +10,7 @@ import click
 import dataclasses
 
 from ..config import DEFAULT_THRESHOLD, DEFAULT_VIEWS, METHODS, SCORE_PRECISIONS, VIEW_COUNTS, PickConfig
+from ..errors import InputError
 from ..evaluate import default_match_radius
 from ..io import Protected, check_output, check_output_dir, expand_inputs
 from ..pipeline import check_model, micrograph_items
@@ -154,7 +155,6 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     """Pick particles on MICROGRAPHS (files, directories, globs, @list.txt) into OUTDIR/picks.csv."""
     import time
 
-    from ..errors import InputError
     from ..outputs import pick_to_dir
 
     out = Path(out_dir)
@@ -173,9 +173,13 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
                 "stride": "dense" if dense else "native", "views": int(views) if views else None,
                 "workers": workers, "diameter": diameter, "diameter_px": diameter_px, "dark_particles": not light,
                 "exclude_carbon": exclude_carbon, "seed": seed, "bootstrap": bootstrap}
-    if top_n is not None and max_picks is None:
+    alias = top_n is not None and max_picks is None
+    if alias:
         settings["max_picks"] = top_n
-    config = usage(PickConfig.from_settings, settings)
+    try:
+        config = PickConfig.from_settings(settings)
+    except InputError as err:  # the alias is named as the user gave it
+        raise BadOption(str(err).replace("--max-picks", "--top-n") if alias else str(err)) from None
     if score_maps:
         config = dataclasses.replace(config, score_map_dir=str(out / "score_maps"))
     if server and cluster:
