@@ -7,7 +7,7 @@ STAMP := $(VENV)/.pupick-installed
 # several GB of CUDA packages. On a GPU machine install the matching CUDA torch first; the code is device-agnostic.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install bench bench-quick clean general-model
+.PHONY: demo test install bench bench-quick clean general-model docs screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,18 @@ SCIPION_VENV ?= $(CURDIR)/.venv-scipion
 test: $(STAMP)
 	scipion_plugin/make_env.sh $(SCIPION_VENV)
 	tests/service/ensure_chromium.sh
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir site
 	PUPICK_SCIPION_VENV=$(SCIPION_VENV) $(PY) -m pytest -q
+
+# The documentation site (mkdocs.yml, docs/), served on loopback only; `make test` builds it with --strict.
+DOCS_PORT ?= 8000
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve -a 127.0.0.1:$(DOCS_PORT)
+
+# The pictures of docs/browser.md: `pupick view` on the bundled data in Debian's headless Chromium.
+screenshots: $(STAMP)
+	tests/service/ensure_chromium.sh
+	$(PY) docs/screenshots.py
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
@@ -41,4 +52,4 @@ general-model: $(STAMP)
 	$(PY) bench/general_model.py --ship --threads 2
 
 clean:
-	rm -rf demo_output .pytest_cache build *.egg-info
+	rm -rf demo_output tour site .pytest_cache build *.egg-info

@@ -1,1 +1,1 @@
-"""RELION External job executables: pupick_relion_train and pupick_relion_pick (see README, RELION section)."""
+"""RELION External job executables: pupick_relion_train and pupick_relion_pick (see docs/relion.md)."""

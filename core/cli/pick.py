@@ -142,7 +142,7 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @click.option("--match-radius", type=float, default=None, help="With --labels: match radius (default: radius).")
 @click.option("--cluster", default=None, metavar="SPEC",
               help="Pick on a Dask cluster: local[:N], tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml "
-                   "(README: Scaling out).")
+                   "(docs/scaling.md).")
 @click.option("--cluster-workers", type=int, default=None, help="Workers to start (local and jobqueue clusters).")
 @click.option("--server", default=None,
               help="Pick on a `pupick serve` at this URL (http[s]://HOST:PORT); same OUTDIR as a local run.")
