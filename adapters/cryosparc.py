@@ -249,7 +249,7 @@ def _mix64(values: np.ndarray) -> np.ndarray:
 def exposure_uids(names: Sequence[str]) -> np.ndarray:
     """Deterministic 64-bit exposure uids derived from micrograph names (same name, same uid), for tables without.
 
-    cryoSPARC's Import Particles matches particles to its own exposures by micrograph name, not by these uids.
+    cryoSPARC's Import Particle Stack matches particles to its own exposures by micrograph name, not by these uids.
     """
     import hashlib
 

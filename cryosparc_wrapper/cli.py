@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import click
@@ -133,17 +134,18 @@ def pick_command(**kw) -> None:
 
         executor = usage(executor_from_spec, kw["cluster"], kw["cluster_workers"], log=click.echo)
     if _live(kw):
-        from .live import check_uids, connect, parse_output_ref, run_pick_job
+        from .live import check_uids, connect, guarded, parse_output_ref, run_pick_job
 
         if kw["output"] or kw["plot"] or kw["labels"]:
             raise InputError("-o/--plot/--labels are for offline mode; live outputs go to the External job")
         check_uids(kw["project"], kw["workspace"])
         parse_output_ref(kw["exposures"][0], "--exposures")
-        cs = connect(_connection(kw))
-        with executor or contextlib.nullcontext():
-            run_pick_job(cs, kw["project"], kw["workspace"], kw["exposures"][0], model, config,
-                         title=kw["title"] or "pupick pick", project_dir_override=kw["project_dir"], echo=click.echo,
-                         executor=executor)
+        with guarded():
+            cs = connect(_connection(kw))
+            with executor or contextlib.nullcontext():
+                run_pick_job(cs, kw["project"], kw["workspace"], kw["exposures"][0], model, config,
+                             title=kw["title"] or "pupick pick", project_dir_override=kw["project_dir"],
+                             echo=click.echo, executor=executor)
         return
     from .offline import pick_offline
 
@@ -188,16 +190,18 @@ def train_command(**kw) -> None:
                          epochs=kw["epochs"], steps_per_epoch=kw["steps_per_epoch"], test_split=kw["test_split"],
                          seed=kw["seed"], device=kw["device"], init=kw["init"])
     if _live(kw):
-        from .live import check_uids, connect, parse_output_ref, run_train_job
+        from .live import check_uids, connect, guarded, parse_output_ref, run_train_job
 
         if kw["output"]:
             raise InputError("-o is for offline mode; live mode saves the model in the External job's directory")
         check_uids(kw["project"], kw["workspace"])
         parse_output_ref(kw["exposures"][0], "--exposures")
         parse_output_ref(kw["particles"], "--particles")
-        cs = connect(_connection(kw))
-        run_train_job(cs, kw["project"], kw["workspace"], kw["exposures"][0], kw["particles"], config,
-                      title=kw["title"] or "pupick train", project_dir_override=kw["project_dir"], echo=click.echo)
+        with guarded():
+            cs = connect(_connection(kw))
+            run_train_job(cs, kw["project"], kw["workspace"], kw["exposures"][0], kw["particles"], config,
+                          title=kw["title"] or "pupick train", project_dir_override=kw["project_dir"],
+                          echo=click.echo)
         return
     from .offline import train_offline
 
@@ -214,15 +218,32 @@ def train_command(**kw) -> None:
 @_connection_options
 def upload_command(**kw) -> None:
     """Save an offline particles .cs into a project (needs API access, not the project directory)."""
-    from .live import check_uids, connect, particles_for_upload, run_upload
+    from .live import check_uids, connect, guarded, particles_for_upload, run_upload
 
     if not kw["project"] or not kw["workspace"]:
         raise InputError("upload needs --project (e.g. P3) and --workspace (e.g. W1)")
     check_uids(kw["project"], kw["workspace"])
     particles_for_upload(kw["particles"])  # a bad file fails before any connection
-    cs = connect(_connection(kw))
-    run_upload(cs, kw["project"], kw["workspace"], kw["particles"], title=kw["title"] or "pupick particles",
-               echo=click.echo)
+    with guarded():
+        cs = connect(_connection(kw))
+        run_upload(cs, kw["project"], kw["workspace"], kw["particles"], title=kw["title"] or "pupick particles",
+                   echo=click.echo)
+
+
+@cli.command("mark-failed")
+@click.option("--job", "job_uid", required=True, help="The External job's uid, e.g. J20.")
+@click.option("--reason", default="stopped without cleaning up (killed, or its node was lost)", show_default=True,
+              help="The line cryoSPARC shows as the job's error.")
+@_connection_options
+def mark_failed_command(**kw) -> None:
+    """Mark an External job failed: one a `kill -9` or a lost node left running or building."""
+    from .live import check_uids, connect, guarded, run_mark_failed
+
+    if not kw["project"] or not re.fullmatch(r"J\d+", kw["job_uid"] or ""):
+        raise InputError("mark-failed needs --project (e.g. P3) and --job (e.g. J20)")
+    check_uids(kw["project"], kw["workspace"] or "W1")
+    with guarded():
+        run_mark_failed(connect(_connection(kw)), kw["project"], kw["job_uid"], kw["reason"], echo=click.echo)
 
 
 def main(argv: list[str] | None = None) -> None:

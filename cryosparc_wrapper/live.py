@@ -12,7 +12,10 @@ import dataclasses
 import inspect
 import os
 import re
+import signal
 import tempfile
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -21,12 +24,13 @@ from urllib.parse import urlparse
 
 from pupick.core.errors import AbortRequested, InputError, PupickError
 
+from . import compat
+
 # The External job's ports. Input names double as passthrough sources for outputs.
 # mscope_params (optional) gives each particle its exposure group (location/exp_group_id)
+# Slots in pupick's notation ("?" = optional); compat.port_spec turns them into the installed tools' syntax.
 EXPOSURE_INPUT: dict[str, Any] = dict(type="exposure", name="micrographs", min=1, max=1,
-                                      slots=["micrograph_blob",
-                                             dict(name="mscope_params", dtype="mscope_params", required=False)],
-                                      title="Micrographs to pick")
+                                      slots=["micrograph_blob", "?mscope_params"], title="Micrographs to pick")
 EXPOSURE_SLOTS = ["micrograph_blob", "mscope_params"]  # what the picking job loads from its input
 PARTICLE_INPUT: dict[str, Any] = dict(type="particle", name="particles", min=1, max=1, slots=["location"],
                                       title="Training particles (locations)")
@@ -34,6 +38,12 @@ PARTICLE_OUTPUT: dict[str, Any] = dict(type="particle", name="particles", slots=
                                        title="pupick particles")
 MICROGRAPH_OUTPUT: dict[str, Any] = dict(type="exposure", name="micrographs", slots=["micrograph_blob"],
                                          passthrough="micrographs", title="Picked micrographs")
+
+# While cryoSPARC cannot be reached, keep trying to mark a job stopped this long (SLURM's KillWait is 30 s).
+STOP_RETRY_S = 20.0
+STOP_RETRY_ENV = "PUPICK_CRYOSPARC_STOP_RETRY_S"  # tests shorten it
+
+_RETRY_WARNINGS = r"\*\*\* (API client|CommandClient)"  # 5.x and 4.x clients' per-retry warnings
 
 _REF = re.compile(r"^(J\d+)[./:](\w+)$")
 _PROJECT = re.compile(r"^P\d+$")
@@ -114,12 +124,15 @@ def connect(conn: Connection):
     where = kwargs.get("base_url") or f"{kwargs.get('host')}:{kwargs.get('base_port')}"
     try:
         with warnings.catch_warnings():  # the client's per-retry warnings; the version warning still shows
-            warnings.filterwarnings("ignore", message=r"\*\*\* API client")
+            warnings.filterwarnings("ignore", message=_RETRY_WARNINGS)
             return CryoSPARC(**kwargs)
     except Exception as err:  # cryosparc-tools raises RuntimeError/ValueError/TypeError with long texts
         cause = err.__cause__ or err
-        lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
-        reason = lines[0].split(". ")[0].rstrip(".") if lines else "no reason given"
+        if compat.is_refused(cause):
+            reason = compat.reason(cause)
+        else:
+            lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+            reason = lines[0].split(". ")[0].rstrip(".") if lines else "no reason given"
         hint = ""
         if "authentication" in reason.lower():
             hint = " (give --email and --password, or log in once with `python -m cryosparc.tools login`)"
@@ -171,44 +184,148 @@ def save_output(job, name: str, dset, image=None) -> None:
             job.log(f"could not set the output image: {err}", level="warning")
 
 
-def server_reason(err: BaseException) -> str:
-    """One line saying why cryoSPARC (or cryosparc-tools) refused a request: the server's detail when it sent one."""
-    data = getattr(err, "data", None)
-    if isinstance(data, dict) and data.get("detail"):
-        detail = data["detail"]
-        return str(detail if not isinstance(detail, list) else "; ".join(str(d.get("msg", d)) if isinstance(d, dict)
-                                                                           else str(d) for d in detail))
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    text = lines[0] if lines else "no reason given"
-    return re.sub(r"^\*\*\* \[API\] \([^)]*\) ", "", text)
+server_reason = compat.reason
 
 
 def _is_tools_error(err: BaseException) -> bool:
     """An error raised by cryosparc-tools for a refused request or bad job setup (not a pupick bug)."""
-    from cryosparc.errors import APIError, ExternalJobError
+    return compat.is_refused(err)
 
-    return isinstance(err, (APIError, ExternalJobError))
+
+class Terminated(BaseException):
+    """SIGTERM arrived (kill, timeout, a SLURM time limit); raised in the main thread like KeyboardInterrupt."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(f"terminated by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def guarded() -> Iterator[None]:
+    """Around all of live mode: SIGTERM interrupts the work (so the job can be marked failed) instead of killing
+    the process, and the clients' per-retry warnings stay off the terminal."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_RETRY_WARNINGS)
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            yield
+        except Terminated as err:  # before any job existed
+            raise AbortRequested(str(err)) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """A second Ctrl-C or SIGTERM must not cut short the request that marks the job failed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def stop_retry_seconds() -> float:
+    """How long to keep trying to mark a job stopped while cryoSPARC cannot be reached (inside SLURM's kill grace)."""
+    try:
+        return max(0.0, float(os.environ.get(STOP_RETRY_ENV, STOP_RETRY_S)))
+    except ValueError:
+        return STOP_RETRY_S
+
+
+def job_name(job) -> str:
+    """P3-J20."""
+    return f"{job.project_uid}-{job.uid}"
+
+
+def failure_line(err: BaseException) -> str:
+    """pupick's one line for why a job failed (what cryoSPARC's event log and the job's error show)."""
+    if isinstance(err, Terminated):
+        text = str(err)
+    elif isinstance(err, KeyboardInterrupt):
+        text = "interrupted (Ctrl-C)"
+    elif isinstance(err, PupickError):
+        text = str(err)
+    elif compat.is_refused(err):
+        text = f"cryoSPARC: {compat.reason(err)}"
+    else:
+        lines = [ln for ln in str(err).splitlines() if ln.strip()]
+        text = f"internal error: {type(err).__name__}" + (f": {lines[0].strip()}" if lines else "")
+    return "pupick: " + " ".join(text.split())
+
+
+def finish(job, failure: str = "") -> None:
+    """Mark the job completed (or failed with `failure`), retrying for a bounded time while cryoSPARC is unreachable.
+
+    Raises InputError naming the job, and how to mark it failed, when it cannot be done."""
+    retry_s = stop_retry_seconds()
+    deadline = time.monotonic() + retry_s
+    with _signals_ignored():
+        while True:
+            outcome: list[BaseException | None] = []
+
+            def attempt() -> None:
+                try:
+                    compat.mark_stopped(job, failure)
+                    outcome.append(None)
+                except BaseException as err:  # noqa: BLE001 - judged below
+                    outcome.append(err)
+
+            worker = threading.Thread(target=attempt, daemon=True)  # a hung request must not outlive the deadline
+            worker.start()
+            worker.join(max(0.1, deadline - time.monotonic()))
+            err = outcome[0] if outcome else TimeoutError("no answer")
+            if err is None:
+                return
+            if not (compat.is_network_error(err) or isinstance(err, TimeoutError)):
+                raise InputError(f"cryoSPARC did not mark External job {job_name(job)} "
+                                 f"{'failed' if failure else 'completed'}: {compat.reason(err)}") from None
+            if time.monotonic() >= deadline:
+                raise InputError(
+                    f"External job {job_name(job)} may still show as running: cryoSPARC could not be reached "
+                    f"for {retry_s:g} s ({compat.reason(err)}); once it is back, mark the job failed with "
+                    f"`pupick_cryosparc mark-failed --project {job.project_uid} --job {job.uid}`") from None
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def _raise_failed(job, err: BaseException, line: str) -> None:
+    """After the job is marked failed: the error to show the user (one line), or the original for a pupick bug."""
+    if isinstance(err, (Terminated, KeyboardInterrupt)):
+        raise AbortRequested(f"{line.removeprefix('pupick: ')}; External job {job_name(job)} is marked failed") \
+            from None
+    if isinstance(err, PupickError):
+        raise err
+    if compat.is_refused(err):
+        raise InputError(f"External job {job_name(job)} failed: {line.removeprefix('pupick: ')}") from None
+    raise err  # a bug in pupick: the job is marked failed; the traceback is for the report
 
 
 @contextlib.contextmanager
 def lifecycle(job) -> Iterator[Any]:
-    """Run inside `job.run()`: the job ends completed, or failed (errors and Ctrl-C) with a line in its log.
+    """The job runs inside: it ends completed, or failed with pupick's one line (errors, Ctrl-C, SIGTERM).
 
     A request cryoSPARC refuses becomes one line (PupickError), not a traceback."""
     try:
-        with job.run():
-            try:
-                yield job
-            except PupickError as err:
-                job.log(f"pupick: error: {err}", level="error")
-                raise
-            except KeyboardInterrupt:  # job.run() only fails on Exception; an interrupt would read "completed"
-                job.log("pupick: interrupted", level="error")
-                raise AbortRequested("interrupted; the External job is marked failed") from None
-    except Exception as err:
-        if isinstance(err, PupickError) or not _is_tools_error(err):
-            raise
-        raise InputError(f"External job {job.project_uid}-{job.uid} failed: cryoSPARC: {server_reason(err)}") from None
+        compat.mark_running(job)
+    except BaseException as err:
+        line = failure_line(err)
+        finish(job, line)
+        _raise_failed(job, err, line)
+    try:
+        yield job
+    except BaseException as err:
+        line = failure_line(err)
+        finish(job, line)
+        _raise_failed(job, err, line)
+    else:
+        finish(job)
 
 
 def create_job(cs, project: str, workspace: str, title: str, inputs: list[tuple[dict, str]],
@@ -222,23 +339,23 @@ def create_job(cs, project: str, workspace: str, title: str, inputs: list[tuple[
     except Exception as err:
         if not _is_tools_error(err):
             raise
-        raise InputError(f"cannot create an External job in {project} {workspace}: cryoSPARC: "
+        what = "reach cryoSPARC to create" if compat.is_network_error(err) else "create"
+        raise InputError(f"cannot {what} an External job in {project} {workspace}: cryoSPARC: "
                          f"{server_reason(err)}") from None
     try:
         for spec, ref in inputs:
             source_job, source_output = parse_output_ref(ref, spec["name"])
-            job.add_input(**spec)
+            job.add_input(**compat.port_spec(spec))
             job.connect(spec["name"], source_job, source_output)
         for spec in outputs:
-            job.add_output(**spec)
-    except Exception as err:  # refused by the server, or by cryosparc-tools' own checks (ValueError)
-        if not isinstance(err, (PupickError, ValueError)):
-            raise
-        reason = str(err) if isinstance(err, PupickError) else server_reason(err)
-        with contextlib.suppress(Exception):  # mark it failed; the reason below matters more than this call
-            job.stop(error=reason)
-        raise InputError(f"External job {project}-{job.uid} could not be set up and is marked failed: "
-                         f"{reason}") from None
+            job.add_output(**compat.port_spec(spec))
+    except BaseException as err:  # refused by the server, by cryosparc-tools' own checks, a signal, or a bug
+        line = failure_line(err)
+        finish(job, line)
+        if isinstance(err, (PupickError, ValueError)) or compat.is_refused(err):
+            raise InputError(f"External job {job_name(job)} could not be set up and is marked failed: "
+                             f"{line.removeprefix('pupick: ').removeprefix('cryoSPARC: ')}") from None
+        _raise_failed(job, err, line)
     return job
 
 
@@ -303,7 +420,7 @@ def run_train_job(cs, project: str, workspace: str, exposures_ref: str, particle
                         job.upload(f.name, str(f), overwrite=True)
             plot = output.with_suffix(".train.png")
             if plot.exists():
-                log_plot(job, str(plot), "pupick training curves (validation AP per epoch)")
+                log_plot(job, str(plot), "pupick training curves (loss per epoch; validation AP with --test-split)")
         line = train_summary(result).replace(str(output), str(target / output.name))
         job.log(line)
         echo(line)
@@ -328,13 +445,22 @@ def run_upload(cs, project: str, workspace: str, particles_cs: str | os.PathLike
                echo=print) -> str:
     """Save an offline particles .cs into the project as an External job's `particles` output (network)."""
     dset = particles_for_upload(particles_cs)
+    spec = {k: v for k, v in PARTICLE_OUTPUT.items() if k != "passthrough"}
+    job = create_job(cs, project, workspace, title, [], [spec])
+    with lifecycle(job):
+        job.save_output(spec["name"], dset)
+        job.log(f"pupick: {len(dset)} particles from {Path(particles_cs).name}")
+    echo(f"saved {len(dset)} particles from {particles_cs} as {project}-{job.uid} output `particles`")
+    return job.uid
+
+
+def run_mark_failed(cs, project: str, job_uid: str, reason: str, echo=print) -> None:
+    """Mark an External job failed (one left running after kill -9 or a lost node) (network)."""
     try:
-        uid = cs.save_external_result(project, workspace, dset, type=PARTICLE_OUTPUT["type"],
-                                      name=PARTICLE_OUTPUT["name"], slots=PARTICLE_OUTPUT["slots"], title=title)
+        job = cs.find_external_job(project, job_uid)
     except Exception as err:
         if not _is_tools_error(err):
             raise
-        raise InputError(f"cryoSPARC did not save {particles_cs} in {project} {workspace}: "
-                         f"{server_reason(err)}") from None
-    echo(f"saved {len(dset)} particles from {particles_cs} as {project}-{uid} output `particles`")
-    return uid
+        raise InputError(f"cannot find External job {project}-{job_uid}: cryoSPARC: {server_reason(err)}") from None
+    finish(job, "pupick: " + " ".join(reason.split()))
+    echo(f"External job {project}-{job_uid} is marked failed")

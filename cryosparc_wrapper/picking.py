@@ -186,8 +186,8 @@ def summary_lines(result: PickResult, n_exposures: int) -> list[str]:
     if n:
         s = result.picks["score"].to_numpy(dtype=float)
         lines.append(f"score (logit) median {np.nanmedian(s):.2f}, 5-95% {np.nanpercentile(s, 5):.2f} .. "
-                     f"{np.nanpercentile(s, 95):.2f}; threshold in Inspect Picks on pick_stats/power (logit) "
-                     "or pick_stats/ncc_score (sigmoid)")
+                     f"{np.nanpercentile(s, 95):.2f}; in Inspect Picks, threshold pick_stats/power (a lower cut "
+                     "only: the highest power are the best picks)")
     if result.failures:
         path, reason = result.failures[0]
         lines.append(f"{len(result.failures)} micrograph(s) failed, e.g. {path}: {reason}")

@@ -12,6 +12,15 @@ DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 NAMES = ["061_10028", "062_10028", "063_10028", "311_10028", "312_10028"]
 PIXEL_SIZE = 5.36
 DIAMETER_PX = 56
+# A real cryoSPARC picker's particle output (location + pick_stats; 12 fields and uid), as cryoSPARC 4.x and 5.x
+# write it, written down independently of pupick's own list (adapters/cryosparc.py PARTICLE_FIELDS).
+PICKER_FIELDS = [
+    ("location/micrograph_uid", "<u8"), ("location/exp_group_id", "<u4"), ("location/micrograph_path", "O"),
+    ("location/micrograph_shape", "2<u4"), ("location/micrograph_psize_A", "<f4"),
+    ("location/center_x_frac", "<f4"), ("location/center_y_frac", "<f4"), ("location/min_dist_A", "<f4"),
+    ("pick_stats/ncc_score", "<f4"), ("pick_stats/power", "<f4"), ("pick_stats/template_idx", "<u4"),
+    ("pick_stats/angle_rad", "<f4"),
+]
 
 
 @dataclass

@@ -13,7 +13,9 @@ import importlib.machinery
 import importlib.util
 import inspect
 import itertools
+import threading
 from functools import lru_cache
+from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +143,11 @@ class FakeServer:
     """The state of one cryoSPARC project as the endpoints pupick's flow uses see it."""
 
     def __init__(self, project_uid: str, project_dir: Path, source_outputs: dict[tuple[str, str], tuple[str, Dataset]],
-                 output_fields: dict[str, list[tuple]]):
+                 output_fields: dict[str, list[tuple]], make_job_dirs: bool = False):
+        self.make_job_dirs = make_job_dirs
+        self.hold_on: str | None = None  # a log text prefix: that request waits until `release` is set
+        self.drop_on: str | None = None  # an endpoint (jobs_add_external_input): it times out instead
+        self.held, self.release = threading.Event(), threading.Event()
         self.project_uid, self.project_dir = project_uid, Path(project_dir)
         self.sources = source_outputs  # (job, output) -> (type, dataset)
         self.output_fields = output_fields  # output type -> the server's field template
@@ -220,6 +226,8 @@ class FakeServer:
         uid = f"J{next(self._uids)}"
         self.jobs[uid] = self._job(uid, title)
         self.statuses[uid] = ["building"]
+        if self.make_job_dirs:  # cryoSPARC makes the job directory when it creates the job
+            (self.project_dir / uid).mkdir(exist_ok=True)
         return self.jobs[uid]
 
     def jobs_find_one(self, project_uid: str, job_uid: str) -> Job:
@@ -293,15 +301,22 @@ class FakeServer:
         out = job.spec.outputs.root.get(output_name)
         if out is None:
             raise api_error(422, f"no output {output_name}")
-        missing = {s.name for s in out.slots} - set(dataset.prefixes())
-        if missing:
-            raise api_error(422, f"output {output_name} lacks slots {sorted(missing)}")
-        self.saved[(job_uid, output_name)] = Dataset.from_iterator(dataset.stream())  # through the wire format
+        from cs_rpc4 import check_output
+
+        declared = [s.name for s in out.slots]
+        problem = check_output(dataset, declared, self.output_fields.get(out.type, []))
+        if problem:
+            raise api_error(422, f"output {output_name}: {problem}")
+        # through the wire format; cryoSPARC keeps the declared slots only
+        self.saved[(job_uid, output_name)] = Dataset.from_iterator(dataset.stream()).filter_prefixes(declared)
         return job
 
     def jobs_add_event_log(self, project_uid, job_uid, text, type) -> TextEvent:
         self._find(project_uid, job_uid)
         self.events.setdefault(job_uid, []).append((type, text))
+        if self.hold_on and text.startswith(self.hold_on):
+            self.held.set()
+            self.release.wait(30)
         return TextEvent(project_uid=project_uid, job_uid=job_uid, type=type, text=text)
 
     def jobs_update_event_log(self, project_uid, job_uid, event_id, text, type) -> TextEvent:
@@ -332,3 +347,96 @@ def exposure_groups(dset: Dataset, groups) -> Dataset:
     out = dset.copy()
     out["mscope_params/exp_group_id"] = np.asarray(groups, dtype=np.uint32)
     return out
+
+
+# ---------------------------------------------------------------- the job in another process
+
+
+class _Bytes:
+    """A Stream argument's bytes, sent to the test's process (what the HTTP body would carry)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def stream(self):
+        yield self.data
+
+
+class ServerProxy:
+    """In the job's process: the recorder's `server`, forwarding each validated call to the test's process."""
+
+    def __init__(self, address: tuple[str, int], authkey: bytes):
+        self.address, self.authkey, self.clients = address, authkey, []
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def call(**kwargs):
+            kwargs = {k: _Bytes(b"".join(v.stream())) if isinstance(v, Stream) else v for k, v in kwargs.items()}
+            try:
+                conn = Client(self.address, authkey=self.authkey)
+            except OSError as err:  # the server is gone: what httpx raises for a refused connection
+                raise httpx.ConnectError(f"[Errno 111] Connection refused ({err.__class__.__name__})") from None
+            with conn:
+                conn.send((name, kwargs))
+                kind, value = conn.recv()
+            if kind == "ok":
+                return value
+            if kind == "api_error":
+                raise api_error(*value)
+            if kind == "timeout":  # what httpx raises when the server does not answer in time
+                raise httpx.ReadTimeout("timed out")
+            raise RequestRejected(value)
+
+        return call
+
+
+class ServerHost:
+    """In the test's process: serves a FakeServer to ServerProxy clients on a loopback port the OS picks."""
+
+    def __init__(self, server: FakeServer):
+        import os
+
+        self.server, self.authkey = server, os.urandom(16)
+        self.listener = Listener(("127.0.0.1", 0), authkey=self.authkey)
+        self.address = self.listener.address
+        self.rejected: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn = self.listener.accept()
+            except (OSError, EOFError):
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn) -> None:
+        with conn:
+            try:
+                name, kwargs = conn.recv()
+            except (OSError, EOFError):
+                return
+            handler = getattr(self.server, name, None)
+            if name == self.server.drop_on:
+                conn.send(("timeout", None))
+                return
+            try:
+                if handler is None:
+                    raise RequestRejected(f"{name}: called, but this test's server does not expect it")
+                reply = ("ok", handler(**kwargs))
+            except APIError as err:
+                reply = ("api_error", (err.code, (err.data or {}).get("detail", str(err))))
+            except Exception as err:  # noqa: BLE001 - a rejected request: the job's process raises it
+                self.rejected.append(f"{type(err).__name__}: {err}")
+                reply = ("rejected", f"{type(err).__name__}: {err}")
+            try:
+                conn.send(reply)
+            except OSError:  # the job's process went away (a signal while this request was held)
+                pass
+
+    def close(self) -> None:
+        """Take the server off the network: from now on the job's requests are refused."""
+        self.listener.close()
+        self.server.release.set()

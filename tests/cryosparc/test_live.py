@@ -52,6 +52,17 @@ def test_input_specs_are_what_cryosparc_tools_builds(spec):
     assert model.count_min == 1 and model.count_max == 1
 
 
+def test_slots_are_sent_in_the_installed_tools_syntax():
+    """5.x here: a slot dict names its prefix `name`; 4.x gets `prefix` (driven for real in test_live_releases)."""
+    from pupick.cryosparc import compat
+
+    tools = compat.tools()
+    assert (tools.version, tools.slot_key, tools.base_url, tools.stop_takes_reason) == ("5.0.3", "name", True, True)
+    assert compat.port_spec(live.EXPOSURE_INPUT)["slots"] == [
+        "micrograph_blob", {"name": "mscope_params", "dtype": "mscope_params", "required": False}]
+    assert live.EXPOSURE_INPUT["slots"] == ["micrograph_blob", "?mscope_params"]  # pupick's own notation
+
+
 def test_exposure_input_requires_micrograph_blob():
     assert live.EXPOSURE_INPUT["type"] == "exposure"
     slots = [as_input_slot(s) for s in live.EXPOSURE_INPUT["slots"]]
@@ -348,11 +359,9 @@ def test_live_cli_checks_refs_and_model_before_connecting(tmp_path, capsys):
 
 
 class NetworklessJob:
-    """cryosparc-tools' own ExternalJobController.run(), with only its two HTTP calls (start/stop) recorded."""
+    """An External job's lifecycle calls (start/stop/log) recorded; the 5.x signature of stop (a reason string)."""
 
-    from cryosparc.controllers.job import ExternalJobController as _real
-
-    run = _real.run
+    project_uid, uid = "P3", "J42"
 
     def __init__(self):
         self.calls = []
@@ -361,23 +370,22 @@ class NetworklessJob:
         self.calls.append(("start", status))
 
     def stop(self, error=""):
-        self.calls.append(("stop", "failed" if error else "completed"))
+        self.calls.append(("stop", "failed" if error else "completed", error))
 
     def log(self, text, *, level="text", name=None):
         self.calls.append(("log", level, text))
 
 
-@pytest.mark.parametrize("raised,status,logged", [
-    (None, "completed", None),
-    (InputError("mic.mrc: no such file"), "failed", "pupick: error: mic.mrc: no such file"),
-    (KeyboardInterrupt(), "failed", "pupick: interrupted"),
+@pytest.mark.parametrize("raised,status,reason", [
+    (None, "completed", ""),
+    (InputError("mic.mrc: no such file"), "failed", "pupick: mic.mrc: no such file"),
+    (KeyboardInterrupt(), "failed", "pupick: interrupted (Ctrl-C)"),
+    (live.Terminated("terminated by SIGTERM"), "failed", "pupick: terminated by SIGTERM"),
 ])
-def test_lifecycle_always_leaves_success_or_failure(raised, status, logged):
+def test_lifecycle_always_leaves_success_or_failure(raised, status, reason):
     job = NetworklessJob()
     with pytest.raises(PupickError) if raised is not None else contextlib.nullcontext():
         with live.lifecycle(job):
             if raised is not None:
                 raise raised
-    assert job.calls[0] == ("start", "running") and job.calls[-1] == ("stop", status)
-    logs = [c[2] for c in job.calls if c[0] == "log" and c[1] == "error"]
-    assert logs == ([logged] if logged else [])
+    assert job.calls == [("start", "running"), ("stop", status, reason)]  # the one line, not a traceback

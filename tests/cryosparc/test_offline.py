@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from cryosparc.dataset import Dataset
-from cs_project import DEMO, DIAMETER_PX, NAMES, exposure_dataset, make_project
+from cs_project import PICKER_FIELDS, DEMO, DIAMETER_PX, NAMES, exposure_dataset, make_project
 
-from pupick.adapters.cryosparc import PARTICLE_FIELDS, read_exposures, read_particles
+from pupick.adapters.cryosparc import read_exposures, read_particles
 from pupick.core.evaluate import evaluate
 from pupick.core.io import read_micrograph, write_mrc
 from pupick.cryosparc.cli import cli, main
@@ -51,8 +51,8 @@ def test_cli_reports_and_writes(picked):
 def test_particles_cs_fields_and_dtypes(picked, cs_project):
     dset = Dataset.load(picked[0])
     descr = {f[0]: np.dtype([tuple(f)]) for f in dset.descr()}
-    assert set(descr) == {"uid"} | {f[0] for f in PARTICLE_FIELDS}
-    for field in PARTICLE_FIELDS:
+    assert set(descr) == {"uid"} | {f[0] for f in PICKER_FIELDS}
+    for field in PICKER_FIELDS:  # a real cryoSPARC picker's types, not pupick's own list
         assert descr[field[0]] == np.dtype([field]), field
     n = len(dset)
     assert n > 100
