@@ -168,6 +168,11 @@ def is_write_error(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in WRITE_ERRNOS
 
 
+def is_disk_error(err: BaseException) -> bool:
+    """True for an OSError only a write can cause: a full disk or quota, a file too large, a read-only filesystem."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
 def cannot_write(target: str | os.PathLike, err: OSError) -> InputError:
     """The one-line error for a write that failed: the path and why ("no space left on device in DIR")."""
     target = Path(target)

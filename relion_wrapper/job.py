@@ -137,9 +137,9 @@ def relion_job(out_dir: str | os.PathLike, program: str = "pupick") -> Iterator[
     except KeyboardInterrupt:
         reason = "interrupted"
     except Exception as err:  # a bug, not a user mistake: keep the traceback for the report
-        from pupick.core.io import cannot_write, is_write_error
+        from pupick.core.io import cannot_write, is_disk_error
 
-        if is_write_error(err):  # a full or read-only disk where nothing caught it sooner: no bug, one line
+        if is_disk_error(err):  # a full or read-only disk where nothing caught it sooner: no bug, one line
             reason = str(cannot_write(err.filename or out, err))
         else:
             traceback.print_exc()
