@@ -342,7 +342,9 @@ def pick_to_dir(
         done, todo = out.pending(items, files, log)
         done_names = {i.micrograph for i in done}
         if todo:  # the general model's bootstrap round (kept in OUT_DIR for later runs), when on
-            model = prepare(model, config, items, root, overwrite=overwrite, log=log)
+            # an --overwrite that keeps other micrographs keeps the round they were picked with, too
+            kept_others = bool(set(out.finished()) - {i.micrograph for i in items})
+            model = prepare(model, config, items, root, overwrite=overwrite and not kept_others, log=log)
 
         def finish(res: Any) -> None:
             if res.error is not None:
