@@ -28,6 +28,7 @@ test: $(STAMP)
 	scipion_plugin/make_env.sh $(SCIPION_VENV)
 	tests/service/ensure_chromium.sh
 	$(PY) -c 'import sys; sys.path.insert(0, "tests/cryosparc"); from cs_releases import ensure_cs47; ensure_cs47()'
+	$(VENV)/bin/lint-imports  # core's layers and the adapters' place (pyproject.toml, docs/architecture.md)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir site
 	PUPICK_SCIPION_VENV=$(SCIPION_VENV) $(PY) -m pytest -q
 

@@ -34,7 +34,7 @@ QUICK_OVERRIDES = {"epochs": 3}  # quick: a shorter training, the TrainConfig de
 
 def run_blob(set_dir: str, exclude_carbon: bool, repeats: int) -> dict:
     """Blob-pick the test micrographs `repeats` times (same picks; median time) and evaluate."""
-    from pupick.core.pipeline import pick
+    from pupick.core.picking import pick
 
     bset = load_set(set_dir)
     cfg = bset.pick_config(method="blob", scale=bset.factor, exclude_carbon=exclude_carbon)
@@ -52,7 +52,7 @@ def run_blob(set_dir: str, exclude_carbon: bool, repeats: int) -> dict:
 def bootstrap_labels(bset):
     """Blob picks on the train micrographs -> (labels, expected particles per micrograph, label stats)."""
     from pupick.core.evaluate import evaluate
-    from pupick.core.pipeline import pick
+    from pupick.core.picking import pick
 
     cfg = bset.pick_config(method="blob", scale=bset.factor, exclude_carbon=True, threshold=COUNT_SCORE,
                            border=bset.diameter_px / 2)
@@ -80,7 +80,7 @@ def run_bootstrap(set_dir: str, seed: int, overrides: dict, threads: int) -> dic
     torch.set_num_threads(threads)
     from pupick.core.config import PickConfig
     from pupick.core.modelfile import load_model
-    from pupick.core.pipeline import pick
+    from pupick.core.picking import pick
     from pupick.core.train import train
 
     bset = load_set(set_dir)

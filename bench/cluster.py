@@ -48,7 +48,7 @@ def worker_peak_rss_mb() -> float:
 
 
 def train_model(bset, out: Path, quick: bool) -> Path:
-    from pupick.core.pipeline import train
+    from pupick.core.train import train
 
     cfg = bset.train_config(units=32, epochs=2 if quick else 4, steps_per_epoch=20, batch_size=4, tile_size=160,
                             learning_rate=1e-3, test_split=0.0, seed=0)
@@ -75,7 +75,7 @@ def picks_key(picks):
 
 def measure_throughput(model, mics: list[Path], config, repeats: int) -> tuple[list[dict], dict]:
     from pupick.core.cluster import executor_from_spec
-    from pupick.core.pipeline import pick
+    from pupick.core.picking import pick
 
     rows, reference = [], None
     peaks: dict[str, list[float]] = {}

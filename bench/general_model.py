@@ -44,7 +44,7 @@ def train_on(bsets, log=print):
 def zero_label(model_path: Path, bset) -> dict:
     """Pick the set's test micrographs with the model at the set's diameter; AP against all test labels."""
     from pupick.core.modelfile import for_particle, load_model
-    from pupick.core.pipeline import pick
+    from pupick.core.picking import pick
 
     model = for_particle(load_model(model_path), diameter_px=bset.diameter_px)
     t0 = time.perf_counter()

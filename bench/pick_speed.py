@@ -53,7 +53,7 @@ def default_views(stride: str) -> int:
 
 
 def train_model(bset, out: Path, quick: bool, device: str) -> tuple[Path, float]:
-    from pupick.core.pipeline import train
+    from pupick.core.train import train
 
     cfg = bset.train_config(units=32, epochs=4 if quick else 8, steps_per_epoch=20, batch_size=4, tile_size=160,
                             learning_rate=1e-3, test_split=0.0, seed=0, device=device)
@@ -63,7 +63,7 @@ def train_model(bset, out: Path, quick: bool, device: str) -> tuple[Path, float]
 
 
 def _pick(mics, model, config):
-    from pupick.core.pipeline import pick
+    from pupick.core.picking import pick
 
     return pick(mics, model, config, progress=False, log=lambda m: None)
 

@@ -75,7 +75,7 @@ def run_one(set_dir: str, protocol: str, seed: int, overrides: dict, init: str, 
 
         train_module.build = build_from_init_seed
     from pupick.core.modelfile import load_model
-    from pupick.core.pipeline import pick
+    from pupick.core.picking import pick
 
     bset = protocol_set(load_set(set_dir), protocol)
     if init:

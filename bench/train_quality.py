@@ -5,7 +5,7 @@ expected particles = mean labels per train micrograph; no validation split (`--t
 training micrographs, a sixth of them is worth more than epoch selection on it: +0.01 to +0.02 AP on every shared
 set), default TrainConfig otherwise. Each (set, seed) runs in its own
 subprocess (clean peak RSS); train seconds = the `train()` call, preprocessing included (fresh cache each run).
-Picking is `pupick pick` with its defaults (core.pipeline.pick: 4 views, the particle radius as suppression distance,
+Picking is `pupick pick` with its defaults (core.picking.pick: 4 views, the particle radius as suppression distance,
 the border the model learned from its training labels); AP against all test labels with match radius = half the
 diameter. Reports the median over seeds.
 
@@ -39,7 +39,7 @@ def run_one(set_dir: str, seed: int, overrides: dict, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     from pupick.core.modelfile import load_model
-    from pupick.core.pipeline import pick
+    from pupick.core.picking import pick
     from pupick.core.train import train
 
     bset = load_set(set_dir)

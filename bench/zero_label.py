@@ -54,7 +54,7 @@ def label_quality(labels, bset, micrographs) -> dict:
 
 
 def run_route(route: str, bset, loso: Path, seed: int, threads: int) -> dict:
-    from pupick.core.pipeline import pick
+    from pupick.core.picking import pick
 
     t0 = time.perf_counter()
     extra: dict = {}

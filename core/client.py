@@ -1,4 +1,4 @@
-"""The HTTP client of a `pupick serve`: standard library only (no torch, no numpy), so server-mode jobs start fast.
+"""The HTTP client of a `pupick serve`: no torch (nor anything it imports loads it), so server-mode jobs start fast.
 
 Used by `pupick pick/train --server`, and by the suite wrappers. The API, in the order a job uses it:
 
@@ -30,8 +30,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import quote, urlencode, urlsplit
 
-from .errors import AbortRequested, PupickError
+import pandas as pd
+
+from .config import SETTINGS, PickConfig, PreprocessConfig, TrainConfig
+from .errors import AbortRequested, InputError, PupickError
 from .hashing import file_sha256  # noqa: F401 (the name a local model is registered under)
+from .io import write_text_atomic
+from .outputs import PICKS_TABLE, DirRun, OutputDir, gather, pick_settings as manifest_settings, write_table
+from .pipeline import PickResult, micrograph_items
 
 TOKEN_ENV = "PUPICK_TOKEN_FILE"
 CA_ENV = "PUPICK_CA_FILE"  # a CA bundle for a server with a private certificate
@@ -372,8 +378,6 @@ _TRAIN_FIELDS = ("expected_particles", "label_radius", "arch", "units", "objecti
 def pick_settings(config: Any) -> dict:
     """A PickConfig as request settings: the fields that differ from the defaults, under their CLI names (the
     engine's settings registry, less what the server decides: device and reader threads)."""
-    from .config import SETTINGS, PickConfig
-
     default = PickConfig()
     out = {}
     for key, (section, name, _) in SETTINGS.items():
@@ -387,8 +391,6 @@ def pick_settings(config: Any) -> dict:
 
 def train_settings(config: Any) -> dict:
     """A TrainConfig as request settings: the fields that differ from the defaults, under their CLI names."""
-    from .config import PreprocessConfig, TrainConfig
-
     default, pre_default = TrainConfig(), PreprocessConfig()
     out = {key: getattr(config.preprocess, f) for f, key in _TRAIN_PRE_FIELDS.items()
            if getattr(config.preprocess, f) != getattr(pre_default, f)}
@@ -410,11 +412,6 @@ def pick_via_server(client: Client, micrographs: Any, model: str | os.PathLike |
     job still in flight; `should_stop` cancels the server job."""
     from types import SimpleNamespace
 
-    import pandas as pd
-
-    from .errors import InputError
-    from .outputs import PICKS_TABLE, DirRun, OutputDir, gather, pick_settings as manifest_settings, write_table
-    from .pipeline import PickResult, micrograph_items
 
     log = log or (lambda m: None)
     items = micrograph_items(micrographs)
@@ -440,8 +437,6 @@ def pick_via_server(client: Client, micrographs: Any, model: str | os.PathLike |
             job_id = _reattach(client, job_file, sent, log)
             if job_id is None:
                 job_id = client.submit_pick(sent, name, pick_settings(config))
-                from .io import write_text_atomic
-
                 write_text_atomic(job_file, json.dumps({"server": client.url, "job": job_id, "micrographs": sent}))
             try:
                 final = _follow(client, job_id, len(todo), progress, should_stop, on_progress)

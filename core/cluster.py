@@ -21,7 +21,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from . import __version__
 from .errors import AbortRequested, InputError, PupickError
+from .pipeline import failed, pick_batch
 
 SPEC_FORMS = "local[:N], tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml"
 # dask-jobqueue's cluster class for each batch system a config file may name
@@ -206,8 +208,6 @@ class _WorkPlugin(WorkerPlugin):
         self.key, self.work, self.version = key, work, version
 
     def setup(self, worker: Any) -> None:
-        from . import __version__
-
         if __version__ != self.version:
             raise RuntimeError(f"this worker runs pupick {__version__}, the client {self.version}")
         _PAYLOADS[self.key] = self.work
@@ -245,14 +245,10 @@ def _run_batch(key: str, items: Sequence[Any], batch_function: Callable | None =
     """A task: pick one batch with the PickWork this worker already holds."""
     if key not in _PAYLOADS:
         raise RuntimeError("this worker has no pupick work loaded (its plugin setup failed; see the worker's log)")
-    if batch_function is None:
-        from .pipeline import pick_batch as batch_function
-    return batch_function(_PAYLOADS[key], items)
+    return (batch_function or pick_batch)(_PAYLOADS[key], items)
 
 
 def _worker_versions() -> dict:
-    from . import __version__
-
     return {"pupick": __version__}
 
 
@@ -382,8 +378,6 @@ class DaskExecutor:
         raise AbortRequested."""
         from distributed import wait
 
-        from . import __version__
-
         items = list(items)
         if not items:
             return
@@ -507,8 +501,6 @@ class DaskExecutor:
 
 
 def _failed(item: Any, reason: str) -> Any:
-    from .pipeline import failed
-
     return failed(item, f"{item.path}: {reason}")
 
 

@@ -1,61 +1,15 @@
 """Where the per-micrograph work of `pick` runs. The default is this process: reader threads a few micrographs
 ahead of one scorer (file reads, FFTs and the network all release the GIL). The Dask executor (core/cluster.py)
-implements the same protocol on a cluster.
+implements the same protocol (pipeline.Executor) on a cluster.
 """
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from .errors import AbortRequested, PupickError
+from .pipeline import MicrographItem, MicrographResult, PickWork, picker_for, read_ahead
 
 if TYPE_CHECKING:
-    from .pipeline import MicrographItem, MicrographResult, PickWork, _Picker
     from .prefetch import Prefetch
-
-
-class Executor(Protocol):
-    """Runs the per-micrograph work: one result per item, in any order."""
-
-    def run(self, work: "PickWork", items: Sequence["MicrographItem"],
-            should_stop: Callable[[], bool] | None) -> Iterator["MicrographResult"]:
-        """Yield each item's result; when should_stop() turns true, cancel what is pending and raise AbortRequested."""
-        ...
-
-
-def read_ahead(picker: "_Picker", items: Sequence["MicrographItem"], workers: int = 1,
-               should_stop: Callable[[], bool] | None = None,
-               prefetch: "Prefetch | None" = None) -> Iterator["MicrographResult"]:
-    """Results in input order; `workers` reader threads prepare the next micrographs while one is scored (or take
-    them from a prefetch started before the model loaded)."""
-    from .pipeline import failed
-
-    def prepare(item: "MicrographItem") -> tuple:
-        early = prefetch.take(item, picker.model_config, picker.config) if prefetch is not None else None
-        return early if early is not None else picker.prepare(item)
-
-    ahead = max(1, int(workers))
-    queue = deque(items)
-    pending: deque[tuple["MicrographItem", Future]] = deque()
-    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="pupick-read")
-    try:
-        while queue or pending:
-            while queue and len(pending) < ahead + 1:  # keep the readers a little ahead of the scorer
-                item = queue.popleft()
-                pending.append((item, pool.submit(prepare, item)))
-            if should_stop is not None and should_stop():
-                raise AbortRequested("stop requested; picking interrupted")
-            item, fut = pending.popleft()
-            try:
-                result = picker.finish(*fut.result())
-            except (PupickError, OSError) as err:
-                result = failed(item, err)
-            yield result
-    finally:
-        for _, fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class LocalExecutor:
@@ -66,10 +20,9 @@ class LocalExecutor:
         self.workers = max(1, int(workers))
         self.prefetch = prefetch
 
-    def run(self, work: "PickWork", items: Sequence["MicrographItem"],
-            should_stop: Callable[[], bool] | None = None) -> Iterator["MicrographResult"]:
-        from .pipeline import picker_for
-
+    def run(self, work: PickWork, items: Sequence[MicrographItem],
+            should_stop: Callable[[], bool] | None = None) -> Iterator[MicrographResult]:
         if not items:
             return iter(())
-        return read_ahead(picker_for(work), items, self.workers, should_stop, self.prefetch)
+        take = self.prefetch.take if self.prefetch is not None else None
+        return read_ahead(picker_for(work), items, self.workers, should_stop, take)

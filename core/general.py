@@ -20,13 +20,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import __version__
 from .config import TrainConfig
 from .errors import InputError
+from .modelfile import plain
 from .models import ModelConfig, build, native_stride, receptive_field
 from .objectives import OBJECTIVES
 from .optim import scheduled_lr
+from .score import autocast_context, choose_device, choose_precision
 from .tables import stem
 from .tiles import degrade
+from .train import (TrainResult, TrainingDiverged, _class_prior, _Ema, _prepare_data, _recalibrate_batchnorm,
+                    _sampler, _unlabeled_groups)
 
 GRID_DIAMETER = 24.0  # pixels the particle spans in the network's input
 SCALES = (0.8, 1.0, 1.2)  # scale jitter around the grid diameter (±20%)
@@ -56,8 +61,6 @@ class _Group:
 
 def _groups(sets: list[LabelledSet], config: TrainConfig, grid: float, scales: tuple[float, ...],
             log: Callable[[str], None]) -> list[_Group]:
-    from .train import _class_prior, _prepare_data, _sampler
-
     mcfg = ModelConfig(config.arch, config.units, config.batchnorm, config.dropout, config.pooling)
     rf, stride = receptive_field(mcfg), native_stride(mcfg)
     groups = []
@@ -86,9 +89,6 @@ def _groups(sets: list[LabelledSet], config: TrainConfig, grid: float, scales: t
 def train_general(sets: list[LabelledSet], config: TrainConfig, grid_diameter: float = GRID_DIAMETER,
                   scales: tuple[float, ...] = SCALES, log: Callable[[str], None] = print):
     """Train the general model on several sets (deterministic for a seed on one device); returns a TrainResult."""
-    from .score import autocast_context, choose_device, choose_precision
-    from .train import TrainResult, TrainingDiverged, _Ema, _recalibrate_batchnorm, _unlabeled_groups
-
     t0 = time.perf_counter()
     groups = _groups(sets, config, grid_diameter, scales, log)
     names = sorted({g.set_name for g in groups})
@@ -150,9 +150,6 @@ def train_general(sets: list[LabelledSet], config: TrainConfig, grid_diameter: f
              for k, v in module.state_dict().items()}
     if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
         raise TrainingDiverged("training diverged (non-finite weights): lower --learning-rate")
-    from . import __version__
-    from .modelfile import plain
-
     config_out = {
         **mcfg.to_dict(), "receptive_field": receptive_field(mcfg), "stride": native_stride(mcfg),
         "grid_diameter": float(grid_diameter), "score_offset": SCORE_OFFSET, "factor": None, "pixel_size": None, "diameter_px": None,

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ModelFileError
+from .errors import InputError, ModelFileError
 from .io import atomic_path
 from .config import ARCHITECTURES
 from .models import ModelConfig, PickerNet, build, native_stride, receptive_field
 from .hashing import file_sha256  # noqa: F401 (callers import it from here)
 
-from .modelmeta import FORMAT
+from .modelmeta import FORMAT, needs_particle_size as config_needs_size
 FORMAT_VERSION = 1  # bump when a saved file can no longer be read by this code
 
 
@@ -251,8 +251,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
 
 def needs_particle_size(model: LoadedModel) -> bool:
     """True for a model that is not tied to one particle size (the general model): picking needs a diameter."""
-    from .modelmeta import needs_particle_size as config_needs_size
-
     return config_needs_size(model.config)
 
 
@@ -264,8 +262,6 @@ def for_particle(model: LoadedModel, diameter_px: float | None = None, diameter_
     A model trained for one size (no `grid_diameter`) is returned as it is when no diameter is given, and rescaled
     the same way otherwise (its grid diameter is diameter_px / factor).
     """
-    from .errors import InputError
-
     cfg = model.config
     if diameter_px is None and diameter_A is None:
         if needs_particle_size(model):

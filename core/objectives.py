@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .tiles import disk_offsets
+
 
 def _pos_term(s_p: torch.Tensor) -> torch.Tensor:
     """−mean log σ(s_P) (0 when there are no positives)."""
@@ -105,8 +107,6 @@ OBJECTIVES: dict[str, Objective] = {
 
 def disk_pixels(radius: float) -> int:
     """Number of integer lattice points (i, j) with i² + j² ≤ r² (29 at r = 3): the positives each label marks."""
-    from .tiles import disk_offsets
-
     return int(len(disk_offsets(radius)[0]))
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,8 +21,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from . import __version__
+from .config import PreprocessConfig
 from .errors import InputError
-from .io import atomic_path, is_write_error, os_reason, write_text_atomic
+from .io import (Protected, atomic_path, check_output, check_output_dir, is_write_error, os_reason, read_micrograph,
+                 write_mrc, write_text_atomic)
+from .picking import pick
+from .pipeline import check_model, micrograph_items
+from .preprocess import MANIFEST as PREPROCESS_MANIFEST, downsample, normalize
+from .tables import duplicate_stems, empty_picks, stem
+from .zerolabel import prepare, round_settings
 
 LOCK = ".pupick.lock"
 RECORDS = ".pupick_records"
@@ -125,8 +134,6 @@ class OutputDir:
         elif earlier.get("settings") not in (None, self.settings) and self.finished():
             raise InputError(f"{self.path}: holds {self.kind} outputs made with a different "
                              f"{'; '.join(_differences(earlier.get('settings'), self.settings))}; {self.remedy}")
-        from . import __version__
-
         self.manifest = {"pupick_version": __version__, "kind": self.kind, "settings": self.settings,
                          "failures": earlier.get("failures", {}) if earlier.get("settings") == self.settings else {},
                          **{k: v for k, v in earlier.items() if k not in ("pupick_version", "kind", "settings",
@@ -251,8 +258,6 @@ def write_table(df: pd.DataFrame, target: Path) -> None:
 
 def gather(out: OutputDir, names: list[str]) -> pd.DataFrame:
     """All finished micrographs' picks in one table; names and paths as categoricals, so 10^7 picks stay small."""
-    from .tables import empty_picks
-
     frames = [f for f in (out.read(s) for s in names) if len(f)]
     if not frames:
         return empty_picks(with_path=True)[PICK_TABLE_COLUMNS]
@@ -328,10 +333,6 @@ def pick_to_dir(
     log: Callable[[str], None] | None = None,
 ) -> DirRun:
     """Resumable picking into OUT_DIR: per-micrograph files (optional), records, then OUT_DIR/picks.csv."""
-    from .pipeline import check_model, micrograph_items, pick
-
-    from .zerolabel import prepare, round_settings
-
     items = micrograph_items(micrographs)
     model = check_model(model, config, items)
     kw = {"remedy": remedy} if remedy else {}
@@ -375,3 +376,85 @@ def pick_to_dir(
             out.manifest["diameter_px"] = float(np.median(list(run.diameters.values())))
         out.save_manifest()
     return DirRun(run, sorted(done_names), picks, picks_path, model, finished, items)
+
+
+# -- `pupick preprocess`: a directory of preprocessed micrographs ------------------------------------------------
+
+@dataclass
+class BatchResult:
+    """What a batch run did: written, skipped (already there), failed (path, reason), factor per micrograph."""
+
+    written: list[str]
+    skipped: list[str]
+    failures: list[tuple[str, str]]
+    factors: dict[str, float]
+
+
+def _manifest_settings(config: PreprocessConfig) -> dict:
+    return {"factor": config.factor, "diameter_A": config.diameter_A, "diameter_px": config.diameter_px,
+            "pixel_size": config.pixel_size, "normalize": config.normalize, "seed": config.seed}
+
+
+def preprocess_to_dir(
+    paths: list, out_dir, config: PreprocessConfig, workers: int = 1, overwrite: bool = False, progress: bool = True
+) -> BatchResult:
+    """Preprocess micrographs into OUT_DIR/<stem>.mrc (float32, downsampled pixel size in the header).
+
+    Existing outputs are skipped unless `overwrite`; a manifest records the settings and each factor, and a rerun with
+    different settings is refused unless `overwrite`. Failures are collected, not raised, so one bad file does not
+    stop the batch. Threads, not processes: the FFTs and file reads release the GIL and memory stays shared.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir)
+    stems = [stem(p) for p in paths]
+    dupes = duplicate_stems(stems)
+    if dupes:
+        raise InputError(f"two input micrographs share the name {dupes[0]!r}; outputs would collide")
+    inputs = Protected(paths)
+    check_output(out_dir / PREPROCESS_MANIFEST, "text", inputs)
+    for name in stems:  # never over an input (e.g. OUT_DIR is where the micrographs are), nor another kind of file
+        check_output(out_dir / f"{name}.mrc", "mrc", inputs, probe=False)
+
+    fft_workers = max(1, (os.cpu_count() or 1) // max(1, workers))
+    result = BatchResult([], [], [], {})
+    with OutputDir(out_dir, "preprocess", _manifest_settings(config), overwrite=overwrite) as out:
+        entries: dict = dict(out.manifest.get("micrographs", {}))
+
+        def one(path: Path) -> tuple[str, str, float | None, str | None]:
+            name = stem(path)
+            target = out.path / f"{name}.mrc"
+            if out.is_done(name, [target]):
+                return name, "skipped", entries.get(name, {}).get("factor"), None
+            try:
+                mic = read_micrograph(path)
+                factor = config.resolve_factor(mic.pixel_size)
+                small = downsample(mic.image, factor, workers=fft_workers)
+                image = normalize(small, config.normalize, config.seed, config.gmm_samples)
+                ps = config.pixel_size or mic.pixel_size
+                write_mrc(target, image, ps * factor if ps else None)
+                entry = {"source": str(path), "factor": factor, "pixel_size": ps,
+                         "shape": [int(mic.image.shape[0]), int(mic.image.shape[1])]}
+                entries[name] = entry
+                out.record(name, pd.DataFrame([{**entry, "shape": None, "ny": entry["shape"][0],
+                                                "nx": entry["shape"][1]}]), [target])
+                return name, "written", factor, None
+            except InputError as err:
+                out.fail(name, str(err))
+                return name, "failed", None, str(err)
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            bar = tqdm(total=len(paths), unit="mic", desc="preprocess", disable=not progress or None)
+            for name, status, factor, error in pool.map(one, [Path(p) for p in paths]):
+                bar.update()
+                if status == "failed":
+                    result.failures.append((name, error or "failed"))
+                else:
+                    getattr(result, status).append(name)
+                    if factor is not None:
+                        result.factors[name] = factor
+            bar.close()
+        out.manifest["micrographs"] = {k: v for k, v in entries.items() if k in set(out.finished())}
+        out.save_manifest()
+    return result

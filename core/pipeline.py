@@ -1,26 +1,30 @@
-"""The engine API every front end calls: `pick` (read -> preprocess -> score -> extract, per micrograph) and `train`.
+"""The per-micrograph pick: read -> preprocess -> score -> extract, and the executor protocol.
 
-`pick` hands the per-micrograph work to an executor (local threads by default, or a Dask cluster) and streams each
-micrograph's result back through `on_result`. One bad micrograph is a failed result, not an exception; the caller
-decides the exit. `pick_batch` is what an executor runs: anywhere, a Dask worker included.
+`picking.pick` hands this work to an executor (core/executors.py: local threads; core/cluster.py: a Dask cluster).
+One bad micrograph is a failed result, not an exception. `pick_batch` is what an executor runs: anywhere, a Dask
+worker included. Importing this module loads no torch (the model file and the scorer are imported where used).
 """
 from __future__ import annotations
 
 import math
 import os
-import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .blob import blob_score_map, ice_mask, mask_scores
 from .config import PickConfig, PreprocessConfig, choose_factor
-from .errors import InputError, PupickError
+from .errors import AbortRequested, InputError, PupickError
+from .extract import default_border_px, extract_picks
+from .io import read_micrograph, write_mrc
+from .preprocess import preprocess_micrograph
 from .tables import duplicate_stems, empty_picks, make_picks, stem
 
 PIXEL_SIZE_TOLERANCE = 0.01  # relative pixel-size difference below which no rescaling happens
@@ -118,7 +122,7 @@ class PickWork:
     def __getstate__(self) -> dict:
         payload = self._payload
         if payload is None and self._model is not None:
-            from .modelfile import model_state
+            from .modelfile import model_state  # here, not at the top: torch stays out of `pupick pick --server`
 
             payload = (model_state(self._model), dict(self._model.config), self._model.sha256)
         return {"config": self.config, "payload": payload}
@@ -135,7 +139,7 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _cached_model(state: dict, config: dict, sha256: str) -> Any:
-    from .modelfile import model_from_state
+    from .modelfile import model_from_state  # torch: only where a model is rebuilt (see PickWork.__getstate__)
 
     with _CACHE_LOCK:
         if sha256 not in _MODELS:
@@ -144,6 +148,15 @@ def _cached_model(state: dict, config: dict, sha256: str) -> Any:
                 _MODELS.popitem(last=False)
         _MODELS.move_to_end(sha256)
         return _MODELS[sha256]
+
+
+class Executor(Protocol):
+    """Where the per-micrograph work runs (core/executors.py, core/cluster.py): one result per item, in any order."""
+
+    def run(self, work: PickWork, items: Sequence[MicrographItem],
+            should_stop: Callable[[], bool] | None) -> Iterator[MicrographResult]:
+        """Yield each item's result; when should_stop() turns true, cancel what is pending and raise AbortRequested."""
+        ...
 
 
 @dataclass
@@ -191,9 +204,6 @@ def micrograph_sizes(item: MicrographItem, header_ps: float | None, model_config
 def prepare_micrograph(item: MicrographItem, model_config: dict | None,
                        config: PickConfig) -> tuple[_Job, list[str]]:
     """Read and preprocess one micrograph for a model's plain config (None: the blob picker); thread-safe, no torch."""
-    from .io import read_micrograph
-    from .preprocess import preprocess_micrograph
-
     t0 = time.perf_counter()
     mic = read_micrograph(item.path)
     factor, d, notes = micrograph_sizes(item, mic.pixel_size, model_config, config)
@@ -218,7 +228,7 @@ class _Picker:
             self.scorer = None
         else:
             self.edge_margin = float(model.config.get("label_edge_margin") or 0.0)
-            from .score import Scorer
+            from .score import Scorer  # torch: imported by the picker that scores, not by this module's importers
 
             self.scorer = Scorer(model, config.score)
         self.lock = threading.Lock()  # one micrograph at a time through the scorer (its buffers are reused)
@@ -229,14 +239,10 @@ class _Picker:
 
     def finish(self, job: _Job, notes: list[str]) -> MicrographResult:
         """Score and extract one prepared micrograph."""
-        from .extract import default_border_px, extract_picks
-
         cfg, ex = self.config, self.config.extract
         d_ds = job.diameter_px / job.factor if job.diameter_px else None
         t0 = time.perf_counter()
         if self.scorer is None:
-            from .blob import blob_score_map
-
             smap = blob_score_map(job.image, d_ds, dark=cfg.blob.dark_particles, exclude_carbon=cfg.exclude_carbon)
         else:
             with self.lock:
@@ -244,13 +250,9 @@ class _Picker:
             if cfg.exclude_carbon:
                 if d_ds is None:
                     raise InputError("excluding carbon needs the particle diameter, which the model does not record")
-                from .blob import ice_mask, mask_scores
-
                 smap = mask_scores(smap, ice_mask(job.image, d_ds))  # no junk peaks along the mask's edge
         t1 = time.perf_counter()
         if cfg.score_map_dir:
-            from .io import write_mrc
-
             write_mrc(Path(cfg.score_map_dir) / f"{job.item.micrograph}.mrc", smap, job.pixel_size_ds)
         if ex.min_distance_px is not None:
             min_distance = float(ex.min_distance_px)
@@ -311,10 +313,42 @@ def picker_for(work: PickWork) -> _Picker:
     return found
 
 
+def read_ahead(picker: _Picker, items: Sequence[MicrographItem], workers: int = 1,
+               should_stop: Callable[[], bool] | None = None,
+               take: Callable[[MicrographItem, dict | None, PickConfig], Any] | None = None
+               ) -> Iterator[MicrographResult]:
+    """Results in input order; `workers` reader threads prepare the next micrographs while one is scored (or `take`
+    them from a prefetch started before the model loaded: `prefetch.Prefetch.take`)."""
+
+    def prepare(item: MicrographItem) -> tuple:
+        early = take(item, picker.model_config, picker.config) if take is not None else None
+        return early if early is not None else picker.prepare(item)
+
+    ahead = max(1, int(workers))
+    queue = deque(items)
+    pending: deque[tuple[MicrographItem, Future]] = deque()
+    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="pupick-read")
+    try:
+        while queue or pending:
+            while queue and len(pending) < ahead + 1:  # keep the readers a little ahead of the scorer
+                item = queue.popleft()
+                pending.append((item, pool.submit(prepare, item)))
+            if should_stop is not None and should_stop():
+                raise AbortRequested("stop requested; picking interrupted")
+            item, fut = pending.popleft()
+            try:
+                result = picker.finish(*fut.result())
+            except (PupickError, OSError) as err:
+                result = failed(item, err)
+            yield result
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def pick_batch(work: PickWork, items: Sequence[MicrographItem]) -> list[MicrographResult]:
     """Pick a batch of micrographs in order, in this process (a Dask worker too); never raises for one micrograph."""
-    from .executors import read_ahead
-
     picker = picker_for(work)
     return list(read_ahead(picker, items, workers=1))
 
@@ -328,6 +362,7 @@ def check_model(model: Any, config: PickConfig, items: Sequence[MicrographItem] 
         return None
     if model is None:
         raise InputError("picking with a CNN needs a model (--model MODEL.pt), or use --method blob")
+    # torch: here, not at the top, since `pupick pick --server` imports this module and never calls this
     from .modelfile import for_particle, load_model, needs_particle_size
 
     if isinstance(model, (str, os.PathLike)):
@@ -342,87 +377,7 @@ def check_model(model: Any, config: PickConfig, items: Sequence[MicrographItem] 
 
 
 def _header_pixel_size(path: str) -> float | None:
-    from .io import read_micrograph
-
     try:
         return read_micrograph(path).pixel_size
     except PupickError:
         return None
-
-
-def pick(
-    micrographs: pd.DataFrame | Sequence[str | os.PathLike | MicrographItem],
-    model: Any,
-    config: PickConfig,
-    *,
-    executor: Any = None,
-    on_result: Callable[[MicrographResult], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    progress: bool = False,
-    log: Callable[[str], None] | None = None,
-    keep_picks: bool = True,
-) -> PickResult:
-    """Pick particles on micrographs with a loaded model, or with the blob picker (config.method == "blob").
-
-    Results stream through `on_result` as each micrograph finishes (failures too, with `.error` set); `should_stop`
-    is polled between micrographs. With keep_picks=False the returned table is empty, which bounds memory.
-    """
-    from tqdm import tqdm
-
-    from .executors import LocalExecutor
-
-    if log is None:
-        def log(msg: str) -> None:
-            tqdm.write(msg, file=sys.stderr)
-
-    items = micrograph_items(micrographs)
-    work = PickWork(check_model(model, config, items), config)
-    executor = executor if executor is not None else LocalExecutor(config.workers)
-    frames: list[pd.DataFrame] = []
-    diameters: dict[str, float] = {}
-    failures: list[tuple[str, str]] = []
-    said: set[str] = set()
-    stages: dict[str, float] = {}
-    t0 = time.perf_counter()
-    n_done = 0
-    bar = tqdm(total=len(items), desc="pick", unit="mic", disable=not progress or None)
-    try:
-        for res in executor.run(work, items, should_stop):
-            for note in res.warnings:
-                if note not in said:
-                    said.add(note)
-                    log(note)
-            if res.error is not None:
-                failures.append((res.path, res.error))
-                log(f"skipped {res.path}: {res.error}")
-            else:
-                n_done += 1
-                if keep_picks:
-                    frames.append(res.picks)
-                if res.diameter_px:
-                    diameters[res.micrograph] = float(res.diameter_px)
-                for k, v in res.timings.items():
-                    stages[k] = stages.get(k, 0.0) + v
-            if on_result is not None:
-                on_result(res)
-            bar.update()
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - t0
-    picks = pd.concat(frames, ignore_index=True) if frames else empty_picks(with_path=True)
-    timings = {"seconds_total": elapsed, "seconds_per_micrograph": elapsed / n_done if n_done else math.nan,
-               **{f"seconds_{k}": v for k, v in stages.items()}}
-    return PickResult(picks[PICK_TABLE_COLUMNS], failures, timings, n_done, diameters)
-
-
-def __getattr__(name: str) -> Any:
-    # `train` and `pick_to_dir` are re-exported lazily so importing the pipeline does not pull in their stacks
-    if name == "train":
-        from .train import train
-
-        return train
-    if name in ("pick_to_dir", "DirRun"):
-        from . import outputs
-
-        return getattr(outputs, name)
-    raise AttributeError(name)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from .config import PickConfig
-
-if TYPE_CHECKING:
-    from .pipeline import MicrographItem
+from .modelmeta import needs_particle_size, read_config
+from .pipeline import MicrographItem, prepare_micrograph
 
 MAX_ITEMS = 8
 MAX_BYTES = 256 << 20  # prepared images held at once
@@ -26,14 +25,14 @@ MAX_BYTES = 256 << 20  # prepared images held at once
 class Prefetch:
     """Micrographs prepared ahead by one background thread; `take` hands each over once."""
 
-    def __init__(self, items: Sequence["MicrographItem"], model_config: dict | None, config: PickConfig,
+    def __init__(self, items: Sequence[MicrographItem], model_config: dict | None, config: PickConfig,
                  max_items: int = MAX_ITEMS, max_bytes: int = MAX_BYTES) -> None:
         self.model_config = model_config
         self.config = config
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._queue = list(items[:max_items])
-        self._futures: dict["MicrographItem", Future] = {}
+        self._futures: dict[MicrographItem, Future] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pupick-prefetch", daemon=True)
 
@@ -42,8 +41,6 @@ class Prefetch:
         return self
 
     def _run(self) -> None:
-        from .pipeline import prepare_micrograph
-
         held = 0
         while not self._stop.is_set() and held < self.max_bytes:
             with self._lock:
@@ -61,7 +58,7 @@ class Prefetch:
             held += job[0].image.nbytes
             fut.set_result(job)
 
-    def take(self, item: "MicrographItem", model_config: dict | None, config: PickConfig) -> Any | None:
+    def take(self, item: MicrographItem, model_config: dict | None, config: PickConfig) -> Any | None:
         """The prepared (job, notes) of this item for the same model and pick config, else None (prepare it)."""
         if model_config != self.model_config or config != self.config:
             return None
@@ -84,7 +81,7 @@ class Prefetch:
             self._futures.clear()
 
 
-def start_prefetch(items: Sequence["MicrographItem"], model: Any, config: PickConfig) -> Prefetch | None:
+def start_prefetch(items: Sequence[MicrographItem], model: Any, config: PickConfig) -> Prefetch | None:
     """A started Prefetch for the first items, or None where it cannot help: a model that is not a file whose
     config reads without torch, or a model picked at a size given at pick time (the general model)."""
     if not items:
@@ -94,8 +91,6 @@ def start_prefetch(items: Sequence["MicrographItem"], model: Any, config: PickCo
     else:
         if not isinstance(model, (str, os.PathLike)):
             return None
-        from .modelmeta import needs_particle_size, read_config
-
         model_config = read_config(model)
         if model_config is None or needs_particle_size(model_config):
             return None  # the general model: its picking size comes from the diameter (modelfile.for_particle)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .hardware import cpu_has
+from .models import ConvBlock, Pool, ResBlock
 
 # the scales come from four crops of this side (downsampled pixels, plus the halo), one at the centre of each quarter
 # of the micrograph: spread out, so one empty or contaminated spot does not set them; about 9% of a bf16 pass on 1024²
@@ -125,8 +126,6 @@ class Int8Net:
     @classmethod
     def build(cls, module: Any) -> "Int8Net | None":
         """The int8 form of a folded eval-mode module in native mode; None for anything it does not cover."""
-        from .models import ConvBlock, Pool, ResBlock
-
         if not available() or getattr(module, "dense", True):
             return None
         layers = list(module.features)

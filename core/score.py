@@ -33,6 +33,7 @@ from . import quantized
 from .allocator import keep_freed_memory
 from .hardware import cpu_has
 from .errors import InputError
+from .models import ConvBlock, Pool, ResBlock
 
 # test-time views: (quarter turns, mirror first); scores are averaged over the dihedral copies of the image.
 # Two views: the half turn, whose native-stride grid lands 3 px off the first in both axes (the vertical mirror's only
@@ -142,8 +143,6 @@ class _FusedCPU:
 
     @classmethod
     def build(cls, module: torch.nn.Module) -> "_FusedCPU | None":
-        from .models import ConvBlock, Pool, ResBlock
-
         ops = getattr(torch.ops, "mkldnn", None)
         if ops is None or not hasattr(ops, "_convolution_pointwise") or not torch.backends.mkldnn.is_available():
             return None

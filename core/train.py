@@ -27,18 +27,21 @@ import pandas as pd
 import torch
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .config import ScoreConfig, TrainConfig
 from .errors import AbortRequested, InputError, PupickError
-from .evaluate import default_match_radius
-from .extract import default_border_px
+from .evaluate import default_match_radius, evaluate
+from .extract import default_border_px, extract_picks
 from .io import atomic_path, check_output, read_micrograph
-from .models import ModelConfig, build, native_stride, receptive_field
-from .modelfile import LoadedModel, loaded_from_state, plain, save_state
+from .models import MODELS, ModelConfig, build, native_stride, receptive_field
+from .modelfile import LoadedModel, load_model, loaded_from_state, plain, save_state
 from .objectives import OBJECTIVES, class_prior
 from .optim import Adam, scheduled_lr
-from .preprocess import preprocess_micrograph
+from .preprocess import MANIFEST, preprocess_micrograph
+from .score import Scorer, autocast_context, choose_device, choose_precision
 from .tables import assign_micrographs, duplicate_stems, stem, validate_picks
 from .tiles import TileSampler, positive_mask
+from .weightinit import grid_tiles, pca_init
 
 MicrographsLike = Union[Sequence[Union[str, os.PathLike]], pd.DataFrame]  # paths, or a Micrographs table
 
@@ -126,8 +129,6 @@ def _read_manifest(manifest: Path, mtime_ns: int, size: int) -> dict:
 
 def _preprocessed_entry(path: Path) -> dict | None:
     """The manifest entry when `path` is an output of `pupick preprocess` (its folder holds the manifest)."""
-    from .preprocess import MANIFEST
-
     manifest = path.parent / MANIFEST
     if not manifest.is_file():
         return None
@@ -239,10 +240,6 @@ def _unlabeled_groups(s_u: torch.Tensor, n: int, gen: torch.Generator) -> torch.
 def _validate(module: torch.nn.Module, mics: list[_Mic], radius_px: float, border_px: float,
               score_config: ScoreConfig) -> tuple[float, float]:
     """AP and best F1 of the current module on the validation micrographs (picking's scorer, extractor, evaluator)."""
-    from .evaluate import evaluate
-    from .extract import extract_picks
-    from .score import Scorer
-
     scorer = Scorer(module, score_config)  # once per call: the weights change between epochs
     frames = []
     labels = []
@@ -339,8 +336,6 @@ def _initial_model(config: TrainConfig, log: Callable[[str], None]) -> tuple[Loa
     """
     if not config.init:
         return None, config
-    from .modelfile import load_model
-
     init = load_model(config.init)
     mc = ModelConfig.from_dict(init.config)
     config = dataclasses.replace(config, arch=mc.arch, units=mc.units, batchnorm=mc.batchnorm, dropout=mc.dropout,
@@ -364,8 +359,6 @@ def _initial_model(config: TrainConfig, log: Callable[[str], None]) -> tuple[Loa
 
 def _check_inputs(paths: list[Path], labels: pd.DataFrame, config: TrainConfig) -> tuple[pd.DataFrame, ModelConfig]:
     """Options and inputs that need no file read: the valid labels and the network's config."""
-    from .models import MODELS
-
     if not paths:
         raise InputError("no micrographs given to train on")
     if config.objective not in OBJECTIVES:
@@ -507,9 +500,6 @@ def _build_session(data: _Data, prior: _Prior, config: TrainConfig, model_cfg: M
                    init: LoadedModel | None = None) -> _Session:
     """Seeded network (or the init model's weights; classifier bias at logit π), Adam, the tile sampler and the
     batch-norm calibration tiles."""
-    from .allocator import keep_freed_memory
-    from .score import autocast_context, choose_device, choose_precision
-
     device = choose_device(config.device)
     if device.type == "cpu":
         keep_freed_memory()
@@ -521,8 +511,6 @@ def _build_session(data: _Data, prior: _Prior, config: TrainConfig, model_cfg: M
     if init is not None:
         module.load_state_dict(init.module.state_dict())
     elif config.weight_init == "pca":
-        from .weightinit import grid_tiles, pca_init
-
         pca_init(module, torch.from_numpy(grid_tiles(sampler.images, sampler.input_size)))
     with torch.no_grad():  # start calibrated at the prior: otherwise the first hundreds of steps only move this bias
         module.classifier.bias.fill_(math.log(prior.pi / (1 - prior.pi)))

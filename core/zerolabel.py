@@ -16,7 +16,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from .config import DEFAULT_THRESHOLD, TrainConfig
 from .errors import InputError
+from .picking import pick
+from .pipeline import MicrographItem, micrograph_items
 
 BOOTSTRAP_MODEL = "general_bootstrap.pt"  # the adapted model, kept in a pick directory
 
@@ -90,9 +93,7 @@ def bootstrap_general(micrographs: Sequence[Any], model: Any, config: Any, boot:
     Returns a LoadedModel tied to this particle size (its provenance names the general model and the round's
     settings); the general model unchanged when too few confident picks. Deterministic for a seed on one device.
     """
-    from .config import DEFAULT_THRESHOLD, TrainConfig
-    from .pipeline import micrograph_items, pick
-    from .train import train
+    from .train import train  # torch: here, since `pupick pick --server` imports this module (cli/pick.py)
 
     log = log or (lambda m: None)
     if not is_general_for_size(model):
@@ -168,7 +169,7 @@ def prepare(model: Any, config: Any, micrographs: Sequence[Any], out_dir: Any = 
     """
     from pathlib import Path
 
-    from .modelfile import load_model, save_state
+    from .modelfile import load_model, model_state, save_state  # torch: as in bootstrap_general
 
     if not adapts(model, config):
         return model
@@ -185,13 +186,9 @@ def prepare(model: Any, config: Any, micrographs: Sequence[Any], out_dir: Any = 
             return earlier
     adapted = bootstrap_general(micrographs, model, config, boot, log=log)
     if kept is not None and adapted is not model:
-        from .modelfile import model_state
-
         save_state(kept, model_state(adapted), adapted.config)
     return adapted
 
 
 def _are_items(micrographs: Sequence[Any]) -> bool:
-    from .pipeline import MicrographItem
-
     return bool(micrographs) and all(isinstance(m, MicrographItem) for m in micrographs)

@@ -71,7 +71,7 @@ def pick_exposures(
     client=None,
 ) -> PickResult:
     """Pick every exposure's micrograph and build the cryoSPARC particle Dataset (location + pick_stats)."""
-    from pupick.core.pipeline import pick
+    from pupick.core.picking import pick
 
     exposures = exposures.reset_index(drop=True).copy()
     paths = resolve_paths(exposures, project_dir)

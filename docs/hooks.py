@@ -1,7 +1,7 @@
 """MkDocs hooks (mkdocs.yml `hooks:`): the API reference's source tree, and the top-level pages.
 
 1. mkdocstrings reads the source statically (griffe), which cannot follow the package-dir mapping of an editable
-   install (`pupick.core` is the folder `core/`). `on_config` lays out `build/api_src/pupick/<name>` as symlinks to
+   install (`pupick.core` is the folder `core/`). `on_startup` lays out `build/api_src/pupick/<name>` as symlinks to
    the folders named in pyproject.toml's `[tool.setuptools] package-dir`; mkdocs.yml's handler `paths` points there.
 2. The repository's BENCHMARKS.md (with its figure) and DATA.md become pages of the site. The pages link to them as
    `../BENCHMARKS.md`, which is right on GitHub, where docs/ sits next to them; the hooks add the files to the site
@@ -29,8 +29,9 @@ def _package_dirs() -> dict[str, str]:
         return tomllib.load(f)["tool"]["setuptools"]["package-dir"]
 
 
-def on_config(config):
-    """Lay out build/api_src/pupick/<name> -> the source folders, for mkdocstrings."""
+def on_startup(command, dirty):
+    """Lay out build/api_src/pupick/<name> -> the source folders, for mkdocstrings: at start-up, since mkdocstrings
+    drops a handler path that does not exist yet when its own config event runs (before this file's)."""
     # Run as `.venv/bin/mkdocs`, sys.path starts with .venv/bin, where the `pupick` console script would be taken
     # for a part of the `pupick` namespace package.
     scripts = Path(sys.argv[0]).resolve().parent
@@ -44,7 +45,6 @@ def on_config(config):
         if link.is_symlink():
             link.unlink()
         link.symlink_to(target, target_is_directory=True)
-    return config
 
 
 def on_files(files: Files, config) -> Files:

@@ -5,8 +5,18 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
+import pandas as pd
 
+from ..config import PickConfig, PreprocessConfig, TrainConfig
+from ..errors import InputError
+from ..evaluate import evaluate
+from ..io import atomic_path, read_micrograph
+from ..outputs import pick_to_dir
+from ..overlay import plot_overlay, plot_pr
+from ..tables import stem, validate_picks
 from ._common import DEVICE, run_core
+from .pick import _files
 
 DIAMETER_PX = 56  # EMPIAR-10028 ribosomes at 5.36 Å/px (the bundled micrographs' headers leave it unset)
 LABEL_FRACTION = 0.3
@@ -23,17 +33,8 @@ def bundled_data() -> Path:
 
 def run_demo(data: Path, out: Path, seed: int, device: str, log) -> dict:
     """Train on ~30% of the labels of most micrographs, pick the held-out ones, evaluate, write pictures."""
-    import numpy as np
-    import pandas as pd
-
-    from ..config import PickConfig, PreprocessConfig, TrainConfig
-    from ..errors import InputError
-    from ..evaluate import evaluate
-    from ..io import atomic_path, read_micrograph
-    from ..overlay import plot_overlay, plot_pr
+    # torch: here, not at the top, since `pupick --help` imports every command's module
     from ..modelfile import load_model
-    from ..outputs import pick_to_dir
-    from ..tables import stem, validate_picks
     from ..train import train
 
     mics = sorted((data / "micrographs").glob("*.mrc"))
@@ -62,8 +63,6 @@ def run_demo(data: Path, out: Path, seed: int, device: str, log) -> dict:
     t_train = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    from .pick import _files
-
     picks_dir = out / "picks"
     config = PickConfig.from_settings({"device": device, "seed": seed})
     result = pick_to_dir(test_mics, load_model(model_path), config, picks_dir, files=_files("star", None),

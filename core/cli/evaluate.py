@@ -7,7 +7,10 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from ..io import check_output
+from ..evaluate import default_match_radius, evaluate
+from ..io import atomic_path, check_output
+from ..outputs import PICK_MANIFEST as MANIFEST
+from ..overlay import plot_pr
 from ._common import read_pick_table, run_core
 
 
@@ -30,8 +33,6 @@ def _micrograph_list(spec: str) -> list[str]:
 
 def _recorded_diameter(picks_path: str) -> float | None:
     """The particle diameter recorded by `pupick pick` next to its picks (OUTDIR/pupick_pick.json), if any."""
-    from ..outputs import PICK_MANIFEST as MANIFEST
-
     p = Path(picks_path)
     for manifest in (p / MANIFEST, p.parent / MANIFEST):
         if manifest.is_file():
@@ -44,12 +45,10 @@ def _recorded_diameter(picks_path: str) -> float | None:
 
 
 def _match_radius(match_radius, diameter_px, model, picks) -> float:
-    from ..evaluate import default_match_radius
-
     if match_radius is not None:
         return match_radius
     if diameter_px is None and model is not None:
-        from ..modelfile import load_model
+        from ..modelfile import load_model  # torch: here, since `pupick --help` imports every command's module
 
         diameter_px = load_model(model).config.get("diameter_px")
     radius = default_match_radius(diameter_px or _recorded_diameter(picks))
@@ -77,8 +76,6 @@ def command(picks, labels, match_radius, diameter_px, model, mic_list, prefix, a
     The evaluated micrographs are --micrographs when given, else those with labels; labels without picks count
     as misses, and picks on micrographs outside the set are ignored.
     """
-    from ..evaluate import evaluate
-
     if prefix:  # before any work: never over an input, nor over another kind of file
         inputs = [picks, labels] + ([model] if model else []) + ([mic_list.lstrip("@")] if mic_list else [])
         for target, kind in _outputs(prefix):
@@ -119,9 +116,6 @@ def _outputs(prefix: str) -> list[tuple[Path, str]]:
 
 
 def _write_outputs(result, prefix: str) -> None:
-    from ..io import atomic_path
-    from ..overlay import plot_pr
-
     (curve, _), (per_mic, _), (png, _) = _outputs(prefix)
     with atomic_path(curve) as tmp:
         result.curve.to_csv(tmp, sep="\t", index=False, float_format="%.6g")

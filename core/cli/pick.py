@@ -9,11 +9,15 @@ import click
 
 import dataclasses
 
+from ..client import Client, pick_via_server
 from ..config import DEFAULT_THRESHOLD, DEFAULT_VIEWS, METHODS, SCORE_PRECISIONS, VIEW_COUNTS, PickConfig
 from ..errors import InputError
-from ..evaluate import default_match_radius
+from ..evaluate import default_match_radius, evaluate
+from ..executors import LocalExecutor
 from ..io import Protected, check_output, check_output_dir, expand_inputs
+from ..outputs import RECORDS, PerMicrographFiles, pick_to_dir, unfinished
 from ..pipeline import check_model, micrograph_items
+from ..prefetch import start_prefetch
 from ..zerolabel import BOOTSTRAP_MODEL, BootstrapConfig
 from ._common import DEVICE, BadOption, read_pick_table, run_core, usage
 
@@ -27,8 +31,6 @@ def _files(fmt: str, box_size: int | None):
     if fmt == "cs":
         return None
     from pupick.adapters.registry import write_picks
-
-    from ..outputs import PerMicrographFiles
 
     adapter_fmt = "relion" if fmt == "star" else fmt
     ext = EXTENSIONS[fmt]
@@ -66,8 +68,6 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
     if not len(picks) or not n_mics:
         return None
     if labels is not None:
-        from ..evaluate import evaluate
-
         ev = evaluate(picks, labels, match_radius, micrographs=result.micrographs)
         if ev.n_labels == 0:
             return "no threshold suggested: the labels name none of the picked micrographs"
@@ -155,8 +155,6 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     """Pick particles on MICROGRAPHS (files, directories, globs, @list.txt) into OUTDIR/picks.csv."""
     import time
 
-    from ..outputs import pick_to_dir
-
     out = Path(out_dir)
     if method == "cnn" and not model_path:
         raise BadOption("--model is required (or --method blob with --diameter/--diameter-px)")
@@ -198,11 +196,6 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     else:
         items = run_core(micrograph_items, paths)
         if executor is None:  # the first micrographs are read while torch and the model load
-            from ..executors import LocalExecutor
-            from ..prefetch import start_prefetch
-
-            from ..outputs import unfinished
-
             # a resumed run: only what is left (the format's file names do not depend on the box size)
             prefetch = start_prefetch(unfinished(out, items, _files(fmt, None), overwrite), model_path, config)
             local = LocalExecutor(config.workers, prefetch)
@@ -212,8 +205,6 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     files = _files(fmt, box)
     t0 = time.perf_counter()
     if server:
-        from ..client import pick_via_server
-
         result = run_core(pick_via_server, client, paths, model_path, config, out, files=files,
                           settings={"format": fmt, "box_size": box}, overwrite=overwrite, progress=True,
                           log=lambda m: click.echo(m, err=True))
@@ -263,7 +254,7 @@ def _executor(spec: str | None, workers: int | None):
         if workers is not None:
             raise BadOption("--cluster-workers needs --cluster")
         return None
-    from ..cluster import executor_from_spec
+    from ..cluster import executor_from_spec  # Dask: here, since only --cluster needs it
 
     return usage(executor_from_spec, spec, workers, log=lambda m: click.echo(m, err=True))
 
@@ -271,8 +262,6 @@ def _executor(spec: str | None, workers: int | None):
 def _server_model(server: str, token_file: str | None, model_path: str | None, config: PickConfig):
     """A client for --server and the model's registered config (the model file stays unread here: no torch)."""
     from types import SimpleNamespace
-
-    from ..client import Client
 
     client = Client.connect(server, token_file)
     if config.method != "cnn":
@@ -313,8 +302,6 @@ def _earlier_entries(out: Path, now: set[str]):
     on some of them), while their records and files are there."""
     import pandas as pd
     import starfile
-
-    from ..outputs import RECORDS
 
     columns = ["micrograph_path", "coordinates_path"]
     try:

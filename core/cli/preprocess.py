@@ -7,7 +7,8 @@ import click
 
 from ..config import PreprocessConfig
 from ..io import expand_inputs
-from ..preprocess import NORMALIZE_METHODS, preprocess_to_dir
+from ..outputs import preprocess_to_dir
+from ..preprocess import NORMALIZE_METHODS
 from ._common import run_core, size_options
 
 

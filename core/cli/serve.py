@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError, PupickError
+from ..service.security import check_bind, read_token_file
 from ._common import UserError, run_core
 
 
@@ -29,7 +30,7 @@ def default_state_dir() -> Path:
 
 
 def _devices(spec: str) -> tuple[str, ...]:
-    from ..score import choose_device
+    from ..score import choose_device  # torch: here, since `pupick --help` imports every command's module
 
     return tuple(dict.fromkeys(str(choose_device(s)) for s in spec.split(",") if s.strip()))
 
@@ -38,7 +39,7 @@ def _executor(spec: str | None, workers: int | None):
     if not spec:
         return None
     try:
-        from ..cluster import executor_from_spec
+        from ..cluster import executor_from_spec  # Dask: only for --cluster
     except ImportError:
         raise InputError("--cluster needs pupick's cluster support (pupick.core.cluster), which this installation "
                          "lacks") from None
@@ -78,8 +79,6 @@ def _executor(spec: str | None, workers: int | None):
 def command(host, port, data_roots, models_dir, state_dir, token_file, device, max_queue, retention, model_cache,
             max_upload_mb, max_model_mb, ssl_certfile, ssl_keyfile, cluster, cluster_workers, log_level):
     """Serve picking and training over HTTP (jobs on files under --data-root, models warm on the device)."""
-    from ..service.security import check_bind, read_token_file
-
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise click.UsageError("TLS needs both --ssl-certfile and --ssl-keyfile")
     token = _usage(read_token_file, token_file) if token_file else None
@@ -89,6 +88,7 @@ def command(host, port, data_roots, models_dir, state_dir, token_file, device, m
 
     import uvicorn
 
+    # the app (FastAPI, about a second to import) here, not at the top: `pupick --help` imports every command
     from ..service.app import ServeConfig, create_app
 
     cfg = _usage(ServeConfig, state_dir=Path(state_dir) if state_dir else default_state_dir(), host=host,

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from ..client import Client, train_via_server
 from ..config import ARCHITECTURES, LR_SCHEDULES, TILE_SAMPLINGS, WEIGHT_INITS, PreprocessConfig, TrainConfig
 from ..errors import InputError
 from ..io import check_output, expand_inputs, os_reason
@@ -108,14 +109,12 @@ def command(micrographs, labels, output, expected_particles, scale, diameter, di
             raise click.UsageError("--init is not available with --server (train from scratch there)")
         run_core(check_output, output, "torch", [*paths, labels])
         table = run_core(read_labels, labels)
-        from ..client import Client, train_via_server
-
         client = run_core(Client.connect, server, token_file)
         job = run_core(train_via_server, client, paths, table, config, output, progress=not quiet, log=click.echo)
         ap = "" if job.get("ap") is None else f", validation AP {job['ap']:.3f} (epoch {job.get('epoch')})"
         click.echo(f"model -> {output} (registered on the server as {job['model']}{ap})")
         return
-    from ..train import output_files, train
+    from ..train import output_files, train  # torch: here, so that --server and `pupick --help` never load it
 
     for target, kind in output_files(output):  # never over an input, nor over another kind of file
         run_core(check_output, target, kind, [*paths, labels, *([init] if init else [])])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..io import expand_inputs
 from ._common import run_core, usage
 
 
@@ -15,8 +16,6 @@ def _micrograph_paths(specs: tuple[str, ...]) -> list[Path] | None:
     if not specs:
         return None
     from pupick.adapters.registry import read_micrographs
-
-    from ..io import expand_inputs
 
     paths: list[Path] = []
     for spec in specs:
@@ -39,6 +38,7 @@ def _micrograph_paths(specs: tuple[str, ...]) -> list[Path] | None:
 @click.option("--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
 def command(outdir, labels, micrographs, diameter_px, port, no_browser):
     """Open OUTDIR (a `pupick pick` output) in the browser: picks, threshold, labels, retraining rounds."""
+    # the pages' app (FastAPI) here, not at the top: `pupick --help` imports every command's module
     from ..service.view_app import bind, serve
     from ..service.view_data import ViewState
 

@@ -27,14 +27,17 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import __version__
 from ..errors import InputError, ModelFileError, PupickError
+from ..picking import pick
 from ..tables import duplicate_stems, stem
 from . import settings as settings_map
 from .jobs import FINISHED, JobStore, QueueFull, TooLarge
 from .metrics import Metrics
 from .models import ModelConflict, ModelRegistry, UnknownModel, check_name
 from .security import DataRoots, Forbidden, bearer_ok, check_bind
-from .worker import Workers
+from .view import ViewState, make_router
+from .worker import EXACT_DIR, Workers, read_exact
 
 log = logging.getLogger("pupick.serve")
 MB = 1 << 20
@@ -252,8 +255,6 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         finally:
             await run_in_threadpool(svc.stop)
 
-    from .. import __version__
-
     app = FastAPI(title="pupick serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Particle picking as a service: pick and train jobs on micrographs under the "
                               "server's data roots. Every error is `{\"error\": sentence}`.")
@@ -349,10 +350,6 @@ def _docs(app: FastAPI) -> None:
 def _mount_ui(app: FastAPI, svc: Service) -> None:
     """The browser pages (core/service/view.py) for each finished pick job at /ui/jobs/<id>/, when this pupick has
     them. The page and its static files hold no data; everything under api/ needs the token like any endpoint."""
-    try:
-        from .view import ViewState, make_router
-    except ImportError:
-        return
     app.mount("/ui/jobs", JobPages(svc, ViewState, make_router))
 
 
@@ -603,8 +600,6 @@ def _routes(app: FastAPI, svc: Service) -> None:
         import pandas as pd
 
         if format == "json":
-            from .worker import EXACT_DIR, read_exact
-
             mics = store.micrographs(job_id)
             records: list[dict] = []
             for name, _, state in mics:
@@ -645,8 +640,6 @@ def _routes(app: FastAPI, svc: Service) -> None:
             os.replace(tmp, target)
 
             def run(device: str):
-                from ..pipeline import pick
-
                 loaded = registry.load(entry.name, entry.sha256, device) if entry else None
                 # here, never on a cluster: the uploaded file lives only on this machine
                 return pick([target], loaded, settings_map.pick_config(settings, device=device), progress=False,

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import modelfile
 from ..errors import InputError, ModelFileError, PupickError
+from ..hashing import file_sha256
+from ..io import atomic_path
+from ..modelfile import load_model
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
@@ -61,14 +65,10 @@ def inspect_model_file(path: Path) -> dict[str, Any]:
     """Check a file like a model file (zip archive, weights-only load, pupick marker); its config and hash."""
     if not zipfile.is_zipfile(path):
         raise ModelFileError("not a pupick model file (not a torch.save zip archive)")
-    from ..modelfile import load_model
-
     try:
         loaded = load_model(path, device="cpu")
     except ModelFileError as err:
         raise ModelFileError(str(err).replace(f"{path}: ", "")) from None
-    from ..modelfile import file_sha256
-
     return {"config": loaded.config, "sha256": loaded.sha256, "file_sha256": file_sha256(path)}
 
 
@@ -177,8 +177,6 @@ class ModelRegistry:
             if model is not None:
                 self._loaded.move_to_end(key)
                 return model
-            from ..modelfile import load_model
-
             model = load_model(entry.path, device=device)
             self._loaded[key] = model
             while len(self._loaded) > self.cache_size:
@@ -198,8 +196,6 @@ def _entry(name: str, path: Path, source: str, info: dict) -> ModelEntry:
 
 def _shipped_models() -> list[tuple[str, Path]]:
     """The shipped model(s) (`general`, ...) this installation has: core.modelfile.SHIPPED_MODELS, resolved to files."""
-    from .. import modelfile
-
     names = getattr(modelfile, "SHIPPED_MODELS", None)
     resolve = getattr(modelfile, "resolve_model", None)
     if not isinstance(names, dict) or resolve is None:
@@ -217,8 +213,6 @@ def _shipped_models() -> list[tuple[str, Path]]:
 
 def copy_atomic(src: Path, target: Path) -> None:
     """Copy a file under a temporary name and rename it into place."""
-    from ..io import atomic_path
-
     with atomic_path(target) as tmp:
         shutil.copyfile(src, tmp)
 

@@ -31,6 +31,8 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import InputError, PupickError
+from ..io import read_shape
+from ..evaluate import evaluate
 from .view_data import LABELS, ViewState, suggest_threshold
 from .view_jobs import RoundRunner
 from .view_labels import MAX_BODY, BadLabels, LabelStore, TooManyLabels, parse_points
@@ -179,8 +181,6 @@ def make_router(state: ViewState) -> APIRouter:
                                "pr": None, "match_radius": radius}
         labelled = sorted(set(table["micrograph"]) & set(names))
         if labelled and radius and not df.empty:
-            from ..evaluate import evaluate
-
             ev = evaluate(df, table, radius, micrographs=labelled)
             curve = ev.curve.dropna(subset=["threshold"])
             if len(curve) > MAX_CURVE_POINTS:
@@ -211,8 +211,6 @@ def make_router(state: ViewState) -> APIRouter:
         if name not in state.micrograph_paths():
             raise LookupError(f"unknown micrograph {name!r}")
         if name not in shapes:
-            from ..io import read_shape
-
             shapes[name] = read_shape(state.path_of(name))
         points = parse_points(raw, shapes[name])
         total = labels.set(name, points)

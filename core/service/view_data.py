@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..evaluate import evaluate
 from ..tables import stem
 
 MANIFEST = "pupick_pick.json"  # core.pipeline.MANIFEST (kept literal: importing the pipeline pulls in scoring)
@@ -238,7 +239,7 @@ class ViewState:
                 return {}
         if not path.is_file():
             return {}
-        from ..modelfile import load_model
+        from ..modelfile import load_model  # torch: here, so that `pupick view` starts without it
 
         try:
             return dict(load_model(path).config)
@@ -264,8 +265,6 @@ def suggest_threshold(picks: pd.DataFrame, labels: pd.DataFrame | None, radius: 
     if picks.empty:
         return None
     if labels is not None and len(labels) and radius:
-        from ..evaluate import evaluate
-
         labelled = sorted(set(labels["micrograph"].astype(str)) & set(micrographs))
         if labelled:
             ev = evaluate(picks, labels, radius, micrographs=labelled)

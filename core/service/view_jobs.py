@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..config import PickConfig, PreprocessConfig, TrainConfig
 from ..errors import AbortRequested, InputError, PupickError
+from ..io import atomic_path, write_text_atomic
+from ..outputs import pick_to_dir
 from .view_data import MODEL, ViewState
 from .view_labels import LabelStore
 
@@ -65,7 +68,7 @@ def _epoch_values(args: tuple, kwargs: dict) -> tuple[int | None, float | None]:
 def call_train(paths: list[Path], labels, config, output: Path, on_epoch: Callable, should_stop: Callable[[], bool],
                log: Callable[[str], None]):
     """Run the engine's `train`, passing the progress callbacks its signature offers, and write `output`."""
-    from ..train import train
+    from ..train import train  # torch: here, so that `pupick view` starts without it
 
     params = inspect.signature(train).parameters
     kw: dict[str, Any] = {}
@@ -82,10 +85,6 @@ def call_train(paths: list[Path], labels, config, output: Path, on_epoch: Callab
 def call_pick_to_dir(paths: list[Path], model: Path, config, out_dir: Path, on_one: Callable[[], None],
                      should_stop: Callable[[], bool], log: Callable[[str], None]):
     """Run the engine's resumable `pick_to_dir` into `out_dir`, calling `on_one` after each micrograph."""
-    try:
-        from ..outputs import pick_to_dir  # the engine API's home once it lands
-    except ImportError:
-        from ..pipeline import pick_to_dir
     params = inspect.signature(pick_to_dir).parameters
     kw: dict[str, Any] = {"should_stop": should_stop, "progress": False, "log": log}
     if "on_result" in params:
@@ -149,8 +148,6 @@ class RoundRunner:
 
     def train_settings(self, epochs: int | None, expected: float | None) -> dict[str, Any]:
         """The training settings a round uses: the model diameter from the picks, all labelled micrographs, no split."""
-        from ..config import TrainConfig
-
         st = self.state
         source = st.newest_picked_round()
         diameter = st.diameter(source)
@@ -168,8 +165,6 @@ class RoundRunner:
 
     def start_train(self, epochs: int | None = None, expected: float | None = None) -> dict[str, Any]:
         """Train a new round's model on every labelled micrograph."""
-        from ..config import PreprocessConfig, TrainConfig
-
         settings = self.train_settings(epochs, expected)
         labels = self.labels.table()
         paths = self.state.micrograph_paths()
@@ -200,8 +195,6 @@ class RoundRunner:
         def work(status: JobStatus) -> None:
             import json
 
-            from ..io import atomic_path, write_text_atomic
-
             folder.mkdir(parents=True, exist_ok=False)
             with atomic_path(folder / "labels.csv") as tmp:
                 labels.to_csv(tmp, index=False, float_format="%.2f")
@@ -229,8 +222,6 @@ class RoundRunner:
 
     def pick_config(self):
         """The original run's picking settings that apply to a CNN (threshold, distances, border, pixel size, seed)."""
-        from ..config import PickConfig
-
         pick = (self.state.manifest(0).get("settings") or {}).get("pick") or {}
         kept = {option: pick[field] for field, option in CARRIED_PICK_SETTINGS.items() if pick.get(field) is not None}
         if pick.get("method", "cnn") == "cnn":

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import InputError
+from ..io import atomic_path
 from ..tables import stem
 
 COLUMNS = ["micrograph", "x", "y"]
@@ -136,8 +137,6 @@ class LabelStore:
             return len(rows)
 
     def _write(self, rows: list[tuple[str, float, float]]) -> None:
-        from ..io import atomic_path
-
         with atomic_path(self.target) as tmp:
             pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp, index=False, float_format="%.2f")
         self.origin = str(self.target)

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+from ..io import atomic_path, read_micrograph
+from ..tables import stem
+
 RENDER_VERSION = 2
 SIZES = {"thumb": 192, "view": 1024, "detail": 2048}  # longest side of the picture, at most
 STRETCH_PERCENTILES = (0.5, 99.5)
@@ -59,9 +63,6 @@ def binned(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int], int]:
     """(picture pixels as float32, the original (ny, nx), the factor) for the longest side <= size.
 
     An MRC is read through a memory map (no full copy); other formats through core.io."""
-    from ..errors import InputError
-    from ..io import read_micrograph
-
     if path.suffix.lower() not in (".mrc", ".mrcs"):
         image = read_micrograph(path).image
         factor = factor_for(image.shape, size)
@@ -117,9 +118,6 @@ class Renderer:
 
     def picture(self, path: Path, size: str = "view") -> Picture:
         """The micrograph at `size` (thumb | view | detail), from the cache when it is there."""
-        from ..errors import InputError
-        from ..tables import stem
-
         if size not in SIZES:
             raise InputError(f"unknown picture size {size!r} (choose {', '.join(SIZES)})")
         if not path.is_file():
@@ -152,8 +150,6 @@ class Renderer:
         return None
 
     def _render(self, path: Path, size: str, name: str, key: str) -> Picture:
-        from ..io import atomic_path
-
         if size == "thumb":  # from the viewer's picture: the expensive read and crop happen once for both
             view = self.picture(path, "view")
             from PIL import Image

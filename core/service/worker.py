@@ -18,11 +18,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import AbortRequested, PupickError
+from ..io import atomic_path
+from ..outputs import pick_to_dir
+from ..pipeline import MicrographItem
 from ..tables import stem
+from ..train import train
 from . import settings as settings_map
 from .jobs import Job, JobStore
 from .metrics import Metrics
-from .models import ModelRegistry
+from .models import ModelRegistry, copy_atomic
 
 log = logging.getLogger("pupick.serve")
 
@@ -125,16 +129,12 @@ class _Worker(threading.Thread):
         return lambda: self.pool.stopping.is_set() or self.pool.store.cancel_requested(job_id)
 
     def pick(self, job: Job) -> dict:
-        from ..outputs import pick_to_dir
-
         store, metrics = self.pool.store, self.pool.metrics
         req = job.request
         config = settings_map.pick_config(req.get("settings"), device=self.device)
         model = None
         if config.method == "cnn":
             model = self.pool.registry.load(req["model"], req.get("model_sha256"), self.device)
-        from ..pipeline import MicrographItem
-
         items = [MicrographItem(name, path, ps) for name, path, ps in store.items(job.id)]
 
         def finished(res) -> None:
@@ -157,8 +157,6 @@ class _Worker(threading.Thread):
             return {}
 
     def train(self, job: Job) -> dict:
-        from ..train import train
-
         store, registry = self.pool.store, self.pool.registry
         req = job.request
         config = settings_map.train_config(req.get("settings"), device=self.device,
@@ -187,8 +185,6 @@ class _Worker(threading.Thread):
         if self.should_stop(job.id)():
             raise AbortRequested("training stopped")
         name = req.get("name") or f"trained-{job.id}"
-        from .models import copy_atomic
-
         staged = registry.own_dir / f".{name}.staged"
         copy_atomic(target, staged)
         entry, _ = registry.add_upload(name, staged, source="train")
@@ -206,8 +202,6 @@ EXACT_DIR = "exact"  # per-micrograph picks at full float64 precision (picks.csv
 
 
 def _write_exact(df, target: Path) -> None:
-    from ..io import atomic_path
-
     with atomic_path(target) as tmp:
         df.to_csv(tmp, index=False, float_format="%.17g")  # 17 significant digits: every float64 round-trips
 

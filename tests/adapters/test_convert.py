@@ -90,12 +90,17 @@ def test_force_replaces_output(tmp_path, picks_1000x700):
     assert (tmp_path / "o.txt").read_text().startswith("image_name\tx_coord")
 
 
-def test_convert_does_not_import_torch():
-    code = ("import sys; from pupick.core.cli import convert; import pupick.adapters.registry as r; "
-            "import pupick.adapters.relion, pupick.adapters.eman, pupick.adapters.topaz; "
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+def test_convert_does_not_import_torch(picks_1000x700, tmp_path):
+    code = ("import sys\nfrom pupick.core.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+            "    print('torch' in sys.modules, 'pupick.adapters.registry' in sys.modules)")
+    src = tmp_path / "p.csv"
+    write_picks(picks_1000x700, src)
+    for target in ("p.star", "p.txt", "box_dir"):  # RELION, Topaz and EMAN, through the real command
+        args = ["convert", str(src), "-o", str(tmp_path / target), "--box-size", "64"]
+        out = subprocess.run([sys.executable, "-c", code, *args, *(["--to", "box"] if target == "box_dir" else [])],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / target).exists() and out.stdout.split()[-2:] == ["False", "True"]
 
 
 def test_relion_job_directory_to_topaz_and_back(data_dir, tmp_path):

@@ -13,7 +13,7 @@ from pupick.core.errors import InputError
 from pupick.core.evaluate import evaluate
 from pupick.core.extract import extract_picks
 from pupick.core.io import read_micrograph
-from pupick.core.pipeline import pick
+from pupick.core.picking import pick
 from pupick.core.preprocess import preprocess_micrograph
 from pupick.core.tables import make_picks
 

@@ -315,7 +315,7 @@ def _payload_keys() -> list[str]:
 
 def test_each_worker_holds_the_work_once_and_drops_it_after_the_run(local2, trained_model, demo_micrographs):
     from pupick.core.config import PickConfig
-    from pupick.core.pipeline import pick
+    from pupick.core.picking import pick
 
     seen: list[dict] = []
 
@@ -334,7 +334,7 @@ def test_each_worker_holds_the_work_once_and_drops_it_after_the_run(local2, trai
 def test_stop_cancels_pending_tasks_and_a_rerun_resumes(local2, trained_model, demo_micrographs, tmp_path):
     from pupick.core.config import PickConfig
     from pupick.core.errors import AbortRequested
-    from pupick.core.pipeline import pick_to_dir
+    from pupick.core.outputs import pick_to_dir
 
     config = PickConfig.from_settings({"device": "cpu", "views": 1})
     out = tmp_path / "out"

@@ -15,7 +15,7 @@ from pupick.core.evaluate import evaluate
 from pupick.core.io import read_micrograph
 from pupick.core.modelfile import load_model
 from pupick.core.outputs import PerMicrographFiles, pick_to_dir
-from pupick.core.pipeline import pick
+from pupick.core.picking import pick
 
 HELD_OUT = "312_10028"
 CPU = PickConfig.from_settings({"device": "cpu"})
@@ -163,12 +163,6 @@ def test_pick_to_dir_resumes_and_guards_settings(trained_model, demo_micrographs
     r3 = pick_to_dir(demo_micrographs[:3], trained_model, CPU.replace(threshold=-3.0), out, overwrite=True)
     assert r3.run.n_done == 3 and len(r3.picks) >= len(r1.picks)
     assert not list(out.glob("**/*.part*"))
-
-
-def test_train_is_reexported():
-    from pupick.core import pipeline, train
-
-    assert pipeline.train is train.train
 
 
 def test_a_micrographs_table_gives_each_micrograph_its_own_pixel_size(loaded, held_out, tmp_path):

@@ -8,7 +8,8 @@ import pytest
 from pupick.core.config import PickConfig
 from pupick.core.executors import LocalExecutor
 from pupick.core.modelfile import load_model
-from pupick.core.pipeline import micrograph_items, pick, prepare_micrograph
+from pupick.core.picking import pick
+from pupick.core.pipeline import micrograph_items, prepare_micrograph
 from pupick.core.prefetch import Prefetch, start_prefetch
 
 CPU = PickConfig.from_settings({"device": "cpu"})

@@ -59,7 +59,7 @@ def test_bootstrap_round_gives_a_model_for_this_particle_size_and_is_determinist
     labelled particles of a micrograph it did not adapt on (the shipped model saw EMPIAR-10028's labels, so this is
     a wiring check, not a quality claim: BENCHMARKS.md has the leave-one-set-out numbers)."""
     from pupick.core.evaluate import evaluate
-    from pupick.core.pipeline import pick
+    from pupick.core.picking import pick
 
     mics = [p for p in demo_micrographs if p.stem != held_out_micrograph]
     config = PickConfig.from_settings({"diameter_px": 56})
