@@ -31,8 +31,8 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import InputError, PupickError
-from ..io import read_shape
 from ..evaluate import evaluate
+from ..io import read_shape
 from .view_data import LABELS, ViewState, suggest_threshold
 from .view_jobs import RoundRunner
 from .view_labels import MAX_BODY, BadLabels, LabelStore, TooManyLabels, parse_points
