@@ -130,3 +130,10 @@ def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> N
         sys.exit(err.exit_code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    except OSError as err:
+        from .io import cannot_write, is_disk_error
+
+        if not is_disk_error(err):
+            raise
+        click.echo(f"{prog}: error: {cannot_write(err.filename or 'output', err)}", err=True)  # a full disk
+        sys.exit(1)

@@ -173,9 +173,33 @@ def _create_temp_beside(target: Path) -> Path:
     raise FileExistsError(f"{target}: no free temporary name beside it")
 
 
-def _cannot_write(target: Path, err: OSError) -> InputError:
+# Errors of the place written to, not of pupick: a full disk or quota, a read-only or refusing filesystem.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM})
+
+
+def os_reason(err: OSError) -> str:
+    """An OSError's reason in words, lower case ("no space left on device", "read-only file system")."""
+    return (err.strerror or str(err)).lower()
+
+
+def is_write_error(err: BaseException) -> bool:
+    """True for an OSError that the place written to causes (full, over quota, read-only, not permitted)."""
+    return isinstance(err, OSError) and err.errno in WRITE_ERRNOS
+
+
+def is_disk_error(err: BaseException) -> bool:
+    """True for an OSError only a write can cause: a full disk or quota, a file too large, a read-only filesystem."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def cannot_write(target: str | os.PathLike, err: OSError) -> InputError:
+    """The one-line error for a write that failed: the path and why ("no space left on device in DIR")."""
+    target = Path(target)
     where = err.filename if isinstance(err.filename, str) and err.filename else target
     return InputError(f"{target}: cannot write ({_reason(Path(where), err)})")
+
+
+_cannot_write = cannot_write
 
 
 def _reason(where: Path, err: OSError) -> str:
@@ -186,7 +210,7 @@ def _reason(where: Path, err: OSError) -> str:
                 return f"{parent} is a file, not a directory"
     if isinstance(err, FileExistsError):
         return f"{where} exists and is not a directory"
-    return f"{err.strerror or err} in {where.parent}" if err.strerror else str(err)
+    return f"{os_reason(err)} in {where.parent}" if err.strerror else str(err)
 
 
 @contextlib.contextmanager
@@ -204,6 +228,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except OSError as err:
+        if is_write_error(err):  # the disk filled up (or turned read-only) while writing: one line
+            raise cannot_write(target, err) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -298,7 +326,7 @@ def _writable_ancestor(target: Path) -> None:
     try:
         _create_temp_beside(parent / target.name).unlink()
     except OSError as err:
-        raise InputError(f"{target}: cannot write in {parent} ({err.strerror or err})") from None
+        raise InputError(f"{target}: cannot write in {parent} ({os_reason(err)})") from None
 
 
 def check_output(target: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] | Protected = (),
@@ -335,7 +363,7 @@ def check_output_dir(path: str | os.PathLike) -> None:
         try:
             _create_temp_beside(path / "pupick").unlink()
         except OSError as err:
-            raise InputError(f"{path}: cannot write in this directory ({err.strerror or err})") from None
+            raise InputError(f"{path}: cannot write in this directory ({os_reason(err)})") from None
         return
     _writable_ancestor(path)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,8 @@ from . import __version__
 from .config import PreprocessConfig
 from .errors import InputError
 from .names import check_micrograph_name
-from .io import Protected, atomic_path, check_output, check_output_dir, read_micrograph, write_mrc, write_text_atomic
+from .io import (Protected, atomic_path, check_output, check_output_dir, is_write_error, os_reason, read_micrograph,
+                 write_mrc, write_text_atomic)
 from .picking import pick
 from .pipeline import check_model, micrograph_items
 from .preprocess import MANIFEST as PREPROCESS_MANIFEST, downsample, normalize
@@ -40,8 +43,9 @@ class OutputDir:
     """A resumable output directory (use as a context manager: it holds the directory's lock)."""
 
     def __init__(self, path: str | os.PathLike, kind: str, settings: dict[str, Any], *, overwrite: bool = False,
-                 remedy: str = "use another output directory or --overwrite") -> None:
+                 remedy: str = "use another output directory or --overwrite", only: Sequence[str] | None = None) -> None:
         self.path = Path(path)
+        self.only = None if only is None else set(only)  # what `overwrite` redoes (None: everything)
         self.remedy = remedy
         self.kind = kind
         self.settings = settings
@@ -56,6 +60,7 @@ class OutputDir:
         self._create()
         self._lock()
         try:
+            remove_stale_parts(self.path, self._locked_at)
             self._check_settings()
         except BaseException:
             self._unlock()
@@ -71,7 +76,7 @@ class OutputDir:
         try:
             self.records.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise InputError(f"{self.path}: cannot create the output directory ({_reason(err)})") from None
+            raise InputError(f"{self.path}: cannot create the output directory ({os_reason(err)})") from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise InputError(f"{self.path}: the output directory is not writable")
 
@@ -82,7 +87,7 @@ class OutputDir:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
-            raise InputError(f"{lock}: cannot open the lock file ({_reason(err)})") from None
+            raise InputError(f"{lock}: cannot open the lock file ({os_reason(err)})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -90,9 +95,14 @@ class OutputDir:
             os.close(fd)
             raise InputError(f"{self.path}: another pupick run (process {holder}) is writing here; wait for it "
                              "to finish or use another output directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        self._locked_at = time.time()
+        try:  # the holder's process id, for the message a second run gets (nothing lost if it cannot be written)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as err:
+            if not is_write_error(err):
+                raise
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -111,8 +121,17 @@ class OutputDir:
                     raise InputError(f"{self.manifest_path}: unreadable ({err}); remove it or use --overwrite") from None
                 earlier = {}
         if self.overwrite:
-            self.clear()
-            earlier = {}
+            others = [n for n in self.finished() if self.only is not None and n not in self.only]
+            if others and earlier.get("settings") not in (None, self.settings):
+                shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+                raise InputError(
+                    f"{self.path}: --overwrite redoes only the micrographs given, and {len(others)} other "
+                    f"micrograph(s) ({shown}) were picked with a different "
+                    f"{'; '.join(_differences(earlier.get('settings'), self.settings))}; give all the micrographs to "
+                    "redo them all, or use another output directory")
+            self.clear(self.only)
+            if not others:
+                earlier = {}
         elif earlier.get("settings") not in (None, self.settings) and self.finished():
             raise InputError(f"{self.path}: holds {self.kind} outputs made with a different "
                              f"{'; '.join(_differences(earlier.get('settings'), self.settings))}; {self.remedy}")
@@ -172,9 +191,11 @@ class OutputDir:
         """A finished micrograph's picks (the record of a pick directory)."""
         return read_table(self._record(name, ".csv"))
 
-    def clear(self) -> None:
-        """Remove every record and the outputs it names (what --overwrite means)."""
+    def clear(self, names: set[str] | None = None) -> None:
+        """Remove the records of `names` (None: every one) and the outputs they name (what --overwrite means)."""
         for name in self.finished():
+            if names is not None and name not in names:
+                continue
             for out in self.outputs_of(name):
                 out.unlink(missing_ok=True)
             for suffix in (".csv", ".outputs"):
@@ -184,8 +205,30 @@ class OutputDir:
         write_text_atomic(self.manifest_path, json.dumps(self.manifest, indent=1))
 
 
-def _reason(err: OSError) -> str:
-    return (err.strerror or str(err)).lower()
+# core.io's temporary names: .NAME.<8 hex>.part[.SUFFIX]. Under OUT_DIR, a run holding the lock writes the only
+# live ones, except `pupick view`'s: its labels.csv, its exports/ and its picture cache, and the rounds/ it picks
+# into (each with its own lock).
+PART_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.part(\.[^.]+)?$")
+NOT_OURS = (".labels.csv.",)
+SKIP_DIRS = {"exports", ".pupick_view_cache", "rounds"}
+
+
+def remove_stale_parts(root: Path, before: float) -> int:
+    """Remove temporary files a killed run left under `root` (older than `before`); returns how many."""
+    removed = 0
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        for name in names:
+            if not PART_NAME.match(name) or name.startswith(NOT_OURS):
+                continue
+            path = Path(folder) / name
+            try:
+                if path.lstat().st_mtime < before:
+                    path.unlink()
+                    removed += 1
+            except OSError:  # gone already, or not ours to remove
+                pass
+    return removed
 
 
 def _differences(before: Any, now: dict[str, Any]) -> list[str]:
@@ -299,12 +342,15 @@ def pick_to_dir(
     model = check_model(model, config, items)
     kw = {"remedy": remedy} if remedy else {}
     settings = {**(settings or {}), **round_settings(model, config)}
-    with OutputDir(out_dir, "pick", pick_settings(model, config, settings), overwrite=overwrite, **kw) as out:
+    with OutputDir(out_dir, "pick", pick_settings(model, config, settings), overwrite=overwrite,
+                   only=[i.micrograph for i in items], **kw) as out:
         root = out.path
         done, todo = out.pending(items, files, log)
         done_names = {i.micrograph for i in done}
         if todo:  # the general model's bootstrap round (kept in OUT_DIR for later runs), when on
-            model = prepare(model, config, items, root, overwrite=overwrite, log=log)
+            # an --overwrite that keeps other micrographs keeps the round they were picked with, too
+            kept_others = bool(set(out.finished()) - {i.micrograph for i in items})
+            model = prepare(model, config, items, root, overwrite=overwrite and not kept_others, log=log)
 
         def finish(res: Any) -> None:
             if res.error is not None:
@@ -326,9 +372,13 @@ def pick_to_dir(
         finally:
             out.save_manifest()  # failures so far, even when interrupted
         finished = [i.micrograph for i in items if out._record(i.micrograph, ".csv").exists()]
+        # picks.csv lists every micrograph finished in OUT_DIR (one run's settings): this run's, then earlier runs'
+        earlier = sorted(set(out.finished()) - set(finished))
         picks = gather(out, finished)
         picks_path = root / PICKS_TABLE
-        write_table(picks, picks_path)
+        write_table(pd.concat([picks, gather(out, earlier)], ignore_index=True) if earlier else picks, picks_path)
+        if getattr(model, "path", None) is not None:  # `pupick view` reads its defaults (expected count) from it
+            out.manifest["model"] = str(Path(model.path).resolve())
         if run.diameters:  # in the micrographs' own pixels (after any pixel-size rescaling), for `pupick evaluate`
             out.manifest["diameter_px"] = float(np.median(list(run.diameters.values())))
         out.save_manifest()

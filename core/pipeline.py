@@ -91,7 +91,8 @@ def micrograph_items(micrographs: pd.DataFrame | Iterable[str | os.PathLike]) ->
         check_micrograph_name(item.micrograph, f"{item.path}: micrograph name", path_ok=True)
     dupes = duplicate_stems(i.micrograph for i in items)
     if dupes:
-        raise InputError(f"two micrographs share the name {dupes[0]!r}; their picks could not be told apart")
+        a, b = [i.path for i in items if i.micrograph == dupes[0]][:2]
+        raise InputError(f"micrographs {a} and {b} share the name {dupes[0]!r}; their picks could not be told apart")
     return items
 
 

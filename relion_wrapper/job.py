@@ -56,13 +56,26 @@ class RelionJob:
 
 
 def _touch(path: Path) -> None:
-    with open(path, "w"):
+    with contextlib.suppress(OSError), open(path, "w"):  # a read-only job directory: nothing can be written
         pass
 
 
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+def check_job_dir(out: Path) -> None:
+    """Remove the previous run's exit files; InputError naming the job directory if it cannot be written."""
+    from pupick.core.io import cannot_write, is_write_error
+
+    try:
+        for name in EXIT_FILES:  # a continued job still has the previous run's exit file
+            _remove(out / name)
+    except OSError as err:
+        if is_write_error(err):
+            raise cannot_write(out, err) from None
+        raise
 
 
 def _same_file(stream, path: Path) -> bool:
@@ -109,8 +122,7 @@ def relion_job(out_dir: str | os.PathLike, program: str = "pupick") -> Iterator[
     ABORTED (abort file removed) or FAILURE (reason last in run.err) written at the end, whatever happens."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in EXIT_FILES:  # a continued job still has the previous run's exit file
-        _remove(out / name)
+    check_job_dir(out)
     job = RelionJob(out_dir=out, program=program)
     status, reason = FAILURE, "stopped before finishing"
     try:
@@ -127,8 +139,13 @@ def relion_job(out_dir: str | os.PathLike, program: str = "pupick") -> Iterator[
     except KeyboardInterrupt:
         reason = "interrupted"
     except Exception as err:  # a bug, not a user mistake: keep the traceback for the report
-        traceback.print_exc()
-        reason = f"internal error {type(err).__name__}: {err} (please report this with run.err)"
+        from pupick.core.io import cannot_write, is_disk_error
+
+        if is_disk_error(err):  # a full or read-only disk where nothing caught it sooner: no bug, one line
+            reason = str(cannot_write(err.filename or out, err))
+        else:
+            traceback.print_exc()
+            reason = f"internal error {type(err).__name__}: {err} (please report this with run.err)"
     finally:
         job.status = status
         if status == FAILURE:
