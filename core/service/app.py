@@ -539,8 +539,9 @@ READ_ONLY = ("the pages under pupick serve only show a job: train with POST /v1/
 class JobPages:
     """ASGI app: /ui/jobs/<id>/... -> the pages' router for STATE/jobs/<id> (built once per job, kept in a small LRU).
 
-    Read-only: training, picking, label edits and exports from the pages would bypass the queue, its bounds, the
-    audit log and the metrics, so only GET and HEAD pass. The page and its assets are the same static files for any
+    Read-only but for labels: training, picking and exports from the pages would bypass the queue, its bounds, the
+    audit log and the metrics, so only GET and HEAD pass, and PUT of a micrograph's labels (bounded by
+    view_labels: numbers inside the micrograph, 10,000 per micrograph, 1 MiB per request), which claims no worker. The page and its assets are the same static files for any
     id; the job is looked up only under api/, which the Guard has already checked the token for."""
 
     def __init__(self, svc: Service, view_state, make_router, keep: int = 8) -> None:
@@ -587,7 +588,7 @@ class JobPages:
         root = scope.get("root_path", "")
         rest = scope["path"][len(root):] if scope["path"].startswith(root) else scope["path"]
         job_id, _, tail = rest.lstrip("/").partition("/")
-        if scope["method"] not in ("GET", "HEAD"):
+        if scope["method"] not in ("GET", "HEAD") and not (scope["method"] == "PUT" and tail.startswith("api/labels/")):
             return await _error(405, READ_ONLY, {"Allow": "GET, HEAD"})(scope, receive, send)
         if not re.fullmatch(r"[0-9a-f]{1,64}", job_id):  # ids are hex; nothing else reaches the page's HTML
             return await _error(404, f"no pick job {job_id!r} to show")(scope, receive, send)

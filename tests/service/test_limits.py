@@ -129,7 +129,8 @@ def test_pages_are_static_for_any_id_and_read_only(server, client, data_root):
                                   {"Content-Type": "application/json"})
         assert status == 405 and "POST /v1/train" in answer["error"]
         assert _request(server, "POST", f"/ui/jobs/{job}/api/pick", b"{}")[0] == 405
-        assert _request(server, "PUT", f"/ui/jobs/{job}/api/labels/x", b"{}")[0] == 405
+        # label edits pass (bounded, no worker: tests/service/test_view_labels.py); an unknown micrograph is 404
+        assert _request(server, "PUT", f"/ui/jobs/{job}/api/labels/x", b'{"points": []}')[0] == 404
     assert len(client.jobs("running")) + len(client.jobs("queued")) == trains_before
     status, answer = _request(server, "GET", f"/ui/jobs/{jobs[0]}/api/nothing")
     assert status == 404 and set(answer) == {"error"}
