@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pupick.core.errors import InputError
+from pupick.core.names import check_micrograph_name
 from pupick.core.io import atomic_path
 from pupick.core.tables import MIC_COLUMNS, stem, validate_picks
 
@@ -79,7 +80,10 @@ def _unique_names(paths: Sequence[str]) -> list[str]:
     counts: dict[str, int] = {}
     for c in cleaned:
         counts[c] = counts.get(c, 0) + 1
-    return [c if counts[c] == 1 else stem(p) for c, p in zip(cleaned, paths)]
+    names = [c if counts[c] == 1 else stem(p) for c, p in zip(cleaned, paths)]
+    for name in dict.fromkeys(names):
+        check_micrograph_name(name, "cryoSPARC micrograph name")
+    return names
 
 
 def _column(dset, field: str, dtype, default) -> np.ndarray:

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from pupick.core.errors import InputError
+from pupick.core.names import check_micrograph_name
 from pupick.core.tables import empty_micrographs, empty_picks, make_micrographs, make_picks, stem
 
 from pupick.core.io import write_text_atomic
@@ -67,15 +68,24 @@ def parse_version(value: str | int | None) -> int | None:
     return VERSIONS[str(value)]
 
 
-def micrograph_names(paths: Sequence[str]) -> list[str]:
-    """Stems, except where two different paths share a stem: those keep the path as written."""
+def micrograph_names(paths: Sequence[str], source: str | os.PathLike | None = None) -> list[str]:
+    """Stems, except where two different paths share a stem: those keep the path as written, less any leading '/'
+    and '.'/'..' parts (a name becomes files under an output directory). Each name passes check_micrograph_name."""
     unique = list(dict.fromkeys(str(p) for p in paths))
     stems = {p: stem(p) for p in unique}
     owners: dict[str, int] = {}
     for s in stems.values():
         owners[s] = owners.get(s, 0) + 1
-    name = {p: (p if owners[s] > 1 else s) for p, s in stems.items()}
+    name = {p: (_relative_name(p) if owners[s] > 1 else s) for p, s in stems.items()}
+    where = f"{source}: micrograph name" if source else "micrograph name"
+    for n in dict.fromkeys(name.values()):
+        check_micrograph_name(n, where, path_ok=True)
     return [name[str(p)] for p in paths]
+
+
+def _relative_name(path: str) -> str:
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    return "/".join(p for p in parts if p not in ("/", ".", ".."))
 
 
 def project_dir(path: str | os.PathLike) -> Path:
@@ -89,11 +99,11 @@ def project_dir(path: str | os.PathLike) -> Path:
 
 def coordinate_file_name(micrograph_path: str, suffix: str = "pupick") -> str:
     """RELION's coordinate file name for a micrograph: `MotionCorr/job002/Movies/a.mrc` -> `Movies/a_pupick.star`."""
-    rel = str(micrograph_path).replace("\\", "/").lstrip("/")
-    rel = JOB_PREFIX.sub("", rel, count=1)
+    rel = JOB_PREFIX.sub("", _relative_name(str(micrograph_path)), count=1)
     parent = str(PurePosixPath(rel).parent)
     name = f"{stem(rel)}_{suffix}.star"
-    return name if parent in ("", ".") else f"{parent}/{name}"
+    return check_micrograph_name(name if parent in ("", ".") else f"{parent}/{name}", "coordinate file name",
+                                 path_ok=True)
 
 
 # ---------------------------------------------------------------- micrographs
@@ -156,7 +166,7 @@ def read_micrographs_star(path: str | os.PathLike, read_shapes: bool = False,
                 raise InputError(f"{star.path}: micrograph {p} not found (looked in {base})")
             shapes.append(read_shape(full))
     mics = make_micrographs(paths, pixel_size=pixel, shapes=shapes, extra=extra)
-    mics["micrograph"] = micrograph_names(paths)
+    mics["micrograph"] = micrograph_names(paths, star.path)
     mics["optics_group"] = groups.astype(int)
     mics.attrs["source"] = str(star.path)  # lets a RELION 3.0 coords_suffix file name this STAR
     return mics
@@ -240,7 +250,7 @@ def _coordinate_list(star: StarFile, base_dir: str | os.PathLike | None) -> pd.D
         raise InputError(f"{star.path}: no block data_coordinate_files (blocks: {star.names()})")
     mics = star.strings(name, "rlnMicrographName")
     coords = star.strings(name, "rlnMicrographCoordinates")
-    names = micrograph_names(mics)
+    names = micrograph_names(mics, star.path)
     tables = []
     for i, (mic, mname, cfile) in enumerate(zip(mics, names, coords)):
         full = _resolve(cfile, star.path, base_dir)
@@ -298,7 +308,7 @@ def _particles(star: StarFile) -> pd.DataFrame:
     mics = star.strings(name, "rlnMicrographName")
     x = star.numbers(name, "rlnCoordinateX")
     y = star.numbers(name, "rlnCoordinateY")
-    return make_picks(micrograph_names(mics), x, y, _scores(star, name), path=mics)
+    return make_picks(micrograph_names(mics, star.path), x, y, _scores(star, name), path=mics)
 
 
 def star_kind(path: str | os.PathLike) -> str:

@@ -9,6 +9,8 @@
    - cold CLI: a fresh `pupick pick` process on one micrograph (start-up, torch import, model load, pick).
 3. Throughput with 1, 4 and 16 concurrent clients, each submitting one-micrograph jobs: micrographs/s and the
    p50/p95/p99 of a job's submit-to-picks latency; the server's peak RSS (VmHWM).
+4. /health latency (p50/p95 of 200 probes) idle and with 100 requests in flight whose bodies stall (slowloris),
+   while a job runs. `--health-only` measures just this, on a scratch server with no data (seconds, no training).
 
 `python bench/serve.py [--quick] [--threads 2]` writes bench/out/serve.json. `--demo` needs no shared data: the
 bundled 1024² micrographs, upsampled 4x to 4096² (1.34 Å/px), and a model trained on them at 5.36 Å/px (so picking
@@ -128,13 +130,63 @@ def in_process(model_path: Path, mics: list[Path], tmp: Path, device: str = "cpu
     return times
 
 
+def health_latency(url: str, port: int, stalled: int = 100, probes: int = 200) -> dict:
+    """p50/p95 of GET /health, idle and with `stalled` requests holding connections with unfinished bodies."""
+    probe = Client(url, retries=0, timeout=30)
+
+    def sample() -> list[float]:
+        out = []
+        for _ in range(probes):
+            t0 = time.perf_counter()
+            probe.health()
+            out.append(time.perf_counter() - t0)
+        return out
+
+    idle = sample()
+    held = []
+    try:
+        for _ in range(stalled):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"POST /v1/pick HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100000\r\n\r\n{\"micrographs\": [")
+            held.append(s)
+        time.sleep(0.5)
+        loaded = sample()
+    finally:
+        for s in held:
+            s.close()
+    row = {"stalled_requests": stalled, "probes": probes, "idle": percentiles(idle), "stalled": percentiles(loaded)}
+    print(f"/health p50/p95: idle {row['idle']['p50'] * 1e3:.1f}/{row['idle']['p95'] * 1e3:.1f} ms; "
+          f"{stalled} stalled requests {row['stalled']['p50'] * 1e3:.1f}/{row['stalled']['p95'] * 1e3:.1f} ms",
+          flush=True)
+    return row
+
+
+def health_only(args) -> None:
+    """Section 4 alone: a scratch server, no data, no model."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for d in ("data", "models", "state"):
+            (tmp / d).mkdir()
+        proc, client = start_server(tmp / "state", tmp / "data", tmp / "models", args.threads)
+        try:
+            row = health_latency(client.url, int(client.url.rsplit(":", 1)[1]))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    write_result("serve_health", {"threads": args.threads, "health_latency_s": row})
+
+
 def main() -> None:
     def extra(ap) -> None:
         ap.add_argument("--demo", action="store_true", help="bundled micrographs upsampled to 4096² (no shared data)")
         ap.add_argument("--device", default="cpu", help="cpu or cuda")
+        ap.add_argument("--health-only", action="store_true", help="only /health latency under stalled requests")
 
     args = bench_args(__doc__.splitlines()[0], extra=extra)
     set_threads(args.threads)
+    if args.health_only:
+        return health_only(args)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -199,6 +251,9 @@ def main() -> None:
                 throughput.append(row)
                 print(f"{n_clients} clients: {row['micrographs_per_s']:.3f} mic/s, p50 {row['p50']:.2f} s, "
                       f"p95 {row['p95']:.2f} s, p99 {row['p99']:.2f} s", flush=True)
+            busy = client.submit_pick([str(m) for m in mics], "bench")  # /health is measured while this runs
+            health = health_latency(client.url, int(client.url.rsplit(":", 1)[1]))
+            client.cancel(busy)
             peak = server_peak_rss_mb(proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -215,6 +270,7 @@ def main() -> None:
                    "cold_cli_over_service_job": statistics.median(cold) / med_job},
         "throughput": throughput,
         "server_peak_rss_mb": peak,
+        "health_latency_s": health,
     }
     print(f"service job / in-process: {med_job / med_in:.3f}; upload / in-process: {med_up / med_in:.3f}; "
           f"server peak RSS {peak:.0f} MiB")

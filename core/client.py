@@ -24,6 +24,7 @@ import os
 import random
 import socket
 import ssl
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -60,6 +61,12 @@ def read_token(token_file: str | os.PathLike | None = None) -> str | None:
     if not path:
         return None
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ServerError(f"{path}: the token file is not a regular file")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):  # the server's rule: a token others can read is no secret
+            raise ServerError(f"{path}: the token file is readable by other users (mode "
+                              f"{stat.S_IMODE(st.st_mode):o}); run chmod 600 {path}")
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise ServerError(f"{path}: cannot read the token file ({getattr(err, 'strerror', None) or err})") from None
@@ -75,7 +82,11 @@ class Client:
 
     def __init__(self, url: str, token: str | None = None, *, timeout: float = 60.0, retries: int = 8,
                  backoff: float = 0.5, max_backoff: float = 30.0) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
+        try:
+            parts = urlsplit(url if "://" in url else f"http://{url}")
+            parts.port  # noqa: B018 (raises on a port that is no number or out of range)
+        except ValueError as err:
+            raise ServerError(f"{url}: not a server URL ({err}; use http://HOST:PORT or https://HOST:PORT)") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ServerError(f"{url}: not a server URL (use http://HOST:PORT or https://HOST:PORT)")
         self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
@@ -85,7 +96,13 @@ class Client:
         self.timeout, self.retries, self.backoff, self.max_backoff = timeout, retries, backoff, max_backoff
         self._ssl = None
         if self._scheme == "https":
-            self._ssl = ssl.create_default_context(cafile=os.environ.get(CA_ENV) or None)
+            cafile = os.environ.get(CA_ENV) or None
+            try:
+                self._ssl = ssl.create_default_context(cafile=cafile)
+            except ssl.SSLError as err:  # before OSError, its base class
+                raise ServerError(f"{cafile}: ${CA_ENV} holds no usable PEM certificate ({err.reason or err})") from None
+            except OSError as err:
+                raise ServerError(f"{cafile}: cannot read ${CA_ENV} ({err.strerror})") from None
 
     @classmethod
     def connect(cls, url: str, token_file: str | os.PathLike | None = None, **kwargs: Any) -> "Client":
@@ -145,6 +162,9 @@ class Client:
                                   "server's CA bundle if its certificate is private") from None
             except OSError as err:
                 raise ServerError(f"cannot reach the pupick server at {self.url} ({_why(err)})") from None
+            except http.client.HTTPException as err:  # something answered, but not HTTP
+                raise ServerError(f"{self.url} did not answer as an HTTP server ({type(err).__name__}); is it a "
+                                  "pupick server's address and port?") from None
             if 200 <= status < 300:
                 return status, rheaders, data
             message = _message(data) or http.client.responses.get(status, "error")
@@ -158,7 +178,7 @@ class Client:
                 time.sleep(_jitter(min(self.max_backoff, wait)))
                 delay = min(self.max_backoff, delay * 2)
                 continue
-            raise ServerError(_describe(self.url, status, message, attempt + 1), status)
+            raise ServerError(_describe(self.url, status, message, attempt + 1, bool(self.token)), status)
         raise ServerError(f"the pupick server at {self.url} did not answer ({last})")  # not reached
 
     def get_json(self, path: str, **kwargs: Any) -> Any:
@@ -356,9 +376,11 @@ def _message(data: bytes) -> str:
     return str(payload)[:200]
 
 
-def _describe(url: str, status: int, message: str, tries: int) -> str:
-    if status == 401:
+def _describe(url: str, status: int, message: str, tries: int, sent_token: bool = True) -> str:
+    if status == 401 and sent_token:
         return f"the pupick server at {url} refused the token (401): check --token-file or ${TOKEN_ENV}"
+    if status == 401:
+        return f"the pupick server at {url} needs a token (401): give --token-file or set ${TOKEN_ENV}"
     if status == 429:
         return f"the pupick server at {url} is busy after {tries} tries (429: {message})"
     if status >= 500:
@@ -542,8 +564,15 @@ def train_via_server(client: Client, micrographs: list[str | os.PathLike], label
     finished job (fields model, epoch, loss, ap)."""
     log = log or (lambda m: None)
     csv = labels[["micrograph", "x", "y"]].to_csv(index=False)
-    job_id = client.submit_train([_absolute(p) for p in micrographs], labels_csv=csv,
-                                 settings=train_settings(config), name=name)
+    body = {"micrographs": [_absolute(p) for p in micrographs], "labels_csv": csv,
+            "settings": train_settings(config), "name": name}
+    job_file = train_job_file(output)
+    job_id = _reattach(client, job_file, body, log)
+    if job_id is None:
+        job_id = client.submit_train(body["micrographs"], labels_csv=csv, settings=body["settings"], name=name)
+        from .io import write_text_atomic
+
+        write_text_atomic(job_file, json.dumps({"server": client.url, "job": job_id, "micrographs": body}))
     log(f"server job {job_id}: training")
 
     def update(job: dict) -> None:
@@ -554,8 +583,17 @@ def train_via_server(client: Client, micrographs: list[str | os.PathLike], label
 
     final = client.wait(job_id, on_progress=update, should_stop=should_stop)
     if final["state"] == "cancelled":
+        job_file.unlink(missing_ok=True)
         raise AbortRequested(f"server job {job_id} was cancelled")
     if final["state"] != "done":
+        job_file.unlink(missing_ok=True)
         raise ServerError(f"server job {job_id} failed: {final.get('error') or 'no reason given'}")
     client.download_model(final["model"], output)
+    job_file.unlink(missing_ok=True)
     return final
+
+
+def train_job_file(output: str | os.PathLike) -> Path:
+    """Where `train --server -o OUTPUT` keeps its server job in flight (beside OUTPUT), so a rerun reattaches."""
+    out = Path(output)
+    return out.with_name(f".{out.name}.pupick_server_job.json")

@@ -42,6 +42,41 @@ MAX_TASK_S = 60.0  # a dying worker loses at most about this much work
 TASKS_PER_THREAD = 2  # tasks queued per worker thread: the next batch is there when one finishes
 CONNECT_TIMEOUT_S = 20
 KEEP_JOBS_S = 5.0  # how often a jobqueue run asks again for worker jobs that ended (walltime, scancel, node failure)
+# The most local workers a machine runs: each is a process with torch, the model and a micrograph's buffers (about
+# 1 GiB for a 4k micrograph), and more than a few per core only queue for the cores (one per GPU is the fast case).
+LOCAL_WORKER_MEMORY = 1 << 30
+LOCAL_WORKERS_PER_CPU = 4
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available for new processes (MemAvailable), else the machine's total; None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def local_worker_bound() -> tuple[int, str]:
+    """(the most local workers this machine can run, why): from its CPU count and its available memory."""
+    cpus = _cpu_count()
+    memory = _available_memory()
+    by_cpu = cpus * LOCAL_WORKERS_PER_CPU
+    by_memory = max(1, memory // LOCAL_WORKER_MEMORY) if memory else by_cpu
+    why = (f"{LOCAL_WORKERS_PER_CPU} per CPU core on {cpus} CPU core(s), and "
+           + (f"{LOCAL_WORKER_MEMORY >> 30} GiB each of {memory / (1 << 30):.1f} GiB available memory" if memory
+              else "memory unknown"))
+    return max(1, min(by_cpu, by_memory)), why
 
 
 @dataclass
@@ -70,7 +105,11 @@ class ClusterConfig:
                     raise InputError(f"--cluster {spec} and --cluster-workers {self.workers} disagree; give one")
                 self.workers = int(n)
             elif self.workers is None:
-                self.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+                self.workers = _cpu_count()
+            most, why = local_worker_bound()
+            if self.workers > most:
+                raise InputError(f"--cluster {spec} with {self.workers} workers: this machine can run at most {most} "
+                                 f"local worker(s) ({why})")
         elif spec.startswith(("tcp://", "tls://")):
             self.kind = spec[:3]
             host, _, port = spec[6:].rpartition(":")
@@ -218,6 +257,16 @@ class _LocalWorkerSetup(WorkerPlugin):
         torch.set_num_threads(self.threads)
 
 
+def dask_setup(worker: Any) -> None:
+    """Dask's preload hook, run first in each local worker process: Ctrl-C is for pupick's own process, which stops
+    the run and the workers; a terminal sends it to every process of the group, and a worker would print a trace."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_batch(key: str, items: Sequence[Any], batch_function: Callable | None = None) -> list:
     """A task: pick one batch with the PickWork this worker already holds."""
     if key not in _PAYLOADS:
@@ -320,6 +369,7 @@ class DaskExecutor:
         # loopback only: a Dask scheduler runs whatever its clients send
         return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", scheduler_port=0,
                             dashboard_address=dashboard, worker_dashboard_address=None, silence_logs=logging.ERROR,
+                            preload=[__name__],  # dask_setup: the workers leave Ctrl-C to this process
                             # the scheduler's HTTP server (health, metrics) listens even without a dashboard
                             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
 
@@ -415,13 +465,24 @@ class DaskExecutor:
                             seconds.append(float(res.seconds))
                         yield res
                     fut.release()
-        finally:
-            if inflight:
-                client.cancel(list(inflight), force=True)
-            try:
-                client.unregister_worker_plugin(key)
-            except Exception:  # noqa: BLE001 - the cluster may be gone already; nothing to clean up then
-                pass
+        except BaseException:
+            if self._owns:  # our cluster closes next: its workers go with their plugin
+                if inflight:
+                    client.cancel(list(inflight), force=True)
+                raise
+            self._release(client, key, inflight)
+            raise
+        self._release(client, key, inflight)
+
+    @staticmethod
+    def _release(client: Any, key: str, inflight: dict) -> None:
+        """Cancel what is left and take the run's work off the workers (of a cluster that stays up)."""
+        if inflight:
+            client.cancel(list(inflight), force=True)
+        try:
+            client.unregister_worker_plugin(key)
+        except Exception:  # noqa: BLE001 - the cluster may be gone already; nothing to clean up then
+            pass
 
     def _register_work(self, client: Any, key: str, work: Any, version: str) -> None:
         try:

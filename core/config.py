@@ -10,6 +10,7 @@ from .errors import InputError
 NORMALIZATIONS = ("gmm", "affine", "none")
 # the architectures core.models.MODELS builds (names here, so front ends offer them without importing torch)
 ARCHITECTURES = ("resnet8", "resnet16", "conv31", "conv63", "conv127")
+MAX_UNITS = 128  # the widest network (--units) pupick trains or loads; bounds a model file (core.modelarchive)
 TARGET_DIAMETER_PX = 40  # the factor rule: smallest integer s >= 1 with diameter_px / s <= 40
 
 
@@ -116,6 +117,8 @@ def _check_train_config(c: "TrainConfig") -> None:
                           ("--batch-size", c.batch_size), ("--tile-size", c.tile_size),
                           ("--unlabeled-samples", c.unlabeled_samples)):
         _whole(value, option, 1)
+    if c.units > MAX_UNITS:
+        raise InputError(f"--units must be at most {MAX_UNITS} (got {c.units})")
     _whole(c.calibration_batches, "calibration_batches", 0)
     _whole(c.seed, "--seed", 0)
     if not (isinstance(c.test_split, (int, float)) and 0 <= c.test_split < 1):
@@ -143,6 +146,7 @@ def _check_train_config(c: "TrainConfig") -> None:
     check_device(c.device)
 
 
+MAX_PICKS = 1_000_000  # per micrograph: a 4k micrograph holds a few thousand particles at most
 VIEW_COUNTS = (1, 2, 4, 8)  # test-time views the scorer offers (see core.score.VIEWS)
 DEFAULT_VIEWS = 2  # native stride: the half-turn pair, within 0.005 AP of 4 views on every shared set at half the
 # network time (issue 15, BENCHMARKS.md pick_speed); 4 and 8 views score alike
@@ -170,11 +174,13 @@ def _finite(value: float, option: str, *, minimum: float | None = None, strict: 
         raise InputError(f"{option} must be a finite number{bound} (got {shown})")
 
 
-def _whole(value: int | None, option: str, minimum: int) -> None:
+def _whole(value: int | None, option: str, minimum: int, maximum: int | None = None) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InputError(f"{option} must be a whole number >= {minimum} (got {value})")
+    if maximum is not None and value > maximum:
+        raise InputError(f"{option} must be a whole number from {minimum} to {maximum} (got {value})")
 
 
 def _one_of(value: Any, option: str, choices: tuple) -> None:
@@ -237,7 +243,7 @@ class ExtractConfig:
         _finite(self.threshold, "--threshold")
         _finite(self.min_distance_px, "--min-distance", minimum=0)
         _finite(self.min_distance_A, "min_distance (Å)", minimum=0)
-        _whole(self.max_picks, "--max-picks", 1)
+        _whole(self.max_picks, "--max-picks", 1, MAX_PICKS)
         _finite(self.border_px, "--border", minimum=0)
 
 
@@ -328,7 +334,7 @@ def _number(value: Any) -> float:
 def _integer(value: Any) -> int:
     if isinstance(value, bool):
         raise TypeError(value)
-    if isinstance(value, float) and not value.is_integer():
+    if isinstance(value, float) and not (value.is_integer() and abs(value) <= 2 ** 53):  # 1e300 is no count
         raise ValueError(value)
     return int(value)
 

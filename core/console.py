@@ -13,7 +13,7 @@ from typing import Any, Callable
 import click
 
 from .config import DEVICES, check_device
-from .errors import InputError, PupickError
+from .errors import BadName, InputError, PupickError
 
 
 class UserError(click.ClickException):
@@ -38,6 +38,8 @@ def run_core(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     """Call a core function, turning PupickError into a click error (exit 1, one line, no traceback)."""
     try:
         return fn(*args, **kwargs)
+    except BadName as err:  # a micrograph name that cannot name a file: bad input, found before any is written
+        raise BadOption(str(err)) from None
     except PupickError as err:
         raise UserError(str(err)) from None
 
@@ -119,7 +121,7 @@ def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> N
         group.main(args=argv, prog_name=prog, standalone_mode=False)
     except PupickError as err:
         click.echo(f"{prog}: error: {err}", err=True)
-        sys.exit(1)
+        sys.exit(2 if isinstance(err, BadName) else 1)
     except click.exceptions.Abort:
         click.echo(f"{prog}: aborted", err=True)
         sys.exit(130)
@@ -128,3 +130,10 @@ def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> N
         sys.exit(err.exit_code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    except OSError as err:
+        from .io import cannot_write, is_disk_error
+
+        if not is_disk_error(err):
+            raise
+        click.echo(f"{prog}: error: {cannot_write(err.filename or 'output', err)}", err=True)  # a full disk
+        sys.exit(1)

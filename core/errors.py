@@ -16,3 +16,23 @@ class ModelFileError(PupickError):
 
 class AbortRequested(PupickError):
     """The host asked the job to stop (e.g. RELION's abort file)."""
+
+
+class BadName(InputError):
+    """A micrograph name that cannot name a file (core.names): bad input, exit status 2, HTTP 422."""
+
+
+class Forbidden(PupickError):
+    """A path that lies outside every data root of a server (HTTP 403)."""
+
+
+class NotRegularFile(InputError):
+    """A path that names a directory, FIFO, socket or device where a file's bytes are read (HTTP 422)."""
+
+
+class ModelTooLarge(ModelFileError):
+    """A model file bigger than any registered architecture could be, or with compressed entries (HTTP 413)."""
+
+
+class InvalidModel(ModelFileError):
+    """A model file whose tensors do not fit the architecture its config names (HTTP 422)."""

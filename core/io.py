@@ -10,7 +10,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
@@ -46,16 +46,24 @@ def _check_pixels(image: np.ndarray, path: Path) -> np.ndarray:
     return image
 
 
-def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
-    import mrcfile
+def mrc_from_stream(fh: BinaryIO):
+    """An MRC read from an open binary file, read-only (mrcfile.MrcFile does the same with a file it opens)."""
+    from mrcfile.mrcinterpreter import MrcInterpreter
 
+    mrc = MrcInterpreter(permissive=True)
+    mrc._iostream, mrc._read_only = fh, True
+    mrc._read()
+    return mrc
+
+
+def _read_mrc(path: Path, fh: BinaryIO) -> tuple[np.ndarray, float | None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+            with mrc_from_stream(fh) as mrc:
                 if mrc.data is None:
                     raise InputError(f"{path}: not a readable MRC file (no data block; truncated or corrupt header)")
-                data = np.array(mrc.data, dtype=np.float32)  # copies out of the memory map
+                data = np.array(mrc.data, dtype=np.float32)  # a writable copy of the read-only array
                 voxel = mrc.voxel_size
                 ps = float(voxel.x) if voxel is not None else 0.0
     except InputError:
@@ -65,11 +73,12 @@ def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
     return data, (ps if ps > 0 and np.isfinite(ps) else None)
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
+def _read_tiff(path: Path, fh: BinaryIO) -> tuple[np.ndarray, float | None]:
     import tifffile
 
     try:
-        data = tifffile.imread(path)
+        with tifffile.TiffFile(fh, name=path.name) as tif:  # a descriptor's file object: named, not opened by name
+            data = tif.asarray()
     except Exception as err:  # tifffile raises several unrelated types for corrupt files
         raise InputError(f"{path}: not a readable TIFF file ({err})") from None
     if data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4:
@@ -77,11 +86,11 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     return data, None
 
 
-def _read_pil(path: Path) -> tuple[np.ndarray, float | None]:
+def _read_pil(path: Path, fh: BinaryIO) -> tuple[np.ndarray, float | None]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(fh) as im:
             im.load()
             # 16-bit and float images keep their values; only colour images are reduced to luminance
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
@@ -99,15 +108,25 @@ _READERS = {
 }
 
 
-def read_micrograph(path: str | os.PathLike) -> Micrograph:
-    """Read one micrograph as float32 with its pixel size (MRC header; None for formats without one)."""
+def read_micrograph(path: str | os.PathLike, roots: Sequence[str] | None = None) -> Micrograph:
+    """Read one micrograph as float32 with its pixel size (MRC header; None for formats without one).
+
+    The file is opened by core.confine.open_confined (under `roots`, else this process's read roots, if any) and
+    read from that descriptor only."""
+    from .confine import open_confined
+
     path = Path(path)
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise InputError(f"{path}: unknown image extension {path.suffix!r} (known: {', '.join(IMAGE_EXTENSIONS)})")
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    data, ps = reader(path)
+    try:
+        fh = open_confined(path, roots)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
+    with fh:
+        data, ps = reader(path, fh)
     return Micrograph(_check_pixels(data, path), ps, path)
 
 
@@ -154,9 +173,33 @@ def _create_temp_beside(target: Path) -> Path:
     raise FileExistsError(f"{target}: no free temporary name beside it")
 
 
-def _cannot_write(target: Path, err: OSError) -> InputError:
+# Errors of the place written to, not of pupick: a full disk or quota, a read-only or refusing filesystem.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM})
+
+
+def os_reason(err: OSError) -> str:
+    """An OSError's reason in words, lower case ("no space left on device", "read-only file system")."""
+    return (err.strerror or str(err)).lower()
+
+
+def is_write_error(err: BaseException) -> bool:
+    """True for an OSError that the place written to causes (full, over quota, read-only, not permitted)."""
+    return isinstance(err, OSError) and err.errno in WRITE_ERRNOS
+
+
+def is_disk_error(err: BaseException) -> bool:
+    """True for an OSError only a write can cause: a full disk or quota, a file too large, a read-only filesystem."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def cannot_write(target: str | os.PathLike, err: OSError) -> InputError:
+    """The one-line error for a write that failed: the path and why ("no space left on device in DIR")."""
+    target = Path(target)
     where = err.filename if isinstance(err.filename, str) and err.filename else target
     return InputError(f"{target}: cannot write ({_reason(Path(where), err)})")
+
+
+_cannot_write = cannot_write
 
 
 def _reason(where: Path, err: OSError) -> str:
@@ -167,7 +210,7 @@ def _reason(where: Path, err: OSError) -> str:
                 return f"{parent} is a file, not a directory"
     if isinstance(err, FileExistsError):
         return f"{where} exists and is not a directory"
-    return f"{err.strerror or err} in {where.parent}" if err.strerror else str(err)
+    return f"{os_reason(err)} in {where.parent}" if err.strerror else str(err)
 
 
 @contextlib.contextmanager
@@ -185,6 +228,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except OSError as err:
+        if is_write_error(err):  # the disk filled up (or turned read-only) while writing: one line
+            raise cannot_write(target, err) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -279,7 +326,7 @@ def _writable_ancestor(target: Path) -> None:
     try:
         _create_temp_beside(parent / target.name).unlink()
     except OSError as err:
-        raise InputError(f"{target}: cannot write in {parent} ({err.strerror or err})") from None
+        raise InputError(f"{target}: cannot write in {parent} ({os_reason(err)})") from None
 
 
 def check_output(target: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] | Protected = (),
@@ -316,7 +363,7 @@ def check_output_dir(path: str | os.PathLike) -> None:
         try:
             _create_temp_beside(path / "pupick").unlink()
         except OSError as err:
-            raise InputError(f"{path}: cannot write in this directory ({err.strerror or err})") from None
+            raise InputError(f"{path}: cannot write in this directory ({os_reason(err)})") from None
         return
     _writable_ancestor(path)
 

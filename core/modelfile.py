@@ -8,6 +8,7 @@ import hashlib
 import dataclasses
 import io
 import json
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import torch
 
 from .errors import InputError, ModelFileError
 from .io import atomic_path
+from .config import ARCHITECTURES
+from .modelarchive import check_archive
 from .models import ModelConfig, PickerNet, build, native_stride, receptive_field
 from .hashing import file_sha256  # noqa: F401 (callers import it from here)
 
@@ -80,7 +83,7 @@ def save_model(path: str | os.PathLike, module: torch.nn.Module, config: dict[st
 def content_sha256(state: dict[str, torch.Tensor], config: dict[str, Any]) -> str:
     """A model's identity: SHA-256 of its weights (name, dtype, shape, values) and its canonical config JSON.
 
-    The save date (config provenance.date) is left out, so retraining with the same seed is the same model, and
+    The save date (config provenance.date) and the preprocessing cache's place are left out, so retraining with the same seed is the same model, and
     re-saving or copying a file does not change it.
     """
     h = hashlib.sha256()
@@ -91,12 +94,100 @@ def content_sha256(state: dict[str, torch.Tensor], config: dict[str, Any]) -> st
     ident = dict(config)
     if isinstance(ident.get("provenance"), dict):
         ident["provenance"] = {k: v for k, v in ident["provenance"].items() if k != "date"}
+        train_config = ident["provenance"].get("train_config")
+        if isinstance(train_config, dict):  # files written before cache_dir was left out
+            ident["provenance"]["train_config"] = {k: v for k, v in train_config.items() if k != "cache_dir"}
     h.update(json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str).encode())
     return h.hexdigest()
 
 
+# The settings a model file may lack, and what a missing one means. Format version 1 files written before a field
+# existed lack it; picking reads each with config.get(), so missing and None behave alike:
+MISSING_DEFAULTS: dict[str, Any] = {
+    "factor": None,  # only with grid_diameter (the general model: the diameter sets it); else required
+    "grid_diameter": None,  # a model tied to one particle size
+    "diameter_px": None,  # particle size unknown: picking needs --min-distance, and a general model --diameter
+    "diameter_A": None,
+    "pixel_size": None,  # micrographs are downsampled by the model's factor, whatever their pixel size
+    "label_edge_margin": None,  # the pick border is the particle radius
+    "expected_particles": None,  # no threshold suggestion
+    "pi": None,  # the class prior, informational
+    "score_offset": 0.0,
+    "stride": None,  # the architecture's native stride
+    "normalize": "gmm",
+}
+
+
+def _number(config: dict[str, Any], key: str) -> float | None:
+    """A config field as a float (None when absent or null); a non-number is a reason to reject the file."""
+    value = config.get(key, MISSING_DEFAULTS.get(key))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelFileError(f"{key} is {value!r}, not a number")
+    return float(value)
+
+
+def _check_settings(config: dict[str, Any]) -> None:
+    """Every rule a model's settings must meet (ModelFileError with the reason, no path)."""
+    arch = config.get("arch")
+    if not isinstance(arch, str):
+        raise ModelFileError(f"arch is {arch!r}, not an architecture name")
+    grid = _number(config, "grid_diameter")
+    if grid is not None and not (grid > 0 and math.isfinite(grid)):
+        raise ModelFileError(f"grid_diameter is {grid:g}; it must be a finite number > 0")
+    factor = _number(config, "factor")
+    if factor is None and grid is None:
+        raise ModelFileError("factor (the downsampling it was trained at) is missing")
+    if factor is not None and not (factor >= 1 and math.isfinite(factor)):
+        raise ModelFileError(f"factor is {factor:g}; it must be a finite number >= 1")
+    for key in ("diameter_px", "diameter_A", "pixel_size"):
+        value = _number(config, key)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise ModelFileError(f"{key} is {value:g}; it must be a finite number > 0")
+    pi = _number(config, "pi")
+    if pi is not None and not 0 < pi < 1:
+        raise ModelFileError(f"pi is {pi:g}; the class prior must lie strictly between 0 and 1")
+    expected = _number(config, "expected_particles")
+    if expected is not None and not (expected > 0 and math.isfinite(expected)):
+        raise ModelFileError(f"expected_particles is {expected:g}; it must be a finite number > 0")
+    margin = _number(config, "label_edge_margin")
+    if margin is not None and not (margin >= 0 and math.isfinite(margin)):
+        raise ModelFileError(f"label_edge_margin is {margin:g}; it must be a finite number >= 0")
+    offset = _number(config, "score_offset")
+    if offset is not None and not math.isfinite(offset):
+        raise ModelFileError(f"score_offset is {offset:g}; it must be a finite number")
+    stride = _number(config, "stride")
+    if stride is not None:
+        native = native_stride(ModelConfig.from_dict(config)) if arch in ARCHITECTURES else None
+        if not (stride >= 1 and stride == int(stride)) or (native is not None and stride != native):
+            raise ModelFileError(f"stride is {stride:g}; architecture {arch!r} has stride {native}")
+
+
+def validate_model(config: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None,
+                   where: str | os.PathLike = "model") -> None:
+    """Check a model's settings and weights; ModelFileError "not a valid pupick model: WHERE: REASON" if unusable.
+
+    The one check every loader runs (files, fresh trainings, cluster workers, the service's uploads). A field that
+    the file lacks takes its MISSING_DEFAULTS value.
+    """
+    try:
+        if not isinstance(config, dict):
+            raise ModelFileError("the settings are not a mapping")
+        _check_settings(config)
+        for name, tensor in (state_dict or {}).items():
+            if not isinstance(tensor, torch.Tensor):
+                raise ModelFileError(f"weight {name} is not a tensor")
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise ModelFileError(f"weight {name} holds {bad} non-finite value(s) (NaN or infinity)")
+    except ModelFileError as err:
+        raise ModelFileError(f"not a valid pupick model: {where}: {err}") from None
+
+
 def _build_loaded(state: dict, config: dict, device: str | torch.device, where: str, sha: str,
                   path: Path | None) -> LoadedModel:
+    validate_model(config, state, where)
     mcfg = ModelConfig.from_dict(config)
     try:
         module = build(mcfg)
@@ -121,6 +212,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     path = resolve_model(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
+    check_archive(path)  # entries, sizes, tensor shapes and dtypes: before torch.load allocates anything
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # corrupt, foreign pickle, or not a torch file at all

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,9 @@ import pandas as pd
 from . import __version__
 from .config import PreprocessConfig
 from .errors import InputError, PupickError
-from .io import Protected, atomic_path, check_output, check_output_dir, read_micrograph, write_mrc, write_text_atomic
+from .names import check_micrograph_name
+from .io import (Protected, atomic_path, check_output, check_output_dir, is_write_error, os_reason, read_micrograph,
+                 write_mrc, write_text_atomic)
 from .picking import pick
 from .pipeline import check_model, micrograph_items
 from .preprocess import MANIFEST as PREPROCESS_MANIFEST, downsample, normalize
@@ -39,8 +43,9 @@ class OutputDir:
     """A resumable output directory (use as a context manager: it holds the directory's lock)."""
 
     def __init__(self, path: str | os.PathLike, kind: str, settings: dict[str, Any], *, overwrite: bool = False,
-                 remedy: str = "use another output directory or --overwrite") -> None:
+                 remedy: str = "use another output directory or --overwrite", only: Sequence[str] | None = None) -> None:
         self.path = Path(path)
+        self.only = None if only is None else set(only)  # what `overwrite` redoes (None: everything)
         self.remedy = remedy
         self.kind = kind
         self.settings = settings
@@ -55,6 +60,7 @@ class OutputDir:
         self._create()
         self._lock()
         try:
+            remove_stale_parts(self.path, self._locked_at)
             self._check_settings()
         except BaseException:
             self._unlock()
@@ -70,7 +76,7 @@ class OutputDir:
         try:
             self.records.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise InputError(f"{self.path}: cannot create the output directory ({_reason(err)})") from None
+            raise InputError(f"{self.path}: cannot create the output directory ({os_reason(err)})") from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise InputError(f"{self.path}: the output directory is not writable")
 
@@ -81,7 +87,7 @@ class OutputDir:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
-            raise InputError(f"{lock}: cannot open the lock file ({_reason(err)})") from None
+            raise InputError(f"{lock}: cannot open the lock file ({os_reason(err)})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -89,9 +95,14 @@ class OutputDir:
             os.close(fd)
             raise InputError(f"{self.path}: another pupick run (process {holder}) is writing here; wait for it "
                              "to finish or use another output directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        self._locked_at = time.time()
+        try:  # the holder's process id, for the message a second run gets (nothing lost if it cannot be written)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as err:
+            if not is_write_error(err):
+                raise
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -110,8 +121,17 @@ class OutputDir:
                     raise InputError(f"{self.manifest_path}: unreadable ({err}); remove it or use --overwrite") from None
                 earlier = {}
         if self.overwrite:
-            self.clear()
-            earlier = {}
+            others = [n for n in self.finished() if self.only is not None and n not in self.only]
+            if others and earlier.get("settings") not in (None, self.settings):
+                shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+                raise InputError(
+                    f"{self.path}: --overwrite redoes only the micrographs given, and {len(others)} other "
+                    f"micrograph(s) ({shown}) were picked with a different "
+                    f"{'; '.join(_differences(earlier.get('settings'), self.settings))}; give all the micrographs to "
+                    "redo them all, or use another output directory")
+            self.clear(self.only)
+            if not others:
+                earlier = {}
         elif earlier.get("settings") not in (None, self.settings) and self.finished():
             raise InputError(f"{self.path}: holds {self.kind} outputs made with a different "
                              f"{'; '.join(_differences(earlier.get('settings'), self.settings))}; {self.remedy}")
@@ -122,20 +142,24 @@ class OutputDir:
         self.save_manifest()
 
     # -- records -------------------------------------------------------------------------------------------------
+    def _record(self, name: str, suffix: str) -> Path:
+        """RECORDS/NAME+suffix, the name checked first (it must not lead out of the directory)."""
+        return self.records / f"{check_micrograph_name(name, 'micrograph name', path_ok=True)}{suffix}"
+
     def finished(self) -> list[str]:
         """Names of the micrographs with a record (finished by some run)."""
         return sorted(p.stem for p in self.records.glob("*.csv")) if self.records.is_dir() else []
 
     def outputs_of(self, name: str) -> list[Path]:
         """The user-visible files a record says its micrograph produced."""
-        index = self.records / f"{name}.outputs"
+        index = self._record(name, ".outputs")
         if not index.exists():
             return []
         return [self.path / line for line in index.read_text().splitlines() if line.strip()]
 
     def is_done(self, name: str, outputs: Sequence[Path] = ()) -> bool:
         """Finished earlier, and every output the user sees is still there (a deleted one is redone)."""
-        if not (self.records / f"{name}.csv").exists():
+        if not (self._record(name, ".csv")).exists():
             return False
         return all(Path(p).exists() for p in [*self.outputs_of(name), *outputs])
 
@@ -173,8 +197,8 @@ class OutputDir:
     def record(self, name: str, table: pd.DataFrame, outputs: Sequence[Path] = ()) -> None:
         """Mark a micrograph finished: its outputs' index, then its record (last: the resume marker)."""
         rel = [os.path.relpath(p, self.path) for p in outputs]
-        write_text_atomic(self.records / f"{name}.outputs", "".join(f"{r}\n" for r in rel))
-        with atomic_path(self.records / f"{name}.csv") as tmp:
+        write_text_atomic(self._record(name, ".outputs"), "".join(f"{r}\n" for r in rel))
+        with atomic_path(self._record(name, ".csv")) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
         self.manifest["failures"].pop(name, None)
 
@@ -183,15 +207,17 @@ class OutputDir:
 
     def read(self, name: str) -> pd.DataFrame:
         """A finished micrograph's picks (the record of a pick directory)."""
-        return read_table(self.records / f"{name}.csv")
+        return read_table(self._record(name, ".csv"))
 
-    def clear(self) -> None:
-        """Remove every record and the outputs it names (what --overwrite means)."""
+    def clear(self, names: set[str] | None = None) -> None:
+        """Remove the records of `names` (None: every one) and the outputs they name (what --overwrite means)."""
         for name in self.finished():
+            if names is not None and name not in names:
+                continue
             for out in self.outputs_of(name):
                 out.unlink(missing_ok=True)
             for suffix in (".csv", ".outputs"):
-                (self.records / f"{name}{suffix}").unlink(missing_ok=True)
+                self._record(name, suffix).unlink(missing_ok=True)
 
     def save_manifest(self) -> None:
         write_text_atomic(self.manifest_path, json.dumps(self.manifest, indent=1))
@@ -205,8 +231,30 @@ def _listing(folder: Path) -> set[str]:
         return set()
 
 
-def _reason(err: OSError) -> str:
-    return (err.strerror or str(err)).lower()
+# core.io's temporary names: .NAME.<8 hex>.part[.SUFFIX]. Under OUT_DIR, a run holding the lock writes the only
+# live ones, except `pupick view`'s: its labels.csv, its exports/ and its picture cache, and the rounds/ it picks
+# into (each with its own lock).
+PART_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.part(\.[^.]+)?$")
+NOT_OURS = (".labels.csv.",)
+SKIP_DIRS = {"exports", ".pupick_view_cache", "rounds"}
+
+
+def remove_stale_parts(root: Path, before: float) -> int:
+    """Remove temporary files a killed run left under `root` (older than `before`); returns how many."""
+    removed = 0
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        for name in names:
+            if not PART_NAME.match(name) or name.startswith(NOT_OURS):
+                continue
+            path = Path(folder) / name
+            try:
+                if path.lstat().st_mtime < before:
+                    path.unlink()
+                    removed += 1
+            except OSError:  # gone already, or not ours to remove
+                pass
+    return removed
 
 
 def _differences(before: Any, now: dict[str, Any]) -> list[str]:
@@ -282,12 +330,14 @@ class PicksCsv:
         self.items = list(items)
         self.index = {i.micrograph: n for n, i in enumerate(self.items)}
         done_names = {i.micrograph for i in done}
-        committed = self._committed(done_names)
-        self.stale = False  # rows arrived out of order: rewrite at the end
+        # micrographs finished here by runs on other inputs stay listed, after this run's (sorted): no appending then
+        self.extras = sorted(set(out.finished()) - set(self.index))
+        self.stale = bool(self.extras)  # rows arrived out of order, or extras: rewrite at the end
+        committed = [] if self.extras else self._committed(done_names)
         if committed is None:
             self._rewrite(done_names)
             committed = [i.micrograph for i in self.items if i.micrograph in done_names]
-        self.last = self.index[committed[-1]] if committed else -1
+        self.last = len(self.items) if self.extras else self.index[committed[-1]] if committed else -1
         in_file = set(committed)
         self.status = {n: True for n in done_names if n not in in_file}  # finished, rows not yet in the file
         self.queue = sorted([*self.status, *(i.micrograph for i in todo)], key=self.index.__getitem__)
@@ -330,7 +380,7 @@ class PicksCsv:
         """picks.csv and its list from the records of every done input, in input order (O(all), rarely)."""
         self.out.manifest.pop("picks_csv", None)
         self.out.save_manifest()  # killed while rewriting: the next run rewrites again
-        names = [i.micrograph for i in self.items if i.micrograph in done_names]
+        names = [i.micrograph for i in self.items if i.micrograph in done_names] + self.extras
         with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
             fh.write(PICKS_HEADER.encode())
             for name in names:
@@ -349,7 +399,7 @@ class PicksCsv:
             self.next += 1
             if not self.status.pop(name):
                 continue
-            if self.index[name] < self.last:
+            if self.index[name] < self.last or self.extras:
                 self.stale = True
                 continue
             self._append(name)
@@ -518,12 +568,15 @@ def pick_to_dir(
     model = check_model(model, config, items)
     kw = {"remedy": remedy} if remedy else {}
     settings = {**(settings or {}), **round_settings(model, config)}
-    with OutputDir(out_dir, "pick", pick_settings(model, config, settings), overwrite=overwrite, **kw) as out:
+    with OutputDir(out_dir, "pick", pick_settings(model, config, settings), overwrite=overwrite,
+                   only=[i.micrograph for i in items], **kw) as out:
         root = out.path
         done, todo = out.pending(items, files, log)
         done_names = {i.micrograph for i in done}
         if todo:  # the general model's bootstrap round (kept in OUT_DIR for later runs), when on
-            model = prepare(model, config, items, root, overwrite=overwrite, log=log)
+            # an --overwrite that keeps other micrographs keeps the round they were picked with, too
+            kept_others = bool(set(out.finished()) - {i.micrograph for i in items})
+            model = prepare(model, config, items, root, overwrite=overwrite and not kept_others, log=log)
 
         table = PicksCsv(out, items, done, todo)
         counts: dict[str, int] = {}
@@ -554,6 +607,8 @@ def pick_to_dir(
         table.close(files)
         out.manifest["model_file"] = _file_identity(getattr(model, "path", None))
         finished = [n for n in (i.micrograph for i in items) if n in done_names or n in counts]
+        if getattr(model, "path", None) is not None:  # `pupick view` reads its defaults (expected count) from it
+            out.manifest["model"] = str(Path(model.path).resolve())
         if run.diameters:  # in the micrographs' own pixels (after any pixel-size rescaling), for `pupick evaluate`
             out.manifest["diameter_px"] = float(np.median(list(run.diameters.values())))
         out.save_manifest()

@@ -23,6 +23,7 @@ from .blob import blob_score_map, ice_mask, mask_scores
 from .config import PickConfig, PreprocessConfig, choose_factor
 from .errors import AbortRequested, InputError, PupickError
 from .extract import default_border_px, extract_picks
+from .names import check_micrograph_name
 from .io import read_micrograph, write_mrc
 from .preprocess import preprocess_micrograph
 from .tables import duplicate_stems, empty_picks, make_picks, stem
@@ -38,6 +39,8 @@ class MicrographItem:
     micrograph: str
     path: str
     pixel_size: float | None = None
+    roots: tuple[str, ...] = ()  # the data roots the file must lie under when it is opened (core.confine); ()
+    # means this process's read roots
 
 
 @dataclass
@@ -84,9 +87,12 @@ def micrograph_items(micrographs: pd.DataFrame | Iterable[str | os.PathLike]) ->
         items = [MicrographItem(n, p, known_pixel_size(v)) for n, p, v in zip(names, paths, sizes)]
     else:
         items = [m if isinstance(m, MicrographItem) else MicrographItem(stem(m), str(m)) for m in micrographs]
+    for item in items:  # a name becomes files (records, per-micrograph picks): checked before any is made
+        check_micrograph_name(item.micrograph, f"{item.path}: micrograph name", path_ok=True)
     dupes = duplicate_stems(i.micrograph for i in items)
     if dupes:
-        raise InputError(f"two micrographs share the name {dupes[0]!r}; their picks could not be told apart")
+        a, b = [i.path for i in items if i.micrograph == dupes[0]][:2]
+        raise InputError(f"micrographs {a} and {b} share the name {dupes[0]!r}; their picks could not be told apart")
     return items
 
 
@@ -205,7 +211,7 @@ def prepare_micrograph(item: MicrographItem, model_config: dict | None,
                        config: PickConfig) -> tuple[_Job, list[str]]:
     """Read and preprocess one micrograph for a model's plain config (None: the blob picker); thread-safe, no torch."""
     t0 = time.perf_counter()
-    mic = read_micrograph(item.path)
+    mic = read_micrograph(item.path, item.roots or None)
     factor, d, notes = micrograph_sizes(item, mic.pixel_size, model_config, config)
     ps = config.preprocess.pixel_size or item.pixel_size
     normalize = (model_config.get("normalize") if model_config is not None else None) or "gmm"

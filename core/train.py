@@ -121,8 +121,11 @@ def _cache_key(path: Path, config: TrainConfig) -> str:
 @functools.lru_cache(maxsize=8)
 def _read_manifest(manifest: Path, mtime_ns: int, size: int) -> dict:
     """A preprocessing manifest, parsed once per version of the file (not once per micrograph it lists)."""
+    from .confine import open_confined
+
     try:
-        return json.loads(manifest.read_text())
+        with open_confined(manifest) as fh:  # beside a micrograph: confined like it (a server's data roots)
+            return json.loads(fh.read())
     except (OSError, ValueError):
         raise InputError(f"{manifest}: unreadable preprocessing manifest") from None
 
@@ -161,8 +164,7 @@ def _load_one(path: Path, config: TrainConfig, cache: Path | None) -> tuple[np.n
     pre = preprocess_micrograph(mic, config.preprocess)
     ps = config.preprocess.pixel_size or mic.pixel_size
     if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
+        with atomic_path(target) as tmp:  # a full disk: one line naming the cache file
             with open(tmp, "wb") as fh:
                 np.savez(fh, image=pre.image, factor=pre.factor, pixel_size=ps or 0.0, shape=np.array(pre.source_shape))
     return pre.image.astype(np.float32, copy=False), float(pre.factor), ps, tuple(pre.source_shape)
@@ -675,7 +677,8 @@ def _model_config(s: _Session, data: _Data, prior: _Prior, config: TrainConfig, 
             "micrographs": [stem(p) for p in data.paths],
             "validation": [stem(m.path) for m in data.val],
             "n_labels": int(prior.n_train_labels),
-            "train_config": plain(config.to_dict()),
+            # where the cache was changes nothing in the model: not recorded
+            "train_config": {k: v for k, v in plain(config.to_dict()).items() if k != "cache_dir"},
         },
     }
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from pupick.core.errors import InputError
 
-from .job import RelionJob, relion_job, report_error
+from .job import RelionJob, check_job_dir, relion_job, report_error
 from .nodes import detect_version
 from .protocol import ExternalArgs, Param, find_out_dir, parse_external, text
 
@@ -22,8 +22,11 @@ SERVER_PARAMS = (
 
 
 def say(message: str) -> None:
-    """One line to run.out, flushed at once so RELION's GUI shows progress."""
-    print(message, flush=True)
+    """One line to run.out, flushed at once so RELION's GUI shows progress (lost, not fatal, on a full disk)."""
+    try:
+        print(message, flush=True)
+    except OSError:
+        pass
 
 
 def help_text(program: str, summary: str, inputs: Sequence[str], params: Sequence[Param]) -> str:
@@ -63,6 +66,11 @@ def run_external(program: str, body: Callable[[RelionJob, ExternalArgs], None], 
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         report_error(None, f"{program}: error: cannot create the job directory {out} ({err.strerror})")
+        return 1
+    try:
+        check_job_dir(Path(out))
+    except InputError as err:  # read-only: not even the exit file can be written
+        report_error(None, f"{program}: error: {err}")
         return 1
     with relion_job(out, program=program) as job:
         say(f"{program} {' '.join(argv)}")

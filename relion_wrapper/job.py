@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from pupick.core.errors import AbortRequested, PupickError
+from pupick.core.errors import AbortRequested, BadName, PupickError
 
 from .nodes import write_output_nodes
 
@@ -35,6 +35,7 @@ class RelionJob:
     version: int = 4
     nodes: list[tuple[str, str]] = field(default_factory=list)
     status: str | None = None  # one of EXIT_FILES once the run has ended
+    bad_input: bool = False  # failed on a micrograph name that cannot name a file (exit status 2)
 
     def abort_requested(self) -> bool:
         """True when RELION's abort file exists."""
@@ -51,17 +52,30 @@ class RelionJob:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.status == SUCCESS else 1
+        return 0 if self.status == SUCCESS else 2 if self.bad_input else 1
 
 
 def _touch(path: Path) -> None:
-    with open(path, "w"):
+    with contextlib.suppress(OSError), open(path, "w"):  # a read-only job directory: nothing can be written
         pass
 
 
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+def check_job_dir(out: Path) -> None:
+    """Remove the previous run's exit files; InputError naming the job directory if it cannot be written."""
+    from pupick.core.io import cannot_write, is_write_error
+
+    try:
+        for name in EXIT_FILES:  # a continued job still has the previous run's exit file
+            _remove(out / name)
+    except OSError as err:
+        if is_write_error(err):
+            raise cannot_write(out, err) from None
+        raise
 
 
 def _same_file(stream, path: Path) -> bool:
@@ -108,8 +122,7 @@ def relion_job(out_dir: str | os.PathLike, program: str = "pupick") -> Iterator[
     ABORTED (abort file removed) or FAILURE (reason last in run.err) written at the end, whatever happens."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in EXIT_FILES:  # a continued job still has the previous run's exit file
-        _remove(out / name)
+    check_job_dir(out)
     job = RelionJob(out_dir=out, program=program)
     status, reason = FAILURE, "stopped before finishing"
     try:
@@ -122,11 +135,17 @@ def relion_job(out_dir: str | os.PathLike, program: str = "pupick") -> Iterator[
         print(f"{program}: aborted on request; finished results are kept, continue the job to resume", flush=True)
     except PupickError as err:
         reason = str(err)
+        job.bad_input = isinstance(err, BadName)
     except KeyboardInterrupt:
         reason = "interrupted"
     except Exception as err:  # a bug, not a user mistake: keep the traceback for the report
-        traceback.print_exc()
-        reason = f"internal error {type(err).__name__}: {err} (please report this with run.err)"
+        from pupick.core.io import cannot_write, is_disk_error
+
+        if is_disk_error(err):  # a full or read-only disk where nothing caught it sooner: no bug, one line
+            reason = str(cannot_write(err.filename or out, err))
+        else:
+            traceback.print_exc()
+            reason = f"internal error {type(err).__name__}: {err} (please report this with run.err)"
     finally:
         job.status = status
         if status == FAILURE:

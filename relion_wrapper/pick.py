@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections import Counter
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 from typing import Sequence
@@ -11,8 +12,7 @@ from typing import Sequence
 import pandas as pd
 
 from pupick.core.config import DEFAULT_VIEWS, VIEW_COUNTS, PickConfig
-from pupick.core.errors import InputError
-from pupick.core.io import atomic_path
+from pupick.core.errors import InputError, PupickError
 
 from .common import (SERVER_PARAMS, connect, end_process, failures_error, help_text, pixel_size_of,
                      read_micrographs, run_external, say, set_threads, set_version)
@@ -64,8 +64,7 @@ def _write_list(out_dir: Path, out_name: str, mics: pd.DataFrame, rel: Sequence[
         "micrograph_path": pd.Series([p for p, _ in done], dtype=object),
         "coordinates_path": pd.Series([c for _, c in done], dtype=object),
     })
-    with atomic_path(out_dir / LIST_NAME) as tmp:
-        write_coordinate_list(entries, tmp, version=STAR_VERSIONS[version])
+    write_coordinate_list(entries, out_dir / LIST_NAME, version=STAR_VERSIONS[version])  # atomic
     return len(done)
 
 
@@ -102,6 +101,10 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
 
         meta = read_config(values["model"])
         named = meta is not None and config_needs_size(meta)
+    listed = Counter(mics["path"])
+    again = next((path for path, n in listed.items() if n > 1), None)
+    if again is not None:
+        raise InputError(f"{mics_star}: micrograph {again} is listed {listed[again]} times; list each micrograph once")
     rel = [coordinates_relpath(p, SUFFIX) for p in mics["path"]]
     owner: dict[PurePosixPath, str] = {}
     for path, r in zip(mics["path"], rel):
@@ -182,11 +185,16 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
                 result = pick_to_dir(table, model, config, job.out_dir, files=files, on_result=on_result,
                                      should_stop=job.abort_requested, log=say, executor=executor or local,
                                      remedy="run a new job for new settings, so one job's picks stay comparable")
+    except BaseException:
+        with contextlib.suppress(PupickError):  # list what is done if the disk allows; the first error is reported
+            n_listed = _write_list(job.out_dir, args.out_name, mics, rel, job.version)
+            say(f"{job.out_dir / LIST_NAME}: lists {n_listed} micrograph(s)")
+        raise
     finally:
         if prefetch is not None:
             prefetch.close()
-        n_listed = _write_list(job.out_dir, args.out_name, mics, rel, job.version)
-        say(f"{job.out_dir / LIST_NAME}: lists {n_listed} micrograph(s)")
+    n_listed = _write_list(job.out_dir, args.out_name, mics, rel, job.version)
+    say(f"{job.out_dir / LIST_NAME}: lists {n_listed} micrograph(s)")
     if counts:
         seconds = (time.perf_counter() - started) / len(counts)
         say(f"picked {len(counts)} micrograph(s): {sum(counts)} picks, {sum(counts) / len(counts):.1f} per micrograph "

@@ -14,8 +14,8 @@ from ..config import DEFAULT_THRESHOLD, DEFAULT_VIEWS, METHODS, SCORE_PRECISIONS
 from ..errors import InputError
 from ..evaluate import default_match_radius, evaluate
 from ..executors import LocalExecutor
-from ..io import Protected, atomic_path, check_output, check_output_dir, expand_inputs
-from ..outputs import PerMicrographFiles, nothing_new, pick_to_dir, unfinished
+from ..io import Protected, check_output, check_output_dir, expand_inputs
+from ..outputs import RECORDS, PerMicrographFiles, nothing_new, pick_to_dir, unfinished
 from ..pipeline import check_model, micrograph_items
 from ..prefetch import start_prefetch
 from ..zerolabel import BOOTSTRAP_MODEL, BootstrapConfig
@@ -109,7 +109,9 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @click.option("--device", type=DEVICE, default="auto", show_default=True,
               help="Where the network runs (cuda:N picks a GPU).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Reader threads ahead of the scorer.")
-@click.option("--overwrite", is_flag=True, help="Redo every micrograph, even with other settings than before.")
+@click.option("--overwrite", is_flag=True,
+              help="Redo the micrographs given, even with other settings than before; OUTDIR's other micrographs "
+                   "are kept (refused if they were picked with other settings).")
 @click.option("--max-picks", type=int, default=None, help="Keep at most this many picks per micrograph.")
 @click.option("--top-n", type=int, default=None, hidden=True, help="Alias of --max-picks.")
 @click.option("--border", type=float, default=None,
@@ -170,9 +172,13 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
                 "stride": "dense" if dense else "native", "views": int(views) if views else None,
                 "workers": workers, "diameter": diameter, "diameter_px": diameter_px, "dark_particles": not light,
                 "exclude_carbon": exclude_carbon, "seed": seed, "bootstrap": bootstrap}
-    if top_n is not None and max_picks is None:
+    alias = top_n is not None and max_picks is None
+    if alias:
         settings["max_picks"] = top_n
-    config = usage(PickConfig.from_settings, settings)
+    try:
+        config = PickConfig.from_settings(settings)
+    except InputError as err:  # the alias is named as the user gave it
+        raise BadOption(str(err).replace("--max-picks", "--top-n") if alias else str(err)) from None
     if score_maps:
         config = dataclasses.replace(config, score_map_dir=str(out / "score_maps"))
     if server and cluster:
@@ -303,6 +309,23 @@ def _write_cs(picks, target: Path, exposures: str) -> None:
     write_picks(picks, target, fmt="cs", micrographs=read_micrographs(exposures))
 
 
+def _earlier_entries(out: Path, now: set[str]):
+    """The entries of an existing OUTDIR/coordinates.star for micrographs this run did not name (kept by a run
+    on some of them), while their records and files are there."""
+    import pandas as pd
+    import starfile
+
+    columns = ["micrograph_path", "coordinates_path"]
+    try:
+        old = starfile.read(out / "coordinates.star", always_dict=True)
+        table = next(iter(old.values()))
+        rows = [(m, c) for m, c in zip(table["rlnMicrographName"], table["rlnMicrographCoordinates"])
+                if c not in now and (out / RECORDS / f"{Path(c).stem}.csv").exists()]
+    except Exception:  # noqa: BLE001 - no list yet, or not one of ours: nothing to keep
+        rows = []
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _write_star_list(result, out: Path) -> None:
     """OUTDIR/coordinates.star: RELION's list of micrographs and their coordinate files."""
     import pandas as pd
@@ -312,8 +335,8 @@ def _write_star_list(result, out: Path) -> None:
     done = set(result.micrographs)  # their records and coordinate files exist: no stat of each
     items = [i for i in result.items if i.micrograph in done]
     entries = pd.DataFrame({
-        "micrograph_path": [i.path for i in items],
+        "micrograph_path": [str(i.path) for i in items],
         "coordinates_path": [str(out / COORD_DIR / f"{i.micrograph}.star") for i in items],
     })
-    with atomic_path(out / "coordinates.star") as tmp:
-        write_coordinate_list(entries, tmp)
+    earlier = _earlier_entries(out, set(entries["coordinates_path"]))  # read only when a list is already there
+    write_coordinate_list(pd.concat([entries, earlier], ignore_index=True), out / "coordinates.star")  # atomic

@@ -23,6 +23,9 @@ def _usage(fn, *args, **kwargs):
         raise error from None
 
 
+CONNECTIONS = 1000  # open connections at most; past it uvicorn answers 503 at once (each costs a little memory)
+
+
 def default_state_dir() -> Path:
     """$XDG_STATE_HOME/pupick/serve (or ~/.local/state/pupick/serve)."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -74,10 +77,18 @@ def _executor(spec: str | None, workers: int | None):
 @click.option("--cluster", default=None,
               help="Pick on a Dask cluster: local:N, tcp://HOST:PORT, tls://... or jobqueue:CONFIG.yaml.")
 @click.option("--cluster-workers", type=int, default=None, help="Workers to start for --cluster local:/jobqueue:.")
+@click.option("--forwarded-allow-ips", default=None,
+              help="Proxies (comma list of IPs, or *) whose X-Forwarded-For/-Proto headers are believed; without it "
+                   "such headers are ignored and the client is the connection's address.")
+@click.option("--no-workers", is_flag=True,
+              help="Queue jobs but run none (a scratch server for testing clients; /ready says not ready).")
+@click.option("--disk-retry", type=float, default=10.0, show_default=True,
+              help="Seconds between checks for free space while --state is full (work resumes by itself).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def command(host, port, data_roots, models_dir, state_dir, token_file, device, max_queue, retention, model_cache,
-            max_upload_mb, max_model_mb, ssl_certfile, ssl_keyfile, cluster, cluster_workers, log_level):
+            max_upload_mb, max_model_mb, ssl_certfile, ssl_keyfile, cluster, cluster_workers, forwarded_allow_ips,
+            no_workers, disk_retry, log_level):
     """Serve picking and training over HTTP (jobs on files under --data-root, models warm on the device)."""
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise click.UsageError("TLS needs both --ssl-certfile and --ssl-keyfile")
@@ -94,7 +105,11 @@ def command(host, port, data_roots, models_dir, state_dir, token_file, device, m
     cfg = _usage(ServeConfig, state_dir=Path(state_dir) if state_dir else default_state_dir(), host=host,
                  port=port, data_roots=tuple(data_roots), models_dir=Path(models_dir) if models_dir else None,
                  token=token, devices=devices, max_queue=max_queue, retention_hours=retention,
-                 model_cache=model_cache, max_upload_mb=max_upload_mb, max_model_mb=max_model_mb)
+                 model_cache=model_cache, max_upload_mb=max_upload_mb, max_model_mb=max_model_mb,
+                 start_workers=not no_workers, disk_retry_s=disk_retry)
+    from ..service.statelock import StateLock
+
+    cfg.lock = _usage(StateLock, cfg.state_dir)  # before anything under --state is touched
     executor = cfg.executor = _usage(_executor, cluster, cluster_workers)  # last: a cluster starts workers
     app = run_core(create_app, cfg)
     scheme = "https" if ssl_certfile else "http"
@@ -105,8 +120,11 @@ def command(host, port, data_roots, models_dir, state_dir, token_file, device, m
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning" if log_level == "info" else log_level,
                     access_log=False, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                    timeout_graceful_shutdown=10)
+                    timeout_graceful_shutdown=10, proxy_headers=bool(forwarded_allow_ips),
+                    forwarded_allow_ips=forwarded_allow_ips or "", limit_concurrency=CONNECTIONS)
     finally:
         close = getattr(executor, "close", None)
         if callable(close):
             close()
+    if app.state.service.exit_code:
+        sys.exit(app.state.service.exit_code)

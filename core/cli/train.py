@@ -8,7 +8,7 @@ import click
 from ..client import Client, train_via_server
 from ..config import ARCHITECTURES, LR_SCHEDULES, TILE_SAMPLINGS, WEIGHT_INITS, PreprocessConfig, TrainConfig
 from ..errors import InputError
-from ..io import check_output, expand_inputs
+from ..io import check_output, expand_inputs, os_reason
 from ._common import DEVICE, BadOption, UserError, read_pick_table, run_core, size_options, usage
 
 OBJECTIVES = ["ge-binomial", "ge-kl", "nnpu", "pn"]  # core.objectives.OBJECTIVES
@@ -124,8 +124,8 @@ def command(micrographs, labels, output, expected_particles, scale, diameter, di
     table = run_core(read_labels, labels)
     result = run_core(train, paths, table, config, progress=not quiet, log=click.echo)
     try:
-        result.save(output)
+        run_core(result.save, output)
     except OSError as err:
-        raise UserError(f"{output}: cannot write the model ({err.strerror or err})") from None
+        raise UserError(f"{output}: cannot write the model ({os_reason(err)})") from None
     best = "" if result.best_ap != result.best_ap else f", validation AP {result.best_ap:.3f} (epoch {result.best_epoch})"
     click.echo(f"model -> {output} (π = {result.pi:.4g}{best}); history -> {output.with_suffix('.train.tsv')}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..io import expand_inputs
-from ._common import run_core
+from ._common import run_core, usage
 
 
 def _micrograph_paths(specs: tuple[str, ...]) -> list[Path] | None:
@@ -45,7 +45,7 @@ def command(outdir, labels, micrographs, diameter_px, port, no_browser):
     mics = run_core(_micrograph_paths, micrographs)
     state = run_core(ViewState, Path(outdir), labels=labels, micrographs=mics, diameter_px=diameter_px)
     try:
-        server = bind(state, port)
+        server = usage(bind, state, port)  # a bad OUTDIR/labels.csv row: one line, exit 2
     except OSError as err:
         raise click.UsageError(f"cannot listen on 127.0.0.1:{port} ({err.strerror or err})") from None
     click.echo(server.url)

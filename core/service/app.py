@@ -4,6 +4,7 @@ Every error a client can cause is a 4xx with `{"error": "<one sentence>"}`; noth
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -28,19 +29,26 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import InputError, ModelFileError, PupickError
+from ..errors import (InputError, InvalidModel, ModelFileError, ModelTooLarge, NotRegularFile,
+                      PupickError)
+from ..confine import open_confined, read_roots, set_read_roots
+from ..names import check_micrograph_name
 from ..picking import pick
 from ..tables import duplicate_stems, stem
 from . import settings as settings_map
-from .jobs import FINISHED, JobStore, QueueFull, TooLarge
+from .jobs import FINISHED, JobStore, KeyReused, QueueFull, TooLarge
 from .metrics import Metrics
 from .models import ModelConflict, ModelRegistry, UnknownModel, check_name
 from .security import DataRoots, Forbidden, bearer_ok, check_bind
+from .statelock import StateLock
 from .view import ViewState, make_router
-from .worker import EXACT_DIR, Workers, read_exact
+from .worker import EXACT_DIR, Workers, disk_full, read_exact
 
 log = logging.getLogger("pupick.serve")
 MB = 1 << 20
+DISK_RETRY_S = 10.0
+MAX_UPLOADS = 8  # POST /v1/pick/upload bodies received at once (each may spool up to --max-upload-mb to --state)
+BODY_IDLE_S = 30.0  # a request body that sends nothing for this long gets 408 (slow-body clients hold nothing)
 PUBLIC_PATHS = ("/health",)
 
 
@@ -63,16 +71,21 @@ class ServeConfig:
     max_json_mb: float = 16.0
     executor: Any = None  # an engine executor (e.g. the cluster's); None: local
     start_workers: bool = True
+    disk_retry_s: float = DISK_RETRY_S  # while --state is full, how often the paused workers look again
+    lock: Any = None  # the StateLock the front end took (None: create_app takes it)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_bind(self.host, self.token)
-        if not 1 <= self.max_queue:
-            raise InputError(f"--max-queue must be >= 1 (got {self.max_queue})")
-        if not self.retention_hours > 0:
-            raise InputError(f"--retention must be > 0 hours (got {self.retention_hours})")
-        if self.model_cache < 1:
-            raise InputError(f"--model-cache must be >= 1 (got {self.model_cache})")
+        for option, value in (("--max-queue", self.max_queue), ("--model-cache", self.model_cache)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{option} must be a whole number >= 1 (got {value})")
+        for option, value in (("--retention", self.retention_hours), ("--max-upload-mb", self.max_upload_mb),
+                              ("--max-model-mb", self.max_model_mb), ("--max-json-mb", self.max_json_mb),
+                              ("--disk-retry", self.disk_retry_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value)
+                                                                                     and value > 0):
+                raise InputError(f"{option} must be a finite number > 0 (got {value})")
         for root in self.data_roots:
             if not Path(root).is_dir():
                 raise InputError(f"{root}: --data-root is not a directory")
@@ -116,12 +129,47 @@ class TrainRequest(BaseModel):
     name: Optional[str] = None
 
 
+class HealthBody(BaseModel):
+    """GET /health: ok or failing, nothing more (it needs no token)."""
+
+    status: str
+
+
+class ErrorBody(BaseModel):
+    """Every error: one sentence."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: str
+
+
+ERROR_RESPONSES: dict = {code: {"model": ErrorBody, "description": why} for code, why in (
+    (400, "bad input (a file that cannot be read, a malformed body)"),
+    (401, "missing or wrong token"),
+    (403, "a path outside the data roots"),
+    (404, "no such model, job or endpoint"),
+    (405, "method not allowed"),
+    (408, "the request body stalled"),
+    (409, "the job or model is not in a state that allows this"),
+    (413, "a body or job over its limit"),
+    (422, "bad settings or request fields"),
+    (429, "the queue (or the upload slots) is full; see Retry-After"),
+    (503, "not ready: no worker runs"),
+    (507, "the server's state directory is full"))}
+
+
 class SettingsError(PupickError):
     """Bad request settings (HTTP 422)."""
 
 
 class BodyTooLarge(PupickError):
     """A request body over its limit (HTTP 413)."""
+
+
+class StateFull(PupickError):
+    """--state has no space, or cannot be written (HTTP 507)."""
+
+
+STATE_FULL = "the server's state directory is full; new jobs are refused until its administrator frees space"
 
 
 class NotFound(PupickError):
@@ -132,7 +180,8 @@ class Conflict(PupickError):
     """The job is not in a state that allows this (HTTP 409)."""
 
 
-STATUS = [(Forbidden, 403), (UnknownModel, 404), (NotFound, 404), (ModelConflict, 409), (Conflict, 409),
+STATUS = [(StateFull, 507), (Forbidden, 403), (NotRegularFile, 422), (ModelTooLarge, 413), (InvalidModel, 422),
+          (UnknownModel, 404), (NotFound, 404), (ModelConflict, 409), (Conflict, 409),
           (SettingsError, 422), (BodyTooLarge, 413), (TooLarge, 413), (ModelFileError, 400), (InputError, 400),
           (PupickError, 400)]
 
@@ -154,8 +203,14 @@ class Guard:
         path = scope.get("path", "")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
+        started = refused = False
+
         async def counted_send(message):
+            nonlocal started
+            if refused and started:
+                return  # the 413 went out already; what the app says after it is dropped
             if message["type"] == "http.response.start":
+                started = True
                 self.metrics.requests.labels(f"{message['status'] // 100}xx").inc()
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(b"referrer-policy", b"no-referrer"),
@@ -179,16 +234,46 @@ class Guard:
                     scope, receive, counted_send)
         seen = 0
 
+        body_done = False
+
         async def limited_receive():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, refused, body_done
+            if refused:
+                return {"type": "http.disconnect"}
+            if body_done:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), BODY_IDLE_S)
+                except asyncio.TimeoutError:  # a slow body holds nothing: answer 408 and stop reading
+                    if not started:
+                        await _error(408, f"the request body stalled for {BODY_IDLE_S:g} s")(scope, receive,
+                                                                                              counted_send)
+                    refused = True
+                    return {"type": "http.disconnect"}
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge(f"request body is over this endpoint's limit of {limit} bytes")
+                if seen > limit:  # a chunked body has no Content-Length to refuse up front: answer 413 here
+                    if not started:
+                        await _error(413, f"request body is over this endpoint's limit of {limit} bytes")(
+                            scope, receive, counted_send)
+                    refused = True
+                    return {"type": "http.disconnect"}  # the app stops reading and its answer is dropped
             return message
 
-        return await self.app(scope, limited_receive, counted_send)
+        try:
+            return await self.app(scope, limited_receive, counted_send)
+        except Exception as err:  # the app's handlers answered already (and logged); else answer here, once
+            if started:
+                return
+            if disk_full(err):
+                return await _error(507, STATE_FULL)(scope, receive, counted_send)
+            if isinstance(err, BodyTooLarge):
+                return await _error(413, str(err))(scope, receive, counted_send)
+            log.error("internal error on %s:\n%s", path, traceback.format_exc())
+            return await _error(500, f"internal error ({type(err).__name__}); the server log has the details")(
+                scope, receive, counted_send)
 
     def _authorised(self, scope, headers: dict) -> bool:
         if bearer_ok(headers.get("authorization"), self.token):
@@ -207,12 +292,20 @@ class Service:
 
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
+        self.lock = cfg.lock or StateLock(cfg.state_dir)  # first: a second server on this --state touches nothing
+        self.exit_code = 0
+        self.uploads_in_flight = 0
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.ready_pool = ThreadPoolExecutor(1, thread_name_prefix="pupick-ready")  # /ready never waits for the
+        # request threads, which slow requests may all hold
         self.roots = DataRoots(cfg.data_roots)
         self.store = JobStore(cfg.state_dir, cfg.max_queue)
         self.registry = ModelRegistry(cfg.state_dir, cfg.models_dir, cfg.model_cache, log=log.warning)
         self.metrics = Metrics(self.store.counts, self.store.waiting, self.registry.loaded_count)
         self.workers = Workers(list(cfg.devices), self.store, self.registry, self.metrics, cfg.executor,
-                               cache_dir=cfg.state_dir / "cache")
+                               cache_dir=cfg.state_dir / "cache", roots=tuple(self.roots.roots),
+                               disk_retry_s=cfg.disk_retry_s, on_fatal=self.fatal)
         self.uploads = cfg.state_dir / "uploads"
         self._janitor_stop = threading.Event()
 
@@ -220,27 +313,103 @@ class Service:
         recovered = self.store.recover()
         if recovered:
             log.info(json.dumps({"event": "recovered", "jobs": recovered}))
+        self._recheck_queued()
         shutil.rmtree(self.uploads, ignore_errors=True)
         self.uploads.mkdir(parents=True, exist_ok=True)
-        if self.cfg.start_workers:
-            self.workers.start()
+        # every read of this process (training, the pages' images, an upload) is confined where it opens the file
+        self._outer_roots = read_roots()
+        set_read_roots([*self.roots.roots, self.uploads])
+        self.workers.start(workers=self.cfg.start_workers)  # the supervisor runs either way: it lifts a disk pause
         threading.Thread(target=self._janitor, name="pupick-janitor", daemon=True).start()
 
     def stop(self) -> None:
         self._janitor_stop.set()
         self.workers.stop()
+        self.ready_pool.shutdown(wait=False)
+        set_read_roots(getattr(self, "_outer_roots", ()))
+
+    def fatal(self, reason: str) -> None:
+        """A worker cannot be restarted (its job is back in the queue): exit 1 at once, for the service manager.
+
+        No graceful shutdown: it may need threads that cannot be had. Jobs other workers were running are re-queued
+        at the next start, as after kill -9."""
+        log.critical(json.dumps({"event": "fatal", "reason": reason}))
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        self.exit_code = 1
+        os._exit(1)
+
+    def healthy(self) -> bool:
+        """ok: a worker runs (when workers were asked for) and the state takes writes."""
+        if not self.cfg.start_workers:
+            return self.workers.db_ok and not self.workers.paused.is_set()
+        return self.workers.healthy()
+
+    @asynccontextmanager
+    async def upload_slot(self):
+        """One of MAX_UPLOADS bodies spooled to --state at once (429 past it); taken and freed on the event loop."""
+        if self.uploads_in_flight >= MAX_UPLOADS:
+            raise QueueFull(f"{MAX_UPLOADS} uploads are in flight, the most this server takes at once; retry later")
+        self.uploads_in_flight += 1
+        try:
+            yield
+        finally:
+            self.uploads_in_flight -= 1
+
+    def check_room(self) -> None:
+        """Refuse new work while --state is full (507)."""
+        if self.workers.paused.is_set():
+            raise StateFull(STATE_FULL)
+
+    def _recheck_queued(self) -> None:
+        """Queued jobs (re-queued ones too) whose micrographs this server's data roots no longer hold fail now."""
+        for job in self.store.list("queued", limit=1 << 30):
+            for _, path, _ in self.store.micrographs(job.id):
+                try:
+                    self.roots.confine(path)
+                except PupickError as err:
+                    reason = (f"{' '.join(str(err).split())} (the server restarted with another --data-root; "
+                              "the job was not run)")
+                    self.store.finish(job.id, "failed", reason)
+                    log.info(json.dumps({"event": "job", "job": job.id, "state": "failed", "error": reason}))
+                    break
 
     def _janitor(self) -> None:
-        while not self._janitor_stop.wait(min(60.0, self.cfg.retention_hours * 3600 / 4)):
-            removed = self.store.purge(self.cfg.retention_hours * 3600)
-            if removed:
-                log.info(json.dumps({"event": "purged", "jobs": removed}))
+        """Every so often: finished jobs, models no job loaded, and training cache files past --retention go."""
+        keep = self.cfg.retention_hours * 3600
+        while not self._janitor_stop.wait(min(60.0, keep / 4)):
+            try:
+                removed = self.store.purge(keep)
+                models = self.registry.purge_unused(keep, self.store.models_in_use())
+                cache = [] if self.store.training() else _purge_files(self.cfg.state_dir / "cache", keep)
+            except Exception as err:  # a failed sweep is retried on the next one; the server goes on
+                log.error(json.dumps({"event": "purge-failed", "error": " ".join(str(err).split())}))
+                continue
+            if removed or models or cache:
+                log.info(json.dumps({"event": "purged", "jobs": removed, "models": models, "cache_files": len(cache)}))
 
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained enough to take a job (1-60)."""
         rate = self.metrics.rate()
         waiting = self.store.waiting()
         return int(min(60, max(1, math.ceil(waiting / rate / 4) if rate > 0 else 5)))
+
+
+def _purge_files(folder: Path, older_than_s: float) -> list[Path]:
+    """Remove the files under `folder` last modified more than `older_than_s` ago (and the folders left empty)."""
+    cutoff = time.time() - older_than_s
+    removed = []
+    for path in sorted(folder.rglob("*"), reverse=True) if folder.is_dir() else []:
+        try:
+            if path.is_symlink() or path.is_file():
+                if path.lstat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        except OSError:
+            pass
+    return removed
 
 
 def create_app(cfg: ServeConfig) -> FastAPI:
@@ -256,7 +425,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             await run_in_threadpool(svc.stop)
 
     app = FastAPI(title="pupick serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Particle picking as a service: pick and train jobs on micrographs under the "
+                  responses=ERROR_RESPONSES, description="Particle picking as a service: pick and train jobs on micrographs under the "
                               "server's data roots. Every error is `{\"error\": sentence}`.")
     app.state.service = svc
     _errors(app, svc)
@@ -277,10 +446,17 @@ def _errors(app: FastAPI, svc: Service) -> None:
 
     @app.exception_handler(PupickError)
     async def pupick_error(request: Request, err: PupickError):
+        if disk_full(err):
+            svc.workers.pause(err)
+            return _error(507, STATE_FULL)
         status = next(code for cls, code in STATUS if isinstance(err, cls))
         if isinstance(err, TooLarge):
             svc.metrics.rejected.labels("too_large").inc()
         return _error(status, str(err))
+
+    @app.exception_handler(KeyReused)
+    async def key_reused(request: Request, err: KeyReused):
+        return _error(422, str(err))
 
     @app.exception_handler(TooLarge)
     async def too_large(request: Request, err: TooLarge):
@@ -315,6 +491,9 @@ def _errors(app: FastAPI, svc: Service) -> None:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, err: Exception):
+        if disk_full(err):
+            svc.workers.pause(err)
+            return _error(507, STATE_FULL)
         log.error("internal error on %s %s:\n%s", request.method, request.url.path, traceback.format_exc())
         return _error(500, f"internal error ({type(err).__name__}); the server log has the details")
 
@@ -353,8 +532,17 @@ def _mount_ui(app: FastAPI, svc: Service) -> None:
     app.mount("/ui/jobs", JobPages(svc, ViewState, make_router))
 
 
+READ_ONLY = ("the pages under pupick serve only show a job: train with POST /v1/train and pick with POST /v1/pick, "
+             "which queue like any job")
+
+
 class JobPages:
-    """ASGI app: /ui/jobs/<id>/... -> the pages' router for STATE/jobs/<id> (built once per job, kept in a small LRU)."""
+    """ASGI app: /ui/jobs/<id>/... -> the pages' router for STATE/jobs/<id> (built once per job, kept in a small LRU).
+
+    Read-only but for labels: training, picking and exports from the pages would bypass the queue, its bounds, the
+    audit log and the metrics, so only GET and HEAD pass, and PUT of a micrograph's labels (bounded by
+    view_labels: numbers inside the micrograph, 10,000 per micrograph, 1 MiB per request), which claims no worker. The page and its assets are the same static files for any
+    id; the job is looked up only under api/, which the Guard has already checked the token for."""
 
     def __init__(self, svc: Service, view_state, make_router, keep: int = 8) -> None:
         from collections import OrderedDict
@@ -377,6 +565,19 @@ class JobPages:
         state = self.view_state(self.svc.store.job_dir(job_id), micrographs=paths)
         sub = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
         sub.include_router(self.make_router(state))
+
+        @sub.exception_handler(RequestValidationError)
+        async def invalid(request: Request, err: RequestValidationError):
+            first = err.errors()[0] if err.errors() else {}
+            where = ".".join(str(x) for x in first.get("loc", ()))
+            return _error(422, f"{where or 'request'}: {first.get('msg', 'invalid request')}")
+
+        @sub.exception_handler(StarletteHTTPException)
+        async def http_error(request: Request, err: StarletteHTTPException):
+            if err.status_code == 404:
+                return _error(404, f"no such page endpoint: {request.method} {request.url.path}")
+            return _error(err.status_code, str(err.detail))
+
         with self.lock:
             self.apps[job_id] = sub
             while len(self.apps) > self.keep:
@@ -386,7 +587,13 @@ class JobPages:
     async def __call__(self, scope, receive, send):
         root = scope.get("root_path", "")
         rest = scope["path"][len(root):] if scope["path"].startswith(root) else scope["path"]
-        job_id, _, _ = rest.lstrip("/").partition("/")
+        job_id, _, tail = rest.lstrip("/").partition("/")
+        if scope["method"] not in ("GET", "HEAD") and not (scope["method"] == "PUT" and tail.startswith("api/labels/")):
+            return await _error(405, READ_ONLY, {"Allow": "GET, HEAD"})(scope, receive, send)
+        if not re.fullmatch(r"[0-9a-f]{1,64}", job_id):  # ids are hex; nothing else reaches the page's HTML
+            return await _error(404, f"no pick job {job_id!r} to show")(scope, receive, send)
+        if not tail.startswith("api/"):
+            return await self._static(scope, tail)(scope, receive, send)
         try:
             sub = await run_in_threadpool(self._app, job_id)
         except PupickError as err:
@@ -397,6 +604,23 @@ class JobPages:
         await sub(child, receive, send)
 
 
+    @staticmethod
+    def _static(scope, tail: str) -> Response:
+        """The pages' HTML (tail '') or one asset (static/NAME): the same for every job id."""
+        from .view import STATIC_TYPES, UI_DIR
+
+        if tail == "":
+            path = scope["path"] if scope["path"].endswith("/") else scope["path"] + "/"
+            html = (UI_DIR / "index.html").read_text().replace("__BASE__", path)
+            return Response(html, media_type="text/html", headers={"Cache-Control": "no-store"})
+        name = tail[len("static/"):] if tail.startswith("static/") else ""
+        target = UI_DIR / name
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name) or target.suffix not in STATIC_TYPES \
+                or not target.is_file():
+            return _error(404, f"no page asset {tail!r}")
+        return FileResponse(target, media_type=STATIC_TYPES[target.suffix], headers={"Cache-Control": "no-cache"})
+
+
 UI_PUBLIC = re.compile(r"^/ui/jobs/[0-9a-f]{1,64}/(static/[A-Za-z0-9._-]+)?$")  # the pages' HTML and assets: no data
 
 
@@ -404,12 +628,18 @@ def _client(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def _key(request: Request) -> str | None:
-    """The client's Idempotency-Key (a retried submission returns the job the first one made)."""
+def _key(request: Request, body: BaseModel) -> dict:
+    """The client's Idempotency-Key bound to this endpoint and a hash of the body (a retried submission returns the
+    job the first one made; the same key with another body is refused)."""
+    import hashlib
+
     key = request.headers.get("idempotency-key")
-    if key is not None and not (0 < len(key) <= 128 and key.isprintable()):
+    if key is None:
+        return {"key": None}
+    if not (0 < len(key) <= 128 and key.isprintable()):
         raise InputError("Idempotency-Key must be 1-128 printable characters")
-    return key
+    digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    return {"key": f"{request.url.path} {key}", "body_sha256": digest}
 
 
 def _settings_or_422(fn, *args, **kwargs):
@@ -428,21 +658,33 @@ def _pick_config_or_422(settings: dict | None, devices: tuple[str, ...]):
 def _pick_items(given: list, roots: DataRoots) -> list[tuple[str, str, float | None]]:
     """(name, path, pixel size) per micrograph: strings expand like the CLI's inputs, objects name one file each."""
     out: list[tuple[str, str, float | None]] = []
-    for entry in given:
+    for i, entry in enumerate(given):
         if isinstance(entry, str):
             out.extend((stem(p), str(p), None) for p in roots.expand([entry]))
             continue
-        path = roots.confine(entry.path)
-        if not path.is_file():
-            raise InputError(f"{entry.path}: no such file")
+        if entry.micrograph is not None:
+            _name_or_422(entry.micrograph, f"micrographs[{i}].micrograph")
+        path = roots.regular_file(entry.path)
         out.append((entry.micrograph or stem(path), str(path), entry.pixel_size))
+    for name, path, _ in out:
+        _name_or_422(name, f"micrograph name of {path}")
     dupes = duplicate_stems([name for name, _, _ in out])
     if dupes:
         raise InputError(f"two micrographs share the name {dupes[0]!r}; their picks could not be told apart")
     return out
 
 
+def _name_or_422(name: Any, where: str) -> str:
+    """A client's micrograph name checked before it names any file (422 naming the field otherwise)."""
+    try:
+        return check_micrograph_name(name, where)
+    except InputError as err:
+        raise SettingsError(str(err)) from None
+
+
 def _unique_stems(paths: list[Path]) -> None:
+    for p in paths:
+        _name_or_422(stem(p), f"micrograph name of {p}")
     dupes = duplicate_stems([stem(p) for p in paths])
     if dupes:
         raise InputError(f"two micrographs share the name {dupes[0]!r}; their picks could not be told apart")
@@ -451,14 +693,22 @@ def _unique_stems(paths: list[Path]) -> None:
 def _routes(app: FastAPI, svc: Service) -> None:
     store, registry, roots = svc.store, svc.registry, svc.roots
 
-    @app.get("/health", tags=["status"])
-    def health() -> dict:
-        """Liveness: the process answers (no token needed)."""
-        return {"status": "ok"}
+    @app.get("/health", tags=["status"], responses={503: {"model": HealthBody, "description": "failing"}},
+             response_model=HealthBody)
+    async def health() -> HealthBody:
+        """ok, or 503 failing: no worker runs, or the state (directory or database) takes no writes. No token."""
+        if svc.healthy():
+            return HealthBody(status="ok")
+        return JSONResponse({"status": "failing"}, status_code=503)
 
     @app.get("/ready", tags=["status"])
-    def ready():
+    async def ready():
         """Readiness: the workers run, the device computes, and a model loads."""
+        return await asyncio.get_running_loop().run_in_executor(svc.ready_pool, ready_check)
+
+    def ready_check():
+        if not svc.cfg.start_workers:
+            return _error(503, "this server runs no workers (--no-workers)")
         if cfg_workers_missing(svc):
             return _error(503, "the device worker is not running")
         try:
@@ -493,7 +743,8 @@ def _routes(app: FastAPI, svc: Service) -> None:
         """One registered model."""
         return registry.get(name).public()
 
-    @app.get("/v1/models/{name}/file", tags=["models"])
+    @app.get("/v1/models/{name}/file", tags=["models"], response_class=FileResponse,
+             responses={200: {"content": {"application/octet-stream": {}}, "description": "the model file"}})
     def download_model(name: str):
         """The model file (state_dict + config)."""
         entry = registry.get(name)
@@ -510,6 +761,11 @@ def _routes(app: FastAPI, svc: Service) -> None:
     async def upload_model(request: Request, name: str = Query(..., description="name to register it under")):
         """Upload a model file (the raw bytes as the body); loaded with weights_only=True and checked first."""
         check_name(name)
+        svc.check_room()
+        async with svc.upload_slot():
+            return await _upload_model(request, name)
+
+    async def _upload_model(request: Request, name: str):
         tmp = await _spool(request, registry.own_dir, int(svc.cfg.max_model_mb * MB))
         try:
             entry, created = await run_in_threadpool(registry.add_upload, name, tmp)
@@ -523,6 +779,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/pick", tags=["jobs"], status_code=202)
     def submit_pick(body: PickRequest, request: Request) -> JSONResponse:
         """Queue a pick job; returns 202 {"job": ID} at once."""
+        svc.check_room()
         config = _pick_config_or_422(body.settings, tuple(svc.workers.devices))
         model, sha = None, None
         if config.method == "cnn":
@@ -534,7 +791,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
             raise SettingsError("the blob picker takes no model (drop 'model' or use settings.method 'cnn')")
         mics = _pick_items(body.micrographs, roots)
         job_id = store.submit("pick", {"model": model, "model_sha256": sha, "settings": body.settings or {}},
-                              mics, client=_client(request), key=_key(request))
+                              mics, client=_client(request), **_key(request, body))
         log.info(json.dumps({"event": "submitted", "job": job_id, "kind": "pick", "micrographs": len(mics),
                              "model": model, "client": _client(request)}))
         return JSONResponse({"job": job_id, "total": len(mics)}, status_code=202,
@@ -543,6 +800,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/train", tags=["jobs"], status_code=202)
     def submit_train(body: TrainRequest, request: Request) -> JSONResponse:
         """Queue a training job; when done its result is a newly registered model (job field 'model')."""
+        svc.check_room()
         _settings_or_422(settings_map.train_config, body.settings)
         if body.name is not None:
             check_name(body.name)
@@ -556,13 +814,13 @@ def _routes(app: FastAPI, svc: Service) -> None:
             raise SettingsError("give the labels as exactly one of 'labels_csv' (CSV text) or 'labels_path'")
         paths = roots.expand(body.micrographs)
         _unique_stems(paths)
-        labels = _labels(body, roots)
+        labels = _labels(body, roots, svc.uploads, int(svc.cfg.max_json_mb * MB))
         names = {stem(p) for p in paths}
         if not set(labels["micrograph"].astype(str)) & names:
             raise InputError("the labels name none of the given micrographs")
         csv = labels[["micrograph", "x", "y"]].to_csv(index=False)
         job_id = store.submit("train", {"name": body.name, "settings": body.settings or {}, "labels_csv": csv},
-                              [(stem(p), str(p)) for p in paths], client=_client(request), key=_key(request))
+                              [(stem(p), str(p)) for p in paths], client=_client(request), **_key(request, body))
         log.info(json.dumps({"event": "submitted", "job": job_id, "kind": "train", "micrographs": len(paths),
                              "labels": int(len(labels)), "client": _client(request)}))
         return JSONResponse({"job": job_id, "total": len(paths)}, status_code=202,
@@ -588,7 +846,9 @@ def _routes(app: FastAPI, svc: Service) -> None:
         job = store.request_cancel(job_id)
         return JSONResponse(job.public(), status_code=202)
 
-    @app.get("/v1/jobs/{job_id}/picks", tags=["jobs"])
+    @app.get("/v1/jobs/{job_id}/picks", tags=["jobs"],
+             responses={200: {"content": {"text/csv": {}, "application/json": {}, "text/plain": {}},
+                              "description": "the picks as csv, json or star"}})
     def job_picks(job_id: str, format: str = Query("csv", pattern="^(csv|json|star)$")):
         """A finished pick job's picks: csv (exactly picks.csv), json (every float as computed) or star (one RELION
         particles table)."""
@@ -629,11 +889,17 @@ def _routes(app: FastAPI, svc: Service) -> None:
     async def pick_upload(request: Request, model: Optional[str] = None, name: str = "upload") -> dict:
         """Pick one micrograph sent as the body (MRC) and return its picks at once; settings as query parameters."""
         t0 = time.perf_counter()
+        svc.check_room()
+        if not svc.cfg.start_workers:
+            return _error(503, "this server runs no workers (--no-workers); nothing can be picked")
+        async with svc.upload_slot():
+            return await _pick_upload(request, model, name, t0)
+
+    async def _pick_upload(request: Request, model: Optional[str], name: str, t0: float) -> dict:
         query = {k: v for k, v in request.query_params.items() if k not in ("model", "name", "token")}
         settings = {k: _query_value(v) for k, v in query.items()}
         config = _pick_config_or_422(settings, tuple(svc.workers.devices))
-        if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or len(name) > 200:
-            raise SettingsError("name must be a plain file stem (no '/', not starting with '.')")
+        _name_or_422(name, "name")
         entry = None
         if config.method == "cnn":
             if not model:
@@ -651,7 +917,8 @@ def _routes(app: FastAPI, svc: Service) -> None:
                 return pick([target], loaded, settings_map.pick_config(settings, device=device), progress=False,
                             log=lambda m: None)
 
-            result = await run_in_threadpool(svc.workers.call, run)
+            # awaited on the event loop: a request waiting for the worker holds no thread of the request pool
+            result = await asyncio.wrap_future(svc.workers.submit(run))
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         if result.failures:
@@ -676,7 +943,7 @@ def _job(store: JobStore, job_id: str):
     return job
 
 
-def _labels(body: TrainRequest, roots: DataRoots):
+def _labels(body: TrainRequest, roots: DataRoots, uploads: Path, limit: int):
     import pandas as pd
 
     if body.labels_csv is not None:
@@ -699,7 +966,29 @@ def _labels(body: TrainRequest, roots: DataRoots):
         raise InputError(f"{body.labels_path}: labels file not found")
     from pupick.adapters.registry import read_picks
 
-    return read_picks(path)
+    # read from copies made through confined descriptors: a FIFO or a file swapped for a symlink is never opened
+    sources = [path] if not path.is_dir() else sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    with tempfile.TemporaryDirectory(dir=uploads) as tmp:
+        copy = Path(tmp) / path.name
+        if path.is_dir():
+            copy.mkdir()
+        budget = limit
+        for src in sources:
+            if path.is_dir() and not src.is_file():
+                continue
+            try:
+                fh = open_confined(src, roots.roots)
+            except FileNotFoundError:
+                raise InputError(f"{src}: labels file not found") from None
+            with fh, open(copy / src.name if path.is_dir() else copy, "wb") as out:
+                data = fh.read(budget + 1)
+                budget -= len(data)
+                if budget < 0:
+                    raise BodyTooLarge(f"{body.labels_path}: labels over this server's limit of {limit} bytes")
+                out.write(data)
+        df = read_picks(copy)
+    df["micrograph"] = df["micrograph"].astype(str)
+    return df
 
 
 def _query_value(v: str) -> Any:

@@ -7,6 +7,7 @@ the micrographs already done.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import sqlite3
@@ -51,11 +52,16 @@ CREATE TABLE IF NOT EXISTS micrographs (
     PRIMARY KEY (job, idx)
 );
 CREATE INDEX IF NOT EXISTS micrographs_name ON micrographs(job, name);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 0), at REAL NOT NULL);
 """
 
 
 class QueueFull(Exception):
     """More micrographs would wait than --max-queue allows (HTTP 429)."""
+
+
+class KeyReused(Exception):
+    """An Idempotency-Key sent again with another request body (HTTP 422)."""
 
 
 class TooLarge(Exception):
@@ -116,10 +122,11 @@ class JobStore:
         return _Tx(self._db, self._lock)
 
     def submit(self, kind: str, request: dict[str, Any], micrographs: list[tuple],
-               client: str | None = None, key: str | None = None) -> str:
+               client: str | None = None, key: str | None = None, body_sha256: str | None = None) -> str:
         """Queue a job of (name, path[, pixel size]) micrographs; QueueFull/TooLarge when the bound would be exceeded.
 
-        A repeated `key` (the client's Idempotency-Key) returns the job it created before instead of a second one."""
+        A repeated `key` (the client's Idempotency-Key, scoped to its endpoint) with the same `body_sha256` returns
+        the job it created before instead of a second one; with another body, KeyReused."""
         n = len(micrographs)
         if n > self.max_queue:
             raise TooLarge(f"the job holds {n} micrographs, more than this server queues at once ({self.max_queue}); "
@@ -127,9 +134,13 @@ class JobStore:
         job_id = secrets.token_hex(8)
         with self._tx() as db:
             if key is not None:
-                row = db.execute("SELECT id FROM jobs WHERE key=?", (key,)).fetchone()
+                row = db.execute("SELECT id, request FROM jobs WHERE key=?", (key,)).fetchone()
                 if row is not None:
+                    if json.loads(row["request"]).get("body_sha256") != body_sha256:
+                        raise KeyReused("this Idempotency-Key was sent before with another request body; use a new "
+                                        "key for a new request")
                     return row["id"]
+                request = {**request, "body_sha256": body_sha256}
             waiting = self._waiting(db)
             if waiting + n > self.max_queue:
                 raise QueueFull(f"the queue is full ({waiting} micrographs waiting, at most {self.max_queue}); "
@@ -179,6 +190,27 @@ class JobStore:
                         time.time() if state in FINISHED else None, job_id))
         self.notify()
 
+    def probe(self, room: int = 0) -> None:
+        """Raise (OSError, sqlite3.Error) unless the database takes a write and `room` bytes fit in --state."""
+        if room:
+            path = self.state_dir / ".probe"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                try:
+                    data = memoryview(bytes(room))
+                    while data:
+                        data = data[os.write(fd, data):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            finally:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (0, ?)", (time.time(),))
+
     def update_result(self, job_id: str, result: dict) -> None:
         """Replace a running job's result fields (training progress: epoch, loss, ap)."""
         with self._tx() as db:
@@ -225,6 +257,18 @@ class JobStore:
         return ids
 
     # ---------------------------------------------------------------- reading
+    def models_in_use(self) -> set[str]:
+        """Model names that queued or running jobs will load."""
+        with self._lock:
+            rows = self._db.execute("SELECT request FROM jobs WHERE state IN ('queued', 'running')").fetchall()
+        return {json.loads(r["request"]).get("model") for r in rows} - {None}
+
+    def training(self) -> bool:
+        """Whether a training job is queued or running (it may be using STATE/cache)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM jobs WHERE kind='train' AND state IN ('queued', 'running') "
+                                    "LIMIT 1").fetchone() is not None
+
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
 

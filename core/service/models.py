@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ def inspect_model_file(path: Path) -> dict[str, Any]:
     try:
         loaded = load_model(path, device="cpu")
     except ModelFileError as err:
-        raise ModelFileError(str(err).replace(f"{path}: ", "")) from None
+        raise type(err)(str(err).replace(f"{path}: ", "")) from None  # keeps the kind: 413 / 422 / 400
     return {"config": loaded.config, "sha256": loaded.sha256, "file_sha256": file_sha256(path)}
 
 
@@ -86,6 +87,7 @@ class ModelRegistry:
         self._lock = threading.RLock()
         self._loaded: OrderedDict[tuple[str, str], Any] = OrderedDict()  # (sha256, device) -> LoadedModel
         self._load_lock = threading.Lock()
+        self._used: dict[str, float] = {}  # name -> when a job last loaded it (or it was stored)
         self.scan()
 
     # ---------------------------------------------------------------- registration
@@ -113,6 +115,11 @@ class ModelRegistry:
                          f"{self._entries[name].path}")
                 return
             self._entries[name] = _entry(name, path, source, info)
+            try:
+                st = path.stat()
+                self._used[name] = max(st.st_atime, st.st_mtime)
+            except OSError:
+                self._used[name] = time.time()
 
     def add_upload(self, name: str, data_path: Path, source: str = "upload") -> tuple[ModelEntry, bool]:
         """Register the model file at `data_path` (moved into STATE/models) as `name`; (entry, created)."""
@@ -131,7 +138,19 @@ class ModelRegistry:
                 (target.with_suffix(".train")).write_text("trained by this server\n")
             entry = _entry(name, target, source, info)
             self._entries[name] = entry
+            self._used[name] = time.time()
         return entry, True
+
+    def purge_unused(self, older_than_s: float, keep: set[str]) -> list[str]:
+        """Delete the uploaded and trained models no job has loaded for `older_than_s` seconds (never those in
+        --models, the shipped ones, or the names in `keep`: models of jobs still queued or running)."""
+        cutoff = time.time() - older_than_s
+        with self._lock:
+            stale = [e.name for e in self._entries.values() if e.source in ("upload", "train")
+                     and e.name not in keep and self._used.get(e.name, 0.0) < cutoff]
+            for name in stale:
+                self.delete(name)
+        return stale
 
     def delete(self, name: str) -> None:
         """Remove an uploaded or trained model; files in --models and shipped models stay (409)."""
@@ -141,6 +160,7 @@ class ModelRegistry:
                 where = f" in {self.models_dir}" if entry.source == "models-dir" else ""
                 raise ModelConflict(f"model {name!r} is a {entry.source} model{where}; the server does not delete it")
             del self._entries[name]
+            self._used.pop(name, None)
             entry.path.unlink(missing_ok=True)
             entry.path.with_suffix(".train").unlink(missing_ok=True)
             if self._by_sha(entry.sha256) is None:  # no other name shares these weights: drop them from the LRU
@@ -172,6 +192,12 @@ class ModelRegistry:
         if entry is None or (sha256 is not None and entry.sha256 != sha256):
             raise UnknownModel(f"model {name!r} was deleted or replaced after the job was submitted")
         key = (entry.sha256, device)
+        now = time.time()
+        self._used[entry.name] = now
+        try:  # the last use survives a restart as the file's access time (its mtime stays the creation time)
+            os.utime(entry.path, (now, entry.path.stat().st_mtime))
+        except OSError:
+            pass
         with self._load_lock:
             model = self._loaded.get(key)
             if model is not None:

@@ -13,12 +13,8 @@ import stat
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import InputError, PupickError
+from ..errors import Forbidden, InputError, NotRegularFile  # noqa: F401 (Forbidden: callers import it from here)
 from ..tables import IMAGE_EXTENSIONS
-
-
-class Forbidden(PupickError):
-    """A path that lies outside every data root (HTTP 403)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -100,6 +96,15 @@ class DataRoots:
             raise Forbidden(f"{name}: outside the server's data roots")
         return Path(os.path.normpath(p))
 
+    def regular_file(self, name: str) -> Path:
+        """`confine(name)`, which must name a regular file (stat only: a FIFO is refused without being opened)."""
+        p = self.confine(name)
+        if p.is_file():
+            return p
+        if p.exists():
+            raise NotRegularFile(f"{name}: not a regular file (a directory, FIFO, socket or device); not read")
+        raise InputError(f"{name}: no such file")
+
     def expand(self, items: Sequence[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
         """Files, directories and globs (each confined) expanded to micrograph paths, in order, without duplicates."""
         out: list[Path] = []
@@ -125,6 +130,8 @@ class DataRoots:
                     raise InputError(f"{item}: unknown image extension {p.suffix!r} "
                                      f"(known: {', '.join(extensions)})")
                 out.append(p)
+            elif p.exists():
+                raise NotRegularFile(f"{item}: not a regular file (a FIFO, socket or device); not read")
             else:
                 raise InputError(f"{item}: no such file")
         return list(dict.fromkeys(out))

@@ -24,14 +24,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
-from ..errors import InputError, PupickError
+from ..errors import Forbidden, InputError, PupickError
 from ..evaluate import evaluate
+from ..io import read_shape
 from .view_data import LABELS, ViewState, suggest_threshold
 from .view_jobs import RoundRunner
-from .view_labels import LabelStore
+from .view_labels import MAX_BODY, BadLabels, LabelStore, TooManyLabels, parse_points
 from .view_render import Renderer
 
 __all__ = ["ViewState", "make_router"]
@@ -42,10 +46,6 @@ EXPORT_DIR = "exports"
 MAX_CURVE_POINTS = 20_000  # exact operating points up to this many distinct scores; thinned beyond
 # formats `pupick convert` writes that need nothing but the picks (cryoSPARC .cs also needs the exposures)
 EXPORT_FORMATS = ("csv", "tsv", "star", "relion", "box", "eman2", "topaz")
-
-
-class LabelsBody(BaseModel):
-    points: list[tuple[float, float]]
 
 
 class ApplyBody(BaseModel):
@@ -68,7 +68,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _answers_errors(fn: Callable) -> Callable:
-    """Bad input -> 400, unknown things -> 404, a busy runner -> 409; always one sentence of JSON."""
+    """Bad input -> 400, outside the data roots -> 403, unknown things -> 404, a busy runner -> 409; one sentence of JSON."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -76,12 +76,49 @@ def _answers_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except LookupError as err:
             return _error(404, str(err.args[0]) if err.args else "not found")
+        except Forbidden as err:  # a file outside the data roots (core.confine, where it is opened)
+            return _error(403, str(err))
+        except TooManyLabels as err:
+            return _error(413, str(err))
+        except BadLabels as err:
+            return _error(422, str(err))
         except PupickError as err:
             return _error(400, str(err))
         except RuntimeError as err:
             return _error(409, str(err))
 
     return wrapper
+
+
+class _JsonErrors(APIRoute):
+    """A route whose request-validation errors are {"error": ...} too, under any app that mounts the router."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as err:
+                first = err.errors()[0] if err.errors() else {}
+                where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+                return _error(422, f"{where or 'request'}: {first.get('msg', 'invalid')}")
+
+        return route
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (TooManyLabels) as soon as it passes `limit` bytes: never buffered whole."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise TooManyLabels(f"the request is {int(length)} bytes; at most {limit}")
+    chunks, seen = [], 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise TooManyLabels(f"the request is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _threshold_name(t: float) -> str:
@@ -93,7 +130,8 @@ def make_router(state: ViewState) -> APIRouter:
     labels = LabelStore(state.outdir / LABELS, state.labels)
     renderer = Renderer(state.cache_dir)
     runner = RoundRunner(state, labels)
-    router = APIRouter()
+    router = APIRouter(route_class=_JsonErrors)
+    shapes: dict[str, tuple[int, int]] = {}
 
     @router.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index(request: Request) -> HTMLResponse:
@@ -170,13 +208,24 @@ def make_router(state: ViewState) -> APIRouter:
     def get_labels() -> dict[str, Any]:
         return {"labels": labels.as_dict(), "file": str(labels.target), "from": labels.origin}
 
-    @router.put("/api/labels/{name}")
     @_answers_errors
-    def put_labels(name: str, body: LabelsBody) -> dict[str, Any]:
+    def save_labels(name: str, raw: bytes) -> dict[str, Any]:
         if name not in state.micrograph_paths():
             raise LookupError(f"unknown micrograph {name!r}")
-        total = labels.set(name, body.points)
-        return {"micrograph": name, "n": len(body.points), "total": total, "file": str(labels.target)}
+        if name not in shapes:
+            shapes[name] = read_shape(state.path_of(name))
+        points = parse_points(raw, shapes[name])
+        total = labels.set(name, points)
+        return {"micrograph": name, "n": len(points), "total": total, "file": str(labels.target)}
+
+    @router.put("/api/labels/{name}")
+    async def put_labels(name: str, request: Request) -> Any:
+        """Body {"points": [[x, y], ...]}: JSON numbers, 0 <= x < width, 0 <= y < height (original pixels)."""
+        try:
+            raw = await _read_body(request, MAX_BODY)
+        except TooManyLabels as err:
+            return _error(413, str(err))
+        return await run_in_threadpool(save_labels, name, raw)
 
     @router.post("/api/apply")
     @_answers_errors

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io import atomic_path, read_micrograph
+from ..confine import open_confined
+from ..io import atomic_path, mrc_from_stream, read_micrograph
 from ..tables import stem
 
 RENDER_VERSION = 2
@@ -62,19 +63,18 @@ def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
 def binned(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int], int]:
     """(picture pixels as float32, the original (ny, nx), the factor) for the longest side <= size.
 
-    An MRC is read through a memory map (no full copy); other formats through core.io."""
+    Every format is read from a descriptor opened by core.confine.open_confined (the server's data roots); an MRC
+    with mrcfile, other formats through core.io."""
     if path.suffix.lower() not in (".mrc", ".mrcs"):
         image = read_micrograph(path).image
         factor = factor_for(image.shape, size)
         return bin_image(image, factor), tuple(int(v) for v in image.shape), factor
     import warnings
 
-    import mrcfile
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+            with open_confined(path) as fh, mrc_from_stream(fh) as mrc:
                 data = mrc.data
                 if data is None:
                     raise ValueError("no data block; truncated or corrupt header")

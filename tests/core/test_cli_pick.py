@@ -183,7 +183,7 @@ BAD_OPTIONS = [
     (["--method", "blob", "--diameter-px", "56", "--min-distance", "-1"], "--min-distance"),
     (["--method", "blob", "--diameter-px", "56", "--threshold", "nan"], "--threshold"),
     (["--method", "blob", "--diameter-px", "56", "--max-picks", "-5"], "--max-picks"),
-    (["--method", "blob", "--diameter-px", "56", "--top-n", "-1"], "--max-picks"),
+    (["--method", "blob", "--diameter-px", "56", "--top-n", "-1"], "--top-n must be"),
     (["--method", "blob", "--diameter-px", "56", "--pixel-size", "0"], "--pixel-size"),
     (["--method", "blob", "--diameter-px", "56", "--workers", "0"], "--workers"),
     (["--method", "blob", "--diameter-px", "56", "--box-size", "0", "--format", "box"], "--box-size"),

@@ -86,3 +86,17 @@ def test_foreign_file_message_names_no_python_type(tmp_path, content):
     with pytest.raises(ModelFileError, match="not a pupick model file") as err:
         load_model(path)
     assert not PYTHON_TYPES.search(str(err.value).split(": ", 1)[1]), str(err.value)
+
+
+def test_identity_does_not_depend_on_where_the_cache_was(tmp_path, demo_micrographs, demo_labels):
+    from pupick.core.config import PreprocessConfig, TrainConfig
+    from pupick.core.train import train
+
+    for name in ("a", "b"):  # the same seed, each with its own preprocessing cache
+        config = TrainConfig(preprocess=PreprocessConfig(diameter_px=56), arch="conv31", units=4, epochs=1,
+                             steps_per_epoch=2, batch_size=2, tile_size=64, expected_particles=150, test_split=0.0,
+                             cache_dir=str(tmp_path / f"cache_{name}"), seed=3)
+        train(demo_micrographs[:2], demo_labels, config, log=lambda m: None).save(tmp_path / f"{name}.pt")
+    a, b = load_model(tmp_path / "a.pt"), load_model(tmp_path / "b.pt")
+    assert a.sha256 == b.sha256
+    assert "cache_a" not in str(a.config) and (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

@@ -40,10 +40,12 @@ def test_a_deleted_output_is_redone_on_resume(demo_micrographs, tmp_path):
 
 def test_overwrite_removes_every_earlier_output(demo_micrographs, tmp_path):
     pick_to_dir(demo_micrographs[:3], None, BLOB, tmp_path, files=_files([]))
-    pick_to_dir(demo_micrographs[:1], None, BLOB.replace(max_picks=10), tmp_path, files=_files([]), overwrite=True)
-    left = sorted(p.name for p in (tmp_path / "coordinates").iterdir())
-    assert left == [f"{demo_micrographs[0].stem}.csv"]  # no stale files made with the old settings
-    assert len(pd.read_csv(tmp_path / "picks.csv")) == 10
+    with pytest.raises(InputError, match=r"2 other micrograph\(s\).*max_picks: 30 -> 10"):  # would mix settings
+        pick_to_dir(demo_micrographs[:1], None, BLOB.replace(max_picks=10), tmp_path, files=_files([]), overwrite=True)
+    assert len(list((tmp_path / "coordinates").iterdir())) == 3  # nothing removed
+    pick_to_dir(demo_micrographs[:2], None, BLOB.replace(max_picks=10), tmp_path / "two", files=_files([]))
+    pick_to_dir(demo_micrographs[:2], None, BLOB, tmp_path / "two", files=_files([]), overwrite=True)
+    assert len(pd.read_csv(tmp_path / "two" / "picks.csv")) == 60  # every one redone with the new settings
 
 
 def test_a_run_that_finished_nothing_does_not_lock_its_settings(demo_micrographs, tmp_path):

@@ -1,7 +1,7 @@
 """The CLI starts without torch or Dask: `pupick --help` imports every command's module, and none of them loads either.
 
 The other torch-free paths are tested where they live: `pupick convert` (tests/adapters/test_convert.py), server mode
-and `pupick view` (tests/service/test_torch_free.py), the RELION job's server mode (tests/relion/test_relion_server.py).
+and `pupick view` (tests/service/test_server_mode_torch_free.py), the RELION job's server mode (tests/relion/test_relion_server.py).
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def test_server_pick_gives_the_local_particles(tmp_path, cs_project, trained_mod
 
 @pytest.mark.parametrize("how, message", [
     ("down", "cannot reach the pupick server at http://127.0.0.1:{port} (connection refused)"),
-    ("no token", "refused the token (401)"),
+    ("no token", "needs a token (401)"),
 ])
 def test_client_failures_are_one_line(tmp_path, cs_project, trained_model, server, capsys, how, message):
     port = free_port()

@@ -181,6 +181,23 @@ def test_bad_input_fails_with_the_reason_in_run_err(tmp_path, trained_model, par
     assert not (job / "RELION_OUTPUT_NODES.star").exists() and not (job / "autopick.star").exists()
 
 
+def test_a_micrograph_name_that_cannot_name_a_file_exits_2_with_one_line(tmp_path, trained_model):
+    project = _project(tmp_path, 50001, trained_model)
+    mics = project.write_micrographs(STEMS[:1])
+    hidden = mics[0].replace(STEMS[0], f".{STEMS[0]}")  # its stem `.NAME` would make hidden record files
+    shutil.copyfile(project.root / mics[0], project.root / hidden)
+    star = project.root / project.mics_star
+    star.write_text(star.read_text().replace(mics[0], hidden))
+    out = "External/job012/"
+    job = project.root / out
+    assert _run(project, out).returncode == 2
+    assert exit_files(job) == ["RELION_JOB_EXIT_FAILURE"]
+    last = (job / "run.err").read_text().strip().splitlines()[-1]
+    assert "micrograph name" in last and "starts with '.'" in last, last
+    assert "Traceback" not in (job / "run.err").read_text()
+    assert not (job / ".pupick_records").exists() or not any((job / ".pupick_records").iterdir())
+
+
 def test_unreadable_micrograph_fails_the_job_but_keeps_the_others(tmp_path, trained_model):
     project = _project(tmp_path, 50001, trained_model)
     mics = project.write_micrographs(STEMS[:3])

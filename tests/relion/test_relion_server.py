@@ -137,7 +137,7 @@ def test_server_abort_cancels_the_server_job_and_continue_finishes(root, server,
 
 @pytest.mark.parametrize("how, message", [
     ("down", "cannot reach the pupick server at http://127.0.0.1:{port} (connection refused)"),
-    ("no token", "refused the token (401)"),
+    ("no token", "needs a token (401)"),
     ("wrong token", "refused the token (401)"),
 ])
 def test_client_failures_are_one_line_in_run_err(root, server, tmp_path, trained_model, how, message):
@@ -148,6 +148,7 @@ def test_client_failures_are_one_line_in_run_err(root, server, tmp_path, trained
     if how == "wrong token":
         bad = tmp_path / "bad_token"
         bad.write_text("not-the-token\n")
+        bad.chmod(0o600)  # a token file others can read is refused before any request
         params["token_file"] = str(bad)
     out = "External/job010/"
     assert run_external(project, PICK, out, {"in_mics": project.mics_star}, params).returncode == 1

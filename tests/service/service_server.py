@@ -59,7 +59,8 @@ class Server:
         return Client(self.url, token, **kwargs)
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -90,12 +91,14 @@ def test_pick_train_pick(server, client, five, models_dir, data_root, token_file
 
 
 def test_client_failures_are_one_line(server, five, tmp_path):
-    dead = f"http://127.0.0.1:{server.port + 1 if server.port < 65535 else 1}"
-    done = cli("pick", *five[:1], "--model", "demo", "-o", tmp_path / "x", "--server", dead)
-    assert done.returncode == 1 and "cannot reach the pupick server" in done.stderr
+    with socket.socket() as closed:  # bound, never listening: a port known to refuse for as long as this holds it
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        done = cli("pick", *five[:1], "--model", "demo", "-o", tmp_path / "x", "--server", dead)
+    assert done.returncode == 1 and "cannot reach the pupick server" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     done = cli("pick", *five[:1], "--model", "demo", "-o", tmp_path / "x", "--server", server.url)
-    assert done.returncode == 1 and "refused the token (401)" in done.stderr
+    assert done.returncode == 1 and "needs a token (401)" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
