@@ -237,6 +237,28 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def hold_lock(path: Path, create_mode: int, extra_flags: int = 0) -> tuple[int | None, str]:
+    """An exclusive, non-blocking `flock` on `path`: (its descriptor, "") when taken, else (None, the holder's pid as
+    written in the file, or "unknown"); the taker writes its own pid. OSError if the file cannot be opened."""
+    import fcntl  # POSIX only; io is imported on every platform
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | extra_flags, create_mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        return None, holder
+    try:  # the holder's pid, for the message a second taker gets (nothing lost if it cannot be written)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as err:
+        if not is_write_error(err):
+            os.close(fd)
+            raise
+    return fd, ""
+
+
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     """Write a text file under a temporary name and rename it into place."""
     with atomic_path(target) as tmp:

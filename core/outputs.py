@@ -25,7 +25,7 @@ from . import __version__
 from .config import PreprocessConfig
 from .errors import InputError, PupickError
 from .names import check_micrograph_name
-from .io import (Protected, atomic_path, check_output, check_output_dir, is_write_error, os_reason, read_micrograph,
+from .io import (Protected, atomic_path, check_output, check_output_dir, hold_lock, os_reason, read_micrograph,
                  write_mrc, write_text_atomic)
 from .picking import pick
 from .pipeline import check_model, micrograph_items
@@ -81,28 +81,16 @@ class OutputDir:
             raise InputError(f"{self.path}: the output directory is not writable")
 
     def _lock(self) -> None:
-        import fcntl
-
         lock = self.path / LOCK
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            fd, holder = hold_lock(lock, 0o666)
         except OSError as err:
             raise InputError(f"{lock}: cannot open the lock file ({os_reason(err)})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+        if fd is None:
             raise InputError(f"{self.path}: another pupick run (process {holder}) is writing here; wait for it "
-                             "to finish or use another output directory") from None
+                             "to finish or use another output directory")
         self._lock_fd = fd
         self._locked_at = time.time()
-        try:  # the holder's process id, for the message a second run gets (nothing lost if it cannot be written)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError as err:
-            if not is_write_error(err):
-                raise
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
+from ..io import hold_lock
 
 LOCK_NAME = "serve.lock"
 
@@ -24,18 +25,12 @@ class StateLock:
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / LOCK_NAME
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd, owner = hold_lock(self.path, 0o600, os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as err:
             raise InputError(f"{self.path}: cannot open the state lock ({err.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+        if fd is None:
             raise StateLocked(f"{Path(state_dir)}: another pupick serve (pid {owner}) uses this --state; stop it "
-                              "or give another --state") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                              "or give another --state")
         self.fd: int | None = fd
 
     def release(self) -> None:
