@@ -31,14 +31,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path, PurePosixPath
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from pupick.core.errors import InputError
 from pupick.core.names import check_micrograph_name
-from pupick.core.tables import empty_micrographs, empty_picks, make_micrographs, make_picks, stem
+from pupick.core.tables import empty_micrographs, empty_picks, make_micrographs, make_picks, stem, validate_picks
 
 from pupick.core.io import write_text_atomic
 
@@ -387,14 +387,28 @@ def write_coordinate_list(entries: pd.DataFrame, path: str | os.PathLike, versio
     write_star([("coordinate_files", frame)], path, 30001 if version is None else version)
 
 
-def write_particles_star(picks: pd.DataFrame, path: str | os.PathLike, version: int | None = 30001) -> None:
-    """All picks in one table (data_particles: rlnMicrographName, coordinates, figure of merit)."""
+def _particles_frame(picks: pd.DataFrame) -> pd.DataFrame:
     names = picks["micrograph"]
     if "path" in picks.columns:
         names = picks["path"].where(picks["path"].notna(), picks["micrograph"])
     frame = _coordinates_frame(picks)
     frame.insert(0, "rlnMicrographName", names.astype(str).to_numpy(dtype=object))
-    write_star([("particles", frame)], path, version)
+    return frame
+
+
+def write_particles_star(picks: pd.DataFrame, path: str | os.PathLike, version: int | None = 30001) -> None:
+    """All picks in one table (data_particles: rlnMicrographName, coordinates, figure of merit)."""
+    write_star([("particles", _particles_frame(picks))], path, version)
+
+
+def particles_star_chunks(pieces: Iterable[pd.DataFrame], version: int | None = 30001) -> Iterator[str]:
+    """write_particles_star's text, piece by piece of the picks (the same text as for their concatenation)."""
+    from .star import LOOP_END, loop_head, loop_rows
+
+    yield loop_head("particles", list(_particles_frame(empty_picks(with_path=True)).columns), version)
+    for piece in pieces:
+        yield loop_rows(_particles_frame(validate_picks(piece, "picks")))
+    yield LOOP_END
 
 
 def write_star_dir(picks: pd.DataFrame, out_dir: str | os.PathLike, suffix: str = "pupick",

@@ -220,17 +220,30 @@ def format_star(blocks: Mapping[str, pd.DataFrame] | Sequence[tuple[str, pd.Data
     items = list(blocks.items()) if isinstance(blocks, Mapping) else list(blocks)
     parts: list[str] = []
     for name, df in items:
-        head = "\n"
-        if version is not None:
-            head += f"# version {version}\n\n"
-        head += f"data_{name}\n\nloop_ \n"
-        head += "".join(f"_{col} #{i} \n" for i, col in enumerate(df.columns, start=1))
-        parts.append(head)
-        if len(df):
-            columns = [_format_column(df[col]) for col in df.columns]
-            parts.append("".join(" ".join(row) + " \n" for row in zip(*columns)))
-        parts.append(" \n")
+        parts.append(loop_head(name, df.columns, version))
+        parts.append(loop_rows(df))
+        parts.append(LOOP_END)
     return "".join(parts)
+
+
+LOOP_END = " \n"  # after a loop's rows
+
+
+def loop_head(name: str, columns: Sequence[str], version: int | None = 30001) -> str:
+    """The text of a loop block before its rows (`format_star` is loop_head + loop_rows + LOOP_END per block)."""
+    head = "\n"
+    if version is not None:
+        head += f"# version {version}\n\n"
+    head += f"data_{name}\n\nloop_ \n"
+    return head + "".join(f"_{col} #{i} \n" for i, col in enumerate(columns, start=1))
+
+
+def loop_rows(df: pd.DataFrame) -> str:
+    """A loop's rows as RELION writes them; rows format independently, so a table may be written in pieces."""
+    if not len(df):
+        return ""
+    columns = [_format_column(df[col]) for col in df.columns]
+    return "".join(" ".join(row) + " \n" for row in zip(*columns))
 
 
 def write_star(blocks: Mapping[str, pd.DataFrame] | Sequence[tuple[str, pd.DataFrame]], path: str | os.PathLike,

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError, PupickError
+from ..service.jobs import MAX_JOB_MICROGRAPHS, MAX_QUEUE
 from ..service.security import check_bind, read_token_file
 from ._common import UserError, run_core
 
@@ -63,8 +64,10 @@ def _executor(spec: str | None, workers: int | None):
               help="File holding the bearer token on one line (mode 600). Required off loopback.")
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu, cuda or cuda:N; a comma list runs one worker per device.")
-@click.option("--max-queue", type=int, default=10_000, show_default=True,
-              help="Most micrographs waiting at once; more gets 429, a larger single job 413.")
+@click.option("--max-queue", type=int, default=MAX_QUEUE, show_default=True,
+              help="Most micrographs waiting at once, across all jobs; a job past it gets 429 (retry later).")
+@click.option("--max-job-micrographs", type=int, default=MAX_JOB_MICROGRAPHS, show_default=True,
+              help="Most micrographs in one job; a larger job gets 413 (split it).")
 @click.option("--retention", type=float, default=168.0, show_default=True,
               help="Hours a finished job (and its outputs) is kept.")
 @click.option("--model-cache", type=int, default=4, show_default=True, help="Models kept loaded on the device.")
@@ -86,9 +89,9 @@ def _executor(spec: str | None, workers: int | None):
               help="Seconds between checks for free space while --state is full (work resumes by itself).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
-def command(host, port, data_roots, models_dir, state_dir, token_file, device, max_queue, retention, model_cache,
-            max_upload_mb, max_model_mb, ssl_certfile, ssl_keyfile, cluster, cluster_workers, forwarded_allow_ips,
-            no_workers, disk_retry, log_level):
+def command(host, port, data_roots, models_dir, state_dir, token_file, device, max_queue, max_job_micrographs,
+            retention, model_cache, max_upload_mb, max_model_mb, ssl_certfile, ssl_keyfile, cluster, cluster_workers,
+            forwarded_allow_ips, no_workers, disk_retry, log_level):
     """Serve picking and training over HTTP (jobs on files under --data-root, models warm on the device)."""
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise click.UsageError("TLS needs both --ssl-certfile and --ssl-keyfile")
@@ -104,9 +107,9 @@ def command(host, port, data_roots, models_dir, state_dir, token_file, device, m
 
     cfg = _usage(ServeConfig, state_dir=Path(state_dir) if state_dir else default_state_dir(), host=host,
                  port=port, data_roots=tuple(data_roots), models_dir=Path(models_dir) if models_dir else None,
-                 token=token, devices=devices, max_queue=max_queue, retention_hours=retention,
-                 model_cache=model_cache, max_upload_mb=max_upload_mb, max_model_mb=max_model_mb,
-                 start_workers=not no_workers, disk_retry_s=disk_retry)
+                 token=token, devices=devices, max_queue=max_queue, max_job_micrographs=max_job_micrographs,
+                 retention_hours=retention, model_cache=model_cache, max_upload_mb=max_upload_mb,
+                 max_model_mb=max_model_mb, start_workers=not no_workers, disk_retry_s=disk_retry)
     from ..service.statelock import StateLock
 
     cfg.lock = _usage(StateLock, cfg.state_dir)  # before anything under --state is touched

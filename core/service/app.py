@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -36,13 +36,14 @@ from ..names import check_micrograph_name
 from ..picking import pick
 from ..tables import duplicate_stems, stem
 from . import settings as settings_map
-from .jobs import FINISHED, JobStore, KeyReused, QueueFull, TooLarge
+from .downloads import json_body, open_star_body
+from .jobs import FINISHED, MAX_JOB_MICROGRAPHS, MAX_QUEUE, JobStore, KeyReused, QueueFull, TooLarge
 from .metrics import Metrics
 from .models import ModelConflict, ModelRegistry, UnknownModel, check_name
 from .security import DataRoots, Forbidden, bearer_ok, check_bind
 from .statelock import StateLock
 from .view import ViewState, make_router
-from .worker import EXACT_DIR, Workers, disk_full, read_exact
+from .worker import Workers, disk_full
 
 log = logging.getLogger("pupick.serve")
 MB = 1 << 20
@@ -63,7 +64,8 @@ class ServeConfig:
     models_dir: Optional[Path] = None
     token: Optional[str] = None
     devices: tuple[str, ...] = ("cpu",)
-    max_queue: int = 10_000
+    max_queue: int = MAX_QUEUE  # micrographs waiting across jobs (429 past it)
+    max_job_micrographs: int = MAX_JOB_MICROGRAPHS  # micrographs in one job (413 past it)
     retention_hours: float = 168.0
     model_cache: int = 4
     max_upload_mb: float = 1024.0  # one micrograph through /v1/pick/upload
@@ -77,7 +79,8 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         check_bind(self.host, self.token)
-        for option, value in (("--max-queue", self.max_queue), ("--model-cache", self.model_cache)):
+        for option, value in (("--max-queue", self.max_queue), ("--max-job-micrographs", self.max_job_micrographs),
+                              ("--model-cache", self.model_cache)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{option} must be a whole number >= 1 (got {value})")
         for option, value in (("--retention", self.retention_hours), ("--max-upload-mb", self.max_upload_mb),
@@ -300,7 +303,7 @@ class Service:
         self.ready_pool = ThreadPoolExecutor(1, thread_name_prefix="pupick-ready")  # /ready never waits for the
         # request threads, which slow requests may all hold
         self.roots = DataRoots(cfg.data_roots)
-        self.store = JobStore(cfg.state_dir, cfg.max_queue)
+        self.store = JobStore(cfg.state_dir, cfg.max_queue, cfg.max_job_micrographs)
         self.registry = ModelRegistry(cfg.state_dir, cfg.models_dir, cfg.model_cache, log=log.warning)
         self.metrics = Metrics(self.store.counts, self.store.waiting, self.registry.loaded_count)
         self.workers = Workers(list(cfg.devices), self.store, self.registry, self.metrics, cfg.executor,
@@ -863,26 +866,9 @@ def _routes(app: FastAPI, svc: Service) -> None:
             raise Conflict(f"job {job_id} has no picks table")
         if format == "csv":
             return FileResponse(table, media_type="text/csv", filename=f"{job_id}.csv")
-        import pandas as pd
-
-        if format == "json":
-            mics = store.micrographs(job_id)
-            records: list[dict] = []
-            for name, _, state in mics:
-                exact = store.job_dir(job_id) / EXACT_DIR / f"{name}.csv"
-                if state == "done" and exact.is_file():
-                    records.extend({k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-                                   for r in read_exact(exact).to_dict("records"))  # NaN is no JSON
-            return JSONResponse({"job": job_id, "picks": records,
-                                 "micrographs": [{"micrograph": n, "path": p, "state": st} for n, p, st in mics]})
-        picks = pd.read_csv(table, dtype={"micrograph": str, "path": str}, keep_default_na=False,
-                            na_values={"score": [""]})
-        from pupick.adapters.registry import write_picks
-
-        with tempfile.TemporaryDirectory(dir=svc.uploads) as tmp:
-            target = Path(tmp) / "picks.star"
-            write_picks(picks, target, fmt="star")
-            return Response(target.read_bytes(), media_type="text/plain")
+        if format == "json":  # streamed: memory holds one micrograph's picks, whatever the job's size
+            return StreamingResponse(json_body(store, job_id), media_type="application/json")
+        return StreamingResponse(open_star_body(table), media_type="text/plain")
 
     @app.post("/v1/pick/upload", tags=["jobs"],
               openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})

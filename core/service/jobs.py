@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 0), at REAL
 """
 
 
+MAX_QUEUE = 500_000  # micrographs waiting across all queued and running jobs (--max-queue)
+MAX_JOB_MICROGRAPHS = 100_000  # micrographs in one job (--max-job-micrographs): a facility's data set fits
+
+
 class QueueFull(Exception):
     """More micrographs would wait than --max-queue allows (HTTP 429)."""
 
@@ -65,7 +69,7 @@ class KeyReused(Exception):
 
 
 class TooLarge(Exception):
-    """One job holds more micrographs than --max-queue (HTTP 413)."""
+    """One job holds more micrographs than --max-job-micrographs, or than the queue holds (HTTP 413)."""
 
 
 @dataclass
@@ -104,11 +108,12 @@ class Job:
 class JobStore:
     """SQLite-backed jobs; safe to call from any thread."""
 
-    def __init__(self, state_dir: Path, max_queue: int = 10_000) -> None:
+    def __init__(self, state_dir: Path, max_queue: int = MAX_QUEUE, max_job: int = MAX_JOB_MICROGRAPHS) -> None:
         self.state_dir = Path(state_dir)
         self.jobs_dir = self.state_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.max_queue = max_queue
+        self.max_job = max_job
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.state_dir / "pupick.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -128,7 +133,10 @@ class JobStore:
         A repeated `key` (the client's Idempotency-Key, scoped to its endpoint) with the same `body_sha256` returns
         the job it created before instead of a second one; with another body, KeyReused."""
         n = len(micrographs)
-        if n > self.max_queue:
+        if n > self.max_job:
+            raise TooLarge(f"the job holds {n} micrographs, more than this server takes in one job "
+                           f"(--max-job-micrographs {self.max_job}); split it")
+        if n > self.max_queue:  # it could never fit, however long the client waited
             raise TooLarge(f"the job holds {n} micrographs, more than this server queues at once ({self.max_queue}); "
                            "split it")
         job_id = secrets.token_hex(8)
@@ -300,6 +308,18 @@ class JobStore:
         if states is not None:
             out = [m for m in out if m[2] in set(states)]
         return out
+
+    def iter_micrographs(self, job_id: str, page: int = 1000) -> Iterator[tuple[str, str, str]]:
+        """(name, path, state) of a job's micrographs in request order, read a page at a time (memory: one page)."""
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute("SELECT idx, name, path, state FROM micrographs WHERE job=? AND idx>? "
+                                        "ORDER BY idx LIMIT ?", (job_id, last, page)).fetchall()
+            if not rows:
+                return
+            yield from ((r["name"], r["path"], r["state"]) for r in rows)
+            last = rows[-1]["idx"]
 
     def items(self, job_id: str) -> list[tuple[str, str, float | None]]:
         """(name, path, pixel size or None) of a job's micrographs in request order: what the engine picks."""

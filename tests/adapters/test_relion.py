@@ -213,3 +213,15 @@ def test_relion30_directory_gets_coords_suffix(data_dir, tmp_path, monkeypatch):
     assert not (project / "External/job012/Movies/20170629_00021_frameImage_pupick.star").read_text().startswith("\n#")
     back = read_picks("External/job012/coords_suffix_pupick.star")
     pd.testing.assert_frame_equal(back, picks)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 3, 5])
+def test_particles_star_in_pieces_is_the_whole_files_text(tmp_path, cut):
+    picks = EXPECTED.assign(path=[f"Movies/{m}.mrc" for m in EXPECTED["micrograph"]], x=EXPECTED["x"].astype(object))
+    picks.loc[2, "score"] = np.nan  # no figure of merit: RELION's marker, in the pieces as in the whole
+    picks.loc[1, "x"] = 523  # an integer column in one piece, floats in the other
+    write_picks(picks, tmp_path / "whole.star", fmt="star")
+    pieces = [picks.iloc[:cut], picks.iloc[cut:]]
+    text = "".join(relion.particles_star_chunks(pieces))
+    assert text == (tmp_path / "whole.star").read_text()
+    assert "".join(relion.particles_star_chunks([])) == "".join(relion.particles_star_chunks([picks.iloc[:0]]))

@@ -58,3 +58,20 @@ def test_retention_removes_finished_jobs_and_outputs(tmp_path):
     assert store.purge(older_than_s=0.01) == [old]
     assert store.get(old) is None and not store.job_dir(old).exists()
     assert store.get(running).state == "running"
+
+
+def test_job_size_and_queue_are_bounded_apart(tmp_path):
+    store = JobStore(tmp_path, max_queue=10, max_job=4)
+    with pytest.raises(TooLarge, match="--max-job-micrographs 4"):
+        store.submit("pick", {}, mics(5))
+    a = store.submit("pick", {}, mics(4, "a"))
+    store.submit("pick", {}, mics(4, "b"))
+    with pytest.raises(QueueFull):  # 8 wait; 4 more would pass the queue's 10
+        store.submit("pick", {}, mics(4, "c"))
+    store.submit("pick", {}, mics(2, "c"))
+    assert store.waiting() == 10
+    with pytest.raises(TooLarge, match="queues at once"):  # a job the queue could never hold is 413, not 429
+        JobStore(tmp_path, max_queue=3, max_job=4).submit("pick", {}, mics(4, "d"))
+    # the micrograph list a page at a time is the whole list
+    assert list(store.iter_micrographs(a, page=3)) == store.micrographs(a)
+    assert list(store.iter_micrographs("unknown", page=3)) == []

@@ -91,8 +91,9 @@ def test_a_chunked_body_over_the_limit_gets_413(server):
 
 
 @pytest.mark.parametrize("option, value", [("--max-upload-mb", "nan"), ("--max-model-mb", "inf"),
-                                           ("--max-queue", "0"), ("--retention", "-1"), ("--model-cache", "0"),
-                                           ("--retention", "inf")])
+                                           ("--max-queue", "0"), ("--max-job-micrographs", "0"),
+                                           ("--max-job-micrographs", "-5"), ("--retention", "-1"),
+                                           ("--model-cache", "0"), ("--retention", "inf")])
 def test_bad_limits_exit_2_with_one_line(tmp_path, option, value):
     state = tmp_path / "state"
     done = subprocess.run([sys.executable, "-m", "pupick.core.cli", "serve", "--state", str(state), "--port", "0",
