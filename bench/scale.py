@@ -9,6 +9,8 @@
    micrographs (real picking). Medians of wall time and peak RSS (VmHWM of the pick process).
 
 `python bench/scale.py [--real 100 --clone 20000 --repeats 5 --k 10]` writes bench/out/scale.json.
+`python bench/scale.py --service [--small 500 --clone 20000]` measures instead the server's memory while a client
+downloads a job of that many micrographs as csv, json and star (bench/serve_download.py; serve_download.json).
 """
 from __future__ import annotations
 
@@ -75,7 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--k", type=int, default=10, help="new micrographs per on-the-fly iteration")
     ap.add_argument("--keep", type=Path, default=None, help="work here and keep it (default: a temporary folder)")
     ap.add_argument("--reuse", action="store_true", help="only the rounds, on the data sets an earlier --keep left")
+    ap.add_argument("--service", action="store_true", help="the server's memory during downloads (serve_download)")
     args = ap.parse_args(argv)
+    if args.service:
+        from serve_download import main as service
+
+        return service(["--small", str(args.small), "--large", str(args.clone)])
     if args.reuse and args.keep is None:
         ap.error("--reuse needs --keep")
     root = Path(args.keep or tempfile.mkdtemp(prefix="pupick-scale-"))

@@ -43,9 +43,10 @@ def _json_pieces(store: JobStore, job_id: str) -> Iterator[str]:
         exact = job_dir / EXACT_DIR / f"{name}.csv"
         if state != "done" or not exact.is_file():
             continue
-        for record in read_exact(exact).to_dict("records"):
-            yield sep + _dumps({k: (None if isinstance(v, float) and v != v else v)  # NaN is no JSON
-                                for k, v in record.items()})
+        records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}  # NaN is no JSON
+                   for r in read_exact(exact).to_dict("records")]
+        if records:  # one micrograph's records as the middle of a JSON array: "[a,b]" less its brackets
+            yield sep + _dumps(records)[1:-1]
             sep = ","
     yield '],"micrographs":['
     sep = ""
