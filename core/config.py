@@ -13,14 +13,14 @@ ARCHITECTURES = ("resnet8", "resnet16", "conv31", "conv63", "conv127")
 MAX_UNITS = 128  # the widest network (--units) pupick trains or loads; bounds a model file (core.modelarchive)
 TARGET_DIAMETER_PX = 40  # the factor rule: smallest integer s >= 1 with diameter_px / s <= 40
 # Bounds on what one training may claim (a client of `pupick serve` chooses these; issue 26). Each is far above any
-# real run (defaults 8 tiles of 128 px, 6 x 12 steps; the general model 12 x 50; benchmarks at most 512-px tiles).
+# real run (defaults 8 tiles of 128 px, 6 x 12 steps; the general model 12 x 50; benchmarks at most 8 tiles of 160).
 MAX_BATCH_SIZE = 256  # tiles per step: 32x the default
 MAX_TRAIN_TILE = 1024  # training tile side, downsampled px: a whole 4k micrograph at the factor rule's usual s >= 4
 MAX_STEP_PIXELS = 1 << 24  # batch x tile²: 128x the default step (256 tiles of 256², 16 of 1024²); one fp32
-# activation of such a step at --units 128 is 8.6 GB, so beyond it no machine pupick runs on has the memory
+# activation of such a step at --units 128 is 8.6 GB and the network keeps several: about what one GPU holds
 MAX_STEPS = 100_000  # epochs x steps per epoch: ~1400x the default, days of training on a CPU
-MAX_UNLABELED_SAMPLES = 1 << 20  # outputs per GE group, cut from the step's own outputs (a larger N is one group
-# of them all, so memory does not grow with it); the cap is a step's outputs at MAX_STEP_PIXELS / 16
+MAX_UNLABELED_SAMPLES = 1 << 20  # outputs per GE group (default 256), cut from the step's own outputs: a larger N
+# is one group of them all, so memory does not grow with it; the cap only keeps it a plausible count
 MAX_LABEL_RADIUS = 64.0  # downsampled px: the disk is drawn around every label (a (2r+1)² stencil); the factor rule
 # brings particles to <= 40 px across, so a wider disk only labels ice
 MAX_CALIBRATION_BATCHES = 64  # batches re-estimating batch-norm statistics after each epoch (default 2)
