@@ -215,7 +215,7 @@ def test_a_worker_that_cannot_be_restarted_ends_the_process_with_1(tmp_path, dat
         mics = [str(p) for p in sorted((data_root / "mics").glob("*.mrc"))[:2]]
         (no_new_threads / "cgroup.procs").write_text(str(srv.proc.pid))
         _warm(client, mics, data_root / "particles.csv")  # the native thread pools exist now
-        _cap_memory(srv.proc.pid)
+        _cap_memory(srv.proc.pid)  # the HUGE training dies however far it gets before pids.max below
         job = client.submit_train(mics, labels_path=str(data_root / "particles.csv"), settings=HUGE)
         (no_new_threads / "pids.max").write_text("1")  # from now on no thread starts (those running go on)
         try:
@@ -226,6 +226,8 @@ def test_a_worker_that_cannot_be_restarted_ends_the_process_with_1(tmp_path, dat
         srv.stop()
     assert srv.proc.returncode == 1, srv.output()[-3000:]
     assert '"event": "fatal"' in srv.output()
+    # the training raised in the worker (the memory ceiling, or the thread limit when it reaches a thread first)
+    assert f"worker on cpu died running job {job}" in srv.output()
     db = sqlite3.connect(tmp_path / "state" / "pupick.sqlite3")
     (state,) = db.execute("SELECT state FROM jobs WHERE id=?", (job,)).fetchone()
     db.close()
