@@ -57,8 +57,9 @@ def _json_pieces(store: JobStore, job_id: str) -> Iterator[str]:
 
 
 def json_body(store: JobStore, job_id: str) -> Iterator[bytes]:
-    """{"job", "picks" (every float as computed), "micrographs"} as UTF-8 chunks."""
-    return _gathered(_json_pieces(store, job_id))
+    """{"job", "picks" (every float as computed), "micrographs"} as UTF-8 chunks; retention keeps the job meanwhile."""
+    with store.reading(job_id):
+        yield from _gathered(_json_pieces(store, job_id))
 
 
 def open_star_body(table: Path) -> Iterator[bytes]:

@@ -13,6 +13,8 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -115,6 +117,7 @@ class JobStore:
         self.max_queue = max_queue
         self.max_job = max_job
         self._lock = threading.RLock()
+        self._reading: Counter[str] = Counter()  # jobs whose files a download is streaming
         self._db = sqlite3.connect(self.state_dir / "pupick.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -251,12 +254,27 @@ class JobStore:
             db.execute("UPDATE jobs SET state='queued' WHERE state='running'")
         return ids
 
+    @contextmanager
+    def reading(self, job_id: str) -> Iterator[None]:
+        """While inside, `purge` keeps this job (a download streaming its files)."""
+        with self._lock:
+            self._reading[job_id] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reading[job_id] -= 1
+                if not self._reading[job_id]:
+                    del self._reading[job_id]
+
     def purge(self, older_than_s: float) -> list[str]:
-        """Remove finished jobs (rows and output folders) that finished more than `older_than_s` ago."""
+        """Remove finished jobs (rows and output folders) that finished more than `older_than_s` ago, but none
+        that a download is reading (the next purge takes it)."""
         cutoff = time.time() - older_than_s
         with self._tx() as db:
             ids = [r["id"] for r in db.execute(
-                f"SELECT id FROM jobs WHERE state IN {FINISHED} AND finished < ?", (cutoff,))]
+                f"SELECT id FROM jobs WHERE state IN {FINISHED} AND finished < ?", (cutoff,))
+                   if r["id"] not in self._reading]
             for job_id in ids:
                 db.execute("DELETE FROM micrographs WHERE job=?", (job_id,))
                 db.execute("DELETE FROM jobs WHERE id=?", (job_id,))

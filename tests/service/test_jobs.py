@@ -75,3 +75,15 @@ def test_job_size_and_queue_are_bounded_apart(tmp_path):
     # the micrograph list a page at a time is the whole list
     assert list(store.iter_micrographs(a, page=3)) == store.micrographs(a)
     assert list(store.iter_micrographs("unknown", page=3)) == []
+
+
+def test_retention_keeps_a_job_a_download_is_reading(tmp_path):
+    store = JobStore(tmp_path)
+    job = store.submit("pick", {}, mics(1))
+    store.job_dir(job).mkdir()
+    store.claim()
+    store.finish(job, "done")
+    time.sleep(0.05)
+    with store.reading(job):
+        assert store.purge(older_than_s=0.01) == [] and store.job_dir(job).is_dir()
+    assert store.purge(older_than_s=0.01) == [job] and not store.job_dir(job).exists()
