@@ -52,7 +52,7 @@ class RoundIndex:
         if not len(self.scores):
             counts = np.zeros(len(self.names), np.int64)
         else:
-            counts = np.add.reduceat(np.greater_equal(self.scores, threshold), self.rows[:-1], dtype=np.int64)
+            counts = np.add.reduceat(np.greater_equal(self.scores, np.float32(threshold)), self.rows[:-1], dtype=np.int64)
         self._counts = (threshold, counts)
         return counts
 
@@ -61,7 +61,7 @@ class RoundIndex:
         finite = self.scores[np.isfinite(self.scores)]
         if not len(finite):
             return {"lo": None, "hi": None, "counts": [], "n": 0}
-        lo, hi = float(finite.min()), float(finite.max())
+        lo, hi = decimal(finite.min()), decimal(finite.max())
         counts, _ = np.histogram(finite, bins=bins, range=(lo, hi if hi > lo else lo + 1))
         return {"lo": lo, "hi": hi, "counts": counts.tolist(), "n": int(len(finite))}
 
@@ -70,7 +70,7 @@ class RoundIndex:
         finite = self.scores[np.isfinite(self.scores)]
         if not 1 <= k <= len(finite):
             return None
-        return float(np.partition(finite, len(finite) - k)[len(finite) - k])
+        return decimal(np.partition(finite, len(finite) - k)[len(finite) - k])
 
     def picks_of(self, name: str) -> pd.DataFrame:
         """One micrograph's rows (micrograph, x, y, score, path), read from the file; empty when it has none."""
@@ -90,6 +90,11 @@ class RoundIndex:
         if len(df) != self.n[i] or (len(df) and (df["micrograph"] != name).any()):
             raise InputError(f"{self.path}: changed while being read; reload the page")
         return df
+
+
+def decimal(v: np.float32) -> float:
+    """The shortest decimal that is this float32: the number picks.csv wrote (%.6g), not float32's neighbour."""
+    return float(str(np.float32(v)))
 
 
 def _parse(data: bytes, columns: list[str]) -> pd.DataFrame:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .view_index import RoundIndex
+from .view_index import RoundIndex, decimal
 
 MAX_ROWS = 200  # rows one request (and the page) holds
 SORTS = ("name", "count")
@@ -49,8 +49,8 @@ class MicrographRows:
     def row(self, i: int, count: int) -> dict[str, Any]:
         name, c = self.names[i], int(self.code[i])
         n = int(self.index.n[c]) if c >= 0 else 0
-        lo = float(self.index.score_min[c]) if c >= 0 else math.nan
-        hi = float(self.index.score_max[c]) if c >= 0 else math.nan
+        lo = decimal(self.index.score_min[c]) if c >= 0 else math.nan
+        hi = decimal(self.index.score_max[c]) if c >= 0 else math.nan
         return {"name": name, "path": self.paths.get(name), "n": n, "count": int(count),
                 "score_min": lo if math.isfinite(lo) else None, "score_max": hi if math.isfinite(hi) else None,
                 "error": self.failures.get(name)}
