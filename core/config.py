@@ -12,6 +12,18 @@ NORMALIZATIONS = ("gmm", "affine", "none")
 ARCHITECTURES = ("resnet8", "resnet16", "conv31", "conv63", "conv127")
 MAX_UNITS = 128  # the widest network (--units) pupick trains or loads; bounds a model file (core.modelarchive)
 TARGET_DIAMETER_PX = 40  # the factor rule: smallest integer s >= 1 with diameter_px / s <= 40
+# Bounds on what one training may claim (a client of `pupick serve` chooses these; issue 26). Each is far above any
+# real run (defaults 8 tiles of 128 px, 6 x 12 steps; the general model 12 x 50; benchmarks at most 8 tiles of 160).
+MAX_BATCH_SIZE = 256  # tiles per step: 32x the default
+MAX_TRAIN_TILE = 1024  # training tile side, downsampled px: a whole 4k micrograph at the factor rule's usual s >= 4
+MAX_STEP_PIXELS = 1 << 24  # batch x tile²: 128x the default step (256 tiles of 256², 16 of 1024²); one fp32
+# activation of such a step at --units 128 is 8.6 GB and the network keeps several: about what one GPU holds
+MAX_STEPS = 100_000  # epochs x steps per epoch: ~1400x the default, days of training on a CPU
+MAX_UNLABELED_SAMPLES = 1 << 20  # outputs per GE group (default 256), cut from the step's own outputs: a larger N
+# is one group of them all, so memory does not grow with it; the cap only keeps it a plausible count
+MAX_LABEL_RADIUS = 64.0  # downsampled px: the disk is drawn around every label (a (2r+1)² stencil); the factor rule
+# brings particles to <= 40 px across, so a wider disk only labels ice
+MAX_CALIBRATION_BATCHES = 64  # batches re-estimating batch-norm statistics after each epoch (default 2)
 
 
 @dataclass
@@ -119,11 +131,22 @@ def _check_train_config(c: "TrainConfig") -> None:
         _whole(value, option, 1)
     if c.units > MAX_UNITS:
         raise InputError(f"--units must be at most {MAX_UNITS} (got {c.units})")
-    _whole(c.calibration_batches, "calibration_batches", 0)
+    _whole(c.batch_size, "--batch-size", 1, MAX_BATCH_SIZE)
+    _whole(c.tile_size, "--tile-size", 1, MAX_TRAIN_TILE)
+    if c.batch_size * c.tile_size ** 2 > MAX_STEP_PIXELS:
+        raise InputError(f"--batch-size x --tile-size² must be at most {MAX_STEP_PIXELS} pixels per step "
+                         f"(got {c.batch_size} x {c.tile_size}² = {c.batch_size * c.tile_size ** 2})")
+    if c.epochs * c.steps_per_epoch > MAX_STEPS:
+        raise InputError(f"--epochs x --steps-per-epoch must be at most {MAX_STEPS} steps "
+                         f"(got {c.epochs} x {c.steps_per_epoch} = {c.epochs * c.steps_per_epoch})")
+    _whole(c.unlabeled_samples, "--unlabeled-samples", 1, MAX_UNLABELED_SAMPLES)
+    _whole(c.calibration_batches, "calibration_batches", 0, MAX_CALIBRATION_BATCHES)
     _whole(c.seed, "--seed", 0)
     if not (isinstance(c.test_split, (int, float)) and 0 <= c.test_split < 1):
         raise InputError(f"--test-split must be in [0, 1) (got {c.test_split!r})")
     _finite(c.label_radius, "--label-radius", minimum=0)
+    if c.label_radius is not None and c.label_radius > MAX_LABEL_RADIUS:
+        raise InputError(f"--label-radius must be at most {MAX_LABEL_RADIUS:g} downsampled px (got {c.label_radius:g})")
     _finite(c.weight_decay, "--weight-decay", minimum=0)
     _finite(c.dropout, "--dropout", minimum=0)
     if c.dropout >= 1:
@@ -147,6 +170,9 @@ def _check_train_config(c: "TrainConfig") -> None:
 
 
 MAX_PICKS = 1_000_000  # per micrograph: a 4k micrograph holds a few thousand particles at most
+MAX_SCORE_TILE = 8192  # scoring tile side, downsampled px (default 1024 CPU, 2048 GPU): a K3 super-resolution
+# micrograph whole at factor 1; larger micrographs are scored in tiles, so no picks are lost by the cap
+MAX_PICK_WORKERS = 64  # reader threads, each holding a micrograph: more than any machine's cores keep busy
 VIEW_COUNTS = (1, 2, 4, 8)  # test-time views the scorer offers (see core.score.VIEWS)
 DEFAULT_VIEWS = 2  # native stride: the half-turn pair, within 0.005 AP of 4 views on every shared set at half the
 # network time (issue 15, BENCHMARKS.md pick_speed); 4 and 8 views score alike
@@ -219,7 +245,7 @@ class ScoreConfig:
             raise InputError(f"--precision int8 runs on CPU only (--device {self.device}: choose auto or bf16)")
         if self.views is not None:
             _one_of(self.views, "--views", VIEW_COUNTS)
-        _whole(self.tile_size, "--tile-size", 16)
+        _whole(self.tile_size, "--tile-size", 16, MAX_SCORE_TILE)
 
     def resolved_views(self) -> int:
         """`views`, else the default: DEFAULT_VIEWS at the native stride, 1 (the exact map) in the dense mode."""
@@ -273,7 +299,7 @@ class PickConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.method, "--method", METHODS)
-        _whole(self.workers, "--workers", 1)
+        _whole(self.workers, "--workers", 1, MAX_PICK_WORKERS)
         pre = self.preprocess
         if self.method == "blob" and pre.diameter_A is None and pre.diameter_px is None:
             raise InputError("the blob picker needs the particle diameter: --diameter (Å) or --diameter-px")

@@ -104,7 +104,4 @@ def train_config(settings: dict | None, device: str = "auto", cache_dir: str | N
         pre["seed"] = rest["seed"]
     if not 0 <= rest.get("test_split", TrainConfig.test_split) < 1:
         raise InputError("setting 'test_split' must be in [0, 1)")
-    for key in ("epochs", "steps_per_epoch", "batch_size", "tile_size", "units"):
-        if key in rest and rest[key] < 1:
-            raise InputError(f"setting {key!r} must be >= 1")
     return TrainConfig(preprocess=PreprocessConfig(**pre), device=device, cache_dir=cache_dir, **rest)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -63,3 +64,43 @@ def test_default_views_follow_the_stride_mode():
 
     assert ScoreConfig().resolved_views() == DEFAULT_VIEWS and ScoreConfig(stride="dense").resolved_views() == 1
     assert PickConfig().recorded()["views"] == DEFAULT_VIEWS
+
+
+# Issue 26: every setting that claims memory or time is bounded here, once, for the CLI, the service and the suites.
+OVER_THE_BOUND = [
+    ({"batch_size": 257}, "--batch-size must be a whole number from 1 to 256"),
+    ({"tile_size": 1025}, "--tile-size must be a whole number from 1 to 1024"),
+    ({"batch_size": 256, "tile_size": 512}, "--batch-size x --tile-size² must be at most 16777216"),
+    ({"epochs": 1001, "steps_per_epoch": 100}, "--epochs x --steps-per-epoch must be at most 100000"),
+    ({"unlabeled_samples": (1 << 20) + 1}, "--unlabeled-samples must be a whole number from 1"),
+    ({"label_radius": 65.0}, "--label-radius must be at most 64"),
+    ({"calibration_batches": 65}, "calibration_batches must be a whole number from 0 to 64"),
+    ({"units": 129}, "--units must be at most 128"),
+]
+
+
+@pytest.mark.parametrize("settings,message", OVER_THE_BOUND, ids=[str(s) for s, _ in OVER_THE_BOUND])
+def test_training_settings_over_their_bound_are_refused(settings, message):
+    from pupick.core.config import TrainConfig
+
+    with pytest.raises(InputError, match=re.escape(message)) as err:
+        TrainConfig(**settings)
+    assert "\n" not in str(err.value)
+
+
+def test_the_largest_allowed_training_settings_are_accepted():
+    from pupick.core.config import (MAX_BATCH_SIZE, MAX_LABEL_RADIUS, MAX_STEP_PIXELS, MAX_STEPS, MAX_TRAIN_TILE,
+                                    MAX_UNITS, TrainConfig)
+
+    TrainConfig(units=MAX_UNITS, batch_size=MAX_BATCH_SIZE, tile_size=256, epochs=MAX_STEPS // 10,
+                steps_per_epoch=10, label_radius=MAX_LABEL_RADIUS)
+    TrainConfig(batch_size=MAX_STEP_PIXELS // MAX_TRAIN_TILE ** 2, tile_size=MAX_TRAIN_TILE)
+
+
+@pytest.mark.parametrize("settings,named", [({"tile_size": 8193}, "--tile-size must be a whole number from 16 to 8192"),
+                                            ({"workers": 65}, "--workers must be a whole number from 1 to 64"),
+                                            ({"max_picks": 1_000_001}, "--max-picks"), ({"views": 16}, "--views")])
+def test_picking_settings_over_their_bound_are_refused(settings, named):
+    with pytest.raises(InputError, match=named):
+        PickConfig.from_settings(settings)
+    assert PickConfig.from_settings({"tile_size": 8192, "workers": 64}).score.tile_size == 8192

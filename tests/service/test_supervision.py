@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -15,6 +16,27 @@ from service_server import Server
 from pupick.core.client import Client, ServerError
 
 BLOB = {"method": "blob", "diameter_px": 56}
+# The widest, largest training the settings' bounds allow at a 256-px tile: a first layer of 256 x 256² x 128 fp32
+# outputs is 8.6 GB, so under _cap_memory's ceiling it cannot allocate (a MemoryError or torch's RuntimeError in the
+# worker: no PupickError, so the worker dies, as it would on a machine with less memory than the step needs).
+HUGE = {"units": 128, "batch_size": 256, "tile_size": 256, "epochs": 1, "steps_per_epoch": 1, "diameter_px": 56}
+SMALL = {"units": 8, "epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "diameter_px": 56}
+HEADROOM = 1 << 30  # enough for the server to go on serving and to start worker threads, far below a HUGE step
+
+
+def _warm(client, mics: list[str], labels: Path) -> None:
+    """A small training first: torch and its native thread pools are loaded before the ceiling is set."""
+    job = client.submit_train(mics, labels_path=str(labels), settings=SMALL)
+    assert client.wait(job, timeout=120, poll=0.2)["state"] == "done"
+
+
+def _cap_memory(pid: int) -> int:
+    """Lower the running server's address-space limit (RLIMIT_AS) to what it maps now plus HEADROOM."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mapped = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmSize:"))) * 1024
+    _, hard = resource.prlimit(pid, resource.RLIMIT_AS)
+    resource.prlimit(pid, resource.RLIMIT_AS, (mapped + HEADROOM, hard))
+    return mapped + HEADROOM
 
 
 def _until(check, timeout: float, what: str):
@@ -42,12 +64,13 @@ def test_a_job_that_kills_workers_fails_after_three_strikes(tmp_path, data_root)
     try:
         client = srv.client()
         mics = [str(p) for p in sorted((data_root / "mics").glob("*.mrc"))[:2]]
-        job = client.submit_train(mics, labels_path=str(data_root / "particles.csv"),
-                                  settings={"units": 8, "batch_size": 1_000_000, "epochs": 1, "steps_per_epoch": 1,
-                                            "diameter_px": 56})
+        _warm(client, mics, data_root / "particles.csv")
+        _cap_memory(srv.proc.pid)
+        job = client.submit_train(mics, labels_path=str(data_root / "particles.csv"), settings=HUGE)
         final = client.wait(job, timeout=120, poll=0.2)
         assert final["state"] == "failed", final
         assert "stopped a worker 3 times" in final["error"] and "allocate" in final["error"]
+        assert "MemoryError" in final["error"] or "RuntimeError" in final["error"], final["error"]  # no PupickError
         assert "\n" not in final["error"]
         assert srv.output().count('"event": "worker-restart"') == 3
         assert client.health() == {"status": "ok"}
@@ -191,11 +214,9 @@ def test_a_worker_that_cannot_be_restarted_ends_the_process_with_1(tmp_path, dat
         client = srv.client()
         mics = [str(p) for p in sorted((data_root / "mics").glob("*.mrc"))[:2]]
         (no_new_threads / "cgroup.procs").write_text(str(srv.proc.pid))
-        small = {"units": 8, "epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "diameter_px": 56}
-        warm = client.submit_train(mics, labels_path=str(data_root / "particles.csv"), settings=small)
-        assert client.wait(warm, timeout=120, poll=0.2)["state"] == "done"  # the native thread pools exist now
-        job = client.submit_train(mics, labels_path=str(data_root / "particles.csv"),
-                                  settings={**small, "batch_size": 1_000_000})
+        _warm(client, mics, data_root / "particles.csv")  # the native thread pools exist now
+        _cap_memory(srv.proc.pid)  # the HUGE training dies however far it gets before pids.max below
+        job = client.submit_train(mics, labels_path=str(data_root / "particles.csv"), settings=HUGE)
         (no_new_threads / "pids.max").write_text("1")  # from now on no thread starts (those running go on)
         try:
             srv.proc.wait(60)
@@ -205,6 +226,8 @@ def test_a_worker_that_cannot_be_restarted_ends_the_process_with_1(tmp_path, dat
         srv.stop()
     assert srv.proc.returncode == 1, srv.output()[-3000:]
     assert '"event": "fatal"' in srv.output()
+    # the training raised in the worker (the memory ceiling, or the thread limit when it reaches a thread first)
+    assert f"worker on cpu died running job {job}" in srv.output()
     db = sqlite3.connect(tmp_path / "state" / "pupick.sqlite3")
     (state,) = db.execute("SELECT state FROM jobs WHERE id=?", (job,)).fetchone()
     db.close()
