@@ -15,7 +15,7 @@ import pandas as pd
 from ..errors import InputError
 from ..evaluate import evaluate
 from ..tables import stem
-from .view_index import RoundIndex, build_index
+from .view_index import RoundIndex, build_index, load_index, save_index
 from .view_rows import MicrographRows
 
 MANIFEST = "pupick_pick.json"  # core.pipeline.MANIFEST (kept literal: importing the pipeline pulls in scoring)
@@ -141,7 +141,10 @@ class ViewState:
             cached = self._indexes.get(n)
             if cached is not None and cached.key == key:
                 return cached
-        index = build_index(path, key)
+        index = load_index(path, key, self.cache_dir)
+        if index is None:
+            index = build_index(path, key)
+            save_index(index, self.cache_dir)
         with self._lock:
             self._indexes[n] = index
             self._rows.pop(n, None)

@@ -8,6 +8,8 @@ lie in the file, so that its picks are read from disk when it is opened. picks.c
 from __future__ import annotations
 
 import io
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,3 +193,44 @@ def build_index(path: Path, key: tuple) -> RoundIndex:
     order = np.argsort(codes, kind="stable")
     rows = np.searchsorted(codes[order], np.arange(len(names) + 1)).astype(np.int64)
     return RoundIndex(path, key, columns, names, paths, rows, None, None, all_scores[order])
+
+
+INDEX_VERSION = 1
+
+
+def _cache_name(key: tuple) -> str:
+    import hashlib
+
+    return f"index-{hashlib.sha256(str(key[0]).encode()).hexdigest()[:16]}.npz"
+
+
+def save_index(index: RoundIndex, folder: Path) -> None:
+    """Keep the index next to the rendered pictures, so that the next `pupick view` of this file skips the scan."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = json.dumps({"version": INDEX_VERSION, "key": list(index.key), "columns": index.columns,
+                           "names": index.names, "paths": index.paths})
+        target = folder / _cache_name(index.key)
+        tmp = folder / f".{target.name}.{os.getpid()}.part.npz"
+        arrays = {"rows": index.rows, "scores": index.scores, "meta": np.frombuffer(meta.encode(), np.uint8)}
+        if index.byte_start is not None:
+            arrays |= {"byte_start": index.byte_start, "byte_end": index.byte_end}
+        np.savez(tmp, **arrays)
+        os.replace(tmp, target)
+    except OSError:  # a read-only OUTDIR: the next start scans again
+        pass
+
+
+def load_index(path: Path, key: tuple, folder: Path) -> RoundIndex | None:
+    """The index save_index kept for exactly this version of the file (path, mtime, size), else None."""
+    try:
+        with np.load(folder / _cache_name(key)) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            if meta.get("version") != INDEX_VERSION or tuple(meta.get("key", ())) != tuple(key):
+                return None
+            start = z["byte_start"] if "byte_start" in z.files else None
+            end = z["byte_end"] if "byte_end" in z.files else None
+            return RoundIndex(path, key, meta["columns"], meta["names"], meta["paths"], z["rows"], start, end,
+                              z["scores"])
+    except (OSError, ValueError, KeyError):
+        return None
