@@ -9,6 +9,8 @@ per repeat, each time with a fresh `pupick view --no-browser` process:
   histogram, the analysis with the suggested threshold), over HTTP;
 - page: from starting the process to the page in Debian's headless Chromium saying it is ready (table shown, counts,
   histogram drawn); the browser is started before the clock.
+- page_warm: the same again, with what the first start kept in OUTDIR/.pupick_view_cache (the other two start
+  without it).
 Peak RSS (VmHWM) of the view process after the page's first view. --python runs another checkout's `pupick view`
 on the same OUTDIR (a same-run comparison). Medians; writes bench/out/view_scale.json.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -118,7 +121,11 @@ def main(argv: list[str] | None = None) -> None:
         try:
             for r in range(args.repeats):  # interleaved: each checkout once per round
                 for p in pythons:
-                    row = {"api": api_first_view(p, outdir), "page": page_first_view(b, p, outdir)}
+                    shutil.rmtree(outdir / ".pupick_view_cache", ignore_errors=True)
+                    row = {"api": api_first_view(p, outdir)}
+                    shutil.rmtree(outdir / ".pupick_view_cache", ignore_errors=True)
+                    row["page"] = page_first_view(b, p, outdir)  # cold: nothing kept from an earlier start
+                    row["page_warm"] = page_first_view(b, p, outdir)  # what the cold start kept
                     runs[p].append(row)
                     print(f"round {r} {p}: {json.dumps(row)}", flush=True)
         finally:
@@ -126,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             pw.stop()
         summary = {p: {"api_s": summarize(x["api"]["seconds"] for x in rows)["median"],
                        "page_s": summarize(x["page"]["seconds"] for x in rows)["median"],
+                       "page_warm_s": summarize(x["page_warm"]["seconds"] for x in rows)["median"],
                        "peak_rss_mb": summarize(x["page"]["peak_rss_mb"] for x in rows)["median"],
                        "rows_in_page": rows[-1]["page"]["rows_in_page"]} for p, rows in runs.items()}
         print("medians:", json.dumps(summary))

@@ -25,6 +25,7 @@ ROUNDS = "rounds"
 LABELS = "labels.csv"
 CACHE = ".pupick_view_cache"
 MODEL = "model.pt"
+SCORE_STEP = 0.01  # core.outputs.ScoreHistogram.STEP (kept literal: core.outputs imports the pipeline)
 
 
 @dataclass
@@ -308,6 +309,6 @@ def suggest_threshold(index: RoundIndex, labelled_picks: pd.DataFrame | None, la
             return {"threshold": ev.threshold, "reason": f"best F1 {ev.best_f1:.3f} against the labels"}
     if expected and n_micrographs:
         t = index.kth_largest(int(round(expected * n_micrographs)))
-        if t is not None:
-            return {"threshold": t, "reason": f"keeps the model's expected {expected:g} particles per micrograph"}
+        if t is not None:  # to the 0.01 bin below, as `pupick pick` prints it (core.outputs.ScoreHistogram)
+            return {"threshold": math.floor(t / SCORE_STEP) * SCORE_STEP, "reason": f"keeps the model's expected {expected:g} particles per micrograph"}
     return None
