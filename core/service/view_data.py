@@ -42,9 +42,9 @@ class ViewState:
     diameter_px: float | None = None  # overrides what the manifest and model record
     cache_dir: Path | None = None  # rendered images; default OUTDIR/.pupick_view_cache
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _tables: dict = field(default_factory=dict, init=False, repr=False)
     _indexes: dict = field(default_factory=dict, init=False, repr=False)
     _rows: dict = field(default_factory=dict, init=False, repr=False)
+    _paths: tuple | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.outdir = Path(self.outdir)
@@ -111,12 +111,6 @@ class ViewState:
         path = self.check_round(n) / PICKS
         if not path.is_file():
             raise InputError(f"round {n} has no picks yet ({path})")
-        st = path.stat()
-        key = (str(path), st.st_mtime_ns, st.st_size)
-        with self._lock:
-            cached = self._tables.get(n)
-            if cached is not None and cached[0] == key:
-                return cached[1]
         try:
             df = pd.read_csv(path, dtype={"micrograph": str, "path": str}, keep_default_na=False,
                              na_values={"score": [""], "x": [""], "y": [""]})
@@ -127,9 +121,7 @@ class ViewState:
             raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
         if "path" not in df.columns:
             df["path"] = ""
-        with self._lock:
-            self._tables[n] = (key, df)
-        return df
+        return df  # not kept: at 50,000 micrographs it is gigabytes
 
     def index(self, n: int = 0) -> RoundIndex:
         """The round's picks.csv streamed once into a RoundIndex (view_index.py), rebuilt only when the file changed."""
@@ -170,16 +162,20 @@ class ViewState:
 
     def micrograph_paths(self) -> dict[str, str]:
         """{stem: path} of every micrograph known: the requested list, then the paths the picks of any round name."""
+        indexes = [self.index(r["round"]) for r in self.rounds() if r["picks"]]
+        key = tuple(i.key for i in indexes)
+        with self._lock:
+            if self._paths is not None and self._paths[0] == key:
+                return self._paths[1]
         paths: dict[str, str] = {}
         for p in self.micrographs or []:
             paths.setdefault(stem(p), str(p))
-        for r in self.rounds():
-            if not r["picks"]:
-                continue
-            index = self.index(r["round"])
+        for index in indexes:
             for name, path in zip(index.names, index.paths):
                 if path:
                     paths.setdefault(name, path)
+        with self._lock:
+            self._paths = (key, paths)
         return paths
 
     def done_micrographs(self, n: int = 0) -> set[str] | None:
