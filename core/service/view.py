@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -35,6 +35,7 @@ from ..evaluate import evaluate
 from ..io import read_shape
 from .view_data import LABELS, ViewState, suggest_threshold
 from .view_jobs import RoundRunner
+from .view_rows import MAX_ROWS
 from .view_labels import MAX_BODY, BadLabels, LabelStore, TooManyLabels, parse_points
 from .view_render import Renderer
 
@@ -161,28 +162,54 @@ def make_router(state: ViewState) -> APIRouter:
 
     @router.get("/api/round/{n}/micrographs")
     @_answers_errors
-    def micrographs(n: int) -> dict[str, Any]:
-        return {"round": n, "micrographs": state.micrograph_table(n)}
+    def micrographs(n: int, offset: int = Query(0, ge=0), limit: int = Query(MAX_ROWS, ge=1, le=MAX_ROWS),
+                    sort: str = "name", desc: bool = False, threshold: float | None = None,
+                    q: str = Query("", max_length=200), at: str | None = Query(None, max_length=400)) -> dict[str, Any]:
+        """At most MAX_ROWS rows of the table, sorted and filtered here, with counts at `threshold`."""
+        rows = state.table(n)
+        t = -math.inf if threshold is None or not math.isfinite(threshold) else threshold
+        out = rows.window(offset, limit, sort, desc, t, q, at)
+        counts = rows.index.counts_at(t)
+        return {"round": n, **out, "threshold": threshold, "at_threshold": int(counts.sum()),
+                "with_picks": len(rows.index.names)}
 
-    @router.get("/api/round/{n}/picks")
+    @router.get("/api/round/{n}/neighbour")
     @_answers_errors
-    def picks(n: int) -> dict[str, Any]:
-        return {"round": n, "diameter_px": state.diameter(n), "micrographs": state.picks_by_micrograph(n)}
+    def neighbour(n: int, name: str = Query(..., max_length=400), step: int = Query(1, ge=-1, le=1),
+                  sort: str = "name", desc: bool = False, threshold: float | None = None,
+                  q: str = Query("", max_length=200)) -> dict[str, Any]:
+        """The micrograph before or after `name` in the table's order (prev/next in the viewer)."""
+        t = -math.inf if threshold is None or not math.isfinite(threshold) else threshold
+        return {"name": state.table(n).neighbour(name, step or 1, sort, desc, t, q)}
+
+    @router.get("/api/round/{n}/scores")
+    @_answers_errors
+    def scores(n: int) -> dict[str, Any]:
+        """The histogram of every score of the round, binned here."""
+        return {"round": n, "diameter_px": state.diameter(n), **state.index(n).histogram()}
+
+    @router.get("/api/round/{n}/picks/{name}")
+    @_answers_errors
+    def picks(n: int, name: str) -> dict[str, Any]:
+        """One micrograph's picks (x, y, score by descending score), read from picks.csv now."""
+        return {"round": n, "micrograph": name, "diameter_px": state.diameter(n), **state.picks_of(name, n)}
 
     @router.get("/api/round/{n}/analysis")
     @_answers_errors
     def analysis(n: int) -> dict[str, Any]:
         """The suggested threshold and, with labels, the precision-recall curve (core.evaluate)."""
-        df = state.picks(n)
+        index = state.index(n)
         table = labels.table()
         diameter = state.diameter(n)
         radius = diameter / 2 if diameter else None
-        names = [r["name"] for r in state.micrograph_table(n) if not r["error"]]
+        rows = state.table(n)
+        names = [m for m in rows.names if m not in rows.failures]
         expected = state.model_config(n).get("expected_particles")
-        out: dict[str, Any] = {"round": n, "suggested": suggest_threshold(df, table, radius, expected, names),
-                               "pr": None, "match_radius": radius}
         labelled = sorted(set(table["micrograph"]) & set(names))
-        if labelled and radius and not df.empty:
+        df = state.picks_of_many(labelled, n) if labelled and radius else None
+        out: dict[str, Any] = {"round": n, "pr": None, "match_radius": radius,
+                               "suggested": suggest_threshold(index, df, table, radius, expected, len(names), labelled)}
+        if labelled and radius and df is not None and not df.empty:
             ev = evaluate(df, table, radius, micrographs=labelled)
             curve = ev.curve.dropna(subset=["threshold"])
             if len(curve) > MAX_CURVE_POINTS:

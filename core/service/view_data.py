@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ import pandas as pd
 from ..errors import InputError
 from ..evaluate import evaluate
 from ..tables import stem
+from .view_index import RoundIndex, build_index, load_index, save_index
+from .view_rows import MicrographRows
 
 MANIFEST = "pupick_pick.json"  # core.pipeline.MANIFEST (kept literal: importing the pipeline pulls in scoring)
 PICKS = "picks.csv"
@@ -22,6 +25,7 @@ ROUNDS = "rounds"
 LABELS = "labels.csv"
 CACHE = ".pupick_view_cache"
 MODEL = "model.pt"
+SCORE_STEP = 0.01  # core.outputs.ScoreHistogram.STEP (kept literal: core.outputs imports the pipeline)
 
 
 @dataclass
@@ -38,7 +42,9 @@ class ViewState:
     diameter_px: float | None = None  # overrides what the manifest and model record
     cache_dir: Path | None = None  # rendered images; default OUTDIR/.pupick_view_cache
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _tables: dict = field(default_factory=dict, init=False, repr=False)
+    _indexes: dict = field(default_factory=dict, init=False, repr=False)
+    _rows: dict = field(default_factory=dict, init=False, repr=False)
+    _paths: tuple | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.outdir = Path(self.outdir)
@@ -101,16 +107,10 @@ class ViewState:
     # ------------------------------------------------------------ picks
 
     def picks(self, n: int = 0) -> pd.DataFrame:
-        """The round's picks.csv (micrograph, x, y, score, path), re-read only when the file changed."""
+        """The round's whole picks.csv (micrograph, x, y, score, path): for Apply threshold only; the pages use index()."""
         path = self.check_round(n) / PICKS
         if not path.is_file():
             raise InputError(f"round {n} has no picks yet ({path})")
-        st = path.stat()
-        key = (str(path), st.st_mtime_ns, st.st_size)
-        with self._lock:
-            cached = self._tables.get(n)
-            if cached is not None and cached[0] == key:
-                return cached[1]
         try:
             df = pd.read_csv(path, dtype={"micrograph": str, "path": str}, keep_default_na=False,
                              na_values={"score": [""], "x": [""], "y": [""]})
@@ -121,37 +121,61 @@ class ViewState:
             raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
         if "path" not in df.columns:
             df["path"] = ""
-        with self._lock:
-            self._tables[n] = (key, df)
-        return df
+        return df  # not kept: at 50,000 micrographs it is gigabytes
 
-    def picks_by_micrograph(self, n: int = 0) -> dict[str, dict[str, list[float]]]:
-        """{micrograph: {x, y, score}} with each micrograph's picks sorted by descending score."""
-        df = self.picks(n)
-        out: dict[str, dict[str, list[float]]] = {}
-        if df.empty:
-            return out
-        for name, g in df.groupby("micrograph", sort=False):
-            g = g.sort_values("score", ascending=False, kind="stable")
-            out[str(name)] = {c: _finite_list(g[c].to_numpy(dtype=float)) for c in ("x", "y", "score")}
-        return out
+    def index(self, n: int = 0) -> RoundIndex:
+        """The round's picks.csv streamed once into a RoundIndex (view_index.py), rebuilt only when the file changed."""
+        path = self.check_round(n) / PICKS
+        if not path.is_file():
+            raise InputError(f"round {n} has no picks yet ({path})")
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        with self._lock:
+            cached = self._indexes.get(n)
+            if cached is not None and cached.key == key:
+                return cached
+        index = load_index(path, key, self.cache_dir)
+        if index is None:
+            index = build_index(path, key)
+            save_index(index, self.cache_dir)
+        with self._lock:
+            self._indexes[n] = index
+            self._rows.pop(n, None)
+        return index
+
+    def picks_of(self, name: str, n: int = 0) -> dict[str, list[float | None]]:
+        """{x, y, score} of one micrograph's picks, by descending score (read from picks.csv when asked)."""
+        df = self.index(n).picks_of(name)
+        if not len(df) and name not in self.micrograph_paths():
+            raise LookupError(f"unknown micrograph {name!r}")
+        df = df.sort_values("score", ascending=False, kind="stable")
+        return {c: _finite_list(df[c].to_numpy(dtype=float)) for c in ("x", "y", "score")}
+
+    def picks_of_many(self, names: list[str], n: int = 0) -> pd.DataFrame:
+        """The picks of the given micrographs only (what an evaluation against labels needs)."""
+        index = self.index(n)
+        frames = [index.picks_of(m) for m in names]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else index.picks_of("")
 
     # ------------------------------------------------------------ micrographs
 
     def micrograph_paths(self) -> dict[str, str]:
         """{stem: path} of every micrograph known: the requested list, then the paths the picks of any round name."""
+        indexes = [self.index(r["round"]) for r in self.rounds() if r["picks"]]
+        key = tuple(i.key for i in indexes)
+        with self._lock:
+            if self._paths is not None and self._paths[0] == key:
+                return self._paths[1]
         paths: dict[str, str] = {}
         for p in self.micrographs or []:
             paths.setdefault(stem(p), str(p))
-        for r in self.rounds():
-            if not r["picks"]:
-                continue
-            df = self.picks(r["round"])
-            if df.empty:
-                continue
-            for name, path in df[["micrograph", "path"]].drop_duplicates("micrograph").itertuples(index=False):
+        for index in indexes:
+            for name, path in zip(index.names, index.paths):
                 if path:
-                    paths.setdefault(str(name), str(path))
+                    paths.setdefault(name, path)
+        with self._lock:
+            self._paths = (key, paths)
         return paths
 
     def done_micrographs(self, n: int = 0) -> set[str] | None:
@@ -159,7 +183,7 @@ class ViewState:
         records = self.check_round(n) / RECORDS
         if not records.is_dir():
             return None
-        return {p.name[:-4] for p in records.glob("*.csv")}
+        return {name[:-4] for name in os.listdir(records) if name.endswith(".csv")}
 
     def failures(self, n: int = 0) -> dict[str, str]:
         """{stem: reason} for requested micrographs the round did not pick (from the manifest when it records them)."""
@@ -179,32 +203,35 @@ class ViewState:
         if self.micrographs:
             done = self.done_micrographs(n)
             if done is None:
-                df = self.picks(n) if (self.round_dir(n) / PICKS).is_file() else None
-                done = set(df["micrograph"].astype(str)) if df is not None else set()
+                done = set(self.index(n).names) if (self.round_dir(n) / PICKS).is_file() else set()
             for p in self.micrographs:
                 s = stem(p)
                 if s not in done and s not in out:
                     out[s] = "not in the picks: picking failed or has not reached it (see the pick run's log)"
         return out
 
-    def micrograph_table(self, n: int = 0) -> list[dict[str, Any]]:
-        """One row per micrograph: name, path, pick count, score range and the error of a failed one."""
-        df = self.picks(n)
+    def table(self, n: int = 0) -> "MicrographRows":
+        """Every micrograph of the round (view_rows.py), built once per version of picks.csv and the manifest."""
+        index = self.index(n)
+        man = self.check_round(n) / MANIFEST
+        records = self.round_dir(n) / RECORDS
+        key = (index.key, _mtime(man), _mtime(records))
+        with self._lock:
+            cached = self._rows.get(n)
+            if cached is not None and cached.key == key:
+                return cached
         paths = self.micrograph_paths()
         failures = self.failures(n)
-        stats: dict[str, tuple[int, float, float]] = {}
-        if not df.empty:
-            g = df.groupby("micrograph", sort=False)["score"]
-            for name, n_picks, lo, hi in zip(g.size().index, g.size().to_numpy(), g.min().to_numpy(),
-                                             g.max().to_numpy()):
-                stats[str(name)] = (int(n_picks), float(lo), float(hi))
-        names = list(dict.fromkeys([*paths, *stats, *(self.done_micrographs(n) or ()), *failures]))
-        rows = []
-        for name in names:
-            n_picks, lo, hi = stats.get(name, (0, math.nan, math.nan))
-            rows.append({"name": name, "path": paths.get(name), "n": n_picks, "score_min": _finite(lo),
-                         "score_max": _finite(hi), "error": failures.get(name)})
+        names = list(dict.fromkeys([*paths, *index.names, *(self.done_micrographs(n) or ()), *failures]))
+        rows = MicrographRows(key, index, names, paths, failures)
+        with self._lock:
+            self._rows[n] = rows
         return rows
+
+    def micrograph_table(self, n: int = 0) -> list[dict[str, Any]]:
+        """One row per micrograph: name, path, pick count, score range and the error of a failed one."""
+        rows = self.table(n)
+        return rows.window(0, len(rows.names))["micrographs"]
 
     def path_of(self, name: str) -> Path:
         """The image file of a micrograph the pages know."""
@@ -247,6 +274,13 @@ class ViewState:
             return {}
 
 
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 def _finite_list(values: np.ndarray) -> list[float | None]:
     """Plain floats for JSON, with None where a value is not finite (JSON has no NaN)."""
     if np.isfinite(values).all():
@@ -259,21 +293,18 @@ def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def suggest_threshold(picks: pd.DataFrame, labels: pd.DataFrame | None, radius: float | None,
-                      expected: float | None, micrographs: list[str]) -> dict[str, Any] | None:
+def suggest_threshold(index: RoundIndex, labelled_picks: pd.DataFrame | None, labels: pd.DataFrame | None,
+                      radius: float | None, expected: float | None, n_micrographs: int,
+                      labelled: list[str]) -> dict[str, Any] | None:
     """A working threshold: best F1 against the labels when there are any, else where picks meet the expected count."""
-    if picks.empty:
+    if not len(index.scores):
         return None
-    if labels is not None and len(labels) and radius:
-        labelled = sorted(set(labels["micrograph"].astype(str)) & set(micrographs))
-        if labelled:
-            ev = evaluate(picks, labels, radius, micrographs=labelled)
-            if math.isfinite(ev.threshold):
-                return {"threshold": ev.threshold, "reason": f"best F1 {ev.best_f1:.3f} against the labels"}
-    if expected and micrographs:
-        k = int(round(expected * len(micrographs)))
-        scores = np.sort(picks["score"].to_numpy(dtype=float))[::-1]
-        if 1 <= k <= len(scores):
-            return {"threshold": float(scores[k - 1]),
-                    "reason": f"keeps the model's expected {expected:g} particles per micrograph"}
+    if labels is not None and len(labels) and radius and labelled and labelled_picks is not None:
+        ev = evaluate(labelled_picks, labels, radius, micrographs=labelled)
+        if math.isfinite(ev.threshold):
+            return {"threshold": ev.threshold, "reason": f"best F1 {ev.best_f1:.3f} against the labels"}
+    if expected and n_micrographs:
+        t = index.kth_largest(int(round(expected * n_micrographs)))
+        if t is not None:  # to the 0.01 bin below, as `pupick pick` prints it (core.outputs.ScoreHistogram)
+            return {"threshold": math.floor(t / SCORE_STEP) * SCORE_STEP, "reason": f"keeps the model's expected {expected:g} particles per micrograph"}
     return None

@@ -108,13 +108,46 @@ def test_failed_micrograph_is_listed_with_its_error(server) -> None:
 
 def test_picks_endpoint_matches_picks_csv(server, picked) -> None:
     picks = pd.read_csv(picked[0] / "picks.csv")
-    body = call(server, "/api/round/0/picks")[1]
-    assert body["diameter_px"] == 56
     for name, g in picks.groupby("micrograph"):
-        got = body["micrographs"][name]
-        assert sorted(got["score"], reverse=True) == got["score"]
-        assert sorted(got["score"]) == sorted(g["score"].tolist())
-        assert len(got["x"]) == len(g)
+        body = call(server, f"/api/round/0/picks/{name}")[1]
+        assert body["diameter_px"] == 56 and body["micrograph"] == name
+        assert sorted(body["score"], reverse=True) == body["score"]
+        assert body["score"] == pytest.approx(sorted(g["score"].tolist(), reverse=True))
+        assert sorted(zip(body["x"], body["y"])) == sorted(zip(g["x"].tolist(), g["y"].tolist()))
+    status, body, _ = call(server, f"/api/round/0/picks/{BROKEN}")  # known, failed: no picks
+    assert status == 200 and body["score"] == []
+
+
+def test_micrographs_are_served_a_window_at_a_time(server, picked) -> None:
+    picks = pd.read_csv(picked[0] / "picks.csv")
+    t = float(picks["score"].median())
+    expected = picks[picks["score"] >= t].groupby("micrograph").size()
+    body = call(server, f"/api/round/0/micrographs?offset=1&limit=2&sort=count&desc=true&threshold={t}")[1]
+    order = [n for n in expected.sort_values(ascending=False, kind="stable").index]
+    assert body["total"] == 6 and body["offset"] == 1 and len(body["micrographs"]) == 2
+    assert [r["count"] for r in body["micrographs"]] == sorted(expected.to_list(), reverse=True)[1:3]
+    assert body["at_threshold"] == int((picks["score"] >= t).sum()) and body["with_picks"] == 5
+    assert set(r["name"] for r in body["micrographs"]) <= set(order)
+    body = call(server, "/api/round/0/micrographs?q=062&limit=1")[1]
+    assert body["total"] == 1 and body["micrographs"][0]["name"] == "062_10028"
+    body = call(server, "/api/round/0/micrographs?limit=2&at=311_10028")[1]
+    assert body["offset"] == 2 and "311_10028" in [r["name"] for r in body["micrographs"]]
+    assert call(server, "/api/round/0/micrographs?limit=201")[0] == 422  # never more than 200 rows
+    assert call(server, "/api/round/0/micrographs?sort=evil")[0] == 400
+    assert call(server, "/api/round/0/neighbour?name=061_10028&step=1")[1]["name"] == "062_10028"
+    assert call(server, "/api/round/0/neighbour?name=061_10028&step=-1")[1]["name"] == "312_10028"  # wraps
+
+
+def test_score_histogram_is_binned_on_the_server(server, picked) -> None:
+    import numpy as np
+
+    picks = pd.read_csv(picked[0] / "picks.csv")
+    body = call(server, "/api/round/0/scores")[1]
+    assert len(body["counts"]) == 200 and sum(body["counts"]) == len(picks) == body["n"]
+    assert body["lo"] == pytest.approx(picks["score"].min(), abs=1e-5)
+    assert body["hi"] == pytest.approx(picks["score"].max(), abs=1e-5)
+    want, _ = np.histogram(picks["score"].astype(np.float32), bins=200, range=(body["lo"], body["hi"]))
+    assert np.abs(np.asarray(body["counts"]) - want).sum() <= 2  # float32 vs float64 bin edges
 
 
 def test_analysis_gives_the_pr_curve_of_core_evaluate(server, picked) -> None:
@@ -144,7 +177,7 @@ def test_picture_is_rendered_once_and_cached(server, picked) -> None:
 
 @pytest.mark.parametrize("path,status", [
     ("/api/image/nope?size=view", 404), ("/api/image/062_10028?size=huge", 400), (f"/api/image/{BROKEN}", 400),
-    ("/api/round/7/picks", 400), ("/static/..%2Fview.py", 404), ("/static/view.py", 404),
+    ("/api/round/7/picks/061_10028", 400), ("/api/round/0/picks/nope", 404), ("/static/..%2Fview.py", 404), ("/static/view.py", 404),
 ])
 def test_bad_requests_get_one_json_sentence(server, path, status) -> None:
     got, body, _ = call(server, path)

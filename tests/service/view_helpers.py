@@ -67,3 +67,42 @@ class ViewProcess:
         for f in (self.proc.stdout, self.proc.stderr):
             if f:
                 f.close()
+
+
+def clone_outdir(src: Path, n: int, root: Path) -> Path:
+    """An OUTDIR of n finished micrographs c000000... made from SRC's (a real pick run's) records and picks.csv
+    rows under new names, each image a hard link (a symbolic one across file systems) to its source's."""
+    import json
+    import shutil
+
+    mics, out = root / "mics", root / "out"
+    records = out / ".pupick_records"
+    mics.mkdir(parents=True)
+    records.mkdir(parents=True)
+    lines = (src / "picks.csv").read_text().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    by_name: dict[str, list[str]] = {}
+    for line in rows:
+        by_name.setdefault(line.split(",", 1)[0], []).append(line)
+    sources = sorted(by_name)
+    with open(out / "picks.csv", "w") as table:
+        table.write(header)
+        for i in range(n):
+            name, source = f"c{i:06d}", sources[i % len(sources)]
+            old_path = by_name[source][0].rstrip("\n").rsplit(",", 1)[1]
+            new_path = mics / f"{name}.mrc"
+            try:
+                os.link(old_path, new_path)
+            except OSError:
+                os.symlink(old_path, new_path)
+            text = "".join(by_name[source]).replace(old_path, str(new_path))
+            text = ("\n" + text).replace(f"\n{source},", f"\n{name},")[1:]
+            table.write(text)
+            (records / f"{name}.csv").write_text(header + text)
+            (records / f"{name}.outputs").write_text("")
+    manifest = json.loads((src / "pupick_pick.json").read_text())
+    manifest.pop("picks_csv", None)
+    manifest["failures"] = {}
+    (out / "pupick_pick.json").write_text(json.dumps(manifest))
+    shutil.copy(src / "pupick_pick.json", root / "source_manifest.json")
+    return out

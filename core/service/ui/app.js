@@ -7,7 +7,7 @@ import { Viewer, countAtLeast } from './viewer.js';
 
 const $ = (id) => document.getElementById(id);
 const S = {
-  round: 0, picks: {}, all: new Float64Array(0), range: [0, 1], diameter: null, suggested: null, pr: null,
+  round: 0, range: [0, 1], diameter: null, suggested: null, pr: null, atThreshold: 0, withPicks: 0,
   labels: {}, threshold: 0, thresholdSet: false, current: null, undo: [], detail: null,
 };
 
@@ -26,8 +26,7 @@ function setThreshold(t, source) {
   S.threshold = t;
   if (source !== slider) slider.value = String(t);
   if (source !== number) number.value = t.toFixed(2);
-  $('total-count').textContent = String(countAtLeast(S.all, t));
-  table.updateCounts(t);
+  refreshCountsSoon(t);
   viewer.threshold = t;
   if (S.current) {
     viewer.drawOverlay();
@@ -51,27 +50,39 @@ function drawPRText() {
 
 // ---------------------------------------------------------------- data
 
+// The counts at the threshold (the total and the table's window) come from the server: one request per pause
+let countsTimer = null;
+function refreshCountsSoon(t) {
+  clearTimeout(countsTimer);
+  countsTimer = setTimeout(() => {
+    table.threshold = t;
+    table.load().catch((e) => say(e.message, 'error'));
+  }, 120);
+}
+
+function countsLoaded(r) {
+  S.atThreshold = r.at_threshold;
+  S.withPicks = r.with_picks;
+  $('total-count').textContent = String(r.at_threshold);
+}
+
 async function loadRound(n) {
-  const [mics, picks] = await Promise.all([getJSON(`api/round/${n}/micrographs`), getJSON(`api/round/${n}/picks`)]);
+  const [scores] = await Promise.all([getJSON(`api/round/${n}/scores`)]);
   S.round = n;
-  S.picks = picks.micrographs;
-  S.diameter = picks.diameter_px;
-  const all = [];
-  for (const p of Object.values(S.picks)) for (const s of p.score) all.push(s);
-  S.all = Float64Array.from(all).sort().reverse();
-  S.range = all.length ? [S.all[S.all.length - 1], S.all[0]] : [0, 1];
-  const scores = Object.fromEntries(Object.entries(S.picks).map(([k, v]) => [k, v.score]));
-  table.setRows(mics.micrographs, scores);
+  table.round = n;
+  S.diameter = scores.diameter_px;
+  S.range = scores.counts.length ? [scores.lo, scores.hi] : [0, 1];
   const [lo, hi] = S.range;
   slider.min = String(lo); slider.max = String(hi > lo ? hi : lo + 1);
-  histogram.setScores(S.all, lo, hi);
+  histogram.setBins(scores);
   await loadAnalysis();
   if (!S.thresholdSet) {
     S.thresholdSet = true;
     S.threshold = S.suggested ? S.suggested.threshold : lo;
   }
   S.threshold = Math.min(Math.max(S.threshold, lo), hi);
-  table.render(S.threshold);
+  table.threshold = S.threshold;
+  await table.load();
   $('round').value = String(n);
   document.body.dataset.round = String(n);
   if (S.current) await openMicrograph(S.current);
@@ -124,7 +135,11 @@ $('apply').addEventListener('click', async () => {
 
 const viewer = new Viewer($('stage'), $('img-layer'), $('pick-layer'), { onLabelsChanged: labelsChanged });
 const histogram = new Histogram($('histogram'), (t) => setThreshold(t));
-const table = new MicrographTable($('mics'), { onOpen: (name) => { location.hash = `#/m/${encodeURIComponent(name)}`; } });
+const table = new MicrographTable($('mics'), {
+  onOpen: (name) => { location.hash = `#/m/${encodeURIComponent(name)}`; },
+  onLoaded: countsLoaded,
+  pager: { prev: $('page-prev'), next: $('page-next'), text: $('page-text'), filter: $('filter') },
+});
 
 let saving = Promise.resolve();
 function saveLabels(name, points) {
@@ -158,8 +173,8 @@ function updateLabelInfo() {
 }
 
 async function openMicrograph(name) {
-  const p = S.picks[name] || { x: [], y: [], score: [] };
-  const pic = await getPicture(name, 'view');
+  const [p, pic] = await Promise.all([getJSON(`api/round/${S.round}/picks/${encodeURIComponent(name)}`),
+    getPicture(name, 'view')]);
   const bitmap = await createImageBitmap(pic.blob);
   S.current = name;
   S.detail = null;
@@ -183,12 +198,11 @@ async function openMicrograph(name) {
   document.body.dataset.micrograph = name;
 }
 
-function step(delta) {
-  const order = table.order || [];
-  if (!order.length) return;
-  const i = order.indexOf(S.current);
-  const next = order[(i + delta + order.length) % order.length];
-  location.hash = `#/m/${encodeURIComponent(next)}`;
+async function step(delta) {  // the table's order is the server's: it names the neighbour
+  try {
+    const next = await table.neighbour(S.current, delta);
+    if (next) location.hash = `#/m/${encodeURIComponent(next)}`;
+  } catch (e) { say(e.message, 'error'); }
 }
 
 function showView(which) {
@@ -239,7 +253,13 @@ async function route() {
   const m = location.hash.match(/^#\/m\/(.+)$/);
   try {
     if (m) await openMicrograph(decodeURIComponent(m[1]));
-    else { S.current = null; showView('table'); table.render(S.threshold); }
+    else {
+      const from = S.current;
+      S.current = null;
+      showView('table');
+      table.threshold = S.threshold;
+      await table.load(from ? { at: from } : {});  // back to the page that holds the micrograph just seen
+    }
   } catch (e) { say(e.message, 'error'); }
 }
 window.addEventListener('hashchange', route);
@@ -252,9 +272,8 @@ const jobs = new JobPanel({
 }, {
   onError: (msg) => say(msg, 'error'),
   expectedDefault: () => {  // the mean count per micrograph at the threshold the user chose
-    const rows = Object.values(S.picks);
-    if (!rows.length) return null;
-    const mean = rows.reduce((a, p) => a + countAtLeast(p.score, S.threshold), 0) / rows.length;
+    if (!S.withPicks) return null;
+    const mean = S.atThreshold / S.withPicks;
     return mean >= 1 ? Math.round(mean) : null;
   },
   onFinished: async (job) => {

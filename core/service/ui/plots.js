@@ -12,7 +12,7 @@ function axisText(ctx, text, x, y, align = 'left') {
   ctx.fillText(text, x, y);
 }
 
-// Histogram of all scores with the threshold (red) and the suggested threshold (green, dashed).
+// Histogram of all scores (binned by the server) with the threshold (red) and the suggested threshold (green, dashed).
 export class Histogram {
   constructor(canvas, onPick) {
     this.canvas = canvas;
@@ -25,15 +25,10 @@ export class Histogram {
     });
   }
 
-  setScores(scores, lo, hi) {
-    const n = 60;
-    this.lo = lo; this.hi = hi > lo ? hi : lo + 1;
-    this.bins = new Uint32Array(n);
-    const w = (this.hi - this.lo) / n;
-    for (const s of scores) {
-      const b = Math.min(n - 1, Math.max(0, Math.floor((s - this.lo) / w)));
-      this.bins[b]++;
-    }
+  setBins(h) {  // the server's histogram: {lo, hi, counts}
+    if (!h.counts.length) { this.bins = null; return; }
+    this.lo = h.lo; this.hi = h.hi > h.lo ? h.hi : h.lo + 1;
+    this.bins = Uint32Array.from(h.counts);
     this.max = Math.max(1, ...this.bins);
   }
 

@@ -1,0 +1,236 @@
+"""One round's picks.csv read once, streamed: each micrograph's rows (byte range), count and score range, every score.
+
+What the pages need at 50,000 micrographs without holding the picks table: the score of every pick (float32, 4 bytes
+a pick, for the counts at a threshold, the histogram and the suggested threshold) and, per micrograph, where its rows
+lie in the file, so that its picks are read from disk when it is opened. picks.csv keeps a micrograph's rows together
+(core.outputs); a file that does not is still read, its picks then found by a streamed filter.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+
+BINS = 200  # the score histogram the pages draw
+CHUNK = 1 << 24  # bytes read at a time
+REQUIRED = ("micrograph", "x", "y", "score")
+
+
+@dataclass
+class RoundIndex:
+    """picks.csv as the pages see it; `key` (path, mtime, size) says which version of the file it describes."""
+
+    path: Path
+    key: tuple
+    columns: list[str]
+    names: list[str]  # micrographs with picks, in file order
+    paths: list[str]  # each one's image path ('' when the file names none)
+    rows: np.ndarray  # rows[i]:rows[i + 1] are micrograph i's scores in `scores`
+    byte_start: np.ndarray | None  # micrograph i's rows are bytes byte_start[i]:byte_end[i] (None: not contiguous)
+    byte_end: np.ndarray | None
+    scores: np.ndarray  # float32, grouped by micrograph
+    position: dict[str, int] = field(default_factory=dict)
+    _counts: tuple | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.position = {n: i for i, n in enumerate(self.names)}
+        seg = self.rows[:-1]
+        nonempty = len(self.scores) > 0
+        self.n = np.diff(self.rows)
+        self.score_min = np.fmin.reduceat(self.scores, seg) if nonempty else np.zeros(0, np.float32)
+        self.score_max = np.fmax.reduceat(self.scores, seg) if nonempty else np.zeros(0, np.float32)
+
+    def counts_at(self, threshold: float) -> np.ndarray:
+        """Picks scoring >= threshold, per micrograph (the last threshold's answer is kept)."""
+        if self._counts is not None and self._counts[0] == threshold:
+            return self._counts[1]
+        if not len(self.scores):
+            counts = np.zeros(len(self.names), np.int64)
+        else:
+            counts = np.add.reduceat(np.greater_equal(self.scores, np.float32(threshold)), self.rows[:-1], dtype=np.int64)
+        self._counts = (threshold, counts)
+        return counts
+
+    def histogram(self, bins: int = BINS) -> dict:
+        """Every score in `bins` equal bins from the lowest to the highest finite score."""
+        finite = self.scores[np.isfinite(self.scores)]
+        if not len(finite):
+            return {"lo": None, "hi": None, "counts": [], "n": 0}
+        lo, hi = decimal(finite.min()), decimal(finite.max())
+        counts, _ = np.histogram(finite, bins=bins, range=(lo, hi if hi > lo else lo + 1))
+        return {"lo": lo, "hi": hi, "counts": counts.tolist(), "n": int(len(finite))}
+
+    def kth_largest(self, k: int) -> float | None:
+        """The k-th highest score (None when there are fewer than k)."""
+        finite = self.scores[np.isfinite(self.scores)]
+        if not 1 <= k <= len(finite):
+            return None
+        return decimal(np.partition(finite, len(finite) - k)[len(finite) - k])
+
+    def picks_of(self, name: str) -> pd.DataFrame:
+        """One micrograph's rows (micrograph, x, y, score, path), read from the file; empty when it has none."""
+        i = self.position.get(name)
+        if i is None:
+            return pd.DataFrame({c: pd.Series(dtype=float if c in ("x", "y", "score") else object)
+                                 for c in ("micrograph", "x", "y", "score", "path")})
+        if self.byte_start is not None:
+            with open(self.path, "rb") as fh:
+                fh.seek(int(self.byte_start[i]))
+                data = fh.read(int(self.byte_end[i] - self.byte_start[i]))
+            df = _parse(data, self.columns)
+        else:  # rows spread over the file: a streamed filter
+            df = pd.concat([c[c["micrograph"] == name] for c in _chunks(self.path, self.columns)] or [_parse(b"", self.columns)])
+        if "path" not in df.columns:
+            df["path"] = ""
+        if len(df) != self.n[i] or (len(df) and (df["micrograph"] != name).any()):
+            raise InputError(f"{self.path}: changed while being read; reload the page")
+        return df
+
+
+def decimal(v: np.float32) -> float:
+    """The shortest decimal that is this float32: the number picks.csv wrote (%.6g), not float32's neighbour."""
+    return float(str(np.float32(v)))
+
+
+def _parse(data: bytes, columns: list[str]) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(data), header=None, names=columns, dtype={"micrograph": str, "path": str},
+                       keep_default_na=False, na_values={"score": [""], "x": [""], "y": [""]}, skip_blank_lines=False)
+
+
+def _header(fh, path: Path) -> list[str]:
+    columns = fh.readline().decode("utf-8", "replace").strip().split(",")
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    return columns
+
+
+def _blocks(fh):
+    """(byte offset, whole lines) from the current position to the end."""
+    offset, rest = fh.tell(), b""
+    while True:
+        block = fh.read(CHUNK)
+        data = rest + block
+        if not block:
+            if data:
+                yield offset, data if data.endswith(b"\n") else data + b"\n"
+            return
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            yield offset, data[:cut]
+            offset += cut
+        rest = data[cut:]
+
+
+def _chunks(path: Path, columns: list[str]):
+    with open(path, "rb") as fh:
+        fh.readline()
+        for _, data in _blocks(fh):
+            yield _parse(data, columns)
+
+
+def build_index(path: Path, key: tuple) -> RoundIndex:
+    """One pass over picks.csv in CHUNK-byte blocks (no table of all picks is ever held)."""
+    position: dict[str, int] = {}
+    names: list[str] = []
+    paths: list[str] = []
+    seg_code, seg_row, seg_byte = [], [], []  # one entry where the micrograph changes from the row before
+    scores, codes_all = [], []
+    last, n_rows, end = -1, 0, 0
+    try:
+        with open(path, "rb") as fh:
+            columns = _header(fh, path)
+            use = [c for c in ("micrograph", "score", "path") if c in columns]
+            for offset, data in _blocks(fh):
+                df = pd.read_csv(io.BytesIO(data), header=None, names=columns, usecols=use,
+                                 dtype={"micrograph": str, "path": str}, keep_default_na=False,
+                                 na_values={"score": [""]}, skip_blank_lines=False)
+                nl = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+                if len(nl) != len(df):
+                    raise InputError(f"{path}: a row spans lines (quoted newline); not a pupick picks table")
+                local, uniques = pd.factorize(df["micrograph"].to_numpy(object))
+                _, first = np.unique(local, return_index=True)
+                path_col = df["path"].to_numpy(object) if "path" in df.columns else None
+                lookup = np.empty(len(uniques), np.int64)
+                for j, (u, f) in enumerate(zip(uniques, first)):
+                    code = position.get(u)
+                    if code is None:
+                        code = position[u] = len(names)
+                        names.append(str(u))
+                        paths.append(str(path_col[f]) if path_col is not None else "")
+                    lookup[j] = code
+                codes = lookup[local]
+                change = np.flatnonzero(np.diff(codes, prepend=last) != 0)
+                starts = np.concatenate([[0], nl[:-1] + 1])
+                seg_code.append(codes[change])
+                seg_row.append(change + n_rows)
+                seg_byte.append(starts[change] + offset)
+                scores.append(df["score"].to_numpy(dtype=np.float32))
+                codes_all.append(codes.astype(np.int32))
+                if len(codes):
+                    last = int(codes[-1])
+                n_rows += len(df)
+                end = offset + len(data)
+    except OSError as err:
+        raise InputError(f"{path}: unreadable picks table ({err.strerror or err})") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: unreadable picks table ({str(err).splitlines()[0]})") from None
+    seg_code_a = np.concatenate(seg_code) if seg_code else np.zeros(0, np.int64)
+    all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    if len(seg_code_a) == len(names):  # each micrograph's rows together, in first-appearance order
+        rows = np.append(np.concatenate(seg_row), n_rows).astype(np.int64) if names else np.zeros(1, np.int64)
+        byte_start = np.concatenate(seg_byte).astype(np.int64) if names else np.zeros(0, np.int64)
+        byte_end = np.append(byte_start[1:], end)
+        return RoundIndex(path, key, columns, names, paths, rows, byte_start, byte_end, all_scores)
+    codes = np.concatenate(codes_all)
+    order = np.argsort(codes, kind="stable")
+    rows = np.searchsorted(codes[order], np.arange(len(names) + 1)).astype(np.int64)
+    return RoundIndex(path, key, columns, names, paths, rows, None, None, all_scores[order])
+
+
+INDEX_VERSION = 1
+
+
+def _cache_name(key: tuple) -> str:
+    import hashlib
+
+    return f"index-{hashlib.sha256(str(key[0]).encode()).hexdigest()[:16]}.npz"
+
+
+def save_index(index: RoundIndex, folder: Path) -> None:
+    """Keep the index next to the rendered pictures, so that the next `pupick view` of this file skips the scan."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = json.dumps({"version": INDEX_VERSION, "key": list(index.key), "columns": index.columns,
+                           "names": index.names, "paths": index.paths})
+        target = folder / _cache_name(index.key)
+        tmp = folder / f".{target.name}.{os.getpid()}.part.npz"
+        arrays = {"rows": index.rows, "scores": index.scores, "meta": np.frombuffer(meta.encode(), np.uint8)}
+        if index.byte_start is not None:
+            arrays |= {"byte_start": index.byte_start, "byte_end": index.byte_end}
+        np.savez(tmp, **arrays)
+        os.replace(tmp, target)
+    except OSError:  # a read-only OUTDIR: the next start scans again
+        pass
+
+
+def load_index(path: Path, key: tuple, folder: Path) -> RoundIndex | None:
+    """The index save_index kept for exactly this version of the file (path, mtime, size), else None."""
+    try:
+        with np.load(folder / _cache_name(key)) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            if meta.get("version") != INDEX_VERSION or tuple(meta.get("key", ())) != tuple(key):
+                return None
+            start = z["byte_start"] if "byte_start" in z.files else None
+            end = z["byte_end"] if "byte_end" in z.files else None
+            return RoundIndex(path, key, meta["columns"], meta["names"], meta["paths"], z["rows"], start, end,
+                              z["scores"])
+    except (OSError, ValueError, KeyError):
+        return None
