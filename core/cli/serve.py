@@ -102,6 +102,18 @@ def command(host, port, data_roots, models_dir, state_dir, token_file, device, m
 
     import uvicorn
 
+    class _Announcing(uvicorn.Server):
+        """uvicorn's server, saying the address it bound once it has bound it."""
+
+        def __init__(self, config: "uvicorn.Config", announce) -> None:
+            super().__init__(config)
+            self.announce = announce
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started and self.servers and self.servers[0].sockets:
+                self.announce(self.servers[0].sockets[0].getsockname()[1])
+
     # the app (FastAPI, about a second to import) here, not at the top: `pupick --help` imports every command
     from ..service.app import ServeConfig, create_app
 
@@ -117,14 +129,22 @@ def command(host, port, data_roots, models_dir, state_dir, token_file, device, m
     app = run_core(create_app, cfg)
     scheme = "https" if ssl_certfile else "http"
     roots = ", ".join(str(r) for r in data_roots) or "none (uploads only)"
-    click.echo(f"pupick serve: {scheme}://{host}:{port} on {', '.join(devices)}; data roots: {roots}; "
-               f"state: {cfg.state_dir}; {len(app.state.service.registry.list())} model(s); "
-               f"{'token required' if token else 'no token (loopback only)'}", err=True)
+    models = len(app.state.service.registry.list())
+
+    def announce(bound: int) -> None:  # after binding, so that --port 0 says the port it got
+        click.echo(f"pupick serve: {scheme}://{host}:{bound} on {', '.join(devices)}; data roots: {roots}; "
+                   f"state: {cfg.state_dir}; {models} model(s); "
+                   f"{'token required' if token else 'no token (loopback only)'}", err=True)
+
+    server = _Announcing(uvicorn.Config(
+        app, host=host, port=port, log_level="warning" if log_level == "info" else log_level, access_log=False,
+        ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=10,
+        proxy_headers=bool(forwarded_allow_ips), forwarded_allow_ips=forwarded_allow_ips or "",
+        limit_concurrency=CONNECTIONS), announce)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning" if log_level == "info" else log_level,
-                    access_log=False, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                    timeout_graceful_shutdown=10, proxy_headers=bool(forwarded_allow_ips),
-                    forwarded_allow_ips=forwarded_allow_ips or "", limit_concurrency=CONNECTIONS)
+        server.run()
+        if not server.started:
+            sys.exit(1)  # uvicorn said why (the address in use, say)
     finally:
         close = getattr(executor, "close", None)
         if callable(close):

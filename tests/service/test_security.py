@@ -145,7 +145,6 @@ def test_tls(tmp_path, data_root):
                     str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
     srv = Server(tmp_path / "state", data_root, extra=["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)])
-    srv.url = srv.url.replace("http://", "https://")
     os.environ["PUPICK_CA_FILE"] = str(cert)
     try:
         srv.start()
