@@ -157,21 +157,22 @@ def test_scancel_and_walltime_mid_run_keep_the_serial_picks(slurm, many_mics, se
     ends with the serial picks (each micrograph once) and leaves no job behind.
 
     SLURM's shortest walltime is a minute and slurmctld looks every 30 s, so the job's end time is moved to now
-    (`scontrol update EndTime=now`, as an admin may) and the workers start (a file the job script waits for) ~10 s
-    before slurmctld's next look: the walltime ends that job mid-run however fast this machine picks."""
+    (`scontrol update EndTime=now`, as an admin may) once both workers pick, and the jobs submitted in their place
+    wait (the file their job script waits for is taken away) until slurmctld's next look has ended that job: 1,200
+    micrographs keep one worker busy for over 30 s on this CPU, so the walltime ends it mid-run."""
     from distributed import Client
 
     folder, _ = many_mics
     serial = serial_run[1]
     names = sorted(p.stem for p in folder.iterdir() if not p.name.startswith("c9_"))
-    copies = 8  # 160 micrographs: ~20 s of picking for two workers on an idle machine, the tick comes after 10
+    copies = 60  # 1,200 micrographs: ~45 s of picking for one worker on an idle machine
     mics = tmp_path / "mics"
     mics.mkdir()
     for r in range(copies):
         for name in names:
-            (mics / f"r{r}{name}.mrc").symlink_to(folder / f"{name}.mrc")
-    expected = pd.concat([serial[serial["micrograph"] == name].assign(micrograph=f"r{r}{name}",
-                                                                      path=str(mics / f"r{r}{name}.mrc"))
+            (mics / f"r{r:02d}{name}.mrc").symlink_to(folder / f"{name}.mrc")
+    expected = pd.concat([serial[serial["micrograph"] == name].assign(micrograph=f"r{r:02d}{name}",
+                                                                      path=str(mics / f"r{r:02d}{name}.mrc"))
                           for r in range(copies) for name in names], ignore_index=True)
     out = tmp_path / "out"
     go = tmp_path / "go"
@@ -184,16 +185,21 @@ def test_scancel_and_walltime_mid_run_keep_the_serial_picks(slurm, many_mics, se
     while len([j for j in our_jobs(slurm) if j["state"] == "RUNNING"]) < 2:
         assert time.monotonic() < deadline and run.proc.poll() is None, "".join(run.lines) + str(slurm.jobs())
         time.sleep(0.2)
-    tick = slurm.next_timelimit_check(after=time.time() + 12)
-    time.sleep(max(0.0, tick - 10 - time.time()))
     go.touch()
     with Client(run.scheduler(), timeout="30s") as monitor:
         while (job := busy_job(monitor)) is None:
             assert time.monotonic() < deadline + 60 and run.proc.poll() is None, "".join(run.lines)
             time.sleep(0.1)
+        # the other worker's job, named before the cancel: the job submitted in place of the cancelled one is not it
+        other = [j["id"] for j in our_jobs(slurm) if j["id"] != job and j["state"] == "RUNNING"]
+        go.unlink()  # new worker jobs wait in their job script from now on
         slurm.run("scancel", job)
-        other = [j["id"] for j in our_jobs(slurm) if j["id"] != job]
         slurm.run("scontrol", "update", f"JobId={other[0]}", "EndTime=now")
+        mark = f"Time limit exhausted for JobId={other[0]}"
+        while mark not in (slurm.root / "slurmctld.log").read_text():  # slurmctld looks every 30 s
+            assert time.monotonic() < deadline + 120 and run.proc.poll() is None, "".join(run.lines)
+            time.sleep(0.2)
+        go.touch()
         res = run.finish()
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
