@@ -103,7 +103,7 @@ def small_disk(tmp_path):
 
 def _fill(directory: Path) -> Path:
     filler = directory / "filler"
-    with open(filler, "wb") as fh:
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: nothing left to flush (and fail) at close
         block = bytes(1 << 16)
         try:
             while True:
