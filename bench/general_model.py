@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,20 +27,45 @@ from common import REPO, bench_args, discover_sets, evaluate_test, write_result 
 GENERAL_TRAIN = dict(arch="resnet8", units=32, epochs=12, steps_per_epoch=50, batch_size=8, tile_size=128,
                      learning_rate=1e-3, ema_decay=0.99, seed=0)
 SHIPPED = REPO / "core" / "shipped" / "general.pt"
+# Simulated sets (bench/simulate.py) trained alongside the real ones, and their share of the steps.
+SIM_SETS = 0
+SIM_SHARE = 0.5
+SIM_MICROGRAPHS = 4
 
 
-def labelled_sets(bsets):
-    """Every micrograph and every label of each set."""
-    from pupick.core.general import LabelledSet
+def labelled_sets(bsets, sim_bsets=(), sim_share: float = 0.0):
+    """Every micrograph and every label of each set; simulated sets share `sim_share` of the steps.
 
-    return [LabelledSet(b.name, list(b.micrographs), b.labels, b.diameter_px) for b in bsets]
+    A simulated set knows every particle; it keeps a seeded LABEL_SHARE of them as labels, so that the PU objective's
+    unlabeled share of particles is really there, as on the real sets."""
+    from pupick.core.general import LABEL_SHARE, LabelledSet
+
+    real_w = (1 - sim_share) / len(bsets) if bsets and sim_bsets else 1.0
+    sim_w = sim_share / len(sim_bsets) if bsets and sim_bsets else 1.0
+    return ([LabelledSet(b.name, list(b.micrographs), b.labels, b.diameter_px, weight=real_w) for b in bsets]
+            + [LabelledSet(b.name, list(b.micrographs), b.labels.sample(frac=LABEL_SHARE, random_state=0).sort_index(),
+                           b.diameter_px, weight=sim_w) for b in sim_bsets])
 
 
-def train_on(bsets, log=print):
+def simulated_sets(n: int, micrographs: int = SIM_MICROGRAPHS):
+    """The first n simulated sets (bench/simulate.py; built if missing, deterministic)."""
+    if n <= 0:
+        return []
+    from simulate import DEFAULT_OUT, ensure
+
+    ensure(DEFAULT_OUT, n, micrographs)
+    sets, skipped = discover_sets(DEFAULT_OUT, [f"sim{i:02d}" for i in range(n)])
+    if skipped:
+        raise SystemExit(f"simulated sets unusable: {skipped}")
+    return sets
+
+
+def train_on(bsets, sim_bsets=(), sim_share: float = 0.0, scales=None, log=print):
     from pupick.core.config import TrainConfig
-    from pupick.core.general import train_general
+    from pupick.core.general import SCALES, train_general
 
-    return train_general(labelled_sets(bsets), TrainConfig(**GENERAL_TRAIN), log=log)
+    return train_general(labelled_sets(bsets, sim_bsets, sim_share), TrainConfig(**GENERAL_TRAIN),
+                         scales=tuple(scales) if scales else SCALES, log=log)
 
 
 def zero_label(model_path: Path, bset) -> dict:
@@ -61,34 +88,61 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--loso", type=Path, default=None, help="folder for the leave-one-set-out models")
         ap.add_argument("--epochs", type=int, default=None,
                         help=f"epochs of {GENERAL_TRAIN['steps_per_epoch']} steps (default {GENERAL_TRAIN['epochs']})")
+        ap.add_argument("--sim", type=int, default=SIM_SETS, help=f"simulated sets (default {SIM_SETS})")
+        ap.add_argument("--sim-share", type=float, default=SIM_SHARE,
+                        help=f"share of the steps on simulated sets when real ones are used too (default {SIM_SHARE})")
+        ap.add_argument("--no-real", action="store_true", help="simulated sets only")
+        ap.add_argument("--scales", type=float, nargs="+", default=None, help="scale jitter (default core.general)")
+        ap.add_argument("--lowcontrast", action="store_true", help="also score the held-out set's low-contrast copy")
+        ap.add_argument("--tag", default="", help="suffix of the result file name")
 
     args = bench_args(__doc__.splitlines()[0], argv, extra)
+    import torch
+
+    torch.set_num_threads(args.threads)
     if args.epochs:
         GENERAL_TRAIN["epochs"] = args.epochs
     sets, skipped = discover_sets(args.data, args.sets)
     for name, reason in skipped:
         print(f"skipped {name}: {reason}", flush=True)
+    sim = simulated_sets(args.sim)
+    recipe = {"schedule": GENERAL_TRAIN, "sim_sets": len(sim), "sim_share": args.sim_share, "real": not args.no_real,
+              "scales": args.scales, "threads": args.threads}
     if args.ship:
-        result = train_on(sets)
+        result = train_on([] if args.no_real else sets, sim, args.sim_share, args.scales)
         result.save(SHIPPED, history=False)
         print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 1e6:.2f} MB) in {result.seconds:.0f} s", flush=True)
     if args.loso:
         args.loso.mkdir(parents=True, exist_ok=True)
+        low = {}
+        if args.lowcontrast:
+            from hard_case import SUFFIX, ensure
+
+            low_sets, _ = discover_sets(ensure(names=[b.name for b in sets]), [b.name for b in sets])
+            low = {b.name.removesuffix(SUFFIX): b for b in low_sets}
         rows = []
         for held in sets:
-            others = [b for b in discover_sets(args.data)[0] if b.name != held.name]
-            target = args.loso / f"{held.name}.pt"
+            others = [] if args.no_real else [b for b in discover_sets(args.data)[0] if b.name != held.name]
+            target = args.loso / ("simulated.pt" if args.no_real else f"{held.name}.pt")
             if not target.is_file():
-                result = train_on(others, log=lambda m: None)
+                t0 = time.time()
+                load0 = os.getloadavg()[0]
+                result = train_on(others, sim, args.sim_share, args.scales, log=lambda m: None)
                 result.save(target, history=False)
-                print(f"{held.name}: trained on {', '.join(b.name for b in others)} in {result.seconds:.0f} s",
-                      flush=True)
-            row = zero_label(target, held)
-            row["trained_on"] = [b.name for b in others]
-            rows.append(row)
-            print(f"{held.name}: zero-label AP {row['ap']:.3f} (F1 {row['best_f1']:.3f})", flush=True)
-        name = "general_loso" + ("_" + "_".join(args.sets) if args.sets else "")
-        print(f"wrote {write_result(name, rows, schedule=GENERAL_TRAIN)}")
+                (target.with_suffix(".json")).write_text(json.dumps(
+                    {"train_seconds": result.seconds, "load_start": load0, "load_end": os.getloadavg()[0],
+                     "wall": time.time() - t0}))
+                print(f"{held.name}: trained on {', '.join(b.name for b in others) or '-'} + {len(sim)} simulated "
+                      f"in {result.seconds:.0f} s", flush=True)
+            info = json.loads(target.with_suffix(".json").read_text()) if target.with_suffix(".json").is_file() else {}
+            for bset in [held] + ([low[held.name]] if held.name in low else []):
+                row = zero_label(target, bset)
+                row.update(trained_on=[b.name for b in others], sim_sets=len(sim), **info)
+                rows.append(row)
+                print(f"{bset.name}: zero-label AP {row['ap']:.3f} (F1 {row['best_f1']:.3f})", flush=True)
+        name = "general_loso" + (f"_{args.tag}" if args.tag else "") + (
+            "_" + "_".join(args.sets) if args.sets and not args.tag else "")
+        print(f"wrote {write_result(name, rows, recipe=recipe)}")
 
 
 if __name__ == "__main__":

@@ -43,12 +43,15 @@ SCORE_OFFSET = 14.0
 
 @dataclass
 class LabelledSet:
-    """One training set: micrographs, their labels (original pixels) and the particle diameter."""
+    """One training set: micrographs, their labels (original pixels) and the particle diameter.
+
+    `weight`: how often its batches are drawn, relative to the other sets."""
 
     name: str
     micrographs: list[Path]
     labels: pd.DataFrame
     diameter_px: float
+    weight: float = 1.0
 
 
 @dataclass
@@ -92,6 +95,12 @@ def train_general(sets: list[LabelledSet], config: TrainConfig, grid_diameter: f
     t0 = time.perf_counter()
     groups = _groups(sets, config, grid_diameter, scales, log)
     names = sorted({g.set_name for g in groups})
+    weight = {s.name: float(s.weight) for s in sets}
+    if any(w <= 0 for w in weight.values()):
+        raise InputError("every set's weight must be positive")
+    # sets equally often unless weighted (the equal case keeps the draws of the models trained before weights)
+    p = None if len({weight[n] for n in names}) == 1 else np.array([weight[n] for n in names]) / sum(
+        weight[n] for n in names)
     device = choose_device(config.device)
     mcfg = ModelConfig(config.arch, config.units, config.batchnorm, config.dropout, config.pooling)
     torch.manual_seed(config.seed)
@@ -110,7 +119,7 @@ def train_general(sets: list[LabelledSet], config: TrainConfig, grid_diameter: f
     rows, losses = [], []
     module.train()
     for step in range(1, total + 1):
-        name = names[int(rng.integers(len(names)))]
+        name = names[int(rng.integers(len(names)))] if p is None else names[int(rng.choice(len(names), p=p))]
         options = [g for g in groups if g.set_name == name]
         g = options[int(rng.integers(len(options)))]
         xs, ys = g.sampler.sample(rng, config.batch_size)
