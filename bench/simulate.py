@@ -61,11 +61,12 @@ DOMAIN_GLOB = "dssp/*.pdb.gz"  # ~120-170-residue single domains: building block
 
 def data_dir() -> Path:
     """The atomic models' folder (MDAnalysisTests, the `[sim]` extra)."""
-    try:
-        import MDAnalysisTests
-    except ImportError:
-        raise SystemExit("the simulator needs the atomic models of MDAnalysisTests: pip install -e '.[sim]'") from None
-    return Path(MDAnalysisTests.__file__).parent / "data"
+    import importlib.util
+
+    spec = importlib.util.find_spec("MDAnalysisTests")  # located, not imported (that would import MDAnalysis)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the simulator needs the atomic models of MDAnalysisTests: pip install -e '.[sim]'")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
 def read_ca(path: Path) -> np.ndarray:
