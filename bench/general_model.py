@@ -68,12 +68,17 @@ def train_on(bsets, sim_bsets=(), sim_share: float = 0.0, scales=None, log=print
                          scales=tuple(scales) if scales else SCALES, log=log)
 
 
-def zero_label(model_path: Path, bset) -> dict:
-    """Pick the set's test micrographs with the model at the set's diameter; AP against all test labels."""
+def zero_label(model_path: Path, bset, score_offset: float | None = None) -> dict:
+    """Pick the set's test micrographs with the model at the set's diameter; AP against all test labels.
+
+    `score_offset` replaces the model's own (the logit lift that keeps unseen particles above picking's threshold)."""
     from pupick.core.modelfile import for_particle, load_model
     from pupick.core.picking import pick
 
-    model = for_particle(load_model(model_path), diameter_px=bset.diameter_px)
+    loaded = load_model(model_path)
+    if score_offset is not None:
+        loaded.config["score_offset"] = float(score_offset)
+    model = for_particle(loaded, diameter_px=bset.diameter_px)
     t0 = time.perf_counter()
     run = pick(bset.test, model, bset.pick_config(), progress=False, log=lambda m: None)
     ev = evaluate_test(run.picks, bset)
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--scales", type=float, nargs="+", default=None, help="scale jitter (default core.general)")
         ap.add_argument("--lowcontrast", action="store_true", help="also score the held-out set's low-contrast copy")
         ap.add_argument("--tag", default="", help="suffix of the result file name")
+        ap.add_argument("--score-offset", type=float, default=None,
+                        help="score the held-out sets with this logit offset instead of the model's own")
 
     args = bench_args(__doc__.splitlines()[0], argv, extra)
     import torch
@@ -136,8 +143,9 @@ def main(argv: list[str] | None = None) -> None:
                       f"in {result.seconds:.0f} s", flush=True)
             info = json.loads(target.with_suffix(".json").read_text()) if target.with_suffix(".json").is_file() else {}
             for bset in [held] + ([low[held.name]] if held.name in low else []):
-                row = zero_label(target, bset)
-                row.update(trained_on=[b.name for b in others], sim_sets=len(sim), **info)
+                row = zero_label(target, bset, args.score_offset)
+                row.update(trained_on=[b.name for b in others], sim_sets=len(sim), score_offset=args.score_offset,
+                           **info)
                 rows.append(row)
                 print(f"{bset.name}: zero-label AP {row['ap']:.3f} (F1 {row['best_f1']:.3f})", flush=True)
         name = "general_loso" + (f"_{args.tag}" if args.tag else "") + (

@@ -11,7 +11,8 @@ hollow shells and dense packed complexes of 1–4 MDa (ribosome-sized), symmetri
 
 Image formation (per micrograph, numpy only):
 - particles at random orientations (uniform on SO(3)) and positions, crowding from sparse to touching (random
-  sequential addition with a minimum distance of 0.75–1.0 diameters), none on carbon or contamination;
+  sequential addition with a minimum distance of 0.65–1.0 diameters, area fraction up to 0.3–0.9 by set), none on
+  carbon or contamination;
 - their projected protein thickness (pseudo-atoms splatted bilinearly, Gaussian-blurred) -> phase shift relative to
   the ice (0.0016 rad per Å of protein, times a per-set factor log-uniform in 0.6–4: from raw low-dose contrast to
   the easier contrast of stain-like or denoised data), plus a weak random solvent/ice potential;
@@ -46,6 +47,7 @@ from common import OUT_DIR  # noqa: E402
 
 DEFAULT_OUT = OUT_DIR / "sim"
 SEED = 30
+VERSION = 3  # of the image model: a set built by another version is rebuilt
 RESIDUE_VOLUME = 135.0  # Å³ per residue (protein density ~1.35 g/cm³, 110 Da)
 PHASE_PER_A = 0.0016  # rad per Å of protein thickness against vitreous ice (σ ΔV at 300 kV, ΔV ≈ 2.2 V)
 WAVELENGTH = 0.0197  # Å at 300 kV
@@ -235,7 +237,7 @@ def draw_conditions(structure: Structure, rng: np.random.Generator, diameter_px:
         dose=float(np.exp(rng.uniform(np.log(8), np.log(60)))) * (structure.diameter_A / diameter_px) ** 2, defocus_um=(lo, lo + rng.uniform(0.3, 1.5)),
         bfactor=float(rng.uniform(40, 200)), contrast=float(np.exp(rng.uniform(np.log(0.6), np.log(4.0)))),
         ice_mean=float(rng.uniform(0.1, 1.0)), ice_vary=float(rng.uniform(0.02, 0.4)),
-        fill=(float(rng.uniform(0.02, 0.15)), float(rng.uniform(0.2, 0.6))), carbon=float(rng.uniform(0, 0.6)),
+        fill=(float(rng.uniform(0.02, 0.15)), float(rng.uniform(0.3, 0.9))), carbon=float(rng.uniform(0, 0.6)),
         contamination=int(rng.integers(0, 4)), output=str(rng.choice(["counts", "counts", "float", "filtered"])))
 
 
@@ -260,7 +262,7 @@ def place(n_max: int, shape: tuple[int, int], min_dist: float, free: np.ndarray,
     cell = max(min_dist, 1.0)
     grid: dict[tuple[int, int], list[int]] = {}
     pts: list[tuple[float, float]] = []
-    for _ in range(n_max * 6):
+    for _ in range(n_max * 20):
         if len(pts) >= n_max:
             break
         y, x = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
@@ -334,7 +336,7 @@ def micrograph(structure: Structure, cond: Conditions, size: int, rng: np.random
     fill = rng.uniform(*cond.fill)
     n = int(fill * size * size / (np.pi * (dpx / 2) ** 2))
     free = ~(carbon | cont)
-    centres = place(n, shape, dpx * rng.uniform(0.75, 1.0), free, rng)
+    centres = place(n, shape, dpx * rng.uniform(0.65, 1.0), free, rng)
     # projected protein thickness (Å) -> phase
     thick = np.zeros(shape)
     rots = random_rotations(rng, len(centres))
@@ -413,7 +415,7 @@ def ensure(out_root: Path = DEFAULT_OUT, n_sets: int = 24, n_micrographs: int = 
     out = []
     for i in range(n_sets):
         meta = out_root / f"sim{i:02d}" / "set.json"
-        want = {"seed": seed, "n_micrographs": n_micrographs, "size": size}
+        want = {"seed": seed, "n_micrographs": n_micrographs, "size": size, "version": VERSION}
         if meta.is_file() and json.loads(meta.read_text()).get("build") == want:
             out.append(meta.parent)
             continue

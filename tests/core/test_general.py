@@ -89,6 +89,19 @@ def test_general_training_is_deterministic_and_uses_every_set(small_general, dem
     assert result.config["factor"] is None and result.config["diameter_px"] is None
 
 
+def test_set_weights_change_the_draws_and_must_be_positive(small_general):
+    result, sets = small_general
+    import dataclasses
+
+    weighted = [dataclasses.replace(sets[0], weight=0.9), dataclasses.replace(sets[1], weight=0.1)]
+    other = train_general(weighted, tiny_general(), log=lambda m: None)
+    assert not all(torch.equal(result.state_dict[k], other.state_dict[k]) for k in result.state_dict)
+    again = train_general(weighted, tiny_general(), log=lambda m: None)
+    assert all(torch.equal(other.state_dict[k], again.state_dict[k]) for k in other.state_dict)
+    with pytest.raises(InputError, match="weight must be positive"):
+        train_general([dataclasses.replace(sets[0], weight=0.0), sets[1]], tiny_general(), log=lambda m: None)
+
+
 def test_fine_tuning_from_a_general_model_takes_its_network_and_scale(tmp_path, small_general, demo_micrographs,
                                                                      demo_labels):
     result, _ = small_general
