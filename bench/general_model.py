@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, reason in skipped:
         print(f"skipped {name}: {reason}", flush=True)
     sim = simulated_sets(args.sim)
-    recipe = {"schedule": GENERAL_TRAIN, "sim_sets": len(sim), "sim_share": args.sim_share, "real": not args.no_real,
+    from simulate import VERSION
+
+    recipe = {"schedule": GENERAL_TRAIN, "sim_sets": len(sim), "sim_version": VERSION if sim else None,
+              "sim_share": args.sim_share, "real": not args.no_real,
               "scales": args.scales, "threads": args.threads}
     if args.ship:
         result = train_on([] if args.no_real else sets, sim, args.sim_share, args.scales)

@@ -11,7 +11,8 @@ hollow shells and dense packed complexes of 1–4 MDa (ribosome-sized), symmetri
 
 Image formation (per micrograph, numpy only):
 - particles at random orientations (uniform on SO(3)) and positions, crowding from sparse to touching (random
-  sequential addition with a minimum distance of 0.65–1.0 diameters, area fraction up to 0.3–0.9 by set), none on
+  sequential addition with a minimum distance of 0.45–1.0 diameters, as particles at different heights in the ice
+  overlap in projection; area fraction up to 0.3–1.0 by set), none on
   carbon or contamination;
 - their projected protein thickness (pseudo-atoms splatted bilinearly, Gaussian-blurred) -> phase shift relative to
   the ice (0.0016 rad per Å of protein, times a per-set factor log-uniform in 0.6–4: from raw low-dose contrast to
@@ -47,7 +48,7 @@ from common import OUT_DIR  # noqa: E402
 
 DEFAULT_OUT = OUT_DIR / "sim"
 SEED = 30
-VERSION = 3  # of the image model: a set built by another version is rebuilt
+VERSION = 4  # of the image model: a set built by another version is rebuilt
 RESIDUE_VOLUME = 135.0  # Å³ per residue (protein density ~1.35 g/cm³, 110 Da)
 PHASE_PER_A = 0.0016  # rad per Å of protein thickness against vitreous ice (σ ΔV at 300 kV, ΔV ≈ 2.2 V)
 WAVELENGTH = 0.0197  # Å at 300 kV
@@ -237,7 +238,7 @@ def draw_conditions(structure: Structure, rng: np.random.Generator, diameter_px:
         dose=float(np.exp(rng.uniform(np.log(8), np.log(60)))) * (structure.diameter_A / diameter_px) ** 2, defocus_um=(lo, lo + rng.uniform(0.3, 1.5)),
         bfactor=float(rng.uniform(40, 200)), contrast=float(np.exp(rng.uniform(np.log(0.6), np.log(4.0)))),
         ice_mean=float(rng.uniform(0.1, 1.0)), ice_vary=float(rng.uniform(0.02, 0.4)),
-        fill=(float(rng.uniform(0.02, 0.15)), float(rng.uniform(0.3, 0.9))), carbon=float(rng.uniform(0, 0.6)),
+        fill=(float(rng.uniform(0.02, 0.15)), float(rng.uniform(0.3, 1.0))), carbon=float(rng.uniform(0, 0.6)),
         contamination=int(rng.integers(0, 4)), output=str(rng.choice(["counts", "counts", "float", "filtered"])))
 
 
@@ -336,7 +337,7 @@ def micrograph(structure: Structure, cond: Conditions, size: int, rng: np.random
     fill = rng.uniform(*cond.fill)
     n = int(fill * size * size / (np.pi * (dpx / 2) ** 2))
     free = ~(carbon | cont)
-    centres = place(n, shape, dpx * rng.uniform(0.65, 1.0), free, rng)
+    centres = place(n, shape, dpx * rng.uniform(0.45, 1.0), free, rng)  # overlap: particles at other heights
     # projected protein thickness (Å) -> phase
     thick = np.zeros(shape)
     rots = random_rotations(rng, len(centres))
