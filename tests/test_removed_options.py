@@ -110,3 +110,10 @@ def test_pupick_serve_refuses_it_with_422(serve, name, value):
     assert body == {"error": removed_message(name, f"setting {name!r}")}
     with urllib.request.urlopen(f"{srv.url}/v1/jobs", timeout=30) as answer:
         assert json.loads(answer.read()) == {"jobs": []}  # no job was queued
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_troubleshooting_quotes_the_line(name):
+    """docs/troubleshooting.md holds the exact line users see, so a change of wording shows up there."""
+    page = (TESTS.parent / "docs" / "troubleshooting.md").read_text()
+    assert removed_message(name, f"--{name.replace('_', '-')}") in page
