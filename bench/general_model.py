@@ -7,8 +7,14 @@
   (bench/out/general_loso.json). These are the models `bench/seed_spread.py --init DIR` fine-tunes from. A model is
   never scored on a set whose labels it saw.
 
-    python bench/general_model.py --ship [--data DIR] [--threads N]
-    python bench/general_model.py --loso DIR [--epochs N] [--sets ...] [--data DIR]
+- `--sim N` (issue 30): also train on the first N simulated sets (bench/simulate.py, built under bench/out/sim if
+  missing), which draw `--sim-share` of the steps (the real sets the rest); `--no-real`: simulated sets only (one
+  model, DIR/simulated.pt, scored on every set). `--lowcontrast` also scores each held-out set's low-contrast copy
+  (bench/hard_case.py) with the same model; `--scales` replaces the scale jitter; `--tag` names the result file
+  (bench/out/general_loso_<tag>.json).
+
+    python bench/general_model.py --ship [--data DIR] [--threads N] [--sim N --sim-share S]
+    python bench/general_model.py --loso DIR [--epochs N] [--sets ...] [--data DIR] [--sim N ...] [--lowcontrast]
 """
 from __future__ import annotations
 
