@@ -218,7 +218,7 @@ class Conditions:
 
     diameter_px: float
     pixel_A: float
-    dose: float  # electrons per pixel
+    dose: float  # electrons per pixel (8-60 e/Å² times the pixel area)
     defocus_um: tuple[float, float]
     bfactor: float
     contrast: float  # multiplies PHASE_PER_A
@@ -235,7 +235,8 @@ def draw_conditions(structure: Structure, rng: np.random.Generator, diameter_px:
     lo = rng.uniform(0.6, 2.0)
     return Conditions(
         diameter_px=diameter_px, pixel_A=structure.diameter_A / diameter_px,
-        dose=float(np.exp(rng.uniform(np.log(8), np.log(60)))) * (structure.diameter_A / diameter_px) ** 2, defocus_um=(lo, lo + rng.uniform(0.3, 1.5)),
+        dose=float(np.exp(rng.uniform(np.log(8), np.log(60)))) * (structure.diameter_A / diameter_px) ** 2,
+        defocus_um=(lo, lo + rng.uniform(0.3, 1.5)),
         bfactor=float(rng.uniform(40, 200)), contrast=float(np.exp(rng.uniform(np.log(0.6), np.log(4.0)))),
         ice_mean=float(rng.uniform(0.1, 1.0)), ice_vary=float(rng.uniform(0.02, 0.4)),
         fill=(float(rng.uniform(0.02, 0.15)), float(rng.uniform(0.3, 1.0))), carbon=float(rng.uniform(0, 0.6)),
