@@ -23,9 +23,9 @@ Image formation (per micrograph, numpy only):
   astigmatism, a B-factor envelope);
 - ice thickness varying smoothly over the image: the coherent contrast falls as exp(-t/λ) (inelastic scattering);
 - shot noise: Poisson counts at a dose of 8–60 electrons per Å² (log-uniform).
-A set is written as uint16 counts (MRC mode 6), as float32 counts normalised by the dose, or as a low-passed float
-image rescaled to 0–255 (like the shared sets' denoised 8-bit files). Every random choice comes from
-numpy default_rng([seed, set index, micrograph index]): the same seed writes the same files.
+A set is written as uint16 counts (MRC mode 6), as float32 counts normalised by the dose, or as a phase-flipped
+(CTF-corrected), low-passed float image rescaled to 0–255 (like the shared sets' processed 8-bit files). Every random
+choice comes from numpy default_rng([seed, set index, micrograph index]): the same seed writes the same files.
 
     python bench/simulate.py --out bench/out/sim [--sets 24] [--micrographs 4] [--size 1024] [--seed 30]
 """
@@ -48,7 +48,7 @@ from common import OUT_DIR  # noqa: E402
 
 DEFAULT_OUT = OUT_DIR / "sim"
 SEED = 30
-VERSION = 4  # of the image model: a set built by another version is rebuilt
+VERSION = 5  # of the image model: a set built by another version is rebuilt
 RESIDUE_VOLUME = 135.0  # Å³ per residue (protein density ~1.35 g/cm³, 110 Da)
 PHASE_PER_A = 0.0016  # rad per Å of protein thickness against vitreous ice (σ ΔV at 300 kV, ΔV ≈ 2.2 V)
 WAVELENGTH = 0.0197  # Å at 300 kV
@@ -368,10 +368,10 @@ def micrograph(structure: Structure, cond: Conditions, size: int, rng: np.random
         image = np.minimum(counts, np.iinfo(np.uint16).max).astype(np.uint16)
     elif cond.output == "float":
         image = (counts / cond.dose).astype(np.float32)
-    else:  # low-passed to the particle's scale, rescaled to the 8-bit range, as the shared sets' files are
+    else:  # CTF-corrected (phase-flipped), low-passed to the particle's scale, rescaled to the 8-bit range
         sig = dpx * rng.uniform(0.02, 0.06)
-        g = np.fft.irfft2(np.fft.rfft2(counts.astype(np.float64)) * np.exp(-2 * (np.pi * sig) ** 2 *
-                                                                           (kx ** 2 + ky ** 2)), s=shape)
+        g = np.fft.irfft2(np.fft.rfft2(counts.astype(np.float64)) * -np.sign(transfer) *  # dark stays dark
+                          np.exp(-2 * (np.pi * sig) ** 2 * (kx ** 2 + ky ** 2)), s=shape)
         g = (g - g.mean()) / max(g.std(), 1e-12)
         image = np.clip(128 + 25 * g, 0, 255).astype(np.float32)
     return image, centres, clean
