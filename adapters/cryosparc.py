@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -375,6 +375,35 @@ def write_particles(picks: pd.DataFrame, path: str | os.PathLike, exposures: pd.
                              source=str(path))
     save_dataset(dset, path)
     return len(dset)
+
+
+def write_particles_stream(pieces: Iterable[pd.DataFrame], path: str | os.PathLike, exposures: pd.DataFrame,
+                           names: Sequence[str], salt: str = "") -> int:
+    """write_particles for picks that come in pieces (e.g. picks.csv read a chunk at a time), in their order:
+    `names` (the micrograph paths the pieces name) are matched to the exposures once; nothing holds all the picks."""
+    salt = salt or str(Path(path).name)
+    mapping = match_exposures(list(dict.fromkeys(map(str, names))), exposures, str(path))
+    uids = exposures["uid"].to_numpy(dtype=np.uint64)
+    rows = 0
+    with particles_cs_writer(path, exposures["path"].astype(str)) as writer:
+        for piece in pieces:
+            if not len(piece):
+                continue
+            keys = piece["micrograph"].astype(str)  # by path when there is one, as particles_dataset matches
+            if "path" in piece.columns:
+                keys = piece["path"].where(piece["path"].notna() & (piece["path"] != ""), keys).astype(str)
+            new = set(keys) - set(mapping)
+            if new:  # names not given up front
+                mapping.update(match_exposures(sorted(new), exposures, str(path)))
+                missing = sorted(new - set(mapping))
+                if missing:
+                    raise InputError(_mismatch_message(missing, exposures, str(path)))
+            at = np.array([mapping[k] for k in keys])
+            used = np.unique(at)
+            writer.append(particles_dataset(piece.assign(micrograph_uid=uids[at]), exposures.iloc[used], salt=salt,
+                                            source=str(path)))
+            rows += len(piece)
+    return rows
 
 
 def save_dataset(dset, path: str | os.PathLike) -> None:

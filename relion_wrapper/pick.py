@@ -48,8 +48,8 @@ GENERAL = "general"  # the shipped general model (core/modelfile.py SHIPPED_MODE
 
 
 def _write_list(out_dir: Path, out_name: str, mics: pd.DataFrame, rel: Sequence[PurePosixPath], version: int) -> int:
-    """Rewrite <o>autopick.star listing every micrograph whose coordinate file exists; returns how many."""
-    from pupick.adapters.relion import write_coordinate_list
+    """Rewrite <o>autopick.star listing every micrograph whose coordinate file exists (streamed); returns how many."""
+    from pupick.adapters.relion import write_coordinate_list_stream
 
     listings: dict[Path, set[str]] = {}  # one listing per folder, not a stat per micrograph (on-the-fly reruns)
 
@@ -59,13 +59,8 @@ def _write_list(out_dir: Path, out_name: str, mics: pd.DataFrame, rel: Sequence[
             listings[folder] = set(os.listdir(folder)) if folder.is_dir() else set()
         return r.name in listings[folder]
 
-    done = [(p, node_name(out_name, r)) for p, r in zip(mics["path"], rel) if exists(r)]
-    entries = pd.DataFrame({
-        "micrograph_path": pd.Series([p for p, _ in done], dtype=object),
-        "coordinates_path": pd.Series([c for _, c in done], dtype=object),
-    })
-    write_coordinate_list(entries, out_dir / LIST_NAME, version=STAR_VERSIONS[version])  # atomic
-    return len(done)
+    done = ((p, node_name(out_name, r)) for p, r in zip(mics["path"], rel) if exists(r))
+    return write_coordinate_list_stream(done, out_dir / LIST_NAME, version=STAR_VERSIONS[version])  # atomic
 
 
 def _body(job: RelionJob, args: ExternalArgs) -> None:
@@ -221,9 +216,7 @@ def _pick_on_server(client, table: pd.DataFrame, model: str, config: PickConfig,
 
     result = pick_via_server(client, table, model, config, job.out_dir, files=files, progress=False, log=say,
                              should_stop=job.abort_requested, on_progress=on_progress)
-    picked = [m for m in result.micrographs if m not in set(result.skipped)]
-    sizes = result.picks.groupby("micrograph").size() if len(result.picks) else pd.Series(dtype=int)
-    counts.extend(int(sizes.get(m, 0)) for m in picked)
+    counts.extend(result.counts.values())  # this run's picks per micrograph (picks.csv is not read back)
     return result
 
 

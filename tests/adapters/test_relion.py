@@ -225,3 +225,21 @@ def test_particles_star_in_pieces_is_the_whole_files_text(tmp_path, cut):
     text = "".join(relion.particles_star_chunks(pieces))
     assert text == (tmp_path / "whole.star").read_text()
     assert "".join(relion.particles_star_chunks([])) == "".join(relion.particles_star_chunks([picks.iloc[:0]]))
+
+
+@pytest.mark.parametrize("version", [30001, 50001, None])
+def test_coordinate_list_streamed_is_the_whole_table_write(tmp_path, version):
+    """The coordinate list written a chunk at a time is write_coordinate_list's file, byte for byte (quoted names,
+    an empty list, any chunk size), and reading it back a line at a time gives the pairs in order."""
+    pairs = [("Movies/a b.mrc", "c/a b.star"), ("MotionCorr/job002/x.mrc", "c/x.star")] + [
+        (f"M/{i:05d}.mrc", f"c/{i:05d}.star") for i in range(23)]
+    for rows, chunk in ((pairs, 5), (pairs, 100), ([], 3)):
+        frame = pd.DataFrame(rows, columns=["micrograph_path", "coordinates_path"])
+        relion.write_coordinate_list(frame, tmp_path / "whole.star", version=version)
+        assert relion.write_coordinate_list_stream(iter(rows), tmp_path / "streamed.star", version,
+                                                   chunk=chunk) == len(rows)
+        assert (tmp_path / "streamed.star").read_bytes() == (tmp_path / "whole.star").read_bytes()
+        assert list(relion.read_coordinate_list_stream(tmp_path / "streamed.star")) == rows
+    (tmp_path / "other.star").write_text("data_particles\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1 2\n")
+    with pytest.raises(InputError, match="not a coordinate list"):
+        list(relion.read_coordinate_list_stream(tmp_path / "other.star"))
