@@ -136,6 +136,9 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     n_done = len(OutputDir(job.out_dir, "pick", {}).done_items([SimpleNamespace(micrograph=n) for n in rel_of], files))
     say(f"{len(mics)} micrograph(s) in {mics_star}: {n_done} picked by an earlier run (kept), "
         f"{len(mics) - n_done} to pick")
+    if client is None and n_done == len(mics) and _nothing_new(job, args, table, files, values["model"], config, mics,
+                                                               rel):
+        return
     model = prefetch = local = None
     if client is None:
         from pupick.core.modelfile import load_model, needs_particle_size
@@ -198,6 +201,22 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     if failures:  # each was reported in run.out as it happened; run.err's last line names them all
         raise failures_error(failures)
     job.add_output_node(node_name(args.out_name, LIST_NAME), LABELS[job.version]["coords"])
+
+
+def _nothing_new(job: RelionJob, args: ExternalArgs, table: pd.DataFrame, files, model: str, config: PickConfig,
+                 mics: pd.DataFrame, rel: Sequence[PurePosixPath]) -> bool:
+    """An on-the-fly rerun that finds every micrograph picked with these settings and this model file: list them
+    and stop, with neither torch nor the model loaded (core.outputs.nothing_new: no finished file is opened)."""
+    from pupick.core.outputs import nothing_new
+    from pupick.core.pipeline import micrograph_items
+
+    if not nothing_new(job.out_dir, micrograph_items(table), files, model, config, {}):
+        return False
+    say(f"nothing new: all {len(mics)} micrograph(s) were picked earlier")
+    n_listed = _write_list(job.out_dir, args.out_name, mics, rel, job.version)
+    say(f"{job.out_dir / LIST_NAME}: lists {n_listed} micrograph(s)")
+    job.add_output_node(node_name(args.out_name, LIST_NAME), LABELS[job.version]["coords"])
+    return True
 
 
 def _pick_on_server(client, table: pd.DataFrame, model: str, config: PickConfig, job: RelionJob, files,
