@@ -15,7 +15,7 @@ import pandas as pd
 from ..errors import InputError
 from ..evaluate import evaluate
 from ..tables import stem
-from .view_index import RoundIndex, build_index, load_index, save_index
+from .view_index import RoundIndex, build_index, extends, load_index, save_index
 from .view_rows import MicrographRows
 
 MANIFEST = "pupick_pick.json"  # core.pipeline.MANIFEST (kept literal: importing the pipeline pulls in scoring)
@@ -129,14 +129,15 @@ class ViewState:
         if not path.is_file():
             raise InputError(f"round {n} has no picks yet ({path})")
         st = path.stat()
-        key = (str(path), st.st_mtime_ns, st.st_size)
+        key = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
         with self._lock:
             cached = self._indexes.get(n)
             if cached is not None and cached.key == key:
                 return cached
         index = load_index(path, key, self.cache_dir)
-        if index is None:
-            index = build_index(path, key)
+        if index is None:  # a run appending to picks.csv: only the new rows are read (from the last index kept)
+            index = build_index(path, key, cached if extends(cached, key) else load_index(path, key, self.cache_dir,
+                                                                                          any_version=True))
             save_index(index, self.cache_dir)
         with self._lock:
             self._indexes[n] = index
