@@ -123,6 +123,43 @@ class ViewState:
             df["path"] = ""
         return df  # not kept: at 50,000 micrographs it is gigabytes
 
+    def picks_chunks(self, n: int, threshold: float, rows: int = 20_000):
+        """The round's picks scoring >= threshold, read from picks.csv `rows` rows at a time (the first piece may be
+        empty: it carries the columns); for Apply threshold's single-file formats."""
+        path = self.check_round(n) / PICKS
+        if not path.is_file():
+            raise InputError(f"round {n} has no picks yet ({path})")
+        try:
+            reader = pd.read_csv(path, dtype={"micrograph": str, "path": str}, keep_default_na=False,
+                                 na_values={"score": [""], "x": [""], "y": [""]}, chunksize=rows)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{path}: unreadable picks table ({str(err).splitlines()[0]})") from None
+
+        def chunks():
+            try:
+                yield from reader
+            except ValueError as err:
+                raise InputError(f"{path}: unreadable picks table ({str(err).splitlines()[0]})") from None
+
+        def pieces():
+            with reader:
+                first = True
+                for chunk in chunks():
+                    missing = [c for c in ("micrograph", "x", "y", "score") if c not in chunk.columns]
+                    if missing:
+                        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+                    if "path" not in chunk.columns:
+                        chunk["path"] = ""
+                    kept = chunk[chunk["score"] >= threshold]
+                    if len(kept) or first:
+                        yield kept
+                    first = False
+                if first:  # no rows at all: the header alone
+                    yield pd.DataFrame({c: pd.Series(dtype=float if c in ("x", "y", "score") else object)
+                                        for c in ("micrograph", "x", "y", "score", "path")})
+
+        return pieces()
+
     def index(self, n: int = 0) -> RoundIndex:
         """The round's picks.csv streamed once into a RoundIndex (view_index.py), rebuilt only when the file changed."""
         path = self.check_round(n) / PICKS

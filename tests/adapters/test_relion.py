@@ -243,3 +243,22 @@ def test_coordinate_list_streamed_is_the_whole_table_write(tmp_path, version):
     (tmp_path / "other.star").write_text("data_particles\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1 2\n")
     with pytest.raises(InputError, match="not a coordinate list"):
         list(relion.read_coordinate_list_stream(tmp_path / "other.star"))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "star", "topaz"])
+def test_picks_written_in_pieces_are_the_whole_table_write(tmp_path, fmt):
+    """write_picks_stream: pieces of one table (an empty first piece, uneven cuts) give write_picks' bytes."""
+    from pupick.adapters.registry import write_picks_stream
+
+    rng = np.random.default_rng(3)
+    picks = make_picks(np.repeat(["m a", "m2", "m3"], [5, 7, 4]), rng.uniform(0, 900, 16), rng.uniform(0, 900, 16),
+                       rng.normal(0, 2, 16)).assign(path=np.repeat(["/d/m a.mrc", "/d/m2.mrc", "/d/m3.mrc"], [5, 7, 4]))
+    ext = {"csv": ".csv", "tsv": ".tsv", "star": ".star", "topaz": ".txt"}[fmt]
+    write_picks(picks, tmp_path / f"whole{ext}", fmt=fmt)
+    pieces = [picks.iloc[:0], picks.iloc[:3], picks.iloc[3:3], picks.iloc[3:11], picks.iloc[11:]]
+    assert write_picks_stream(iter(pieces), tmp_path / f"pieces{ext}", fmt) == len(picks)
+    assert (tmp_path / f"pieces{ext}").read_bytes() == (tmp_path / f"whole{ext}").read_bytes()
+    write_picks(picks.iloc[:0], tmp_path / f"empty{ext}", fmt=fmt)
+    write_picks_stream(iter([picks.iloc[:0]]), tmp_path / f"empty_pieces{ext}", fmt)
+    if fmt != "topaz":  # topaz drops the score column when no score is known; pieces always keep it
+        assert (tmp_path / f"empty_pieces{ext}").read_bytes() == (tmp_path / f"empty{ext}").read_bytes()
