@@ -1,13 +1,13 @@
 """The one resumable-output helper: resume checks the outputs the user sees, settings, overwrite, the lock."""
 from __future__ import annotations
 
-import numpy as np
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
