@@ -31,7 +31,6 @@ from .picking import pick
 from .pipeline import check_model, micrograph_items
 from .preprocess import MANIFEST as PREPROCESS_MANIFEST, downsample, normalize
 from .tables import duplicate_stems, empty_picks, stem
-from .zerolabel import prepare, round_settings
 
 LOCK = ".pupick.lock"
 RECORDS = ".pupick_records"
@@ -518,7 +517,7 @@ def nothing_new(out_dir: str | os.PathLike, items: Sequence[Any], files: "PerMic
         recorded = manifest["settings"]
         state = manifest["picks_csv"]
         if (recorded.get("pick") != config.recorded() or any(recorded.get(k) != v for k, v in extra.items())
-                or "bootstrap" in recorded or manifest.get("failures")):
+                or "bootstrap" in recorded or manifest.get("failures")):  # picked by the removed bootstrap round
             return False
         if config.method == "cnn" and (manifest.get("model_file") is None
                                        or manifest["model_file"] != _file_identity(model_path)):
@@ -564,16 +563,12 @@ def pick_to_dir(
     items = micrograph_items(micrographs)
     model = check_model(model, config, items)
     kw = {"remedy": remedy} if remedy else {}
-    settings = {**(settings or {}), **round_settings(model, config)}
+    settings = dict(settings or {})
     with OutputDir(out_dir, "pick", pick_settings(model, config, settings), overwrite=overwrite,
                    only=[i.micrograph for i in items], **kw) as out:
         root = out.path
         done, todo = out.pending(items, files, log)
         done_names = {i.micrograph for i in done}
-        if todo:  # the general model's bootstrap round (kept in OUT_DIR for later runs), when on
-            # an --overwrite that keeps other micrographs keeps the round they were picked with, too
-            kept_others = bool(set(out.finished()) - {i.micrograph for i in items})
-            model = prepare(model, config, items, root, overwrite=overwrite and not kept_others, log=log)
 
         table = PicksCsv(out, items, done, todo)
         counts: dict[str, int] = {}

@@ -129,10 +129,8 @@ def pick_exposures(
         _pick_on_server(client, table, model, config, on_result, log)
     else:
         from pupick.core.pipeline import check_model, micrograph_items
-        from pupick.core.zerolabel import prepare
 
-        items = micrograph_items(table)  # the general model: set to the size, then its bootstrap round (when on)
-        model = prepare(check_model(model, config, items), config, items, log=log)
+        model = check_model(model, config, micrograph_items(table))  # the general model: set to the size
         pick(table, model, config, on_result=on_result, progress=show_progress, log=log,  # it logs its failures
              keep_picks=False, executor=executor)  # on_result keeps them
     seconds = time.perf_counter() - start

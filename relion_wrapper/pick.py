@@ -37,8 +37,6 @@ PARAMS = (
     Param("max_picks", whole("max_picks", minimum=1), "at most this many picks per micrograph"),
     Param("views", choice("views", [str(v) for v in VIEW_COUNTS]), "score averaged over this many rotated/mirrored copies "
           f"of each micrograph (default {DEFAULT_VIEWS}; 1 is fastest)"),
-    Param("bootstrap", choice("bootstrap", ["yes", "no"]), "with model general: first fine-tune it on its own "
-          "confident picks on a few micrographs, then pick with that (default no: the general model alone measured better)"),
     Param("relion_version", text, "4 or 5 (default: from default_pipeline.star)"),
     Param("cluster", text, "pick on a Dask cluster: local:N, tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml "
           "(default: this machine)"),
@@ -122,7 +120,7 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
             "threshold": values["threshold"], "min_distance_A": min_dist, "max_picks": values["max_picks"],
             "device": device, "views": int(values["views"]) if values["views"] else None,
             # a general model is set to the particle size (check_model); a trained one keeps its own
-            "diameter": values["diameter"] if sized else None, "bootstrap": values["bootstrap"] == "yes"})
+            "diameter": values["diameter"] if sized else None})
 
     config = pick_config(named)
     executor = None

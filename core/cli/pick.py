@@ -18,8 +18,7 @@ from ..io import Protected, check_output, check_output_dir, expand_inputs
 from ..outputs import RECORDS, PerMicrographFiles, nothing_new, pick_to_dir, unfinished
 from ..pipeline import check_model, micrograph_items
 from ..prefetch import start_prefetch
-from ..zerolabel import BOOTSTRAP_MODEL, BootstrapConfig
-from ._common import DEVICE, BadOption, read_pick_table, run_core, usage
+from ._common import DEVICE, BadOption, read_pick_table, removed_options, run_core, usage
 
 FORMATS = ("csv", "star", "box", "tsv", "cs")
 COORD_DIR = "coordinates"  # per-micrograph files live in OUTDIR/coordinates/<stem>.<ext>
@@ -129,12 +128,6 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
               help="cnn (a trained model) or blob (training-free band-pass picker; needs the diameter).")
 @click.option("--diameter", type=float, default=None, help="Particle diameter in Å: the size the blob picker or the general model looks for.")
 @click.option("--diameter-px", type=float, default=None, help="The same in original pixels.")
-@click.option("--bootstrap/--no-bootstrap", default=False, show_default=True,
-              help=f"With --model general: first fine-tune it on its own confident picks on "
-                   f"{BootstrapConfig().micrographs} micrographs spread over the input (one bootstrap round, kept as "
-                   f"OUTDIR/{BOOTSTRAP_MODEL} for later runs), then pick with that. It gained up to 0.02 AP where the "
-                   "general model already separates the particles well and lost up to 0.2 on crowded or low-contrast "
-                   "sets (BENCHMARKS.md), so the general model alone is the default. No effect on other models.")
 @click.option("--light", is_flag=True, help="Blob picker: particles are lighter than the background.")
 @click.option("--exclude-carbon", is_flag=True, help="Drop picks on carbon/ice areas far from the ice component.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice (the GMM subsample).")
@@ -149,9 +142,10 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
               help="Pick on a `pupick serve` at this URL (http[s]://HOST:PORT); same OUTDIR as a local run.")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="With --server: the file holding its token (default: $PUPICK_TOKEN_FILE).")
+@removed_options
 def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_size, fmt, box_size, exposures, device,
             workers, overwrite, max_picks, top_n, border, dense, views, precision, score_maps, method, diameter,
-            diameter_px, bootstrap, light, exclude_carbon, seed, labels, match_radius, cluster, cluster_workers, server,
+            diameter_px, light, exclude_carbon, seed, labels, match_radius, cluster, cluster_workers, server,
             token_file):
     """Pick particles on MICROGRAPHS (files, directories, globs, @list.txt) into OUTDIR/picks.csv."""
     import time
@@ -171,7 +165,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
                 "border": border, "pixel_size": pixel_size, "device": device, "precision": precision,
                 "stride": "dense" if dense else "native", "views": int(views) if views else None,
                 "workers": workers, "diameter": diameter, "diameter_px": diameter_px, "dark_particles": not light,
-                "exclude_carbon": exclude_carbon, "seed": seed, "bootstrap": bootstrap}
+                "exclude_carbon": exclude_carbon, "seed": seed}
     alias = top_n is not None and max_picks is None
     if alias:
         settings["max_picks"] = top_n
