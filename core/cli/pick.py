@@ -181,6 +181,15 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     prefetch = local = None
     paths = usage(expand_inputs, micrographs)
     run_core(check_output_dir, out)  # -o under a file or in an unwritable place: one line, before any work
+    if not server:
+        items = run_core(micrograph_items, paths)
+        if not overwrite and fmt != "cs" and labels is None:
+            extra = {"format": fmt, "box_size": box_size if fmt == "box" else None}
+            # before the output rule's stat of every input: this writes nothing (no torch, no model read)
+            if nothing_new(out, items, _files(fmt, None), model_path, config, extra):
+                click.echo(f"nothing new: all {len(items)} micrograph(s) were picked earlier; {out / 'picks.csv'} "
+                           "is unchanged")
+                return
     inputs = Protected([*paths, *(p for p in (labels, exposures, model_path) if p and Path(p).exists())])
     for target, kind in ((out / "picks.csv", "text"), (out / "particles.cs", "npy")):  # never over an input
         run_core(check_output, target, kind, inputs, probe=False)
@@ -189,13 +198,6 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
             raise BadOption("--score-maps is not available with --server (the maps stay on the server)")
         client, model = run_core(_server_model, server, token_file, model_path, config)
     else:
-        items = run_core(micrograph_items, paths)
-        if not overwrite and fmt != "cs" and labels is None:
-            extra = {"format": fmt, "box_size": box_size if fmt == "box" else None}
-            if nothing_new(out, items, _files(fmt, None), model_path, config, extra):  # no torch, no model read
-                click.echo(f"nothing new: all {len(items)} micrograph(s) were picked earlier; {out / 'picks.csv'} "
-                           "is unchanged")
-                return
         if executor is None:  # the first micrographs are read while torch and the model load
             # a resumed run: only what is left (the format's file names do not depend on the box size)
             prefetch = start_prefetch(unfinished(out, items, _files(fmt, None), overwrite), model_path, config)
