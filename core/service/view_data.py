@@ -304,6 +304,11 @@ class ViewState:
                 return {}
         if not path.is_file():
             return {}
+        from ..modelmeta import read_config
+
+        plain = read_config(path)  # without torch: the first view need not wait for it (~1-2 s)
+        if plain is not None:
+            return dict(plain)
         from ..modelfile import load_model  # torch: here, so that `pupick view` starts without it
 
         try:
