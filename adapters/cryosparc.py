@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -416,7 +417,7 @@ class ParticleCsWriter:
     """A particles .cs in numpy format written a Dataset chunk at a time (cryoSPARC reads it as `save_dataset`'s).
 
     The .npy header is reserved at the start and rewritten with the row count at the end, so no list of all the
-    particles is ever held; strings are fixed-width (`string_bytes`, the longest micrograph path in UTF-8)."""
+    particles is ever held; strings are fixed-width (`string_bytes`: the longest micrograph path in UTF-8 and a NUL)."""
 
     SHAPE_DIGITS = 20  # the header is sized for any row count
 
@@ -459,18 +460,13 @@ class ParticleCsWriter:
         self.fh.seek(0, os.SEEK_END)
 
 
-def particles_cs_writer(path: str | os.PathLike, paths: Sequence[str]):
-    """A context manager yielding a ParticleCsWriter for `path`, sized for these micrograph paths; on success the
-    file is renamed into place, on failure nothing is left."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def writer():
-        width = max((len(str(p).encode()) for p in paths), default=0) + 1  # as cryosparc-tools: a NUL after each
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                w = ParticleCsWriter(fh, width)
-                yield w
-                w.finish()
-
-    return writer()
+@contextmanager
+def particles_cs_writer(path: str | os.PathLike, paths: Sequence[str]) -> Iterator[ParticleCsWriter]:
+    """A ParticleCsWriter for `path`, sized for these micrograph paths; on success the file is renamed into place,
+    on failure nothing is left."""
+    width = max((len(str(p).encode()) for p in paths), default=0) + 1  # as cryosparc-tools: a NUL after each
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            writer = ParticleCsWriter(fh, width)
+            yield writer
+            writer.finish()

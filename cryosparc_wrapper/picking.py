@@ -201,6 +201,10 @@ class _InOrder:
             self.kept.append(part)
 
     def result(self, failures: list[tuple[str, str]], seconds: float) -> PickResult:
+        for i in sorted(self.waiting):  # behind an exposure the picker never reported: still written, in order
+            picks, distance = self.waiting.pop(i)
+            if picks is not None:
+                self._send(i, picks, distance)
         picks = pd.concat(self.kept, ignore_index=True) if self.kept else _empty()
         return PickResult(picks, None, np.array(self.uids, dtype=np.uint64), failures, seconds,
                           count=self.count, scores=self.scores)
