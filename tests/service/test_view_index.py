@@ -18,10 +18,11 @@ def picked(tmp_path_factory) -> Path:
 
 
 def _same_as_file(state: ViewState, csv: Path) -> None:
-    picks = pd.read_csv(csv, dtype={"micrograph": str})
+    picks = pd.read_csv(csv, dtype={"micrograph": str, "path": str}, keep_default_na=False)
     index = state.index(0)
     assert sorted(index.names) == sorted(picks["micrograph"].unique())
     for name, g in picks.groupby("micrograph"):
+        assert index.paths[index.position[name]] == g["path"].iloc[0]
         got = state.picks_of(name)
         assert got["score"] == sorted(g["score"].tolist(), reverse=True)
         assert sorted(zip(got["x"], got["y"])) == sorted(zip(g["x"], g["y"]))
@@ -85,7 +86,7 @@ def test_rows_appended_are_read_alone_and_a_rewrite_is_read_whole(picked: Path, 
         fh.seek(head_end)
         fh.write(b",".join(cells))
     for n, tail in enumerate((b"zz_a,10,20,3.5,/nowhere/zz_a.mrc\nzz_a,30,40,1.5,/nowhere/zz_a.mrc\n",
-                              b"zz_b,50,60,2.5,/nowhere/zz_b.mrc\n")):
+                              b'zz_b,50,60,2.5,"/nowhere/b, quoted.mrc"\r\n')):
         with open(csv, "ab") as fh:
             fh.write(tail)
         grown = (state if n == 0 else ViewState(out, cache_dir=tmp_path / "cache")).index(0)  # memory, then disk
@@ -97,6 +98,7 @@ def test_rows_appended_are_read_alone_and_a_rewrite_is_read_whole(picked: Path, 
     assert np.array_equal(grown.rows, full.rows) and np.array_equal(grown.byte_end, full.byte_end)
     assert np.array_equal(grown.scores[1:], full.scores[1:]) and full.scores[0] != np.float32(old_score)
     assert ViewState(out, cache_dir=tmp_path / "cache").picks_of("zz_b")["score"] == [2.5]
+    assert grown.paths[-2:] == ["/nowhere/zz_a.mrc", "/nowhere/b, quoted.mrc"] == full.paths[-2:]
     # a rewrite renames a new file into place: read whole, the changed score seen
     tmp = out / "picks.tmp"
     tmp.write_bytes(csv.read_bytes() + b"zz_c,5,6,0.5,/nowhere/zz_c.mrc\n")
