@@ -465,6 +465,15 @@ class ScoreHistogram:
             self.bins[k] = self.bins.get(k, 0) + c
         self.n += int(counts.sum())
 
+    def quantile(self, q: float) -> float:
+        """The q-quantile of the scores, to the bin (its middle); nan when empty."""
+        if not self.n:
+            return float("nan")
+        keys = sorted(self.bins)
+        counts = np.cumsum([self.bins[k] for k in keys])
+        at = int(np.searchsorted(counts, q * (self.n - 1) + 1))
+        return (keys[min(at, len(keys) - 1)] + 0.5) * self.STEP
+
     def kth_largest(self, k: int) -> float | None:
         """The k-th highest score, to the bin (None when there are fewer than k)."""
         if k < 1 or k > self.n:

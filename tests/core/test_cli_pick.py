@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from pupick.adapters.registry import read_picks
+from pupick.adapters.registry import read_micrographs, read_picks, write_picks
 from pupick.core.cli import cli
+from pupick.core.outputs import read_table
 
 HELD_OUT = "312_10028"
 
@@ -175,6 +176,13 @@ def test_cryosparc_particles_with_exposures(runner, trained_model, two_mics, tmp
     assert res.exit_code == 0, res.output
     uids = [Dataset.load(d / "particles.cs")["uid"] for d in (out, again)]
     assert np.array_equal(uids[0], uids[1])
+    # streamed from picks.csv a chunk at a time: the file one table of every pick gives
+    whole = tmp_path / "whole" / "particles.cs"
+    write_picks(read_table(out / "picks.csv"), whole, fmt="cs", micrographs=read_micrographs(exposures))
+    a, b = Dataset.load(out / "particles.cs"), Dataset.load(whole)
+    assert a.descr() == b.descr() and len(a) == len(b)
+    for field in b.fields():
+        assert np.array_equal(np.asarray(a[field]), np.asarray(b[field])), field
     res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--format", "cs"])
     assert res.exit_code != 0 and "--exposures" in res.output
 
