@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--scales", type=float, nargs="+", default=None, help="scale jitter (default core.general)")
         ap.add_argument("--lowcontrast", action="store_true", help="also score the held-out set's low-contrast copy")
         ap.add_argument("--tag", default="", help="suffix of the result file name")
+        ap.add_argument("--seed", type=int, default=None, help=f"training seed (default {GENERAL_TRAIN['seed']})")
         ap.add_argument("--score-offset", type=float, default=None,
                         help="score the held-out sets with this logit offset instead of the model's own")
 
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if args.epochs:
         GENERAL_TRAIN["epochs"] = args.epochs
+    if args.seed is not None:
+        GENERAL_TRAIN["seed"] = args.seed
     sets, skipped = discover_sets(args.data, args.sets)
     for name, reason in skipped:
         print(f"skipped {name}: {reason}", flush=True)
