@@ -261,7 +261,7 @@ def _differences(before: Any, now: dict[str, Any]) -> list[str]:
     return out or ["settings"]
 
 
-PICK_TABLE_COLUMNS = ["micrograph", "x", "y", "score", "path"]
+PICK_TABLE_COLUMNS = list(picks_index.COLUMNS)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -295,7 +295,7 @@ def gather(out: OutputDir, names: list[str]) -> pd.DataFrame:
 
 
 COMMITTED = "committed.txt"  # in RECORDS: the micrographs whose rows are in picks.csv, in its order (appended)
-PICKS_HEADER = ",".join(PICK_TABLE_COLUMNS) + "\n"
+PICKS_HEADER = picks_index.HEADER
 
 
 def _rows(out: "OutputDir", name: str) -> tuple[bytes, bytes]:

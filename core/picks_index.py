@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 INDEX_NAME = "picks_index.bin"  # in .pupick_records, beside committed.txt
+COLUMNS = ("micrograph", "x", "y", "score", "path")  # picks.csv's columns, as the pick runs write them
+HEADER = ",".join(COLUMNS) + "\n"
 MAGIC = b"PUPKIDX1"
 _HEAD = struct.Struct("<QIII")  # bytes of the micrograph's rows in picks.csv, rows, name length, path length
 

@@ -1,4 +1,5 @@
-"""One round's picks.csv read once, streamed: each micrograph's rows (byte range), count and score range, every score.
+"""One round's picks.csv as the pages see it: each micrograph's rows (byte range), count and score range, every score;
+from the index the pick run wrote beside it (core.picks_index, checked first), else read once, streamed.
 
 What the pages need at 50,000 micrographs without holding the picks table: the score of every pick (float32, 4 bytes
 a pick, for the counts at a threshold, the histogram and the suggested threshold) and, per micrograph, where its rows
@@ -248,7 +249,7 @@ def from_sidecar(path: Path, key: tuple, records: Path, state: object) -> RoundI
         if len(data) != index_size or picks_index.crc(data) != want:
             return None
         found = picks_index.decode(data)
-        header = ",".join(["micrograph", "x", "y", "score", "path"]) + "\n"
+        header = picks_index.HEADER
         with open(path, "rb") as fh:
             if fh.read(len(header)).decode("utf-8", "replace") != header:
                 return None
