@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -377,7 +378,95 @@ def write_particles(picks: pd.DataFrame, path: str | os.PathLike, exposures: pd.
     return len(dset)
 
 
+def write_particles_stream(pieces: Iterable[pd.DataFrame], path: str | os.PathLike, exposures: pd.DataFrame,
+                           names: Sequence[str], salt: str = "") -> int:
+    """write_particles for picks that come in pieces (e.g. picks.csv read a chunk at a time), in their order:
+    `names` (the micrograph paths the pieces name) are matched to the exposures once; nothing holds all the picks."""
+    salt = salt or str(Path(path).name)
+    mapping = match_exposures(list(dict.fromkeys(map(str, names))), exposures, str(path))
+    uids = exposures["uid"].to_numpy(dtype=np.uint64)
+    rows = 0
+    with particles_cs_writer(path, exposures["path"].astype(str)) as writer:
+        for piece in pieces:
+            if not len(piece):
+                continue
+            keys = piece["micrograph"].astype(str)  # by path when there is one, as particles_dataset matches
+            if "path" in piece.columns:
+                keys = piece["path"].where(piece["path"].notna() & (piece["path"] != ""), keys).astype(str)
+            new = set(keys) - set(mapping)
+            if new:  # names not given up front
+                mapping.update(match_exposures(sorted(new), exposures, str(path)))
+                missing = sorted(new - set(mapping))
+                if missing:
+                    raise InputError(_mismatch_message(missing, exposures, str(path)))
+            at = np.array([mapping[k] for k in keys])
+            used = np.unique(at)
+            writer.append(particles_dataset(piece.assign(micrograph_uid=uids[at]), exposures.iloc[used], salt=salt,
+                                            source=str(path)))
+            rows += len(piece)
+    return rows
+
+
 def save_dataset(dset, path: str | os.PathLike) -> None:
     """Save a Dataset as a .cs in numpy format (what cryoSPARC 4.x and 5.x both read), atomically."""
     with atomic_path(path) as tmp:
         dset.save(tmp)
+
+
+class ParticleCsWriter:
+    """A particles .cs in numpy format written a Dataset chunk at a time (cryoSPARC reads it as `save_dataset`'s).
+
+    The .npy header is reserved at the start and rewritten with the row count at the end, so no list of all the
+    particles is ever held; strings are fixed-width (`string_bytes`: the longest micrograph path in UTF-8 and a NUL)."""
+
+    SHAPE_DIGITS = 20  # the header is sized for any row count
+
+    def __init__(self, fh, string_bytes: int) -> None:
+        self.fh = fh
+        self.dtype = np.dtype([("uid", "<u8")] + [(f[0], f"S{max(1, string_bytes)}", *f[2:]) if f[1] == "O" else f
+                                                  for f in PARTICLE_FIELDS])
+        self.rows = 0
+        self._header_len = len(self._header(10 ** self.SHAPE_DIGITS - 1))
+        fh.write(self._header(0, self._header_len))
+
+    def _header(self, rows: int, size: int | None = None) -> bytes:
+        text = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (rows,)})
+        total = size or -(-(len(text) + 11) // 64) * 64  # magic, version, length, text, "\n": a multiple of 64
+        text = text.ljust(total - 11) + "\n"
+        if len(text) > 0xFFFF:
+            raise ValueError("particle fields too long for a .npy 1.0 header")
+        return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")
+
+    def append(self, dset) -> None:
+        """Add a Dataset's rows (fields as `particles_dataset` makes them), in order."""
+        if not len(dset):
+            return
+        rec = np.zeros(len(dset), self.dtype)
+        for name in self.dtype.names:
+            column = np.asarray(dset[name])
+            if column.dtype.char == "O":
+                column = np.asarray(dset[name].to_fixed())
+                if column.dtype.itemsize > self.dtype[name].itemsize:
+                    raise ValueError(f"{name}: a string longer than the writer's width")
+            rec[name] = column
+        self.fh.write(rec.tobytes())
+        self.rows += len(dset)
+
+    def finish(self) -> None:
+        """Write the row count into the reserved header."""
+        self.fh.flush()
+        self.fh.seek(0)
+        self.fh.write(self._header(self.rows, self._header_len))
+        self.fh.seek(0, os.SEEK_END)
+
+
+@contextmanager
+def particles_cs_writer(path: str | os.PathLike, paths: Sequence[str]) -> Iterator[ParticleCsWriter]:
+    """A ParticleCsWriter for `path`, sized for these micrograph paths; on success the file is renamed into place,
+    on failure nothing is left."""
+    width = max((len(str(p).encode()) for p in paths), default=0) + 1  # as cryosparc-tools: a NUL after each
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            writer = ParticleCsWriter(fh, width)
+            yield writer
+            writer.finish()

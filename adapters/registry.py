@@ -17,7 +17,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -293,6 +293,50 @@ def write_picks(df: pd.DataFrame, path: str | os.PathLike, fmt: str | None = Non
     except OSError as err:
         where = err.filename or path
         raise InputError(f"{where}: cannot write ({err.strerror or err})") from None
+
+
+STREAMED_FORMATS = ("csv", "tsv", "star", "topaz")
+
+
+def write_picks_stream(pieces: Iterable[pd.DataFrame], path: str | os.PathLike, fmt: str) -> int:
+    """write_picks for a single-file format (STREAMED_FORMATS) from the pieces of one table, in order: the same
+    bytes as for their concatenation, written a piece at a time and renamed into place; returns the rows written.
+    (topaz: the score column is written, as it is for picks whose scores are known.)"""
+    from pupick.core.io import atomic_path
+
+    if fmt not in STREAMED_FORMATS:
+        raise InputError(f"{path}: {fmt} cannot be written in pieces (choose {', '.join(STREAMED_FORMATS)})")
+    rows = 0
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        if fmt == "star":
+            from .relion import particles_star_chunks
+
+            def counted():
+                nonlocal rows
+                for piece in pieces:
+                    rows += len(piece)
+                    yield piece
+
+            for text in particles_star_chunks(counted()):
+                fh.write(text)
+            return rows
+        first = True
+        for piece in pieces:
+            if not len(piece) and not first:
+                continue
+            if fmt == "topaz":
+                from .topaz import topaz_text
+
+                fh.write(topaz_text(piece, header=first, score=True))
+            else:
+                from .table import table_text
+
+                fh.write(table_text(piece, "," if fmt == "csv" else "\t", header=first))
+            first = False
+            rows += len(piece)
+        if first:
+            raise ValueError("write_picks_stream needs at least one piece (an empty one gives the header)")
+    return rows
 
 
 def _guard(targets: list[Path], kind: str, inputs: list) -> None:

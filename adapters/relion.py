@@ -387,6 +387,57 @@ def write_coordinate_list(entries: pd.DataFrame, path: str | os.PathLike, versio
     write_star([("coordinate_files", frame)], path, 30001 if version is None else version)
 
 
+LIST_COLUMNS = ["rlnMicrographName", "rlnMicrographCoordinates"]
+
+
+def write_coordinate_list_stream(entries: Iterable[tuple[str, str]], path: str | os.PathLike,
+                                 version: int | None = 30001, chunk: int = 10_000) -> int:
+    """write_coordinate_list's file (the same bytes) from (micrograph path, coordinates path) pairs, written
+    `chunk` rows at a time and renamed into place; returns how many rows."""
+    from itertools import islice
+
+    from pupick.core.io import atomic_path
+
+    from .star import LOOP_END, loop_head, loop_rows
+
+    rows = 0
+    entries = iter(entries)
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        fh.write(loop_head("coordinate_files", LIST_COLUMNS, 30001 if version is None else version))
+        while batch := list(islice(entries, chunk)):
+            fh.write(loop_rows(pd.DataFrame(batch, columns=LIST_COLUMNS, dtype=object).astype(str)))
+            rows += len(batch)
+        fh.write(LOOP_END)
+    return rows
+
+
+def read_coordinate_list_stream(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """The (micrograph path, coordinates path) rows of a coordinate list, a line at a time (the file is never held
+    whole); an OSError when it cannot be read, InputError when it is not a coordinate list."""
+    from .star import _tokens
+
+    columns: list[str] = []
+    in_loop = False
+    with open(path) as fh:
+        for line in fh:
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            if text.startswith("data_"):
+                if columns:
+                    break  # only the first block
+                in_loop = False
+            elif text.startswith("loop_"):
+                in_loop = True
+            elif text.startswith("_"):
+                columns.append(text.split()[0][1:])
+            elif in_loop and columns:
+                if not set(LIST_COLUMNS) <= set(columns):
+                    raise InputError(f"{path}: not a coordinate list (no {' and '.join(LIST_COLUMNS)})")
+                values = _tokens(text)
+                yield values[columns.index(LIST_COLUMNS[0])], values[columns.index(LIST_COLUMNS[1])]
+
+
 def _particles_frame(picks: pd.DataFrame) -> pd.DataFrame:
     names = picks["micrograph"]
     if "path" in picks.columns:

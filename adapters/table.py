@@ -87,6 +87,10 @@ def read_table(path: str | os.PathLike, sep: str | None = None) -> pd.DataFrame:
 def write_table(picks: pd.DataFrame, path: str | os.PathLike, sep: str | None = None) -> None:
     """Picks as CSV/TSV (columns micrograph, x, y, score[, path]), atomically."""
     path = Path(path)
+    write_text_atomic(path, table_text(picks, _sep_for(path, sep)))
+
+
+def table_text(picks: pd.DataFrame, sep: str, header: bool = True) -> str:
+    """write_table's text; rows format independently, so a table may be written in pieces (header on the first)."""
     cols = PICK_COLUMNS + (["path"] if "path" in picks.columns else [])
-    text = picks[cols].to_csv(sep=_sep_for(path, sep), index=False, float_format="%.10g", na_rep="nan")
-    write_text_atomic(path, text)
+    return picks[cols].to_csv(sep=sep, index=False, header=header, float_format="%.10g", na_rep="nan")

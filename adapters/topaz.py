@@ -36,11 +36,18 @@ def read_topaz(path: str | os.PathLike) -> pd.DataFrame:
 
 def write_topaz(picks: pd.DataFrame, path: str | os.PathLike) -> None:
     """Picks as a Topaz table (x/y rounded to whole pixels; score kept when any is known), atomically."""
+    write_text_atomic(Path(path), topaz_text(picks))
+
+
+def topaz_text(picks: pd.DataFrame, header: bool = True, score: bool | None = None) -> str:
+    """write_topaz's text (`score`: write the column; by default when any score is known), for pieces too."""
     out = pd.DataFrame({
         "image_name": picks["micrograph"].astype(str).to_numpy(dtype=object),
         "x_coord": np.rint(picks["x"].to_numpy(dtype=float)).astype(np.int64),
         "y_coord": np.rint(picks["y"].to_numpy(dtype=float)).astype(np.int64),
     })
-    if "score" in picks.columns and picks["score"].notna().any():
+    if score is None:
+        score = "score" in picks.columns and bool(picks["score"].notna().any())
+    if score:
         out["score"] = picks["score"].to_numpy(dtype=float)
-    write_text_atomic(Path(path), out.to_csv(sep="\t", index=False, float_format="%.6g", na_rep="nan"))
+    return out.to_csv(sep="\t", index=False, header=header, float_format="%.6g", na_rep="nan")

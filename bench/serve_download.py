@@ -138,7 +138,8 @@ def download(state: Path, root: Path, job: str, fmt: str) -> dict:
         after = hwm_mb(proc.pid)
         assert resp.status == 200, resp.status
         return {"mb": round(size / 2**20, 2), "seconds": round(seconds, 2), "hwm_before_mb": round(before, 1),
-                "hwm_after_mb": round(after, 1), "growth_mb": round(after - before, 1)}
+                "hwm_after_mb": round(after, 1), "growth_mb": round(after - before, 1),
+                "load_average": [round(v, 2) for v in os.getloadavg()]}
     finally:
         stop(proc)
 

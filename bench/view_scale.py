@@ -11,7 +11,9 @@ per repeat, each time with a fresh `pupick view --no-browser` process:
   histogram drawn); the browser is started before the clock.
 - page_warm: the same again, with what the first start kept in OUTDIR/.pupick_view_cache (the other two start
   without it).
-Peak RSS (VmHWM) of the view process after the page's first view. --python runs another checkout's `pupick view`
+"Cold" is about `pupick view`'s own cache only: an OUTDIR a pick run wrote (--outdir, e.g. bench/scale.py's take-in
+of cloned records) holds the run's view index (.pupick_records/picks_index.bin), read instead of a scan; the --n
+clone holds none (the scan). Peak RSS (VmHWM) of the view process after the page's first view. --python runs another checkout's `pupick view`
 on the same OUTDIR (a same-run comparison). Medians; writes bench/out/view_scale.json.
 """
 from __future__ import annotations
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="micrographs in the OUTDIR")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--outdir", type=Path, default=None,
+                    help="measure this existing OUTDIR instead of building one (e.g. bench/scale.py --keep's "
+                         "out50000); its .pupick_view_cache is removed before each cold start")
     ap.add_argument("--python", action="append", default=None,
                     help="a Python whose `pupick view` to measure (repeatable; default: this one)")
     args = ap.parse_args(argv)
@@ -112,10 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="pupick-viewscale-") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        outdir = clone_outdir(pick_blob(root / "real"), args.n, root / "clone")
+        outdir = args.outdir or clone_outdir(pick_blob(root / "real"), args.n, root / "clone")
         built = time.perf_counter() - t0
         csv_mb = (outdir / "picks.csv").stat().st_size / 2**20
-        print(f"built {args.n} micrographs in {built:.1f} s; picks.csv {csv_mb:.1f} MB", flush=True)
+        print(f"{'using' if args.outdir else 'built'} {args.n} micrographs in {built:.1f} s; picks.csv {csv_mb:.1f} MB", flush=True)
         pw, b = browser()
         runs: dict = {p: [] for p in pythons}
         try:
@@ -126,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
                     shutil.rmtree(outdir / ".pupick_view_cache", ignore_errors=True)
                     row["page"] = page_first_view(b, p, outdir)  # cold: nothing kept from an earlier start
                     row["page_warm"] = page_first_view(b, p, outdir)  # what the cold start kept
+                    row["load_average"] = [round(v, 2) for v in os.getloadavg()]
                     runs[p].append(row)
                     print(f"round {r} {p}: {json.dumps(row)}", flush=True)
         finally:

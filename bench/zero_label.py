@@ -5,8 +5,7 @@ Per set, with NO hand labels (they only score the test micrographs; the quality 
 - bootstrap: blob picks on the train micrographs -> `train` -> pick the test micrographs (bench/blob_bootstrap.py);
 - general: the leave-one-set-out general model for that set (trained on the OTHER shared sets; DIR/<set>.pt from
   `bench/general_model.py --loso DIR`), set to the set's diameter, picks the test micrographs;
-- general+bootstrap: `core.zerolabel.bootstrap_general` adapts that model on the train micrographs (its confident
-  picks -> a short fine-tune from it), then the result picks the test micrographs.
+(The general+bootstrap route, `--bootstrap`, was removed in issue 30; its numbers stay in BENCHMARKS.md as history.)
 A low-contrast set uses its source set's leave-one-set-out model: no model is scored on a set whose labels it saw.
 
     python bench/zero_label.py --loso DIR [--lowcontrast] [--sets ...] [--routes blob general ...]
@@ -19,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import bench_args, discover_sets, evaluate_test, pooled_labels, write_result  # noqa: E402
+from common import bench_args, discover_sets, evaluate_test, write_result  # noqa: E402
 
-ROUTES = ("blob", "blob+mask", "bootstrap", "general", "general+bootstrap")
+ROUTES = ("blob", "blob+mask", "bootstrap", "general")
 
 
 def base_name(name: str) -> str:
@@ -40,24 +39,10 @@ def general_for(bset, loso: Path):
     return for_particle(load_model(path), diameter_px=bset.diameter_px)
 
 
-def label_quality(labels, bset, micrographs) -> dict:
-    """How clean bootstrap labels are against the hand labels (reported, never used)."""
-    from pupick.core.evaluate import evaluate
-
-    stems = bset.stems(micrographs)
-    if labels.empty:
-        return {"label_precision": None, "n_bootstrap_labels": 0}
-    ev = evaluate(labels.assign(score=-labels.index.to_numpy(dtype=float)), pooled_labels(bset.labels, stems),
-                  bset.match_radius, micrographs=stems)
-    tail = ev.curve.iloc[-1]
-    return {"label_precision": float(tail["precision"]), "n_bootstrap_labels": int(len(labels))}
-
-
 def run_route(route: str, bset, loso: Path, seed: int, threads: int) -> dict:
     from pupick.core.picking import pick
 
     t0 = time.perf_counter()
-    extra: dict = {}
     if route in ("blob", "blob+mask"):
         run = pick(bset.test, None, bset.pick_config(method="blob", scale=bset.factor,
                                                      exclude_carbon=route == "blob+mask"), log=lambda m: None)
@@ -73,31 +58,12 @@ def run_route(route: str, bset, loso: Path, seed: int, threads: int) -> dict:
     elif route == "general":
         run = pick(bset.test, general_for(bset, loso), bset.pick_config(), log=lambda m: None)
         picks = run.picks
-    elif route == "general+bootstrap":
-        from pupick.core.pipeline import micrograph_items
-        from pupick.core.zerolabel import BootstrapConfig, bootstrap_general, bootstrap_labels, spread_subset
-
-        model = general_for(bset, loso)
-        boot = BootstrapConfig(seed=seed)
-        notes = []
-        adapted = bootstrap_general(bset.train, model, bset.pick_config(), boot, log=notes.append)
-        t1 = time.perf_counter()
-        # the labels it used, for the report only (the same deterministic pick again)
-        subset = spread_subset(micrograph_items(bset.train), boot.micrographs)
-        first = pick(subset, model, bset.pick_config(), log=lambda m: None)
-        labels, expected = bootstrap_labels(first.picks, len(subset), boot.label_share)
-        extra = {**label_quality(labels, bset, [it.path for it in subset]), "expected_particles": expected,
-                 "hand_expected_particles": bset.expected_particles, "adapted": adapted is not model,
-                 "notes": notes}
-        t0 += time.perf_counter() - t1  # the report's extra pick is not the route's time
-        run = pick(bset.test, adapted, bset.pick_config(), log=lambda m: None)
-        picks = run.picks
     else:
         raise SystemExit(f"unknown route {route}")
     seconds = time.perf_counter() - t0
     ev = evaluate_test(picks, bset)
     ev.pop("curve", None)
-    return {"set": bset.name, "route": route, "seconds": seconds, **extra, **ev}
+    return {"set": bset.name, "route": route, "seconds": seconds, **ev}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,9 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         for route in args.routes:
             row = run_route(route, bset, args.loso, args.seed, args.threads)
             rows.append(row)
-            more = (f" (labels {row['n_bootstrap_labels']}, precision {row['label_precision']:.2f}, expected "
-                    f"{row['expected_particles']:.0f}/mic, hand {row['hand_expected_particles']:.0f})"
-                    if row.get("label_precision") is not None and "expected_particles" in row else "")
+            more = (f" (label precision {row['label_precision']:.2f})" if row.get("label_precision") is not None
+                    else "")
             print(f"{bset.name} {route}: AP {row['ap']:.3f} F1 {row['best_f1']:.3f} in {row['seconds']:.1f} s{more}",
                   flush=True)
     name = "zero_label" + ("_lowcontrast" if args.lowcontrast else "") + (f"_{args.tag}" if args.tag else "")

@@ -13,12 +13,22 @@ picker quoted in issue 3.
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft
-import scipy.ndimage
 
 from .errors import InputError
 from .extract import local_maxima
 from .gmm import MixtureFit, fit_mixture
+
+
+def _fft():
+    import scipy.fft  # here: importing scipy costs a nothing-new rerun ~0.2 s, and it only needs names
+
+    return scipy.fft
+
+
+def _ndimage():
+    import scipy.ndimage
+
+    return scipy.ndimage
 
 # Gaussian width as a fraction of the particle radius. A uniform disk of radius R peaks at R/sqrt(2); projected
 # particles are denser in the middle and often touch their neighbours, so a narrower band works better: measured on
@@ -35,14 +45,14 @@ def _band_pass(image: np.ndarray, sigma: float, workers: int) -> np.ndarray:
     pad = min(pad, image.shape[0] - 1, image.shape[1] - 1)
     padded = np.pad(image, pad, mode="reflect") if pad > 0 else image
     ny, nx = padded.shape
-    fy2 = scipy.fft.fftfreq(ny).astype(np.float32)[:, None] ** 2
-    fx2 = scipy.fft.rfftfreq(nx).astype(np.float32)[None, :] ** 2
+    fy2 = _fft().fftfreq(ny).astype(np.float32)[:, None] ** 2
+    fx2 = _fft().rfftfreq(nx).astype(np.float32)[None, :] ** 2
     f2 = fy2 + fx2
     # Fourier transform of sigma^2 * Laplacian(G_sigma): -sigma^2 (2 pi f)^2 exp(-2 pi^2 sigma^2 f^2)
     transfer = (-(sigma**2) * 4 * np.pi**2) * f2 * np.exp((-2 * np.pi**2 * sigma**2) * f2)
-    spec = scipy.fft.rfft2(padded, workers=workers)
+    spec = _fft().rfft2(padded, workers=workers)
     spec *= transfer
-    out = scipy.fft.irfft2(spec, s=(ny, nx), workers=workers)
+    out = _fft().irfft2(spec, s=(ny, nx), workers=workers)
     if pad > 0:
         out = out[pad:pad + image.shape[0], pad:pad + image.shape[1]]
     return np.ascontiguousarray(out, dtype=np.float32)
@@ -119,7 +129,7 @@ def mask_scores(score: np.ndarray, keep: np.ndarray) -> np.ndarray:
     out[~keep] = MASKED_SCORE
     ny, nx = out.shape
     offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
-    band = scipy.ndimage.binary_dilation(~keep, structure=np.ones((3, 3), bool)) & keep & ~was_peak
+    band = _ndimage().binary_dilation(~keep, structure=np.ones((3, 3), bool)) & keep & ~was_peak
     ys, xs = np.nonzero(band)
     while ys.size:
         v = out[ys, xs]
@@ -161,7 +171,7 @@ def ice_mask(
     image = np.asarray(image_ds, dtype=np.float32)
     if not (np.isfinite(diameter_ds) and diameter_ds > 0):
         raise InputError(f"carbon mask needs a positive particle diameter (got {diameter_ds} px)")
-    smooth = scipy.ndimage.uniform_filter(image, size=max(3, int(round(window_diameters * diameter_ds))),
+    smooth = _ndimage().uniform_filter(image, size=max(3, int(round(window_diameters * diameter_ds))),
                                           mode="reflect")
     if fit is None:
         fit = fit_mixture(smooth, seed=seed)
@@ -171,5 +181,5 @@ def ice_mask(
     if not off.any():
         return np.ones(image.shape, dtype=bool)
     grow = max(1, int(round(diameter_ds / 2)))
-    off = scipy.ndimage.binary_dilation(off, structure=np.ones((3, 3), bool), iterations=grow)
+    off = _ndimage().binary_dilation(off, structure=np.ones((3, 3), bool), iterations=grow)
     return ~off

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Callable, Iterable
 
-from .errors import InputError
+from .errors import InputError, RemovedOption
 
 NORMALIZATIONS = ("gmm", "affine", "none")
 # the architectures core.models.MODELS builds (names here, so front ends offer them without importing torch)
@@ -292,10 +292,6 @@ class PickConfig:
     exclude_carbon: bool = False  # drop picks on pixels far from the GMM ice component
     workers: int = 1  # reader/preprocessor threads overlapping with scoring
     score_map_dir: str | None = None  # write each score map as <dir>/<stem>.mrc (downsampled grid)
-    # The general model first takes one bootstrap round (core/zerolabel.py): its confident picks on a few micrographs
-    # fine-tune it, then that model picks. Off by default: the general model alone measured better on 4 of 6 sets
-    # (issue 19 §3, BENCHMARKS.md). No effect on other models or the blob picker.
-    bootstrap: bool = False
 
     def __post_init__(self) -> None:
         _one_of(self.method, "--method", METHODS)
@@ -329,6 +325,7 @@ class PickConfig:
     @classmethod
     def from_settings(cls, settings: dict[str, Any], base: "PickConfig | None" = None) -> "PickConfig":
         """Build from CLI-named keys (`min_distance`, `views`, ...); an unknown key is an InputError naming it."""
+        check_removed(settings, lambda key: f"setting {key}")
         unknown = sorted(k for k in settings if k not in SETTINGS)
         if unknown:
             raise InputError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(SETTINGS))}")
@@ -393,7 +390,27 @@ SETTINGS: dict[str, tuple[str, str, Any]] = {
     "tile_size": ("score", "tile_size", _integer),
     "dark_particles": ("blob", "dark_particles", _flag),
     "exclude_carbon": ("", "exclude_carbon", _flag),
-    "bootstrap": ("", "bootstrap", _flag),
     "workers": ("", "workers", _integer),
 }
 NULLABLE = frozenset()  # None always means "the default"
+
+# The one registry of options and settings pupick had and removed: name -> why, and what to use instead. Every front
+# end (`pupick pick`, the service's settings, the RELION, cryoSPARC and Scipion wrappers) refuses such a name, with
+# any value, through `check_removed` before any work starts: one line, the same words everywhere.
+REMOVED: dict[str, str] = {
+    "bootstrap": "it never beat the general model alone (BENCHMARKS.md). With zero labels pick with the general "
+                 "model alone (--model general); for a better model label ~20 particles on one micrograph in "
+                 "`pupick view` and Train",
+}
+
+
+def removed_message(name: str, spelled: str) -> str:
+    """The one line refusing removed option `name`, as this front end spells it (`--bootstrap`, `setting ...`)."""
+    return f"{spelled} was removed: {REMOVED[name]}"
+
+
+def check_removed(names: Iterable[str], spell: Callable[[str], str]) -> None:
+    """Raise RemovedOption for the first removed option among `names` (spelled by `spell`), naming its replacement."""
+    for name in names:
+        if name in REMOVED:
+            raise RemovedOption(removed_message(name, spell(name)))

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import click
 
-from .config import DEVICES, check_device
-from .errors import BadName, InputError, PupickError
+from .config import DEVICES, REMOVED, check_device, removed_message
+from .errors import BadName, InputError, PupickError, RemovedOption
 
 
 class UserError(click.ClickException):
@@ -38,7 +38,7 @@ def run_core(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     """Call a core function, turning PupickError into a click error (exit 1, one line, no traceback)."""
     try:
         return fn(*args, **kwargs)
-    except BadName as err:  # a micrograph name that cannot name a file: bad input, found before any is written
+    except (BadName, RemovedOption) as err:  # a name that cannot name a file, a removed option: bad input
         raise BadOption(str(err)) from None
     except PupickError as err:
         raise UserError(str(err)) from None
@@ -68,6 +68,21 @@ class DeviceType(click.ParamType):
 
 
 DEVICE = DeviceType()
+
+
+def _refuse_removed(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if value is not None:
+        raise BadOption(removed_message(param.name or "", f"--{(param.name or '').replace('_', '-')}"))
+
+
+def removed_options(f: Callable) -> Callable:
+    """Hidden --NAME/--no-NAME flags for each option in config.REMOVED: either form is refused with its one line
+    (exit 2), while the command line is parsed, before any work."""
+    for name in REMOVED:
+        flag = name.replace("_", "-")
+        f = click.option(f"--{flag}/--no-{flag}", name, default=None, hidden=True, is_eager=True,
+                         expose_value=False, callback=_refuse_removed)(f)
+    return f
 
 
 def size_options(f: Callable) -> Callable:
@@ -121,7 +136,7 @@ def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> N
         group.main(args=argv, prog_name=prog, standalone_mode=False)
     except PupickError as err:
         click.echo(f"{prog}: error: {err}", err=True)
-        sys.exit(2 if isinstance(err, BadName) else 1)
+        sys.exit(2 if isinstance(err, (BadName, RemovedOption)) else 1)
     except click.exceptions.Abort:
         click.echo(f"{prog}: aborted", err=True)
         sys.exit(130)

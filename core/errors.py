@@ -22,6 +22,10 @@ class BadName(InputError):
     """A micrograph name that cannot name a file (core.names): bad input, exit status 2, HTTP 422."""
 
 
+class RemovedOption(InputError):
+    """An option or setting pupick no longer has (core.config.REMOVED): bad usage, exit status 2, HTTP 422."""
+
+
 class Forbidden(PupickError):
     """A path that lies outside every data root of a server (HTTP 403)."""
 

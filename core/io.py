@@ -311,12 +311,12 @@ class Protected:
         self.files: dict[tuple[int, int], Path] = {}
         self.folders: list[tuple[Path, Path]] = []
         for item in inputs:
-            p = Path(item)
+            p = item if isinstance(item, Path) else Path(item)
             try:
-                st = p.stat()
+                st = os.stat(p)
             except (OSError, ValueError):
                 continue
-            if p.is_dir():
+            if stat.S_ISDIR(st.st_mode):  # one stat an input (an on-the-fly rerun's inputs are many)
                 self.folders.append((p, p.resolve()))
             else:
                 self.files[(st.st_dev, st.st_ino)] = p
@@ -426,8 +426,9 @@ def expand_inputs(items: Sequence[str | os.PathLike], extensions: Sequence[str] 
         if p.is_dir():
             try:
                 with os.scandir(p) as entries:  # the entry's type comes with the listing: no stat per file
-                    files = sorted(p / e.name for e in entries
+                    names = sorted(e.name for e in entries  # names, not Paths: sorting Paths is slow
                                    if os.path.splitext(e.name)[1].lower() in extensions and e.is_file())
+                files = [p / name for name in names]
             except OSError as err:
                 raise InputError(f"{p}: cannot read the directory ({err.strerror})") from None
             if not files:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft
 
 from .config import PreprocessConfig, choose_factor  # noqa: F401  (choose_factor re-exported for callers)
 from .errors import InputError
@@ -57,6 +56,8 @@ def downsample(image: np.ndarray, factor: float, workers: int = -1) -> np.ndarra
     ny, nx = min(image.shape[0], round(my * factor)), min(image.shape[1], round(mx * factor))
     trimmed = image[:ny, :nx]
     # Transform columns first and crop before the row transform: the row FFT then runs on 1/factor of the data.
+    import scipy.fft  # here: a nothing-new rerun imports this module, not scipy
+
     spec = scipy.fft.rfft(trimmed, axis=1, workers=workers)[:, : mx // 2 + 1]
     spec = scipy.fft.fft(spec, axis=0, workers=workers, overwrite_x=True)
     # An even output size has one Nyquist bin per axis; sampling the band-limited image puts both the +m/2 and the

@@ -21,7 +21,7 @@ IMAGE_EXTENSIONS = (".mrc", ".mrcs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 def stem(name: str | os.PathLike) -> str:
     """File name minus directories and exactly one known image extension (`a/May08.bin.mrc` -> `May08.bin`)."""
-    base = PurePosixPath(str(name).replace("\\", "/")).name
+    base = str(name).replace("\\", "/").rstrip("/").rpartition("/")[2]  # PurePosixPath(..).name, faster
     lower = base.lower()
     for ext in IMAGE_EXTENSIONS:
         if lower.endswith(ext) and len(base) > len(ext):

@@ -9,7 +9,7 @@ import click
 
 from pupick.core import __version__
 from pupick.core.config import ARCHITECTURES, DEFAULT_THRESHOLD, DEFAULT_VIEWS, METHODS, VIEW_COUNTS, PickConfig, PreprocessConfig, TrainConfig
-from pupick.core.console import DEVICE, run_cli, size_options, usage
+from pupick.core.console import DEVICE, removed_options, run_cli, size_options, usage
 from pupick.core.pipeline import check_model
 from pupick.core.errors import InputError
 
@@ -90,9 +90,6 @@ def cli() -> None:
 @click.option("--diameter", type=float, default=None, help="Blob picker: particle diameter in Å.")
 @click.option("--diameter-px", type=float, default=None, help="Blob picker: particle diameter in px.")
 @click.option("--pixel-size", type=float, default=None, help="Å/px of the micrographs (overrides the headers).")
-@click.option("--bootstrap/--no-bootstrap", default=False, show_default=True,
-              help="With --model general: first fine-tune it on its own confident picks on a few exposures, then "
-                   "pick with that (as `pupick pick`).")
 @click.option("--views", type=click.Choice([str(v) for v in VIEW_COUNTS]), default=None,
               help=f"Average the score over this many rotated/mirrored copies (default {DEFAULT_VIEWS}).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where the network runs.")
@@ -104,6 +101,7 @@ def cli() -> None:
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="With --server: the file holding its token (default: $PUPICK_TOKEN_FILE).")
 @_connection_options
+@removed_options
 def pick_command(**kw) -> None:
     """Pick exposures: offline (.cs in, particles .cs out) or live (an External job's particles)."""
     if kw["method"] == "cnn" and not kw["model_path"]:
@@ -112,7 +110,7 @@ def pick_command(**kw) -> None:
         "threshold": kw["threshold"], "min_distance": kw["min_distance"], "max_picks": kw["max_picks"],
         "border": kw["border"], "pixel_size": kw["pixel_size"], "device": kw["device"],
         "views": int(kw["views"]) if kw["views"] else None, "method": kw["method"], "diameter": kw["diameter"],
-        "diameter_px": kw["diameter_px"], "bootstrap": kw["bootstrap"]})
+        "diameter_px": kw["diameter_px"]})
     client = None
     if kw["token_file"] and not kw["server"]:
         raise click.UsageError("--token-file needs --server")

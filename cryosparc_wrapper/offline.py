@@ -7,7 +7,7 @@ from typing import Callable
 
 import pandas as pd
 
-from pupick.adapters.cryosparc import match_exposures, read_exposures, read_particles, save_dataset
+from pupick.adapters.cryosparc import match_exposures, particles_cs_writer, read_exposures, read_particles
 from pupick.core.config import PickConfig, TrainConfig
 from pupick.core.errors import InputError
 from pupick.core.io import check_output
@@ -55,12 +55,16 @@ def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model, conf
     if len(exposures) == 0:
         raise InputError(f"{' + '.join(map(str, inputs))}: no exposures in the file")
     reference = _read_labels(labels, exposures) if labels is not None else None
-    result = pick_exposures(exposures, project_dir, model, config, log=echo, salt=output.name, show_progress=True,
-                            executor=executor, client=client)
-    save_dataset(result.particles, output)
+    labelled_names = set(reference["micrograph"].astype(str)) if reference is not None else set()
+    # streamed: each micrograph's particles go into the .cs as it finishes (in exposure order); only the picks of
+    # labelled micrographs are kept, for the evaluation
+    with particles_cs_writer(output, exposures["path"].astype(str)) as writer:
+        result = pick_exposures(exposures, project_dir, model, config, log=echo, salt=output.name,
+                                show_progress=True, executor=executor, client=client, sink=writer.append,
+                                keep=labelled_names.__contains__)
     for line in summary_lines(result, len(exposures)):
         echo(line)
-    echo(f"wrote {len(result.particles)} particles to {output}")
+    echo(f"wrote {result.n_particles} particles to {output}")
     evaluation = None
     if reference is not None:
         from pupick.core.evaluate import evaluate
@@ -75,7 +79,7 @@ def pick_offline(exposures_cs: Path | list[Path], project_dir: Path, model, conf
     if plot is not None:
         from pupick.core.io import atomic_path
 
-        figure = score_figure(result.picks, config.extract.threshold, evaluation)
+        figure = score_figure(result.picks, config.extract.threshold, evaluation, result=result)
         with atomic_path(plot) as tmp:
             figure.savefig(tmp, format="png", dpi=100)
         echo(f"wrote {plot}")

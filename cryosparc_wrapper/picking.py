@@ -33,6 +33,12 @@ class PickResult:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path as in the .cs, reason)
     seconds: float = 0.0
     evaluation: object = None  # core.evaluate.EvalResult when reference picks were given
+    count: int | None = None  # particles written, when streamed (`picks` then holds only the kept micrographs')
+    scores: object = None  # core.outputs.ScoreHistogram of every pick, when streamed
+
+    @property
+    def n_particles(self) -> int:
+        return len(self.picks) if self.count is None else self.count
 
 
 def resolve_paths(exposures: pd.DataFrame, project_dir: str | os.PathLike, source: str = "exposures") -> list[Path]:
@@ -69,8 +75,14 @@ def pick_exposures(
     show_progress: bool = False,
     executor=None,
     client=None,
+    sink: Callable[[object], None] | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> PickResult:
-    """Pick every exposure's micrograph and build the cryoSPARC particle Dataset (location + pick_stats)."""
+    """Pick every exposure's micrograph and build the cryoSPARC particle Dataset (location + pick_stats).
+
+    With a `sink`, each micrograph's particle Dataset goes to it as soon as every earlier exposure is done (input
+    order), and no Dataset of all the particles is built: the result keeps only the picks of micrographs `keep`
+    names (for an evaluation), their count and a histogram of all scores."""
     from pupick.core.picking import pick
 
     exposures = exposures.reset_index(drop=True).copy()
@@ -83,11 +95,14 @@ def pick_exposures(
     found: dict[int, pd.DataFrame] = {}
     nms: dict[int, float] = {}
     failures: list[tuple[str, str]] = []
+    stream = _InOrder(exposures, template, salt, sink, keep) if sink is not None else None
 
     def on_result(res) -> None:
         i = int(res.micrograph.split(":", 1)[0])
         if res.error is not None:
             failures.append((str(exposures.at[i, "path"]), res.error))
+            if stream is not None:
+                stream.done(i, None, 0.0)
             return
         path = paths[i]
         ny, nx = float(exposures.at[i, "ny"]), float(exposures.at[i, "nx"])
@@ -95,30 +110,35 @@ def pick_exposures(
         if problem:
             failures.append((str(exposures.at[i, "path"]), problem))
             log(f"skipped {exposures.at[i, 'path']}: {problem}")
+            if stream is not None:
+                stream.done(i, None, 0.0)
             return
         if not np.isfinite(ny) or not np.isfinite(nx):
             exposures.at[i, "ny"], exposures.at[i, "nx"] = read_shape(path)
-        found[i] = res.picks
-        nms[i] = res.min_distance_px or 0.0
         name = str(exposures.at[i, "micrograph"])
+        if stream is not None:
+            stream.done(i, res.picks, res.min_distance_px or 0.0)
+        else:
+            found[i] = res.picks
+            nms[i] = res.min_distance_px or 0.0
         if progress is not None:
-            progress(len(found) + len(failures), total, name, len(res.picks))
+            progress((stream.picked if stream else len(found)) + len(failures), total, name, len(res.picks))
 
     start = time.perf_counter()
     if client is not None:  # `model` is the server's name for it
         _pick_on_server(client, table, model, config, on_result, log)
     else:
         from pupick.core.pipeline import check_model, micrograph_items
-        from pupick.core.zerolabel import prepare
 
-        items = micrograph_items(table)  # the general model: set to the size, then its bootstrap round (when on)
-        model = prepare(check_model(model, config, items), config, items, log=log)
+        model = check_model(model, config, micrograph_items(table))  # the general model: set to the size
         pick(table, model, config, on_result=on_result, progress=show_progress, log=log,  # it logs its failures
              keep_picks=False, executor=executor)  # on_result keeps them
     seconds = time.perf_counter() - start
-    if total and not found:
+    if total and not (stream.picked if stream else found):
         first = failures[0][1] if failures else "no micrograph was picked"
         raise InputError(f"all {total} micrographs failed (first: {first})")
+    if stream is not None:
+        return stream.result(failures, seconds)
 
     parts = []
     for i, df in sorted(found.items()):
@@ -136,6 +156,58 @@ def pick_exposures(
                                   min_dist_px=min_dist)
     picked = exposures["uid"].to_numpy(dtype=np.uint64)[sorted(found)]
     return PickResult(picks, particles, picked, failures, seconds)
+
+
+class _InOrder:
+    """Hands each micrograph's particle Dataset to a sink in exposure order, holding only those that finished
+    ahead of an earlier one (the executor's window), never all of them."""
+
+    def __init__(self, exposures: pd.DataFrame, template, salt: str, sink, keep) -> None:
+        from pupick.core.outputs import ScoreHistogram
+
+        self.exposures, self.template, self.salt, self.sink, self.keep = exposures, template, salt, sink, keep
+        self.waiting: dict[int, tuple[pd.DataFrame | None, float]] = {}
+        self.next = 0
+        self.picked = 0
+        self.count = 0
+        self.scores = ScoreHistogram()
+        self.kept: list[pd.DataFrame] = []
+        self.uids: list[int] = []
+
+    def done(self, i: int, picks: pd.DataFrame | None, min_distance_px: float) -> None:
+        """Exposure i finished (picks None: it failed); send whatever is now in order."""
+        self.waiting[i] = (picks, min_distance_px)
+        self.picked += picks is not None
+        while self.next in self.waiting:
+            picks, distance = self.waiting.pop(self.next)
+            if picks is not None:
+                self._send(self.next, picks, distance)
+            self.next += 1
+
+    def _send(self, i: int, df: pd.DataFrame, distance: float) -> None:
+        row = self.exposures.iloc[[i]]
+        part = pd.DataFrame({"micrograph": str(row["micrograph"].iloc[0]), "x": df["x"].to_numpy(dtype=float),
+                             "y": df["y"].to_numpy(dtype=float), "score": df["score"].to_numpy(dtype=float)})
+        part["path"] = str(row["path"].iloc[0])
+        part["micrograph_uid"] = np.full(len(part), row["uid"].iloc[0], dtype=np.uint64)
+        if len(part):
+            self.sink(particles_dataset(part, row, template=self.template, salt=self.salt, source="picks",
+                                        min_dist_px=distance))
+        self.count += len(part)
+        scores = part["score"].to_numpy()
+        self.scores.add(scores[np.isfinite(scores)])
+        self.uids.append(int(row["uid"].iloc[0]))
+        if self.keep is not None and self.keep(str(row["micrograph"].iloc[0])):
+            self.kept.append(part)
+
+    def result(self, failures: list[tuple[str, str]], seconds: float) -> PickResult:
+        for i in sorted(self.waiting):  # behind an exposure the picker never reported: still written, in order
+            picks, distance = self.waiting.pop(i)
+            if picks is not None:
+                self._send(i, picks, distance)
+        picks = pd.concat(self.kept, ignore_index=True) if self.kept else _empty()
+        return PickResult(picks, None, np.array(self.uids, dtype=np.uint64), failures, seconds,
+                          count=self.count, scores=self.scores)
 
 
 def _pick_on_server(client, table: pd.DataFrame, model: str | None, config: PickConfig, on_result, log: Log) -> None:
@@ -178,15 +250,18 @@ def micrographs_passthrough(exposure_dset, uids: np.ndarray):
 
 def summary_lines(result: PickResult, n_exposures: int) -> list[str]:
     """Short human summary of a picking run."""
-    n = len(result.picks)
+    n = result.n_particles
     done = len(result.picked_uids)
     per_mic = n / done if done else 0.0
     lines = [f"picked {n} particles on {done} of {n_exposures} micrographs ({per_mic:.1f} per micrograph, "
              f"{result.seconds / max(done, 1):.2f} s per micrograph)"]
     if n:
-        s = result.picks["score"].to_numpy(dtype=float)
-        lines.append(f"score (logit) median {np.nanmedian(s):.2f}, 5-95% {np.nanpercentile(s, 5):.2f} .. "
-                     f"{np.nanpercentile(s, 95):.2f}; in Inspect Picks, threshold pick_stats/power (a lower cut "
+        if result.scores is not None:  # streamed: from the binned scores (to 0.01)
+            q = [result.scores.quantile(p) for p in (0.5, 0.05, 0.95)]
+        else:
+            s = result.picks["score"].to_numpy(dtype=float)
+            q = [np.nanmedian(s), np.nanpercentile(s, 5), np.nanpercentile(s, 95)]
+        lines.append(f"score (logit) median {q[0]:.2f}, 5-95% {q[1]:.2f} .. {q[2]:.2f}; in Inspect Picks, threshold pick_stats/power (a lower cut "
                      "only: the highest power are the best picks)")
     if result.failures:
         path, reason = result.failures[0]
@@ -194,23 +269,37 @@ def summary_lines(result: PickResult, n_exposures: int) -> list[str]:
     return lines
 
 
-def score_figure(picks: pd.DataFrame, threshold: float | None = None, evaluation=None):
-    """A matplotlib Figure: histogram of pick scores (logit) and, with an evaluation, its PR curve."""
+def score_figure(picks: pd.DataFrame, threshold: float | None = None, evaluation=None, result: PickResult | None = None):
+    """A matplotlib Figure: histogram of pick scores (logit) and, with an evaluation, its PR curve (a streamed
+    `result`'s binned scores instead of `picks`, when given)."""
     from matplotlib.figure import Figure
 
     ncols = 2 if evaluation is not None else 1
     fig = Figure(figsize=(5 * ncols, 3.6))
     ax = fig.add_subplot(1, ncols, 1)
-    scores = picks["score"].to_numpy(dtype=float)
-    scores = scores[np.isfinite(scores)]
-    if len(scores):
-        ax.hist(scores, bins=min(60, max(10, len(scores) // 20)), color="#4477aa")
+    if result is not None and result.scores is not None:
+        bins = result.scores.bins
+        if bins:
+            keys = np.array(sorted(bins))
+            width = max(1, int(np.ceil((keys[-1] - keys[0] + 1) / 60)))  # at most ~60 bars, as below
+            groups = keys // width
+            edges = np.unique(groups)
+            heights = [sum(bins[k] for k in keys[groups == g]) for g in edges]
+            step = result.scores.STEP
+            ax.bar(edges * width * step, heights, width=width * step, align="edge", color="#4477aa")
+        n_picks, n_mics = result.n_particles, len(result.picked_uids)
+    else:
+        scores = picks["score"].to_numpy(dtype=float)
+        scores = scores[np.isfinite(scores)]
+        if len(scores):
+            ax.hist(scores, bins=min(60, max(10, len(scores) // 20)), color="#4477aa")
+        n_picks, n_mics = len(picks), picks["micrograph"].nunique()
     if threshold is not None and np.isfinite(threshold):
         ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:g}")
         ax.legend(loc="upper right")
     ax.set_xlabel("score (logit) = pick_stats/power")
     ax.set_ylabel("picks")
-    ax.set_title(f"{len(picks)} picks on {picks['micrograph'].nunique()} micrographs")
+    ax.set_title(f"{n_picks} picks on {n_mics} micrographs")
     if evaluation is not None:
         ax2 = fig.add_subplot(1, 2, 2)
         curve = evaluation.curve

@@ -16,7 +16,7 @@ from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[1]
 API_SRC = ROOT / "build" / "api_src"
-TOP_LEVEL = ("BENCHMARKS.md", "BENCHMARKS_pr.png", "DATA.md")
+TOP_LEVEL = ("BENCHMARKS.md", "BENCHMARKS_pr.png", "BENCHMARKS_scale.png", "DATA.md")
 
 
 def _package_dirs() -> dict[str, str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from pupick.core.errors import AbortRequested, BadName, PupickError
+from pupick.core.errors import AbortRequested, BadName, PupickError, RemovedOption
 
 from .nodes import write_output_nodes
 
@@ -135,7 +135,7 @@ def relion_job(out_dir: str | os.PathLike, program: str = "pupick") -> Iterator[
         print(f"{program}: aborted on request; finished results are kept, continue the job to resume", flush=True)
     except PupickError as err:
         reason = str(err)
-        job.bad_input = isinstance(err, BadName)
+        job.bad_input = isinstance(err, (BadName, RemovedOption))
     except KeyboardInterrupt:
         reason = "interrupted"
     except Exception as err:  # a bug, not a user mistake: keep the traceback for the report

@@ -37,8 +37,6 @@ PARAMS = (
     Param("max_picks", whole("max_picks", minimum=1), "at most this many picks per micrograph"),
     Param("views", choice("views", [str(v) for v in VIEW_COUNTS]), "score averaged over this many rotated/mirrored copies "
           f"of each micrograph (default {DEFAULT_VIEWS}; 1 is fastest)"),
-    Param("bootstrap", choice("bootstrap", ["yes", "no"]), "with model general: first fine-tune it on its own "
-          "confident picks on a few micrographs, then pick with that (default no: the general model alone measured better)"),
     Param("relion_version", text, "4 or 5 (default: from default_pipeline.star)"),
     Param("cluster", text, "pick on a Dask cluster: local:N, tcp://HOST:PORT, tls://HOST:PORT or jobqueue:CONFIG.yaml "
           "(default: this machine)"),
@@ -48,8 +46,8 @@ GENERAL = "general"  # the shipped general model (core/modelfile.py SHIPPED_MODE
 
 
 def _write_list(out_dir: Path, out_name: str, mics: pd.DataFrame, rel: Sequence[PurePosixPath], version: int) -> int:
-    """Rewrite <o>autopick.star listing every micrograph whose coordinate file exists; returns how many."""
-    from pupick.adapters.relion import write_coordinate_list
+    """Rewrite <o>autopick.star listing every micrograph whose coordinate file exists (streamed); returns how many."""
+    from pupick.adapters.relion import write_coordinate_list_stream
 
     listings: dict[Path, set[str]] = {}  # one listing per folder, not a stat per micrograph (on-the-fly reruns)
 
@@ -59,13 +57,8 @@ def _write_list(out_dir: Path, out_name: str, mics: pd.DataFrame, rel: Sequence[
             listings[folder] = set(os.listdir(folder)) if folder.is_dir() else set()
         return r.name in listings[folder]
 
-    done = [(p, node_name(out_name, r)) for p, r in zip(mics["path"], rel) if exists(r)]
-    entries = pd.DataFrame({
-        "micrograph_path": pd.Series([p for p, _ in done], dtype=object),
-        "coordinates_path": pd.Series([c for _, c in done], dtype=object),
-    })
-    write_coordinate_list(entries, out_dir / LIST_NAME, version=STAR_VERSIONS[version])  # atomic
-    return len(done)
+    done = ((p, node_name(out_name, r)) for p, r in zip(mics["path"], rel) if exists(r))
+    return write_coordinate_list_stream(done, out_dir / LIST_NAME, version=STAR_VERSIONS[version])  # atomic
 
 
 def _body(job: RelionJob, args: ExternalArgs) -> None:
@@ -127,7 +120,7 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
             "threshold": values["threshold"], "min_distance_A": min_dist, "max_picks": values["max_picks"],
             "device": device, "views": int(values["views"]) if values["views"] else None,
             # a general model is set to the particle size (check_model); a trained one keeps its own
-            "diameter": values["diameter"] if sized else None, "bootstrap": values["bootstrap"] == "yes"})
+            "diameter": values["diameter"] if sized else None})
 
     config = pick_config(named)
     executor = None
@@ -141,6 +134,9 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     n_done = len(OutputDir(job.out_dir, "pick", {}).done_items([SimpleNamespace(micrograph=n) for n in rel_of], files))
     say(f"{len(mics)} micrograph(s) in {mics_star}: {n_done} picked by an earlier run (kept), "
         f"{len(mics) - n_done} to pick")
+    if client is None and n_done == len(mics) and _nothing_new(job, args, table, files, values["model"], config, mics,
+                                                               rel):
+        return
     model = prefetch = local = None
     if client is None:
         from pupick.core.modelfile import load_model, needs_particle_size
@@ -205,6 +201,22 @@ def _body(job: RelionJob, args: ExternalArgs) -> None:
     job.add_output_node(node_name(args.out_name, LIST_NAME), LABELS[job.version]["coords"])
 
 
+def _nothing_new(job: RelionJob, args: ExternalArgs, table: pd.DataFrame, files, model: str, config: PickConfig,
+                 mics: pd.DataFrame, rel: Sequence[PurePosixPath]) -> bool:
+    """An on-the-fly rerun that finds every micrograph picked with these settings and this model file: list them
+    and stop, with neither torch nor the model loaded (core.outputs.nothing_new: no finished file is opened)."""
+    from pupick.core.outputs import nothing_new
+    from pupick.core.pipeline import micrograph_items
+
+    if not nothing_new(job.out_dir, micrograph_items(table), files, model, config, {}):
+        return False
+    say(f"nothing new: all {len(mics)} micrograph(s) were picked earlier")
+    n_listed = _write_list(job.out_dir, args.out_name, mics, rel, job.version)
+    say(f"{job.out_dir / LIST_NAME}: lists {n_listed} micrograph(s)")
+    job.add_output_node(node_name(args.out_name, LIST_NAME), LABELS[job.version]["coords"])
+    return True
+
+
 def _pick_on_server(client, table: pd.DataFrame, model: str, config: PickConfig, job: RelionJob, files,
                     n_done: int, total: int, counts: list[int]):
     """Pick on the server into the job directory (same files and records as a local run); abort cancels the
@@ -221,9 +233,7 @@ def _pick_on_server(client, table: pd.DataFrame, model: str, config: PickConfig,
 
     result = pick_via_server(client, table, model, config, job.out_dir, files=files, progress=False, log=say,
                              should_stop=job.abort_requested, on_progress=on_progress)
-    picked = [m for m in result.micrographs if m not in set(result.skipped)]
-    sizes = result.picks.groupby("micrograph").size() if len(result.picks) else pd.Series(dtype=int)
-    counts.extend(int(sizes.get(m, 0)) for m in picked)
+    counts.extend(result.counts.values())  # this run's picks per micrograph (picks.csv is not read back)
     return result
 
 

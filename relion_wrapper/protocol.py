@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from pupick.core.config import check_removed
 from pupick.core.errors import InputError
 
 # Input fields of the External job GUI; RELION passes each one the user filled in as --<name> FILE.
@@ -107,6 +108,7 @@ def check_inputs(args: ExternalArgs, allowed: Sequence[str], program: str) -> No
 def convert_params(params: Mapping[str, str], table: Sequence[Param], program: str) -> dict[str, Any]:
     """Convert user parameters by the executable's table; unknown labels are an error listing the known ones."""
     known = {p.name: p for p in table}
+    check_removed(params, lambda key: f"parameter {key}")
     unknown = [k for k in params if k not in known]
     if unknown:
         names = ", ".join(sorted(unknown))

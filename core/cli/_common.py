@@ -1,7 +1,7 @@
 """Options and helpers shared by several commands."""
 from __future__ import annotations
 
-from ..console import DEVICE, BadOption, UserError, run_cli, run_core, size_options, usage  # noqa: F401 (the commands' imports)
+from ..console import DEVICE, BadOption, UserError, removed_options, run_cli, run_core, size_options, usage  # noqa: F401 (the commands' imports)
 
 
 def read_pick_table(path: str):

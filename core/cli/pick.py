@@ -11,15 +11,14 @@ import dataclasses
 
 from ..client import Client, pick_via_server
 from ..config import DEFAULT_THRESHOLD, DEFAULT_VIEWS, METHODS, SCORE_PRECISIONS, VIEW_COUNTS, PickConfig
-from ..errors import InputError
+from ..errors import InputError, PupickError
 from ..evaluate import default_match_radius, evaluate
 from ..executors import LocalExecutor
 from ..io import Protected, check_output, check_output_dir, expand_inputs
 from ..outputs import RECORDS, PerMicrographFiles, nothing_new, pick_to_dir, unfinished
 from ..pipeline import check_model, micrograph_items
 from ..prefetch import start_prefetch
-from ..zerolabel import BOOTSTRAP_MODEL, BootstrapConfig
-from ._common import DEVICE, BadOption, read_pick_table, run_core, usage
+from ._common import DEVICE, BadOption, read_pick_table, removed_options, run_core, usage
 
 FORMATS = ("csv", "star", "box", "tsv", "cs")
 COORD_DIR = "coordinates"  # per-micrograph files live in OUTDIR/coordinates/<stem>.<ext>
@@ -129,12 +128,6 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
               help="cnn (a trained model) or blob (training-free band-pass picker; needs the diameter).")
 @click.option("--diameter", type=float, default=None, help="Particle diameter in Å: the size the blob picker or the general model looks for.")
 @click.option("--diameter-px", type=float, default=None, help="The same in original pixels.")
-@click.option("--bootstrap/--no-bootstrap", default=False, show_default=True,
-              help=f"With --model general: first fine-tune it on its own confident picks on "
-                   f"{BootstrapConfig().micrographs} micrographs spread over the input (one bootstrap round, kept as "
-                   f"OUTDIR/{BOOTSTRAP_MODEL} for later runs), then pick with that. It gained up to 0.02 AP where the "
-                   "general model already separates the particles well and lost up to 0.2 on crowded or low-contrast "
-                   "sets (BENCHMARKS.md), so the general model alone is the default. No effect on other models.")
 @click.option("--light", is_flag=True, help="Blob picker: particles are lighter than the background.")
 @click.option("--exclude-carbon", is_flag=True, help="Drop picks on carbon/ice areas far from the ice component.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice (the GMM subsample).")
@@ -149,9 +142,10 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
               help="Pick on a `pupick serve` at this URL (http[s]://HOST:PORT); same OUTDIR as a local run.")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="With --server: the file holding its token (default: $PUPICK_TOKEN_FILE).")
+@removed_options
 def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_size, fmt, box_size, exposures, device,
             workers, overwrite, max_picks, top_n, border, dense, views, precision, score_maps, method, diameter,
-            diameter_px, bootstrap, light, exclude_carbon, seed, labels, match_radius, cluster, cluster_workers, server,
+            diameter_px, light, exclude_carbon, seed, labels, match_radius, cluster, cluster_workers, server,
             token_file):
     """Pick particles on MICROGRAPHS (files, directories, globs, @list.txt) into OUTDIR/picks.csv."""
     import time
@@ -171,7 +165,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
                 "border": border, "pixel_size": pixel_size, "device": device, "precision": precision,
                 "stride": "dense" if dense else "native", "views": int(views) if views else None,
                 "workers": workers, "diameter": diameter, "diameter_px": diameter_px, "dark_particles": not light,
-                "exclude_carbon": exclude_carbon, "seed": seed, "bootstrap": bootstrap}
+                "exclude_carbon": exclude_carbon, "seed": seed}
     alias = top_n is not None and max_picks is None
     if alias:
         settings["max_picks"] = top_n
@@ -187,6 +181,15 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     prefetch = local = None
     paths = usage(expand_inputs, micrographs)
     run_core(check_output_dir, out)  # -o under a file or in an unwritable place: one line, before any work
+    if not server:
+        items = run_core(micrograph_items, paths)
+        if not overwrite and fmt != "cs" and labels is None:
+            extra = {"format": fmt, "box_size": box_size if fmt == "box" else None}
+            # before the output rule's stat of every input: this writes nothing (no torch, no model read)
+            if nothing_new(out, items, _files(fmt, None), model_path, config, extra):
+                click.echo(f"nothing new: all {len(items)} micrograph(s) were picked earlier; {out / 'picks.csv'} "
+                           "is unchanged")
+                return
     inputs = Protected([*paths, *(p for p in (labels, exposures, model_path) if p and Path(p).exists())])
     for target, kind in ((out / "picks.csv", "text"), (out / "particles.cs", "npy")):  # never over an input
         run_core(check_output, target, kind, inputs, probe=False)
@@ -195,13 +198,6 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
             raise BadOption("--score-maps is not available with --server (the maps stay on the server)")
         client, model = run_core(_server_model, server, token_file, model_path, config)
     else:
-        items = run_core(micrograph_items, paths)
-        if not overwrite and fmt != "cs" and labels is None:
-            extra = {"format": fmt, "box_size": box_size if fmt == "box" else None}
-            if nothing_new(out, items, _files(fmt, None), model_path, config, extra):  # no torch, no model read
-                click.echo(f"nothing new: all {len(items)} micrograph(s) were picked earlier; {out / 'picks.csv'} "
-                           "is unchanged")
-                return
         if executor is None:  # the first micrographs are read while torch and the model load
             # a resumed run: only what is left (the format's file names do not depend on the box size)
             prefetch = start_prefetch(unfinished(out, items, _files(fmt, None), overwrite), model_path, config)
@@ -233,7 +229,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
                 prefetch.close()
     seconds = time.perf_counter() - t0
     if fmt == "cs":
-        run_core(_write_cs, result.picks, out / "particles.cs", exposures)
+        run_core(_write_cs, result, out / "particles.cs", exposures)
     if fmt == "star":
         run_core(_write_star_list, result, out)
     radius = match_radius
@@ -302,41 +298,46 @@ def _box_size(box_size: int | None, model, config: PickConfig) -> int:
     return box_size_for(box_size, diameter)
 
 
-def _write_cs(picks, target: Path, exposures: str) -> None:
-    from pupick.adapters.registry import read_micrographs, write_picks
+def _write_cs(result, target: Path, exposures: str) -> None:
+    """OUTDIR/particles.cs from picks.csv, read and written 20,000 rows at a time (no table of all picks)."""
+    import pandas as pd
 
-    # the adapter writes atomically, and salts the particle uids with the file's real name (same picks, same uids)
-    write_picks(picks, target, fmt="cs", micrographs=read_micrographs(exposures))
+    from pupick.adapters.cryosparc import write_particles_stream
+    from pupick.adapters.registry import read_micrographs
+
+    # the particle uids are salted with the file's real name (same picks, same uids), as write_picks does
+    with pd.read_csv(result.picks_path, dtype={"micrograph": str, "path": str}, keep_default_na=False,
+                     na_values={"score": [""]}, chunksize=20_000) as pieces:
+        done = set(result.micrographs)
+        write_particles_stream(pieces, target, read_micrographs(exposures),
+                               [str(i.path) for i in result.items if i.micrograph in done])
 
 
 def _earlier_entries(out: Path, now: set[str]):
     """The entries of an existing OUTDIR/coordinates.star for micrographs this run did not name (kept by a run
-    on some of them), while their records and files are there."""
-    import pandas as pd
-    import starfile
+    on some of them), while their records are there; read a line at a time."""
+    from pupick.adapters.relion import read_coordinate_list_stream
 
-    columns = ["micrograph_path", "coordinates_path"]
     try:
-        old = starfile.read(out / "coordinates.star", always_dict=True)
-        table = next(iter(old.values()))
-        rows = [(m, c) for m, c in zip(table["rlnMicrographName"], table["rlnMicrographCoordinates"])
-                if c not in now and (out / RECORDS / f"{Path(c).stem}.csv").exists()]
-    except Exception:  # noqa: BLE001 - no list yet, or not one of ours: nothing to keep
-        rows = []
-    return pd.DataFrame(rows, columns=columns)
+        for micrograph, coords in read_coordinate_list_stream(out / "coordinates.star"):
+            if coords not in now and (out / RECORDS / f"{Path(coords).stem}.csv").exists():
+                yield micrograph, coords
+    except (OSError, ValueError, PupickError):  # no list yet, or not one of ours: nothing to keep
+        return
 
 
 def _write_star_list(result, out: Path) -> None:
-    """OUTDIR/coordinates.star: RELION's list of micrographs and their coordinate files."""
-    import pandas as pd
-
-    from pupick.adapters.relion import write_coordinate_list
+    """OUTDIR/coordinates.star: RELION's list of micrographs and their coordinate files, streamed (this run's in
+    input order, then an earlier list's others)."""
+    from pupick.adapters.relion import write_coordinate_list_stream
 
     done = set(result.micrographs)  # their records and coordinate files exist: no stat of each
-    items = [i for i in result.items if i.micrograph in done]
-    entries = pd.DataFrame({
-        "micrograph_path": [str(i.path) for i in items],
-        "coordinates_path": [str(out / COORD_DIR / f"{i.micrograph}.star") for i in items],
-    })
-    earlier = _earlier_entries(out, set(entries["coordinates_path"]))  # read only when a list is already there
-    write_coordinate_list(pd.concat([entries, earlier], ignore_index=True), out / "coordinates.star")  # atomic
+    now = {str(out / COORD_DIR / f"{i.micrograph}.star") for i in result.items if i.micrograph in done}
+
+    def entries():
+        for i in result.items:
+            if i.micrograph in done:
+                yield str(i.path), str(out / COORD_DIR / f"{i.micrograph}.star")
+        yield from _earlier_entries(out, now)  # the old list is read while the new one is written beside it
+
+    write_coordinate_list_stream(entries(), out / "coordinates.star")  # atomic

@@ -9,7 +9,7 @@ import math
 from typing import Any, Callable
 
 from ..config import (ARCHITECTURES, LR_SCHEDULES, NORMALIZATIONS, PRECISIONS, SETTINGS, TILE_SAMPLINGS, WEIGHT_INITS,
-                      PickConfig, PreprocessConfig, TrainConfig)
+                      PickConfig, PreprocessConfig, TrainConfig, check_removed)
 from ..errors import InputError
 
 SERVER_KEYS = ("device", "workers", "score_maps", "output", "model", "overwrite", "format", "quiet", "cache")
@@ -70,6 +70,7 @@ def _check_keys(settings: Any, known: dict) -> dict:
         return {}
     if not isinstance(settings, dict):
         raise InputError("settings must be a JSON object of option names and values")
+    check_removed((str(k) for k in settings), lambda key: f"setting {key!r}")
     unknown = sorted(str(k) for k in settings if k not in known)
     if unknown:
         server = [k for k in unknown if k in SERVER_KEYS]

@@ -258,14 +258,12 @@ def make_router(state: ViewState) -> APIRouter:
     @_answers_errors
     def apply(body: ApplyBody) -> dict[str, Any]:
         """Write the picks scoring >= threshold to a new file (or folder) in OUTDIR/exports/; picks.csv is untouched."""
-        from pupick.adapters.registry import FORMATS, write_picks
+        from pupick.adapters.registry import FORMATS, STREAMED_FORMATS, write_picks, write_picks_stream
 
         if body.format not in EXPORT_FORMATS:
             raise InputError(f"unknown export format {body.format!r} (choose {', '.join(EXPORT_FORMATS)})")
         if not math.isfinite(body.threshold):
             raise InputError("the threshold must be a finite number")
-        df = state.picks(body.round)
-        kept = df[df["score"] >= body.threshold]
         spec = FORMATS[body.format]
         ext = "" if spec.per_micrograph else spec.extensions[0]
         base = f"round{body.round}_score_ge_{_threshold_name(body.threshold)}_{body.format}"
@@ -282,6 +280,11 @@ def make_router(state: ViewState) -> APIRouter:
             from pupick.adapters.eman import box_size_for
 
             extra["box_size"] = box_size_for(None, diameter)
+        if body.format in STREAMED_FORMATS:  # one file: picks.csv read and written 20,000 rows at a time
+            n = write_picks_stream(state.picks_chunks(body.round, body.threshold), target, body.format)
+            return {"path": str(target), "n": n, "format": body.format, "threshold": body.threshold}
+        df = state.picks(body.round)  # a folder of files per micrograph: the kept picks in one table
+        kept = df[df["score"] >= body.threshold]
         if spec.per_micrograph:  # a folder of files: built under a temporary name, then renamed whole
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=folder))
             try:

@@ -15,7 +15,7 @@ import pandas as pd
 from ..errors import InputError
 from ..evaluate import evaluate
 from ..tables import stem
-from .view_index import RoundIndex, build_index, load_index, save_index
+from .view_index import RoundIndex, build_index, extends, from_sidecar, load_index, save_index
 from .view_rows import MicrographRows
 
 MANIFEST = "pupick_pick.json"  # core.pipeline.MANIFEST (kept literal: importing the pipeline pulls in scoring)
@@ -123,21 +123,65 @@ class ViewState:
             df["path"] = ""
         return df  # not kept: at 50,000 micrographs it is gigabytes
 
+    def picks_chunks(self, n: int, threshold: float, rows: int = 20_000):
+        """The round's picks scoring >= threshold, read from picks.csv `rows` rows at a time (the first piece may be
+        empty: it carries the columns); for Apply threshold's single-file formats."""
+        path = self.check_round(n) / PICKS
+        if not path.is_file():
+            raise InputError(f"round {n} has no picks yet ({path})")
+        try:
+            reader = pd.read_csv(path, dtype={"micrograph": str, "path": str}, keep_default_na=False,
+                                 na_values={"score": [""], "x": [""], "y": [""]}, chunksize=rows)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{path}: unreadable picks table ({str(err).splitlines()[0]})") from None
+
+        def chunks():
+            try:
+                yield from reader
+            except ValueError as err:
+                raise InputError(f"{path}: unreadable picks table ({str(err).splitlines()[0]})") from None
+
+        def pieces():
+            with reader:
+                first = True
+                for chunk in chunks():
+                    missing = [c for c in ("micrograph", "x", "y", "score") if c not in chunk.columns]
+                    if missing:
+                        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+                    if "path" not in chunk.columns:
+                        chunk["path"] = ""
+                    kept = chunk[chunk["score"] >= threshold]
+                    if len(kept) or first:
+                        yield kept
+                    first = False
+                if first:  # no rows at all: the header alone
+                    yield pd.DataFrame({c: pd.Series(dtype=float if c in ("x", "y", "score") else object)
+                                        for c in ("micrograph", "x", "y", "score", "path")})
+
+        return pieces()
+
     def index(self, n: int = 0) -> RoundIndex:
         """The round's picks.csv streamed once into a RoundIndex (view_index.py), rebuilt only when the file changed."""
         path = self.check_round(n) / PICKS
         if not path.is_file():
             raise InputError(f"round {n} has no picks yet ({path})")
         st = path.stat()
-        key = (str(path), st.st_mtime_ns, st.st_size)
+        key = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
         with self._lock:
             cached = self._indexes.get(n)
             if cached is not None and cached.key == key:
                 return cached
         index = load_index(path, key, self.cache_dir)
-        if index is None:
-            index = build_index(path, key)
-            save_index(index, self.cache_dir)
+        if index is None:  # the pick run's index, checked; a run appending: only the new rows are read
+            base = cached if extends(cached, key) else None
+            if base is None:
+                base = from_sidecar(path, key, path.parent / RECORDS, self.manifest(n).get("picks_csv"))
+            if base is not None and base.key == key:
+                index = base  # nothing to keep: the run's index is there for the next start too
+            else:
+                index = build_index(path, key, base if extends(base, key) else
+                                    load_index(path, key, self.cache_dir, any_version=True))
+                save_index(index, self.cache_dir)
         with self._lock:
             self._indexes[n] = index
             self._rows.pop(n, None)
@@ -266,6 +310,11 @@ class ViewState:
                 return {}
         if not path.is_file():
             return {}
+        from ..modelmeta import read_config
+
+        plain = read_config(path)  # without torch: the first view need not wait for it (~1-2 s)
+        if plain is not None:
+            return dict(plain)
         from ..modelfile import load_model  # torch: here, so that `pupick view` starts without it
 
         try:

@@ -1,4 +1,5 @@
-"""One round's picks.csv read once, streamed: each micrograph's rows (byte range), count and score range, every score.
+"""One round's picks.csv as the pages see it: each micrograph's rows (byte range), count and score range, every score;
+from the index the pick run wrote beside it (core.picks_index, checked first), else read once, streamed.
 
 What the pages need at 50,000 micrographs without holding the picks table: the score of every pick (float32, 4 bytes
 a pick, for the counts at a threshold, the histogram and the suggested threshold) and, per micrograph, where its rows
@@ -7,6 +8,7 @@ lie in the file, so that its picks are read from disk when it is opened. picks.c
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import picks_index
 from ..errors import InputError
 
 BINS = 200  # the score histogram the pages draw
@@ -54,7 +57,8 @@ class RoundIndex:
         if not len(self.scores):
             counts = np.zeros(len(self.names), np.int64)
         else:
-            counts = np.add.reduceat(np.greater_equal(self.scores, np.float32(threshold)), self.rows[:-1], dtype=np.int64)
+            kept = np.greater_equal(self.scores, np.float32(threshold)).view(np.uint8)  # summed as bytes: 6x faster
+            counts = np.add.reduceat(kept, self.rows[:-1], dtype=np.int32).astype(np.int64)
         self._counts = (threshold, counts)
         return counts
 
@@ -104,6 +108,14 @@ def _parse(data: bytes, columns: list[str]) -> pd.DataFrame:
                        keep_default_na=False, na_values={"score": [""], "x": [""], "y": [""]}, skip_blank_lines=False)
 
 
+def _cell(line: bytes, at: int | None) -> str:
+    """Column `at` of one CSV row ('' when there is none), quotes as pandas writes them."""
+    if at is None:
+        return ""
+    row = next(csv.reader([line.rstrip(b"\r").decode("utf-8", "replace")]), [])
+    return row[at] if at < len(row) else ""
+
+
 def _header(fh, path: Path) -> list[str]:
     columns = fh.readline().decode("utf-8", "replace").strip().split(",")
     missing = [c for c in REQUIRED if c not in columns]
@@ -136,18 +148,37 @@ def _chunks(path: Path, columns: list[str]):
             yield _parse(data, columns)
 
 
-def build_index(path: Path, key: tuple) -> RoundIndex:
-    """One pass over picks.csv in CHUNK-byte blocks (no table of all picks is ever held)."""
+def extends(base: "RoundIndex | None", key: tuple) -> bool:
+    """Whether `key` is `base`'s file grown by appending: the same path and inode (a rewrite renames a new file
+    into place), larger, and `base` with contiguous rows (what the pick runs write)."""
+    return (base is not None and len(key) == 4 and len(base.key) == 4 and base.key[0] == key[0]
+            and base.key[3] == key[3] and key[2] > base.key[2] and base.byte_start is not None
+            and len(base.names) > 0 and int(base.byte_end[-1]) == base.key[2])
+
+
+def build_index(path: Path, key: tuple, base: RoundIndex | None = None) -> RoundIndex:
+    """One pass over picks.csv in CHUNK-byte blocks (no table of all picks is ever held); when the file grew by
+    appending since `base` was built (see `extends`), only the new bytes are read."""
     position: dict[str, int] = {}
     names: list[str] = []
     paths: list[str] = []
     seg_code, seg_row, seg_byte = [], [], []  # one entry where the micrograph changes from the row before
     scores, codes_all = [], []
     last, n_rows, end = -1, 0, 0
+    if not extends(base, key):
+        base = None
     try:
         with open(path, "rb") as fh:
             columns = _header(fh, path)
-            use = [c for c in ("micrograph", "score", "path") if c in columns]
+            if base is not None and columns == base.columns:  # carry on from the end of what base read
+                names, paths, position = list(base.names), list(base.paths), dict(base.position)
+                seg_code, seg_row = [np.arange(len(names))], [base.rows[:-1]]
+                seg_byte, scores = [base.byte_start], [base.scores]
+                codes_all = [np.repeat(np.arange(len(names), dtype=np.int32), base.n)]
+                last, n_rows = len(names) - 1, len(base.scores)
+                fh.seek(int(base.byte_end[-1]))
+            use = ["micrograph", "score"]  # a micrograph's path is read from its first row alone (40% faster)
+            at_path = columns.index("path") if "path" in columns else None
             for offset, data in _blocks(fh):
                 df = pd.read_csv(io.BytesIO(data), header=None, names=columns, usecols=use,
                                  dtype={"micrograph": str, "path": str}, keep_default_na=False,
@@ -157,18 +188,17 @@ def build_index(path: Path, key: tuple) -> RoundIndex:
                     raise InputError(f"{path}: a row spans lines (quoted newline); not a pupick picks table")
                 local, uniques = pd.factorize(df["micrograph"].to_numpy(object))
                 _, first = np.unique(local, return_index=True)
-                path_col = df["path"].to_numpy(object) if "path" in df.columns else None
+                starts = np.concatenate([[0], nl[:-1] + 1])
                 lookup = np.empty(len(uniques), np.int64)
                 for j, (u, f) in enumerate(zip(uniques, first)):
                     code = position.get(u)
                     if code is None:
                         code = position[u] = len(names)
                         names.append(str(u))
-                        paths.append(str(path_col[f]) if path_col is not None else "")
+                        paths.append(_cell(data[starts[f]:nl[f]], at_path))
                     lookup[j] = code
                 codes = lookup[local]
                 change = np.flatnonzero(np.diff(codes, prepend=last) != 0)
-                starts = np.concatenate([[0], nl[:-1] + 1])
                 seg_code.append(codes[change])
                 seg_row.append(change + n_rows)
                 seg_byte.append(starts[change] + offset)
@@ -195,7 +225,59 @@ def build_index(path: Path, key: tuple) -> RoundIndex:
     return RoundIndex(path, key, columns, names, paths, rows, None, None, all_scores[order])
 
 
-INDEX_VERSION = 1
+SPOT_CHECKS = 8  # micrographs of a pick run's index compared with picks.csv's text before it is used
+
+
+def from_sidecar(path: Path, key: tuple, records: Path, state: object) -> RoundIndex | None:
+    """The index a pick run wrote beside picks.csv (core.picks_index), checked, else None (then: the scan).
+
+    `state` is the manifest's `picks_csv` (committed lengths, the index's CRC-32). Used only when picks.csv is at
+    least that long and begins with the header the runs write, the index's committed bytes have that CRC and sum to
+    that length, picks.csv was not written after the index when it is that long, and the rows of the first, last and
+    a few micrographs between parse to the names, counts, scores and paths the index holds. When picks.csv grew
+    since (a run appending now), the index says what its first `bytes` hold; the caller reads the rest."""
+    try:
+        size, index_size, want = state["bytes"], state["index_bytes"], state["index_crc32"]  # type: ignore[index]
+        sidecar = records / picks_index.INDEX_NAME
+        if not (isinstance(size, int) and isinstance(index_size, int) and size <= key[2]):
+            return None
+        with open(sidecar, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_size < index_size or (size == key[2] and st.st_mtime_ns < key[1]):
+                return None  # torn or cut, or picks.csv rewritten after the index
+            data = fh.read(index_size)
+        if len(data) != index_size or picks_index.crc(data) != want:
+            return None
+        found = picks_index.decode(data)
+        header = picks_index.HEADER
+        with open(path, "rb") as fh:
+            if fh.read(len(header)).decode("utf-8", "replace") != header:
+                return None
+        ends = len(header) + np.cumsum(found.n_bytes)
+        if (ends[-1] if len(ends) else len(header)) != size:
+            return None
+    except (OSError, KeyError, TypeError, ValueError, UnicodeDecodeError):
+        return None
+    starts = np.concatenate([[len(header)], ends[:-1]]).astype(np.int64)
+    rows = np.concatenate([[0], np.cumsum(found.n_rows)]).astype(np.int64)
+    columns = header.strip().split(",")
+    base_key = key if size == key[2] else (key[0], 0, size, key[3])
+    index = RoundIndex(path, base_key, columns, found.names, found.paths, rows, starts, ends.astype(np.int64),
+                       found.scores)
+    n = len(found.names)
+    for i in sorted(set(np.linspace(0, n - 1, min(n, SPOT_CHECKS)).astype(int).tolist())):
+        try:
+            df = index.picks_of(found.names[i])
+        except (InputError, ValueError):
+            return None
+        mine = found.scores[rows[i]:rows[i + 1]]
+        if (not np.array_equal(df["score"].to_numpy(np.float32), mine, equal_nan=True)
+                or str(df["path"].iloc[0]) != found.paths[i]):
+            return None
+    return index
+
+
+INDEX_VERSION = 2  # 2: the key holds the inode
 
 
 def _cache_name(key: tuple) -> str:
@@ -221,13 +303,16 @@ def save_index(index: RoundIndex, folder: Path) -> None:
         pass
 
 
-def load_index(path: Path, key: tuple, folder: Path) -> RoundIndex | None:
-    """The index save_index kept for exactly this version of the file (path, mtime, size), else None."""
+def load_index(path: Path, key: tuple, folder: Path, any_version: bool = False) -> RoundIndex | None:
+    """The index save_index kept for exactly this version of the file (path, mtime, size, inode), else None;
+    `any_version`: whichever version of this path it kept (to be extended)."""
     try:
         with np.load(folder / _cache_name(key)) as z:
             meta = json.loads(z["meta"].tobytes().decode())
-            if meta.get("version") != INDEX_VERSION or tuple(meta.get("key", ())) != tuple(key):
+            kept = tuple(meta.get("key", ()))
+            if meta.get("version") != INDEX_VERSION or (kept != tuple(key) and not any_version):
                 return None
+            key = kept
             start = z["byte_start"] if "byte_start" in z.files else None
             end = z["byte_end"] if "byte_end" in z.files else None
             return RoundIndex(path, key, meta["columns"], meta["names"], meta["paths"], z["rows"], start, end,

@@ -225,3 +225,40 @@ def test_particles_star_in_pieces_is_the_whole_files_text(tmp_path, cut):
     text = "".join(relion.particles_star_chunks(pieces))
     assert text == (tmp_path / "whole.star").read_text()
     assert "".join(relion.particles_star_chunks([])) == "".join(relion.particles_star_chunks([picks.iloc[:0]]))
+
+
+@pytest.mark.parametrize("version", [30001, 50001, None])
+def test_coordinate_list_streamed_is_the_whole_table_write(tmp_path, version):
+    """The coordinate list written a chunk at a time is write_coordinate_list's file, byte for byte (quoted names,
+    an empty list, any chunk size), and reading it back a line at a time gives the pairs in order."""
+    pairs = [("Movies/a b.mrc", "c/a b.star"), ("MotionCorr/job002/x.mrc", "c/x.star")] + [
+        (f"M/{i:05d}.mrc", f"c/{i:05d}.star") for i in range(23)]
+    for rows, chunk in ((pairs, 5), (pairs, 100), ([], 3)):
+        frame = pd.DataFrame(rows, columns=["micrograph_path", "coordinates_path"])
+        relion.write_coordinate_list(frame, tmp_path / "whole.star", version=version)
+        assert relion.write_coordinate_list_stream(iter(rows), tmp_path / "streamed.star", version,
+                                                   chunk=chunk) == len(rows)
+        assert (tmp_path / "streamed.star").read_bytes() == (tmp_path / "whole.star").read_bytes()
+        assert list(relion.read_coordinate_list_stream(tmp_path / "streamed.star")) == rows
+    (tmp_path / "other.star").write_text("data_particles\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1 2\n")
+    with pytest.raises(InputError, match="not a coordinate list"):
+        list(relion.read_coordinate_list_stream(tmp_path / "other.star"))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "star", "topaz"])
+def test_picks_written_in_pieces_are_the_whole_table_write(tmp_path, fmt):
+    """write_picks_stream: pieces of one table (an empty first piece, uneven cuts) give write_picks' bytes."""
+    from pupick.adapters.registry import write_picks_stream
+
+    rng = np.random.default_rng(3)
+    picks = make_picks(np.repeat(["m a", "m2", "m3"], [5, 7, 4]), rng.uniform(0, 900, 16), rng.uniform(0, 900, 16),
+                       rng.normal(0, 2, 16)).assign(path=np.repeat(["/d/m a.mrc", "/d/m2.mrc", "/d/m3.mrc"], [5, 7, 4]))
+    ext = {"csv": ".csv", "tsv": ".tsv", "star": ".star", "topaz": ".txt"}[fmt]
+    write_picks(picks, tmp_path / f"whole{ext}", fmt=fmt)
+    pieces = [picks.iloc[:0], picks.iloc[:3], picks.iloc[3:3], picks.iloc[3:11], picks.iloc[11:]]
+    assert write_picks_stream(iter(pieces), tmp_path / f"pieces{ext}", fmt) == len(picks)
+    assert (tmp_path / f"pieces{ext}").read_bytes() == (tmp_path / f"whole{ext}").read_bytes()
+    write_picks(picks.iloc[:0], tmp_path / f"empty{ext}", fmt=fmt)
+    write_picks_stream(iter([picks.iloc[:0]]), tmp_path / f"empty_pieces{ext}", fmt)
+    if fmt != "topaz":  # topaz drops the score column when no score is known; pieces always keep it
+        assert (tmp_path / f"empty_pieces{ext}").read_bytes() == (tmp_path / f"empty{ext}").read_bytes()

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from pupick.adapters.registry import read_picks
+from pupick.adapters.registry import read_micrographs, read_picks, write_picks
 from pupick.core.cli import cli
+from pupick.core.outputs import read_table
 
 HELD_OUT = "312_10028"
 
@@ -175,6 +176,13 @@ def test_cryosparc_particles_with_exposures(runner, trained_model, two_mics, tmp
     assert res.exit_code == 0, res.output
     uids = [Dataset.load(d / "particles.cs")["uid"] for d in (out, again)]
     assert np.array_equal(uids[0], uids[1])
+    # streamed from picks.csv a chunk at a time: the file one table of every pick gives
+    whole = tmp_path / "whole" / "particles.cs"
+    write_picks(read_table(out / "picks.csv"), whole, fmt="cs", micrographs=read_micrographs(exposures))
+    a, b = Dataset.load(out / "particles.cs"), Dataset.load(whole)
+    assert a.descr() == b.descr() and len(a) == len(b)
+    for field in b.fields():
+        assert np.array_equal(np.asarray(a[field]), np.asarray(b[field])), field
     res = runner.invoke(cli, ["pick", *two_mics, "--model", str(trained_model), "-o", str(out), "--format", "cs"])
     assert res.exit_code != 0 and "--exposures" in res.output
 
@@ -218,32 +226,3 @@ def test_star_format_keeps_the_list_and_the_files_in_step(runner, trained_model,
     listed = read_picks(str(out / "coordinates.star"))
     assert set(listed["micrograph"]) == {"311_10028", HELD_OUT}
     assert set(pd.read_csv(out / "picks.csv")["micrograph"]) == {"311_10028", HELD_OUT}
-
-
-def test_general_model_with_a_bootstrap_round_kept_for_later_runs(runner, two_mics, demo_labels, tmp_path):
-    """`--model general --bootstrap` fine-tunes on its own picks first (kept as general_bootstrap.pt and reused by a
-    rerun with more micrographs); `--no-bootstrap` picks with the general model alone, into other picks."""
-    from pupick.core.modelfile import load_model
-    from pupick.core.zerolabel import BOOTSTRAP_MODEL
-
-    out = tmp_path / "boot"
-    args = ["--model", "general", "--diameter-px", "56", "-o", str(out), "--device", "cpu", "--bootstrap"]
-    res = runner.invoke(cli, ["pick", two_mics[0], *args])
-    assert res.exit_code == 0, res.output
-    assert "bootstrap round: " in res.output and "fine-tuned in" in res.output
-    kept = load_model(out / BOOTSTRAP_MODEL)
-    assert kept.config["provenance"]["bootstrap_micrographs"] == ["311_10028"]
-    assert kept.config["diameter_px"] == pytest.approx(56) and not kept.config.get("grid_diameter")
-    again = runner.invoke(cli, ["pick", *two_mics, *args])  # a new micrograph: the same adapted model picks it
-    assert again.exit_code == 0, again.output
-    assert "bootstrap round: reusing" in again.output and "fine-tuned in" not in again.output
-    assert json.loads((out / "pupick_pick.json").read_text())["settings"]["bootstrap"]["micrographs"] >= 1
-    plain = tmp_path / "plain"
-    res = runner.invoke(cli, ["pick", *two_mics, *args[:4], "-o", str(plain), "--device", "cpu", "--no-bootstrap"])
-    assert res.exit_code == 0, res.output
-    assert "bootstrap round" not in res.output and not (plain / BOOTSTRAP_MODEL).exists()
-    a, b = pd.read_csv(out / "picks.csv"), pd.read_csv(plain / "picks.csv")
-    assert len(a) and len(b) and not a[["x", "y"]].equals(b[["x", "y"]])
-    # one setting: a rerun into the same directory without the round is refused (other settings)
-    refused = runner.invoke(cli, ["pick", *two_mics, *args, "--no-bootstrap"])
-    assert refused.exit_code != 0 and "bootstrap" in refused.output

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -108,3 +109,17 @@ def test_an_unusable_output_directory_is_one_clear_error(tmp_path, make):
     with pytest.raises(InputError, match=message):
         with OutputDir(target, "pick", {}):
             pass
+
+
+def test_score_histogram_quantiles_are_the_exact_ones_to_the_bin():
+    """ScoreHistogram.quantile (the streamed cryoSPARC summary's median and 5-95%) is within a bin of numpy's."""
+    from pupick.core.outputs import ScoreHistogram
+
+    rng = np.random.default_rng(7)
+    scores = rng.normal(-1.0, 2.0, 20_000)
+    hist = ScoreHistogram()
+    for piece in np.array_split(scores, 37):
+        hist.add(piece)
+    for q in (0.05, 0.5, 0.95):
+        assert abs(hist.quantile(q) - np.quantile(scores, q)) <= ScoreHistogram.STEP, q
+    assert np.isnan(ScoreHistogram().quantile(0.5))

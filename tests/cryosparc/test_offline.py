@@ -127,6 +127,56 @@ def test_blob_picker_needs_no_model(tmp_path, cs_project):
     assert len(Dataset.load(out)) > 10
 
 
+def test_streamed_cs_equals_the_whole_table_save(tmp_path, cs_project):
+    """The offline .cs is written a micrograph at a time; read back, it is what one Dataset of every pick saved with
+    cryosparc-tools gives: the same fields, dtypes, rows and order (and a plain .npy numpy reads)."""
+    from pupick.adapters.cryosparc import save_dataset
+    from pupick.core.config import PickConfig
+    from pupick.cryosparc.picking import pick_exposures
+
+    out = tmp_path / "streamed.cs"
+    run_cli(["pick", "--exposures", str(cs_project.exposures_cs), "--project-dir", str(cs_project.root),
+             "--method", "blob", "--diameter-px", str(DIAMETER_PX), "-o", str(out)])
+    config = PickConfig.from_settings({"method": "blob", "diameter_px": DIAMETER_PX})
+    whole = pick_exposures(read_exposures(cs_project.exposures_cs), cs_project.root, None, config,
+                           log=lambda _: None, salt=out.name)
+    save_dataset(whole.particles, tmp_path / "whole.cs")
+    a, b = Dataset.load(out), Dataset.load(tmp_path / "whole.cs")
+    assert len(a) == len(b) > 1000 and a.descr() == b.descr()
+    for field in b.fields():
+        assert np.array_equal(np.asarray(a[field]), np.asarray(b[field])), field
+    assert np.load(out).dtype == np.load(tmp_path / "whole.cs").dtype  # the same on-disk layout
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_particle_writer_holds_one_chunk_and_keeps_input_order(tmp_path):
+    """ParticleCsWriter: chunks appended give one .cs in their order; an empty run is a valid empty .cs; a failure
+    inside leaves no file."""
+    import pandas as pd
+
+    from pupick.adapters.cryosparc import particles_cs_writer, particles_dataset
+
+    exposures = pd.DataFrame({"micrograph": ["a", "bé"], "path": ["J1/a.mrc", "J1/bé_longer.mrc"],
+                              "uid": np.array([5, 7], dtype=np.uint64), "ny": [100.0] * 2, "nx": [200.0] * 2,
+                              "pixel_size": [1.5] * 2})
+    chunks = [pd.DataFrame({"micrograph": m, "x": [1.0 + i, 2.0 + i], "y": [3.0, 4.0 + i], "score": [0.5, -1.0],
+                            "path": p}) for i, (m, p) in enumerate(zip(exposures["micrograph"], exposures["path"]))]
+    with particles_cs_writer(tmp_path / "s.cs", exposures["path"]) as writer:
+        for chunk in chunks:
+            writer.append(particles_dataset(chunk, exposures))
+    got = Dataset.load(tmp_path / "s.cs")
+    assert list(got["location/micrograph_path"]) == ["J1/a.mrc"] * 2 + ["J1/bé_longer.mrc"] * 2
+    np.testing.assert_allclose(np.asarray(got["location/center_x_frac"]), [1 / 200, 2 / 200, 2 / 200, 3 / 200],
+                               rtol=1e-6)
+    with particles_cs_writer(tmp_path / "empty.cs", exposures["path"]):
+        pass
+    assert len(Dataset.load(tmp_path / "empty.cs")) == 0
+    with pytest.raises(RuntimeError), particles_cs_writer(tmp_path / "failed.cs", exposures["path"]) as writer:
+        writer.append(particles_dataset(chunks[0], exposures))
+        raise RuntimeError("the run failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.cs", "s.cs"]
+
+
 def test_exposures_given_as_output_plus_passthrough(tmp_path, cs_project):
     """cryoSPARC splits an output over two .cs files; --exposures twice joins them by uid."""
     full = exposure_dataset(cs_project.rel_paths[:2], [(1024, 1024)] * 2, cs_project.uids[:2])

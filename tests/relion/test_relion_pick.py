@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from scipy.spatial.distance import pdist
 from pupick.core.evaluate import evaluate
 from pupick.core.modelfile import load_model
 
-from relion_project import PIXEL_SIZE, STEMS, Project, exit_files, make_project, run_external
+from relion_project import PIXEL_SIZE, STEMS, Project, exit_files, external_argv, make_project, run_external
 
 EXE = "pupick_relion_pick"
 MODEL = "External/job006/model.pt"
@@ -116,6 +118,22 @@ def test_relion4_continue_picks_only_new_micrographs(tmp_path, trained_model):
     assert _read_list(project, out)["rlnMicrographName"].tolist() == mics
     assert len(list((job / "Movies").glob("*_pupick.star"))) == 4
     assert "2 picked by an earlier run (kept), 2 to pick" in (job / "run.out").read_text()
+
+    # the Scheme runs the job again with nothing new: it lists them all, loading neither torch nor the model
+    argv = [sys.executable, "-X", "importtime", *external_argv(EXE, out, {"in_mics": project.mics_star},
+                                                               {"model": MODEL, **params}, threads=2)]
+    (job / "run.err").write_text("")
+    with open(job / "run.out", "a") as so, open(job / "run.err", "a") as se:
+        assert subprocess.run(argv, cwd=project.root, stdout=so, stderr=se, timeout=300).returncode == 0
+    err = (job / "run.err").read_text()
+    modules = {line.rsplit("|", 1)[1].strip() for line in err.splitlines() if line.startswith("import time:")}
+    assert "pupick.relion.pick" in modules and "pupick.core.outputs" in modules  # the import list is real
+    assert not {m for m in modules if m.split(".")[0] == "torch"}, "a nothing-new rerun imported torch"
+    assert exit_files(job) == ["RELION_JOB_EXIT_SUCCESS"]
+    assert "nothing new: all 4 micrograph(s) were picked earlier" in (job / "run.out").read_text()
+    assert _read_list(project, out)["rlnMicrographName"].tolist() == mics
+    assert _nodes(project, out) == [("External/job008/autopick.star", "MicrographsCoords.star.relion.autopick")]
+    assert {p: p.stat().st_mtime_ns for p in first} == first
 
     # a continue with other settings would mix two kinds of picks in one job: refused, nothing touched
     assert _run(project, out, {**params, "threshold": "0"}).returncode == 1

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pupick.core.config import removed_message
 from pupick.core.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +26,7 @@ SIDE = Path(__file__).resolve().parent / "scipion_side"
 DEMO = ROOT / "data" / "demo"
 SCIPION_VENV = Path(os.environ.get("PUPICK_SCIPION_VENV", ROOT / ".venv-scipion")).resolve()
 RUN_TIMEOUT_S = 600  # the whole Scipion run; about 1-2 minutes on 2 cores
-N_CHECKS = {"units_checks": 20, "workflow_checks": 9}  # tests in scipion_side/*_checks.py
+N_CHECKS = {"units_checks": 20, "workflow_checks": 10}  # tests in scipion_side/*_checks.py
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +77,7 @@ def scipion_env(scipion_python: Path, tmp: Path, out: Path) -> dict:
         "PUPICK": _pupick_executable(),
         "PUPICK_DEMO_DIR": str(DEMO),
         "PUPICK_TEST_OUT": str(out),
+        "PUPICK_REMOVED_LINE": "pupick: error: " + removed_message("bootstrap", "--bootstrap"),
         "OMP_NUM_THREADS": "2",
     })
     (tmp / "home").mkdir(exist_ok=True)

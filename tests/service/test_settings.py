@@ -20,7 +20,7 @@ def P(**settings) -> PickConfig:
     P(stride="dense", tile_size=256, scale=2, min_distance_A=80),
     P(method="blob", diameter_px=56, dark_particles=False, exclude_carbon=True, max_picks=10),
     P(method="blob", diameter=300, pixel_size=5.36),
-    P(diameter_px=56, bootstrap=True),  # the general model with its bootstrap round (core/zerolabel.py)
+    P(diameter_px=56),  # the general model set to the particle size
 ])
 def test_pick_config_round_trip(config):
     sent = pick_settings(config)

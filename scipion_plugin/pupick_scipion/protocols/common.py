@@ -10,6 +10,12 @@ from .. import Plugin
 from ..runner import GPU_PLACEHOLDER
 
 
+# Parameters an older plugin version saved with a protocol and pupick has since removed. A saved protocol that has
+# one set passes it on, and pupick refuses it with its one line (the reason and the replacement, worded in pupick),
+# before any work.
+REMOVED_PARAMS = ('bootstrap',)
+
+
 def addGpuParams(form):
     """The hidden GPU parameters Scipion shows in the run header of GPU-capable protocols."""
     form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
@@ -69,6 +75,10 @@ class PupickProtocolMixin:
         return (self.getAttributeValue('serverUrl', '') or '').strip()
 
     validateInstallation = _InstanceOrClass(_validateInstallation)
+
+    def _removedParams(self):
+        """The removed parameters this (saved) protocol has set."""
+        return [name for name in REMOVED_PARAMS if self.getAttributeValue(name, False)]
 
     def _extraArgs(self):
         text = self.getAttributeValue('extraParams', '') or ''

@@ -93,6 +93,7 @@ class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
                 '-o', outDir,
                 '--format', 'csv',
                 '--pixel-size', '%g' % self._getPixelSize()]
+        args += ['--' + name.replace('_', '-') for name in self._removedParams()]  # refused by pupick
         if self.threshold.get() is not None:
             args += ['--threshold', '%g' % self.threshold.get()]
         if self.minDistance.get():
@@ -118,6 +119,7 @@ class ProtPupickPick(PupickProtocolMixin, ProtParticlePickingAuto):
         client = ServerClient(self._serverUrl(), self.getAttributeValue('tokenFile', '') or None)
         model = client.resolveModel(self._getModelFile())
         settings = {'pixel_size': self._getPixelSize()}
+        settings.update((name, True) for name in self._removedParams())  # refused by the server (422)
         if self.threshold.get() is not None:
             settings['threshold'] = self.threshold.get()
         if self.minDistance.get():

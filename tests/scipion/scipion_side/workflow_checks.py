@@ -2,7 +2,7 @@
 
 Environment (set by tests/scipion/test_scipion_plugin.py): SCIPION_HOME, SCIPION_USER_DATA, SCIPION_DOMAIN=pwem,
 SCIPION_PYTHON, PUPICK (the pupick executable), PUPICK_DEMO_DIR (bundled data), PUPICK_TEST_OUT (where the picks
-are exported for the AP check on the pytest side).
+are exported for the AP check on the pytest side), PUPICK_REMOVED_LINE (pupick's refusal of the removed --bootstrap).
 """
 import csv
 import math
@@ -13,7 +13,7 @@ import unittest
 
 import pyworkflow.protocol as pwprot
 import pyworkflow.tests as pwtests
-from pyworkflow.object import Set
+from pyworkflow.object import Boolean, Set
 import pwem.protocols as emprot
 
 from pupick_scipion.constants import SCORE_ATTR
@@ -292,6 +292,22 @@ class TestPupickWorkflow(pwtests.BaseTest):
         self.assertIn('pupick pick failed (exit status 1)', message)
         self.assertIn('not_a_model.pt', message)
         self.assertIn('pupick: error:', message)
+
+    def test_e_removed_parameter_fails_at_the_start_with_pupicks_line(self):
+        # a saved protocol from a plugin that had `bootstrap`, and `--bootstrap` among the additional arguments
+        expected = os.environ['PUPICK_REMOVED_LINE']
+        saved = self.newProtocol(ProtPupickPick, modelSource=2, particleDiameter=DIAMETER_A, useGpu=False)
+        saved.bootstrap = Boolean(True)  # stored with the protocol, read back by the run
+        extra = self.newProtocol(ProtPupickPick, modelSource=2, particleDiameter=DIAMETER_A, useGpu=False,
+                                 extraParams='--bootstrap')
+        for pick in (saved, extra):
+            pointTo(pick, 'inputMicrographs', self.importMics, 'outputMicrographs')
+            start = time.time()
+            message = self.launchFailing(pick)
+            self.assertLess(time.time() - start, 60)
+            self.assertIn('pupick pick failed (exit status 2)', message)
+            self.assertIn(expected, message)
+            self.assertFalse(self.refresh(pick).hasAttribute('outputCoordinates'))
 
     def test_e_gpu_slot_reaches_pupick(self):
         # Scipion's GPU list goes to pupick through the %(GPU)s slot; no machine has a GPU with id 97
