@@ -11,7 +11,9 @@ per repeat, each time with a fresh `pupick view --no-browser` process:
   histogram drawn); the browser is started before the clock.
 - page_warm: the same again, with what the first start kept in OUTDIR/.pupick_view_cache (the other two start
   without it).
-Peak RSS (VmHWM) of the view process after the page's first view. --python runs another checkout's `pupick view`
+"Cold" is about `pupick view`'s own cache only: an OUTDIR a pick run wrote (--outdir, e.g. bench/scale.py's take-in
+of cloned records) holds the run's view index (.pupick_records/picks_index.bin), read instead of a scan; the --n
+clone holds none (the scan). Peak RSS (VmHWM) of the view process after the page's first view. --python runs another checkout's `pupick view`
 on the same OUTDIR (a same-run comparison). Medians; writes bench/out/view_scale.json.
 """
 from __future__ import annotations

@@ -27,6 +27,7 @@ from .errors import InputError, PupickError
 from .names import check_micrograph_name
 from .io import (Protected, atomic_path, check_output, check_output_dir, hold_lock, os_reason, read_micrograph,
                  write_mrc, write_text_atomic)
+from . import picks_index
 from .picking import pick
 from .pipeline import check_model, micrograph_items
 from .preprocess import MANIFEST as PREPROCESS_MANIFEST, downsample, normalize
@@ -260,7 +261,7 @@ def _differences(before: Any, now: dict[str, Any]) -> list[str]:
     return out or ["settings"]
 
 
-PICK_TABLE_COLUMNS = ["micrograph", "x", "y", "score", "path"]
+PICK_TABLE_COLUMNS = list(picks_index.COLUMNS)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -294,19 +295,26 @@ def gather(out: OutputDir, names: list[str]) -> pd.DataFrame:
 
 
 COMMITTED = "committed.txt"  # in RECORDS: the micrographs whose rows are in picks.csv, in its order (appended)
-PICKS_HEADER = ",".join(PICK_TABLE_COLUMNS) + "\n"
+PICKS_HEADER = picks_index.HEADER
 
 
-def _rows(out: "OutputDir", name: str) -> bytes:
-    """A finished micrograph's rows of picks.csv, formatted as write_table formats them."""
+def _rows(out: "OutputDir", name: str) -> tuple[bytes, bytes]:
+    """A finished micrograph's rows of picks.csv, formatted as write_table formats them, and its view-index record
+    (scores as the record's text parses, which is picks.csv's text: the record was written with the same %.6g)."""
     df = out.read(name)
-    return df[PICK_TABLE_COLUMNS].to_csv(index=False, header=False, float_format="%.6g").encode() if len(df) else b""
+    if not len(df):
+        return b"", b""
+    rows = df[PICK_TABLE_COLUMNS].to_csv(index=False, header=False, float_format="%.6g").encode()
+    path = df["path"].iloc[0]
+    return rows, picks_index.record(name, path if isinstance(path, str) else "", len(rows),
+                                    df["score"].to_numpy(dtype=np.float32))
 
 
 class PicksCsv:
     """OUTDIR/picks.csv in input order, appended as micrographs finish: a micrograph's rows go in (one write) once
-    every earlier input is done or has failed, then its name in .pupick_records/committed.txt, then the committed
-    lengths in the manifest. A run first cuts what lies beyond those lengths (a torn tail). A micrograph that
+    every earlier input is done or has failed, then its name in .pupick_records/committed.txt, then its record in
+    the view index (core.picks_index), then the committed lengths (and the index's CRC-32) in the manifest. A run
+    first cuts what lies beyond those lengths (a torn tail). A micrograph that
     finishes before rows already there (a retried failure, a new name that sorts earlier), or an input list that
     no longer matches, makes the run rewrite the file from the records: the same inputs give the same bytes."""
 
@@ -314,6 +322,7 @@ class PicksCsv:
         self.out = out
         self.path = out.path / PICKS_TABLE
         self.list_path = out.records / COMMITTED
+        self.index_path = out.records / picks_index.INDEX_NAME
         self.items = list(items)
         self.index = {i.micrograph: n for n, i in enumerate(self.items)}
         done_names = {i.micrograph for i in done}
@@ -336,12 +345,12 @@ class PicksCsv:
         state = self.out.manifest.get("picks_csv")
         if not isinstance(state, dict):
             return None
-        size, count = state.get("bytes"), state.get("micrographs")
+        size, count, index_size = state.get("bytes"), state.get("micrographs"), state.get("index_bytes")
         try:
             with open(self.list_path, "rb") as fh:
                 listing = fh.read()
-            if os.path.getsize(self.path) < size:
-                return None
+            if os.path.getsize(self.path) < size or os.path.getsize(self.index_path) < index_size:
+                return None  # (an index_size of None: an earlier version's run, without the view index)
         except (OSError, TypeError):
             return None
         lines = listing.split(b"\n")
@@ -357,10 +366,12 @@ class PicksCsv:
             return None
         os.truncate(self.path, size)  # the torn tail of a run killed mid-append
         os.truncate(self.list_path, sum(len(line) + 1 for line in lines[:count]))
+        os.truncate(self.index_path, index_size)
         return names
 
-    def _save(self, size: int, count: int) -> None:
-        self.out.manifest["picks_csv"] = {"bytes": size, "micrographs": count}
+    def _save(self, size: int, count: int, index_size: int, index_crc: int) -> None:
+        self.out.manifest["picks_csv"] = {"bytes": size, "micrographs": count, "index_bytes": index_size,
+                                          "index_crc32": index_crc}
         self.out.save_manifest()
 
     def _rewrite(self, done_names: set[str]) -> None:
@@ -368,12 +379,19 @@ class PicksCsv:
         self.out.manifest.pop("picks_csv", None)
         self.out.save_manifest()  # killed while rewriting: the next run rewrites again
         names = [i.micrograph for i in self.items if i.micrograph in done_names] + self.extras
-        with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
-            fh.write(PICKS_HEADER.encode())
-            for name in names:
-                fh.write(_rows(self.out, name))
+        index_crc = picks_index.crc(picks_index.MAGIC)
+        with atomic_path(self.index_path) as tmp_index, open(tmp_index, "wb") as fi:
+            with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
+                fh.write(PICKS_HEADER.encode())
+                fi.write(picks_index.MAGIC)
+                for name in names:
+                    rows, entry = _rows(self.out, name)
+                    fh.write(rows)
+                    fi.write(entry)
+                    index_crc = picks_index.crc(entry, index_crc)
+        os.utime(self.index_path)  # not older than picks.csv: `pupick view` takes an older index for a stale one
         write_text_atomic(self.list_path, "".join(f"{n}\n" for n in names))
-        self._save(os.path.getsize(self.path), len(names))
+        self._save(os.path.getsize(self.path), len(names), os.path.getsize(self.index_path), index_crc)
 
     def finished(self, name: str, ok: bool) -> None:
         """A micrograph of this run finished (ok) or failed; commits what is now in order."""
@@ -392,7 +410,7 @@ class PicksCsv:
             self._append(name)
 
     def _append(self, name: str) -> None:
-        rows = _rows(self.out, name)
+        rows, entry = _rows(self.out, name)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
             os.write(fd, rows)  # one write: a killed run leaves whole rows or none
@@ -404,9 +422,10 @@ class PicksCsv:
             os.write(fd, f"{name}\n".encode())
         finally:
             os.close(fd)
+        index_size = picks_index.append(self.index_path, entry)
         self.last = self.index[name]
         state = self.out.manifest["picks_csv"]
-        self._save(size, state["micrographs"] + 1)
+        self._save(size, state["micrographs"] + 1, index_size, picks_index.crc(entry, state["index_crc32"]))
 
     def close(self, files: "PerMicrographFiles | None") -> None:
         """At the end of a run: rewrite when rows came out of order."""

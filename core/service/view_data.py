@@ -15,7 +15,7 @@ import pandas as pd
 from ..errors import InputError
 from ..evaluate import evaluate
 from ..tables import stem
-from .view_index import RoundIndex, build_index, extends, load_index, save_index
+from .view_index import RoundIndex, build_index, extends, from_sidecar, load_index, save_index
 from .view_rows import MicrographRows
 
 MANIFEST = "pupick_pick.json"  # core.pipeline.MANIFEST (kept literal: importing the pipeline pulls in scoring)
@@ -172,10 +172,16 @@ class ViewState:
             if cached is not None and cached.key == key:
                 return cached
         index = load_index(path, key, self.cache_dir)
-        if index is None:  # a run appending to picks.csv: only the new rows are read (from the last index kept)
-            index = build_index(path, key, cached if extends(cached, key) else load_index(path, key, self.cache_dir,
-                                                                                          any_version=True))
-            save_index(index, self.cache_dir)
+        if index is None:  # the pick run's index, checked; a run appending: only the new rows are read
+            base = cached if extends(cached, key) else None
+            if base is None:
+                base = from_sidecar(path, key, path.parent / RECORDS, self.manifest(n).get("picks_csv"))
+            if base is not None and base.key == key:
+                index = base  # nothing to keep: the run's index is there for the next start too
+            else:
+                index = build_index(path, key, base if extends(base, key) else
+                                    load_index(path, key, self.cache_dir, any_version=True))
+                save_index(index, self.cache_dir)
         with self._lock:
             self._indexes[n] = index
             self._rows.pop(n, None)

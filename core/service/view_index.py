@@ -1,4 +1,5 @@
-"""One round's picks.csv read once, streamed: each micrograph's rows (byte range), count and score range, every score.
+"""One round's picks.csv as the pages see it: each micrograph's rows (byte range), count and score range, every score;
+from the index the pick run wrote beside it (core.picks_index, checked first), else read once, streamed.
 
 What the pages need at 50,000 micrographs without holding the picks table: the score of every pick (float32, 4 bytes
 a pick, for the counts at a threshold, the histogram and the suggested threshold) and, per micrograph, where its rows
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import picks_index
 from ..errors import InputError
 
 BINS = 200  # the score histogram the pages draw
@@ -221,6 +223,58 @@ def build_index(path: Path, key: tuple, base: RoundIndex | None = None) -> Round
     order = np.argsort(codes, kind="stable")
     rows = np.searchsorted(codes[order], np.arange(len(names) + 1)).astype(np.int64)
     return RoundIndex(path, key, columns, names, paths, rows, None, None, all_scores[order])
+
+
+SPOT_CHECKS = 8  # micrographs of a pick run's index compared with picks.csv's text before it is used
+
+
+def from_sidecar(path: Path, key: tuple, records: Path, state: object) -> RoundIndex | None:
+    """The index a pick run wrote beside picks.csv (core.picks_index), checked, else None (then: the scan).
+
+    `state` is the manifest's `picks_csv` (committed lengths, the index's CRC-32). Used only when picks.csv is at
+    least that long and begins with the header the runs write, the index's committed bytes have that CRC and sum to
+    that length, picks.csv was not written after the index when it is that long, and the rows of the first, last and
+    a few micrographs between parse to the names, counts, scores and paths the index holds. When picks.csv grew
+    since (a run appending now), the index says what its first `bytes` hold; the caller reads the rest."""
+    try:
+        size, index_size, want = state["bytes"], state["index_bytes"], state["index_crc32"]  # type: ignore[index]
+        sidecar = records / picks_index.INDEX_NAME
+        if not (isinstance(size, int) and isinstance(index_size, int) and size <= key[2]):
+            return None
+        with open(sidecar, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_size < index_size or (size == key[2] and st.st_mtime_ns < key[1]):
+                return None  # torn or cut, or picks.csv rewritten after the index
+            data = fh.read(index_size)
+        if len(data) != index_size or picks_index.crc(data) != want:
+            return None
+        found = picks_index.decode(data)
+        header = picks_index.HEADER
+        with open(path, "rb") as fh:
+            if fh.read(len(header)).decode("utf-8", "replace") != header:
+                return None
+        ends = len(header) + np.cumsum(found.n_bytes)
+        if (ends[-1] if len(ends) else len(header)) != size:
+            return None
+    except (OSError, KeyError, TypeError, ValueError, UnicodeDecodeError):
+        return None
+    starts = np.concatenate([[len(header)], ends[:-1]]).astype(np.int64)
+    rows = np.concatenate([[0], np.cumsum(found.n_rows)]).astype(np.int64)
+    columns = header.strip().split(",")
+    base_key = key if size == key[2] else (key[0], 0, size, key[3])
+    index = RoundIndex(path, base_key, columns, found.names, found.paths, rows, starts, ends.astype(np.int64),
+                       found.scores)
+    n = len(found.names)
+    for i in sorted(set(np.linspace(0, n - 1, min(n, SPOT_CHECKS)).astype(int).tolist())):
+        try:
+            df = index.picks_of(found.names[i])
+        except (InputError, ValueError):
+            return None
+        mine = found.scores[rows[i]:rows[i + 1]]
+        if (not np.array_equal(df["score"].to_numpy(np.float32), mine, equal_nan=True)
+                or str(df["path"].iloc[0]) != found.paths[i]):
+            return None
+    return index
 
 
 INDEX_VERSION = 2  # 2: the key holds the inode

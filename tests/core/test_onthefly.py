@@ -3,6 +3,7 @@ arrive): a rerun costs what is new, picks.csv grows by appending in input order,
 leaves complete files and a consistent next run. Real CLI runs on the bundled micrographs (the blob picker, fast)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -10,10 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from pupick.core.picks_index import INDEX_NAME, decode
 
 BIN = Path(sys.executable).parent
 BLOB = ["--method", "blob", "--diameter-px", "56", "--device", "cpu"]
@@ -128,10 +132,15 @@ def test_picks_csv_grows_by_appending_in_input_order_and_matches_a_fresh_run(tmp
     grown = (out / "picks.csv").read_bytes()
     assert grown.startswith(first) and len(grown) > len(first)  # appended, not rewritten
     manifest = json.loads((out / "pupick_pick.json").read_text())
-    assert manifest["picks_csv"] == {"bytes": len(grown), "micrographs": 4}
+    index = (out / ".pupick_records" / INDEX_NAME).read_bytes()
+    assert manifest["picks_csv"] == {"bytes": len(grown), "micrographs": 4, "index_bytes": len(index),
+                                     "index_crc32": zlib.crc32(index)}
+    _index_matches(out)
     # a torn tail (a run killed mid-append, on a file system that tore the write) is cut on the next run
     with open(out / "picks.csv", "ab") as fh:
         fh.write(b"m50,12.5,3")
+    with open(out / ".pupick_records" / INDEX_NAME, "ab") as fh:
+        fh.write(b"\x07\x00\x00")
     links(mics, demo_micrographs, ["m10", "m20", "m30", "m40", "m50"])
     assert pick([str(mics), "-o", str(out), *BLOB]).returncode == 0
     # a new name that sorts before finished ones: the file is rewritten, still in input order
@@ -140,8 +149,33 @@ def test_picks_csv_grows_by_appending_in_input_order_and_matches_a_fresh_run(tmp
     fresh = tmp_path / "fresh"
     assert pick([str(mics), "-o", str(fresh), *BLOB]).returncode == 0
     assert (out / "picks.csv").read_bytes() == (fresh / "picks.csv").read_bytes()
+    assert (out / ".pupick_records" / INDEX_NAME).read_bytes() == (fresh / ".pupick_records" / INDEX_NAME).read_bytes()
+    _index_matches(out)
     assert pd.read_csv(out / "picks.csv")["micrograph"].unique().tolist() == ["m05", "m10", "m20", "m30", "m40",
                                                                               "m50"]
+
+
+def _index_matches(out: Path, whole: bool = True) -> None:
+    """The view index's committed bytes (the manifest's length and CRC) describe picks.csv's committed bytes: each
+    micrograph's byte range, row count, scores (as the text parses) and path; `whole`: and nothing lies beyond."""
+    state = json.loads((out / "pupick_pick.json").read_text())["picks_csv"]
+    data = (out / ".pupick_records" / INDEX_NAME).read_bytes()
+    assert len(data) >= state["index_bytes"] and (len(data) == state["index_bytes"] or not whole)
+    data = data[:state["index_bytes"]]
+    assert zlib.crc32(data) == state["index_crc32"]
+    index = decode(data)
+    csv = (out / "picks.csv").read_bytes()[:state["bytes"]]
+    at = csv.index(b"\n") + 1
+    rows = 0
+    for i, name in enumerate(index.names):
+        part = csv[at:at + int(index.n_bytes[i])]
+        table = pd.read_csv(io.BytesIO(part), header=None, names=["micrograph", "x", "y", "score", "path"],
+                            dtype={"micrograph": str, "path": str}, keep_default_na=False)
+        assert (table["micrograph"] == name).all() and len(table) == index.n_rows[i]
+        assert table["path"].iloc[0] == index.paths[i]
+        assert (table["score"].to_numpy(dtype="float32") == index.scores[rows:rows + len(table)]).all()
+        at, rows = at + len(part), rows + len(table)
+    assert at == len(csv) and rows == len(index.scores)
 
 
 def test_kill_9_at_any_moment_leaves_complete_files_and_a_consistent_next_run(tmp_path, demo_micrographs):
@@ -167,9 +201,13 @@ def test_kill_9_at_any_moment_leaves_complete_files_and_a_consistent_next_run(tm
         assert table["score"].notna().all() and list(table.columns) == ["micrograph", "x", "y", "score", "path"]
         for f in (out / "coordinates").glob("*.csv"):
             assert pd.read_csv(f)["score"].notna().all()
+        if "index_bytes" in json.loads((out / "pupick_pick.json").read_text()).get("picks_csv", {}):
+            _index_matches(out, whole=False)  # what the manifest commits is whole; beyond it, a tail to cut
     assert kills >= 2
     res = pick([str(mics), "-o", str(out), *BLOB])
     assert res.returncode == 0, res.stderr
     assert (out / "picks.csv").read_bytes() == (fresh / "picks.csv").read_bytes()
+    assert (out / ".pupick_records" / INDEX_NAME).read_bytes() == (fresh / ".pupick_records" / INDEX_NAME).read_bytes()
+    _index_matches(out)
     again = pick([str(mics), "-o", str(out), *BLOB])
     assert "nothing new" in again.stdout

@@ -44,6 +44,8 @@ def test_pick_train_pick(server, client, five, models_dir, data_root, token_file
     local = local_pick(five, models_dir / "demo.pt", tmp_path / "local1", *SETTINGS)
     assert (tmp_path / "server1" / "picks.csv").read_bytes() == local.read_bytes()
     assert len(pd.read_csv(local)) > 100
+    index = Path(".pupick_records") / "picks_index.bin"  # picks.csv's view index, the same bytes too
+    assert (tmp_path / "server1" / index).read_bytes() == (tmp_path / "local1" / index).read_bytes()
     # the manifest records the same model and settings, so a local run could resume the server's OUTDIR
     server_manifest = json.loads((tmp_path / "server1" / "pupick_pick.json").read_text())
     local_manifest = json.loads((tmp_path / "local1" / "pupick_pick.json").read_text())

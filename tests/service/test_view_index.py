@@ -14,7 +14,10 @@ from pupick.core.service.view_data import ViewState
 
 @pytest.fixture(scope="module")
 def picked(tmp_path_factory) -> Path:
-    return pick_blob(tmp_path_factory.mktemp("viewindex") / "out")
+    """A pick run's OUTDIR without the index the run wrote (test_view_sidecar.py): here the view scans."""
+    out = pick_blob(tmp_path_factory.mktemp("viewindex") / "out")
+    (out / ".pupick_records" / "picks_index.bin").unlink()
+    return out
 
 
 def _same_as_file(state: ViewState, csv: Path) -> None:
