@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
 # The session model trains on these four micrographs; HELD_OUT is never seen in training.
 HELD_OUT = "312_10028"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started from a background job (`make test &`, `nohup`) inherits Ctrl-C ignored, and so would every
+    process a test starts: the Ctrl-C tests would then see a run that never stops. Give them the terminal's default."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
