@@ -411,17 +411,8 @@ class PicksCsv:
 
     def _append(self, name: str) -> None:
         rows, entry = _rows(self.out, name)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        try:
-            os.write(fd, rows)  # one write: a killed run leaves whole rows or none
-            size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-        fd = os.open(self.list_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            os.write(fd, f"{name}\n".encode())
-        finally:
-            os.close(fd)
+        size = _append_once(self.path, rows, create=False)  # picks.csv exists, with its header
+        _append_once(self.list_path, f"{name}\n".encode())
         index_size = picks_index.append(self.index_path, entry)
         self.last = self.index[name]
         state = self.out.manifest["picks_csv"]
@@ -432,6 +423,16 @@ class PicksCsv:
         if self.stale:
             self._rewrite({i.micrograph for i in self.out.done_items(self.items, files)})
             self.stale = False
+
+
+def _append_once(path: Path, data: bytes, create: bool = True) -> int:
+    """Append `data` in one write (a killed run leaves it whole or torn at the end, never interleaved); the new size."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | (os.O_CREAT if create else 0), 0o666)
+    try:
+        os.write(fd, data)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
 
 
 @dataclass
