@@ -65,6 +65,7 @@ class OutputDir:
         except BaseException:
             self._unlock()
             raise
+        self.only = None  # needed only by an overwrite's clearing above; a set of every name is not kept for the run
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -340,6 +341,10 @@ class PicksCsv:
         self.next = 0
         self.advance()
 
+    def item(self, name: str) -> Any:
+        """The input item of a micrograph of this run."""
+        return self.items[self.index[name]]
+
     def _committed(self, done_names: set[str]) -> list[str] | None:
         """The micrographs in picks.csv, after cutting a torn tail; None when the file must be rewritten."""
         state = self.out.manifest.get("picks_csv")
@@ -598,7 +603,7 @@ def pick_to_dir(
             if res.error is not None:
                 out.fail(res.micrograph, res.error)
             else:
-                written = out.targets(item_of[res.micrograph], files)
+                written = out.targets(table.item(res.micrograph), files)
                 if files is not None:
                     files.write(res.picks, written[0])
                 out.record(res.micrograph, res.picks, written)
@@ -610,7 +615,6 @@ def pick_to_dir(
             if on_result is not None:
                 on_result(res)
 
-        item_of = {i.micrograph: i for i in todo}
         try:
             run = pick(todo, model, config, executor=executor, on_result=finish, should_stop=should_stop,
                        progress=progress, log=log, keep_picks=False)

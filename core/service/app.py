@@ -26,11 +26,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import (InputError, InvalidModel, ModelFileError, ModelTooLarge, NotRegularFile,
                       PupickError)
+from ..allocator import release_free_memory
 from ..confine import open_confined, read_roots, set_read_roots
 from ..names import check_micrograph_name
 from ..picking import pick
@@ -51,6 +53,7 @@ DISK_RETRY_S = 10.0
 MAX_UPLOADS = 8  # POST /v1/pick/upload bodies received at once (each may spool up to --max-upload-mb to --state)
 BODY_IDLE_S = 30.0  # a request body that sends nothing for this long gets 408 (slow-body clients hold nothing)
 PUBLIC_PATHS = ("/health",)
+TRIM_AFTER = 1000  # micrographs in a submission after which the memory its listing freed is handed back
 
 
 @dataclass
@@ -658,12 +661,18 @@ def _pick_config_or_422(settings: dict | None, devices: tuple[str, ...]):
     return configs[0]
 
 
+def _trim_after(micrographs: int) -> BackgroundTask | None:
+    """After the answer to a large submission (its listing and checks freed by then), the memory it held goes back
+    to the kernel: the allocator keeps freed memory (core.allocator), which would hold it for the server's life."""
+    return BackgroundTask(release_free_memory) if micrographs >= TRIM_AFTER else None
+
+
 def _pick_items(given: list, roots: DataRoots) -> list[tuple[str, str, float | None]]:
     """(name, path, pixel size) per micrograph: strings expand like the CLI's inputs, objects name one file each."""
     out: list[tuple[str, str, float | None]] = []
     for i, entry in enumerate(given):
         if isinstance(entry, str):
-            out.extend((stem(p), str(p), None) for p in roots.expand([entry]))
+            out.extend((stem(p), p, None) for p in roots.expand([entry]))
             continue
         if entry.micrograph is not None:
             _name_or_422(entry.micrograph, f"micrographs[{i}].micrograph")
@@ -685,7 +694,7 @@ def _name_or_422(name: Any, where: str) -> str:
         raise SettingsError(str(err)) from None
 
 
-def _unique_stems(paths: list[Path]) -> None:
+def _unique_stems(paths: list[str]) -> None:
     for p in paths:
         _name_or_422(stem(p), f"micrograph name of {p}")
     dupes = duplicate_stems([stem(p) for p in paths])
@@ -798,7 +807,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
         log.info(json.dumps({"event": "submitted", "job": job_id, "kind": "pick", "micrographs": len(mics),
                              "model": model, "client": _client(request)}))
         return JSONResponse({"job": job_id, "total": len(mics)}, status_code=202,
-                            headers={"Location": f"/v1/jobs/{job_id}"})
+                            headers={"Location": f"/v1/jobs/{job_id}"}, background=_trim_after(len(mics)))
 
     @app.post("/v1/train", tags=["jobs"], status_code=202)
     def submit_train(body: TrainRequest, request: Request) -> JSONResponse:
@@ -823,11 +832,11 @@ def _routes(app: FastAPI, svc: Service) -> None:
             raise InputError("the labels name none of the given micrographs")
         csv = labels[["micrograph", "x", "y"]].to_csv(index=False)
         job_id = store.submit("train", {"name": body.name, "settings": body.settings or {}, "labels_csv": csv},
-                              [(stem(p), str(p)) for p in paths], client=_client(request), **_key(request, body))
+                              [(stem(p), p) for p in paths], client=_client(request), **_key(request, body))
         log.info(json.dumps({"event": "submitted", "job": job_id, "kind": "train", "micrographs": len(paths),
                              "labels": int(len(labels)), "client": _client(request)}))
         return JSONResponse({"job": job_id, "total": len(paths)}, status_code=202,
-                            headers={"Location": f"/v1/jobs/{job_id}"})
+                            headers={"Location": f"/v1/jobs/{job_id}"}, background=_trim_after(len(paths)))
 
     @app.get("/v1/jobs", tags=["jobs"])
     def list_jobs(state: Optional[str] = Query(None, pattern="^(queued|running|done|failed|cancelled)$"),

@@ -160,7 +160,7 @@ class JobStore:
                        "VALUES (?,?,?,?,?,?,?,?)",
                        (job_id, kind, "queued", json.dumps(request), n, client, key, time.time()))
             db.executemany("INSERT INTO micrographs (job, idx, name, path, pixel_size) VALUES (?,?,?,?,?)",
-                           [(job_id, i, m[0], m[1], m[2] if len(m) > 2 else None) for i, m in enumerate(micrographs)])
+                           ((job_id, i, m[0], m[1], m[2] if len(m) > 2 else None) for i, m in enumerate(micrographs)))
         self.notify()
         return job_id
 
@@ -191,6 +191,15 @@ class JobStore:
                 dec = {"done": "done = done - 1", "failed": "failed = failed - 1"}.get(old["state"])
                 inc = "done = done + 1" if ok else "failed = failed + 1"
                 db.execute(f"UPDATE jobs SET {inc}{', ' + dec if dec else ''} WHERE id=?", (job_id,))
+
+    def mark_done(self, job_id: str, names: Iterable[str]) -> None:
+        """Record micrographs as done that are not yet (an interrupted earlier run finished them), in one transaction."""
+        with self._tx() as db:
+            db.executemany("UPDATE micrographs SET state='done', reason=NULL WHERE job=? AND name=? AND state!='done'",
+                           ((job_id, name) for name in names))
+            db.execute("UPDATE jobs SET done=(SELECT COUNT(*) FROM micrographs WHERE job=:j AND state='done'), "
+                       "failed=(SELECT COUNT(*) FROM micrographs WHERE job=:j AND state='failed') WHERE id=:j",
+                       {"j": job_id})
 
     def finish(self, job_id: str, state: str, error: str | None = None, result: dict | None = None) -> None:
         """Move a job to a final state (or back to queued) with an optional one-line error and result fields."""
@@ -329,22 +338,23 @@ class JobStore:
 
     def iter_micrographs(self, job_id: str, page: int = 1000) -> Iterator[tuple[str, str, str]]:
         """(name, path, state) of a job's micrographs in request order, read a page at a time (memory: one page)."""
+        return self._pages(job_id, "state", page)
+
+    def iter_items(self, job_id: str, page: int = 1000) -> Iterator[tuple[str, str, float | None]]:
+        """(name, path, pixel size or None) of a job's micrographs in request order, what the engine picks, read a
+        page at a time (memory: one page, not a second list of every row beside the caller's)."""
+        return self._pages(job_id, "pixel_size", page)
+
+    def _pages(self, job_id: str, third: str, page: int) -> Iterator[tuple]:  # third: a column named here, never by a client
         last = -1
         while True:
             with self._lock:
-                rows = self._db.execute("SELECT idx, name, path, state FROM micrographs WHERE job=? AND idx>? "
+                rows = self._db.execute(f"SELECT idx, name, path, {third} FROM micrographs WHERE job=? AND idx>? "
                                         "ORDER BY idx LIMIT ?", (job_id, last, page)).fetchall()
             if not rows:
                 return
-            yield from ((r["name"], r["path"], r["state"]) for r in rows)
+            yield from ((r["name"], r["path"], r[third]) for r in rows)
             last = rows[-1]["idx"]
-
-    def items(self, job_id: str) -> list[tuple[str, str, float | None]]:
-        """(name, path, pixel size or None) of a job's micrographs in request order: what the engine picks."""
-        with self._lock:
-            rows = self._db.execute("SELECT name, path, pixel_size FROM micrographs WHERE job=? ORDER BY idx",
-                                    (job_id,))
-            return [(r["name"], r["path"], r["pixel_size"]) for r in rows.fetchall()]
 
     def counts(self) -> dict[str, int]:
         """Jobs per state."""

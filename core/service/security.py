@@ -105,9 +105,11 @@ class DataRoots:
             raise NotRegularFile(f"{name}: not a regular file (a directory, FIFO, socket or device); not read")
         raise InputError(f"{name}: no such file")
 
-    def expand(self, items: Sequence[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-        """Files, directories and globs (each confined) expanded to micrograph paths, in order, without duplicates."""
-        out: list[Path] = []
+    def expand(self, items: Sequence[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
+        """Files, directories and globs (each confined) expanded to micrograph paths, in order, without duplicates.
+
+        Strings, not Paths: a job may name 50,000 files, and each Path interns its parts for the process's life."""
+        out: list[str] = []
         for item in items:
             if not isinstance(item, str):
                 raise InputError("micrographs must be a list of strings (paths, directories or globs)")
@@ -116,12 +118,7 @@ class DataRoots:
                 continue
             p = self.confine(item)
             if p.is_dir():
-                try:
-                    files = sorted(f for f in p.iterdir() if f.suffix.lower() in extensions)
-                except OSError as err:
-                    raise InputError(f"{item}: cannot read the directory ({err.strerror})") from None
-                files = [self.confine(str(f)) for f in files]
-                files = [f for f in files if f.is_file()]
+                files = self._listing(item, p, extensions)
                 if not files:
                     raise InputError(f"{item}: directory holds no micrographs ({', '.join(extensions)})")
                 out.extend(files)
@@ -129,14 +126,34 @@ class DataRoots:
                 if p.suffix.lower() not in extensions:
                     raise InputError(f"{item}: unknown image extension {p.suffix!r} "
                                      f"(known: {', '.join(extensions)})")
-                out.append(p)
+                out.append(str(p))
             elif p.exists():
                 raise NotRegularFile(f"{item}: not a regular file (a FIFO, socket or device); not read")
             else:
                 raise InputError(f"{item}: no such file")
         return list(dict.fromkeys(out))
 
-    def _glob(self, pattern: str, extensions: Sequence[str]) -> list[Path]:
+    def _listing(self, item: str, directory: Path, extensions: Sequence[str]) -> list[str]:
+        """The micrographs in a confined directory, by name. An entry that is no symlink lies where the directory
+        really is, so only symlinks are resolved again (one listing, no stat or realpath per plain file: a
+        50,000-micrograph folder is listed in a fraction of the time and memory)."""
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted((e for e in listing if os.path.splitext(e.name)[1].lower() in extensions),
+                                 key=lambda e: e.name)
+        except OSError as err:
+            raise InputError(f"{item}: cannot read the directory ({err.strerror})") from None
+        files = []
+        for entry in entries:
+            if entry.is_symlink():
+                target = self.confine(entry.path)  # its target must lie under a data root too
+                if target.is_file():
+                    files.append(str(target))
+            elif entry.is_file(follow_symlinks=False):
+                files.append(entry.path)
+        return files
+
+    def _glob(self, pattern: str, extensions: Sequence[str]) -> list[str]:
         # wildcards only in the file name, and the directory must be inside a root before it is listed, so no
         # directory outside the roots is ever read
         p = Path(pattern)
@@ -147,7 +164,7 @@ class DataRoots:
         for f in sorted(glob.glob(str(directory / p.name))):
             fp = self.confine(f)
             if fp.suffix.lower() in extensions and fp.is_file():
-                files.append(fp)
+                files.append(str(fp))
         if not files:
             raise InputError(f"{pattern}: pattern matches no micrographs")
         return files

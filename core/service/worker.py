@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
+from ..allocator import release_free_memory
 from ..errors import AbortRequested, PupickError
 from ..names import check_micrograph_name
 from ..io import atomic_path
@@ -42,6 +43,7 @@ log = logging.getLogger("pupick.serve")
 MAX_STRIKES = 3  # a job that kills this many workers fails
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 SUPERVISE_S = 0.2  # how often the supervisor looks at the workers
+TRIM_AFTER = 1000  # micrographs in a job after which the memory it freed is handed back to the kernel
 DB_PROBE_S = 30.0  # how often an idle server checks that its state database takes a write
 PROBE_BYTES = 1 << 20  # what must fit in --state before paused work resumes
 
@@ -283,6 +285,8 @@ class _Worker(threading.Thread):
                 first = counts.failures[0]["error"] if counts.failures else "no reason recorded"
                 state, error = "failed", _one_line(f"all {counts.total} micrographs failed; the first: {first}")
         store.finish(job.id, state, error, result)
+        if job.total >= TRIM_AFTER:  # a large job's lists are freed now; the allocator would keep them resident
+            release_free_memory()
         if state != "queued":
             self.pool.metrics.job_seconds.labels(job.kind).observe(time.time() - job.created)
         done = store.get(job.id)
@@ -304,7 +308,7 @@ class _Worker(threading.Thread):
         if config.method == "cnn":
             model = self.pool.registry.load(req["model"], req.get("model_sha256"), self.device)
         roots = tuple(str(r) for r in self.pool.roots)  # checked again where each file is opened, on any machine
-        items = [MicrographItem(name, path, ps, roots) for name, path, ps in store.items(job.id)]
+        items = [MicrographItem(name, path, ps, roots) for name, path, ps in store.iter_items(job.id)]
 
         def finished(res) -> None:
             if res.error is None:
@@ -317,8 +321,7 @@ class _Worker(threading.Thread):
         run = pick_to_dir(items, model, config, store.job_dir(job.id), files=EXACT_FILES, executor=self.pool.executor,
                           on_result=finished, should_stop=self.should_stop(job.id), progress=False,
                           log=lambda m: log.info("%s", m))
-        for name in run.micrographs:  # includes micrographs an interrupted earlier run finished
-            store.mark(job.id, name, True)
+        store.mark_done(job.id, run.micrographs)  # includes micrographs an interrupted earlier run finished
         try:  # the particle diameter in the micrographs' pixels, as the manifest records it for `pupick evaluate`
             manifest = json.loads((store.job_dir(job.id) / "pupick_pick.json").read_text())
             return {"diameter_px": _num(manifest.get("diameter_px"))}
@@ -357,8 +360,7 @@ class _Worker(threading.Thread):
         staged = registry.own_dir / f".{name}.staged"
         copy_atomic(target, staged)
         entry, _ = registry.add_upload(name, staged, source="train")
-        for mic_name, _, _ in store.micrographs(job.id):
-            store.mark(job.id, mic_name, True)
+        store.mark_done(job.id, (mic_name for mic_name, _, _ in store.micrographs(job.id)))
         history = result.history
         last = history.iloc[-1] if len(history) else None
         return {"model": entry.name, "model_sha256": entry.sha256,

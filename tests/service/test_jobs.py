@@ -87,3 +87,17 @@ def test_retention_keeps_a_job_a_download_is_reading(tmp_path):
     with store.reading(job):
         assert store.purge(older_than_s=0.01) == [] and store.job_dir(job).is_dir()
     assert store.purge(older_than_s=0.01) == [job] and not store.job_dir(job).exists()
+
+
+def test_mark_done_settles_what_an_earlier_run_finished_in_one_go(tmp_path):
+    store = JobStore(tmp_path)
+    job = store.submit("pick", {}, mics(4))
+    store.claim()
+    store.mark(job, "m0", True, picks=7)
+    store.mark(job, "m1", False, reason="m1.mrc: corrupt")
+    store.mark_done(job, ["m0", "m1", "m2", "not-in-the-job"])  # m1 was picked by a later run after all
+    got = store.get(job)
+    assert (got.done, got.failed, got.failures) == (3, 0, [])
+    assert store.micrographs(job, states=["queued"]) == [("m3", "/data/m3.mrc", "queued")]
+    picks = dict(store._db.execute("SELECT name, picks FROM micrographs WHERE job=?", (job,)).fetchall())
+    assert picks["m0"] == 7  # a count recorded as it finished is kept

@@ -55,12 +55,23 @@ def test_confinement(tmp_path):
                 str(tmp_path / "rootx" / "a.mrc"), "/"]:
         with pytest.raises(Forbidden):
             roots.confine(bad)
-    assert roots.expand([str(root / "sub")]) == [root / "sub" / "a.mrc"]
-    assert roots.expand([str(root / "sub" / "*.mrc")]) == [root / "sub" / "a.mrc"]
+    assert roots.expand([str(root / "sub")]) == [str(root / "sub" / "a.mrc")]
+    assert roots.expand([str(root / "sub" / "*.mrc")]) == [str(root / "sub" / "a.mrc")]
     with pytest.raises(Forbidden):
         roots.expand([str(root / "*.mrc")])  # the glob would match link.mrc, which leads out
     with pytest.raises(InputError, match="file name only"):
         roots.expand([str(root / "*" / "a.mrc")])
+    with pytest.raises(Forbidden):
+        roots.expand([str(root)])  # a directory listing meets link.mrc, which leads out
+    mixed = root / "mixed"
+    (mixed / "d.mrc").mkdir(parents=True)  # a directory with an image's name
+    os.mkfifo(mixed / "f.mrc")  # never opened, never listed as a micrograph
+    (mixed / "z.mrc").write_bytes(b"x")
+    (mixed / "c.MRC").write_bytes(b"x")
+    (mixed / "notes.txt").write_bytes(b"x")
+    (mixed / "in.mrc").symlink_to(root / "sub" / "a.mrc")
+    (mixed / "dangling.mrc").symlink_to(root / "gone.mrc")
+    assert roots.expand([str(mixed)]) == [str(mixed / n) for n in ("c.MRC", "in.mrc", "z.mrc")]
     with pytest.raises(Forbidden, match="no --data-root"):
         DataRoots([]).confine(str(root / "sub" / "a.mrc"))
     assert not os.path.exists(root / "sub" / "b.mrc")
