@@ -30,9 +30,9 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..allocator import release_free_memory
 from ..errors import (InputError, InvalidModel, ModelFileError, ModelTooLarge, NotRegularFile,
                       PupickError)
-from ..allocator import release_free_memory
 from ..confine import open_confined, read_roots, set_read_roots
 from ..names import check_micrograph_name
 from ..picking import pick

@@ -193,7 +193,7 @@ class JobStore:
                 db.execute(f"UPDATE jobs SET {inc}{', ' + dec if dec else ''} WHERE id=?", (job_id,))
 
     def mark_done(self, job_id: str, names: Iterable[str]) -> None:
-        """Record micrographs as done that are not yet (an interrupted earlier run finished them), in one transaction."""
+        """Record as done, in one transaction, micrographs not yet so (an interrupted earlier run finished them)."""
         with self._tx() as db:
             db.executemany("UPDATE micrographs SET state='done', reason=NULL WHERE job=? AND name=? AND state!='done'",
                            ((job_id, name) for name in names))
@@ -345,7 +345,8 @@ class JobStore:
         page at a time (memory: one page, not a second list of every row beside the caller's)."""
         return self._pages(job_id, "pixel_size", page)
 
-    def _pages(self, job_id: str, third: str, page: int) -> Iterator[tuple]:  # third: a column named here, never by a client
+    def _pages(self, job_id: str, third: str, page: int) -> Iterator[tuple]:
+        """(name, path, column `third`) a page at a time; `third` is named in this module, never by a client."""
         last = -1
         while True:
             with self._lock:

@@ -108,7 +108,8 @@ class DataRoots:
     def expand(self, items: Sequence[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
         """Files, directories and globs (each confined) expanded to micrograph paths, in order, without duplicates.
 
-        Strings, not Paths: a job may name 50,000 files, and each Path interns its parts for the process's life."""
+        Strings, not Paths: a job may name 50,000 files, and each Path interns its parts (the interning table grows
+        to fit them all and never shrinks)."""
         out: list[str] = []
         for item in items:
             if not isinstance(item, str):
