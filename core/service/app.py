@@ -45,7 +45,7 @@ from .models import ModelConflict, ModelRegistry, UnknownModel, check_name
 from .security import DataRoots, Forbidden, bearer_ok, check_bind
 from .statelock import StateLock
 from .view import ViewState, make_router
-from .worker import Workers, disk_full
+from .worker import TRIM_AFTER, Workers, disk_full
 
 log = logging.getLogger("pupick.serve")
 MB = 1 << 20
@@ -53,7 +53,6 @@ DISK_RETRY_S = 10.0
 MAX_UPLOADS = 8  # POST /v1/pick/upload bodies received at once (each may spool up to --max-upload-mb to --state)
 BODY_IDLE_S = 30.0  # a request body that sends nothing for this long gets 408 (slow-body clients hold nothing)
 PUBLIC_PATHS = ("/health",)
-TRIM_AFTER = 1000  # micrographs in a submission after which the memory its listing freed is handed back
 
 
 @dataclass

@@ -43,7 +43,7 @@ log = logging.getLogger("pupick.serve")
 MAX_STRIKES = 3  # a job that kills this many workers fails
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 SUPERVISE_S = 0.2  # how often the supervisor looks at the workers
-TRIM_AFTER = 1000  # micrographs in a job after which the memory it freed is handed back to the kernel
+TRIM_AFTER = 1000  # micrographs in a job or submission after which freed memory goes back to the kernel
 DB_PROBE_S = 30.0  # how often an idle server checks that its state database takes a write
 PROBE_BYTES = 1 << 20  # what must fit in --state before paused work resumes
 
