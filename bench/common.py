@@ -510,3 +510,20 @@ def bench_args(description: str, argv: Sequence[str] | None = None,
     args = ap.parse_args(argv)
     set_threads(args.threads)
     return args
+
+
+def register_plan(name: str, plan: Sequence[Sequence[Any]]) -> None:
+    """Make a candidate layer plan trainable and loadable as architecture `name` in this process only
+    (`seed_spread.py --set-config '{"arch": NAME, "plan": [...]}'`); the shipped registry's files are unchanged."""
+    import pupick.core.config as config
+    import pupick.core.modelarchive as modelarchive
+    import pupick.core.modelfile as modelfile
+    import pupick.core.models as models
+
+    plan = [tuple(entry) for entry in plan]
+    if models.PLANS.get(name, plan) != plan:
+        raise ValueError(f"{name!r} is already an architecture with another plan")
+    models.PLANS[name] = plan
+    models.MODELS[name] = models._builder(name)
+    config.ARCHITECTURES = modelarchive.ARCHITECTURES = modelfile.ARCHITECTURES = (
+        *dict.fromkeys((*config.ARCHITECTURES, name)),)

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import (bench_args, discover_sets, evaluate_test, expected_particles, load_set,  # noqa: E402
-                    run_measured, subsample_labels, write_result)
+                    register_plan, run_measured, subsample_labels, write_result)
 
 PROTOCOLS = {"standard": (None, 0.3), "hard": (2, 0.1)}  # (train micrographs used, label fraction)
 
@@ -76,6 +76,10 @@ def run_one(set_dir: str, protocol: str, seed: int, overrides: dict, init: str, 
         train_module.build = build_from_init_seed
     from pupick.core.modelfile import load_model
     from pupick.core.picking import pick
+
+    if "plan" in overrides:  # a candidate network, not in the shipped registry
+        overrides = dict(overrides)
+        register_plan(overrides["arch"], overrides.pop("plan"))
 
     bset = protocol_set(load_set(set_dir), protocol)
     if init:
@@ -125,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     def extra(ap):
         ap.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0-4; quick: 0 1)")
         ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
-        ap.add_argument("--set-config", default="{}", help="JSON of TrainConfig overrides")
+        ap.add_argument("--set-config", default="{}",
+                       help='JSON of TrainConfig overrides; with "plan" (a layer plan as in core.models.PLANS), "arch" '
+                            'names that candidate network')
         ap.add_argument("--init", default="", help="folder of leave-one-set-out models <set>.pt to fine-tune from")
         ap.add_argument("--tag", default="", help="suffix of the output name (bench/out/seed_spread[_TAG].json)")
         ap.add_argument("--vary", default="both", choices=["both", "init", "draws"],

@@ -33,6 +33,7 @@ from .errors import AbortRequested, InputError, PupickError
 from .evaluate import default_match_radius, evaluate
 from .extract import default_border_px, extract_picks
 from .io import atomic_path, check_output, read_micrograph
+from .lossplot import write_training_plot
 from .models import MODELS, ModelConfig, build, native_stride, receptive_field
 from .modelfile import LoadedModel, load_model, loaded_from_state, plain, save_state
 from .objectives import OBJECTIVES, class_prior
@@ -280,25 +281,8 @@ def _recalibrate_batchnorm(module: torch.nn.Module, batches: list[torch.Tensor],
 
 
 def _plot(history: pd.DataFrame, target: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(history["epoch"], history["loss"], "o-", color="tab:blue", label="train loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss", color="tab:blue")
-    if history["ap"].notna().any():
-        ax2 = ax.twinx()
-        ax2.plot(history["epoch"], history["ap"], "s-", color="tab:red", label="validation AP")
-        ax2.set_ylabel("validation AP", color="tab:red")
-        ax2.set_ylim(0, 1)
-    ax.set_title("pupick training")
-    fig.tight_layout()
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    ap = [None if pd.isna(a) else float(a) for a in history["ap"]]
+    write_training_plot(history["epoch"].tolist(), history["loss"].tolist(), ap, target)
 
 
 # ---------------------------------------------------------------- the steps of train()

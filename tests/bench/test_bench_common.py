@@ -57,3 +57,33 @@ def test_unusable_sets_are_skipped_with_a_reason(tmp_path):
 def test_summarize_reports_median_and_spread():
     s = common.summarize([1.0, 3.0, 2.0, float("nan")])
     assert s["median"] == 2.0 and s["spread"] == 2.0 and s["n"] == 3
+
+
+def test_register_plan_adds_a_candidate_network_to_this_process_only():
+    import subprocess
+
+    code = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import common
+from pupick.core.config import TrainConfig
+from pupick.core.models import ModelConfig, build, receptive_field
+plan = [["conv", 9, 0.5], ["pool"], ["res", 0.5], ["res", 1], ["pool"], ["res", 2], ["conv", 7, 2]]
+common.register_plan("candidate", plan)
+common.register_plan("candidate", plan)  # the same plan again: no error
+TrainConfig(arch="candidate")
+net = build(ModelConfig(arch="candidate", units=32))
+print(receptive_field(ModelConfig(arch="candidate")), net.features[0].conv.out_channels, net.classifier.in_channels)
+try:
+    common.register_plan("resnet8", plan)
+except ValueError as e:
+    print("refused:", e)
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(REPO / "bench")], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["71", "16", "64"]
+    assert lines[1].startswith("refused: 'resnet8' is already an architecture")
+    from pupick.core.config import ARCHITECTURES
+    from pupick.core.models import PLANS
+
+    assert "candidate" not in ARCHITECTURES and "candidate" not in PLANS
