@@ -381,8 +381,10 @@ def read_exact(path: Path):
     """A job's full-precision picks of one micrograph."""
     import pandas as pd
 
+    # pandas 3 parses floats exactly by default and deprecates the option; pandas 2 needs it to round-trip
+    exact = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
     return pd.read_csv(path, dtype={"micrograph": str, "path": str}, keep_default_na=False,
-                       na_values={"score": [""]}, float_precision="round_trip")
+                       na_values={"score": [""]}, **exact)
 
 
 def _exact_target(item) -> Path:
