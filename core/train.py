@@ -90,7 +90,8 @@ class TrainResult:
         if history:
             with atomic_path(path.with_suffix(".train.tsv")) as tmp:
                 self.history.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-            _plot(self.history, path.with_suffix(".train.png"))
+            h = self.history
+            write_training_plot(h["epoch"].tolist(), h["loss"].tolist(), h["ap"].tolist(), path.with_suffix(".train.png"))
         return path
 
     def load(self, device: str | torch.device = "cpu") -> LoadedModel:
@@ -278,11 +279,6 @@ def _recalibrate_batchnorm(module: torch.nn.Module, batches: list[torch.Tensor],
             module(x)
     for m, mom in zip(norms, momenta):
         m.momentum = mom
-
-
-def _plot(history: pd.DataFrame, target: Path) -> None:
-    ap = [None if pd.isna(a) else float(a) for a in history["ap"]]
-    write_training_plot(history["epoch"].tolist(), history["loss"].tolist(), ap, target)
 
 
 # ---------------------------------------------------------------- the steps of train()
