@@ -8,6 +8,7 @@ workers is split so that only the micrograph at fault is reported.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -209,6 +210,27 @@ def _jobqueue_module(source: Any):
     return dask_jobqueue
 
 
+@contextlib.contextmanager
+def _quiet_shutdown() -> Iterator[None]:
+    """Only errors from distributed while a cluster shuts down. A cluster silences distributed's stderr handlers while
+    it runs and restores their levels as it closes, so a connection the client finds closed a moment later (Ctrl-C)
+    would print an INFO note with a traceback; a filter outlives that restore. The root's handlers (`pupick serve`
+    logs there) get the same filter, which passes every other logger's records."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not record.name.startswith("distributed")
+
+    handlers = [*logging.getLogger("distributed").handlers, *logging.getLogger().handlers]
+    for h in handlers:
+        h.addFilter(keep)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(keep)
+
+
 def jobqueue_cluster(config: ClusterConfig) -> Any:
     """The dask-jobqueue cluster a jobqueue: config describes, not yet scaled (no job submitted)."""
     module = _jobqueue_module(config.spec)
@@ -379,12 +401,13 @@ class DaskExecutor:
         if not self._owns:
             self.client = client  # not ours: leave it open
             return
-        for thing in (client, cluster):
-            if thing is not None:
-                try:
-                    thing.close()
-                except Exception:  # noqa: BLE001 - closing is best effort; the processes die with us anyway
-                    pass
+        with _quiet_shutdown():
+            for thing in (client, cluster):
+                if thing is not None:
+                    try:
+                        thing.close()
+                    except Exception:  # noqa: BLE001 - closing is best effort; the processes die with us anyway
+                        pass
 
     @property
     def dashboard_link(self) -> str | None:

@@ -54,3 +54,40 @@ def test_more_local_workers_than_the_machine_can_run_are_refused(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "at most" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "out").exists()
+
+
+
+CLOSING = """
+import logging, sys
+if sys.argv[1] == "serve":  # `pupick serve` logs through the root logger; distributed then adds no handler of its own
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s %(message)s")
+import distributed  # in a `pupick pick --cluster` process: installs distributed's stderr handler
+from pupick.core.cluster import _quiet_shutdown
+
+owner = logging.getLogger("distributed" if sys.argv[1] == "pick" else "")
+handler = next(h for h in owner.handlers if isinstance(h, logging.StreamHandler))
+log = logging.getLogger("distributed.batched")
+with _quiet_shutdown():
+    handler.setLevel(logging.NOTSET)  # what a closing cluster does to the level it silenced
+    try:
+        raise ConnectionResetError("closed")
+    except ConnectionResetError:
+        log.info("Batched Comm Closed <TCP (closed)>", exc_info=True)
+    log.error("a real error while closing")
+    logging.getLogger("pupick.core.service").warning("pupick's own note while closing")
+log.info("a note after the cluster is closed")
+print(len(handler.filters))
+"""
+
+
+@pytest.mark.parametrize("process", ["pick", "serve"])
+def test_closing_a_cluster_keeps_distributed_notes_off_stderr_until_it_is_closed(process):
+    """A closing cluster restores distributed's stderr handler to its old level (everything); what the client logs
+    as it winds down is an INFO note with a traceback, which must not reach the user. Errors still do, and so does
+    everything that is not distributed's."""
+    done = subprocess.run([sys.executable, "-c", CLOSING, process], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Batched Comm Closed" not in done.stderr and "Traceback" not in done.stderr
+    for line in ("a real error while closing", "pupick's own note while closing", "a note after the cluster is closed"):
+        assert line in done.stderr
+    assert done.stdout.split() == ["0"]  # the filter is gone again
