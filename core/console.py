@@ -13,7 +13,7 @@ from typing import Any, Callable
 import click
 
 from .config import DEVICES, REMOVED, check_device, removed_message
-from .errors import BadName, InputError, PupickError, RemovedOption
+from .errors import BadName, InputError, MissingSetting, PupickError, RemovedOption
 
 
 class UserError(click.ClickException):
@@ -38,7 +38,7 @@ def run_core(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     """Call a core function, turning PupickError into a click error (exit 1, one line, no traceback)."""
     try:
         return fn(*args, **kwargs)
-    except (BadName, RemovedOption) as err:  # a name that cannot name a file, a removed option: bad input
+    except (BadName, RemovedOption, MissingSetting) as err:  # bad input: a name that cannot name a file, ...
         raise BadOption(str(err)) from None
     except PupickError as err:
         raise UserError(str(err)) from None
@@ -136,7 +136,7 @@ def run_cli(group: click.Command, prog: str, argv: list[str] | None = None) -> N
         group.main(args=argv, prog_name=prog, standalone_mode=False)
     except PupickError as err:
         click.echo(f"{prog}: error: {err}", err=True)
-        sys.exit(2 if isinstance(err, (BadName, RemovedOption)) else 1)
+        sys.exit(2 if isinstance(err, (BadName, RemovedOption, MissingSetting)) else 1)
     except click.exceptions.Abort:
         click.echo(f"{prog}: aborted", err=True)
         sys.exit(130)

@@ -26,6 +26,10 @@ class RemovedOption(InputError):
     """An option or setting pupick no longer has (core.config.REMOVED): bad usage, exit status 2, HTTP 422."""
 
 
+class MissingSetting(InputError):
+    """A setting this run needs that was not given, found before any work: bad usage, exit status 2, HTTP 422."""
+
+
 class Forbidden(PupickError):
     """A path that lies outside every data root of a server (HTTP 403)."""
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from .blob import blob_score_map, ice_mask, mask_scores
 from .config import PickConfig, PreprocessConfig, choose_factor
-from .errors import AbortRequested, InputError, PupickError
+from .errors import AbortRequested, InputError, MissingSetting, PupickError
 from .extract import default_border_px, extract_picks
 from .names import check_micrograph_name
 from .io import read_micrograph, write_mrc
@@ -255,7 +255,7 @@ class _Picker:
                 smap = self.scorer(job.image)
             if cfg.exclude_carbon:
                 if d_ds is None:
-                    raise InputError("excluding carbon needs the particle diameter, which the model does not record")
+                    raise InputError(NO_DIAMETER_CARBON)
                 smap = mask_scores(smap, ice_mask(job.image, d_ds))  # no junk peaks along the mask's edge
         t1 = time.perf_counter()
         tile = None
@@ -272,7 +272,7 @@ class _Picker:
         elif job.diameter_px:
             min_distance = job.diameter_px / 2
         else:
-            raise InputError("the model records no particle diameter: give --min-distance (original pixels)")
+            raise InputError(NO_DIAMETER)
         border = ex.border_px if ex.border_px is not None else default_border_px(job.diameter_px, self.edge_margin)
         x, y, s = extract_picks(smap, job.factor, min_distance, ex.threshold, border_px=border,
                                 max_picks=ex.max_picks, original_shape=job.source_shape)
@@ -398,7 +398,23 @@ def check_model(model: Any, config: PickConfig, items: Sequence[MicrographItem] 
         if pre.diameter_px is None and pre.diameter_A is not None and not pixel_size and items:
             pixel_size = items[0].pixel_size or _header_pixel_size(items[0].path)
         model = for_particle(model, diameter_px=pre.diameter_px, diameter_A=pre.diameter_A, pixel_size=pixel_size)
+    check_spacing(model.config, config)
     return model
+
+
+NO_DIAMETER = "the model records no particle diameter: give --min-distance (original pixels)"
+NO_DIAMETER_CARBON = "excluding carbon needs the particle diameter, which the model does not record"
+
+
+def check_spacing(model_config: dict, config: PickConfig) -> None:
+    """Before any work: a model that records no particle diameter needs an explicit minimum distance between picks,
+    and cannot exclude carbon (every micrograph would fail alike)."""
+    if model_config.get("diameter_px"):
+        return
+    if config.extract.min_distance_px is None and config.extract.min_distance_A is None:
+        raise MissingSetting(NO_DIAMETER)
+    if config.exclude_carbon:
+        raise MissingSetting(NO_DIAMETER_CARBON)
 
 
 def _header_pixel_size(path: str) -> float | None:

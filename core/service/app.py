@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..allocator import release_free_memory
-from ..errors import (InputError, InvalidModel, ModelFileError, ModelTooLarge, NotRegularFile,
+from ..errors import (InputError, InvalidModel, MissingSetting, ModelFileError, ModelTooLarge, NotRegularFile,
                       PupickError)
 from ..confine import open_confined, read_roots, set_read_roots
 from ..names import check_micrograph_name
@@ -187,7 +187,7 @@ class Conflict(PupickError):
 
 STATUS = [(StateFull, 507), (Forbidden, 403), (NotRegularFile, 422), (ModelTooLarge, 413), (InvalidModel, 422),
           (UnknownModel, 404), (NotFound, 404), (ModelConflict, 409), (Conflict, 409),
-          (SettingsError, 422), (BodyTooLarge, 413), (TooLarge, 413), (ModelFileError, 400), (InputError, 400),
+          (SettingsError, 422), (MissingSetting, 422), (BodyTooLarge, 413), (TooLarge, 413), (ModelFileError, 400), (InputError, 400),
           (PupickError, 400)]
 
 

@@ -226,3 +226,24 @@ def test_star_format_keeps_the_list_and_the_files_in_step(runner, trained_model,
     listed = read_picks(str(out / "coordinates.star"))
     assert set(listed["micrograph"]) == {"311_10028", HELD_OUT}
     assert set(pd.read_csv(out / "picks.csv")["micrograph"]) == {"311_10028", HELD_OUT}
+
+
+@pytest.mark.parametrize("extra, named", [([], "--min-distance"), (["--min-distance", "20", "--exclude-carbon"],
+                                                                    "excluding carbon needs the particle diameter")])
+def test_a_model_without_a_diameter_needs_a_distance_before_any_work(runner, trained_model, two_mics, tmp_path, extra,
+                                                                     named):
+    """A model trained with --scale records no diameter: without --min-distance every micrograph would fail alike."""
+    from pupick.core.modelfile import load_model, save_state
+
+    model = load_model(trained_model)
+    bare = tmp_path / "bare.pt"
+    save_state(bare, model.module.state_dict(), {**model.config, "diameter_px": None})
+    out = tmp_path / "o"
+    res = runner.invoke(cli, ["pick", *two_mics, "--model", str(bare), "-o", str(out), "--device", "cpu", *extra])
+    assert res.exit_code == 2, res.output
+    assert named in res.output and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not out.exists()
+    res = runner.invoke(cli, ["pick", *two_mics, "--model", str(bare), "-o", str(out), "--device", "cpu",
+                              "--min-distance", "20"])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(out / "picks.csv")) > 0
