@@ -34,8 +34,10 @@ from ..allocator import release_free_memory
 from ..errors import (InputError, InvalidModel, MissingSetting, ModelFileError, ModelTooLarge, NotRegularFile,
                       PupickError)
 from ..confine import open_confined, read_roots, set_read_roots
+from ..modelmeta import needs_particle_size, read_config
 from ..names import check_micrograph_name
 from ..picking import pick
+from ..pipeline import check_spacing
 from ..tables import duplicate_stems, stem
 from . import settings as settings_map
 from .downloads import json_body, open_star_body
@@ -660,6 +662,15 @@ def _pick_config_or_422(settings: dict | None, devices: tuple[str, ...]):
     return configs[0]
 
 
+def _check_spacing(model_path: Path, config) -> None:
+    """A model that records no particle diameter, picked without a minimum distance: 422 at submission, not a job
+    that fails (pipeline.check_spacing is the rule; the job applies it again). A general model gets its diameter
+    from the settings when it loads, so it is checked there."""
+    meta = read_config(model_path)
+    if meta is not None and not needs_particle_size(meta):
+        check_spacing(meta, config)
+
+
 def _trim_after(micrographs: int) -> BackgroundTask | None:
     """After the answer to a large submission (its listing and checks freed by then), the memory it held goes back
     to the kernel: the allocator keeps freed memory (core.allocator), which would hold it for the server's life."""
@@ -798,6 +809,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
                 raise SettingsError("the request needs a model name (or settings.method 'blob' with a diameter)")
             entry = registry.get(body.model)
             model, sha = entry.name, entry.sha256
+            _check_spacing(entry.path, config)
         elif body.model:
             raise SettingsError("the blob picker takes no model (drop 'model' or use settings.method 'cnn')")
         mics = _pick_items(body.micrographs, roots)
@@ -899,6 +911,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
             if not model:
                 raise SettingsError("the request needs ?model=NAME (or method=blob with a diameter)")
             entry = registry.get(model)
+            _check_spacing(entry.path, config)
         directory = Path(tempfile.mkdtemp(dir=svc.uploads))
         try:
             tmp = await _spool(request, directory, int(svc.cfg.max_upload_mb * MB))

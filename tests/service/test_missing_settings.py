@@ -1,0 +1,51 @@
+"""A model that records no particle diameter (trained with --scale), picked without a minimum distance: 422 at
+submission, naming the setting, on both pick endpoints; with the distance the same model picks."""
+from __future__ import annotations
+
+import http.client
+import json
+import time
+
+from service_server import Server
+
+from pupick.core.modelfile import load_model, save_state
+
+
+def _post(server, path: str, body: bytes, content_type: str) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_a_model_without_a_diameter_is_refused_before_the_job(tmp_path, data_root, trained_model):
+    models = tmp_path / "models"
+    models.mkdir()
+    model = load_model(trained_model)
+    save_state(models / "bare.pt", model.module.state_dict(), {**model.config, "diameter_px": None})
+    srv = Server(tmp_path / "state", data_root, models=models).start()
+    try:
+        mic = data_root / "mics" / "061_10028.mrc"
+        body = lambda **settings: json.dumps({"micrographs": [str(mic)], "model": "bare",  # noqa: E731
+                                              "settings": settings}).encode()
+        status, answer = _post(srv, "/v1/pick", body(), "application/json")
+        assert status == 422 and "--min-distance" in answer["error"], answer
+        status, answer = _post(srv, "/v1/pick", body(min_distance=20, exclude_carbon=True), "application/json")
+        assert status == 422 and "excluding carbon needs the particle diameter" in answer["error"], answer
+        status, answer = _post(srv, "/v1/pick/upload?model=bare&name=m", mic.read_bytes(), "application/octet-stream")
+        assert status == 422 and "--min-distance" in answer["error"], answer
+        client = srv.client()
+        assert client.jobs() == []  # nothing was queued
+        status, answer = _post(srv, "/v1/pick", body(min_distance=20), "application/json")
+        assert status == 202, answer
+        t0 = time.monotonic()
+        while (job := client.job(answer["job"]))["state"] not in ("done", "failed"):
+            assert time.monotonic() - t0 < 120, srv.output()[-2000:]
+            time.sleep(0.2)
+        assert job["state"] == "done" and job["done"] == 1, job
+        assert "Traceback" not in srv.output()
+    finally:
+        srv.stop()
