@@ -1,7 +1,8 @@
 """The training plot (PATH.train.png): loss per epoch, and validation AP on a second axis when there is one.
 
-Drawn with Pillow rather than matplotlib: importing and rendering matplotlib took ~0.6 s of the ~9 s that a whole
-`pupick train` process takes (BENCHMARKS.md, "A first model in ≤ 10 s"); this takes a few milliseconds.
+Drawn with Pillow rather than matplotlib, which `pupick train` then never imports: a few milliseconds instead of
+matplotlib's import and render, 0.24 s off the median whole process in an interleaved A/B (BENCHMARKS.md, "A first
+model in ≤ 10 s").
 """
 from __future__ import annotations
 
