@@ -210,16 +210,23 @@ def _jobqueue_module(source: Any):
     return dask_jobqueue
 
 
+def _not_cancelled(record: Any) -> bool:
+    """A logging filter: no record of a task that was cancelled (a worker start a closing cluster stopped)."""
+    import asyncio
+
+    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
 @contextlib.contextmanager
 def _quiet_shutdown() -> Iterator[None]:
-    """Only errors from distributed while a cluster shuts down. A cluster silences distributed's stderr handlers while
-    it runs and restores their levels as it closes, so a connection the client finds closed a moment later (Ctrl-C)
-    would print an INFO note with a traceback; a filter outlives that restore. The root's handlers (`pupick serve`
-    logs there) get the same filter, which passes every other logger's records."""
+    """Only errors from distributed while a cluster shuts down, and none of a task it cancels. A cluster silences
+    distributed's stderr handlers while it runs and restores their levels as it closes, so a connection the client
+    finds closed a moment later (Ctrl-C) would print an INFO note with a traceback; a filter outlives that restore.
+    The root's handlers (`pupick serve` logs there) get the same filter, which passes every other logger's records."""
     import logging
 
     def keep(record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR or not record.name.startswith("distributed")
+        return not record.name.startswith("distributed") or record.levelno >= logging.ERROR and _not_cancelled(record)
 
     handlers = [*logging.getLogger("distributed").handlers, *logging.getLogger().handlers]
     for h in handlers:
@@ -229,6 +236,37 @@ def _quiet_shutdown() -> Iterator[None]:
     finally:
         for h in handlers:
             h.removeFilter(keep)
+
+
+@contextlib.contextmanager
+def _workers_without_ctrl_c() -> Iterator[None]:
+    """While a local cluster starts: every process started from here on, by this thread or a thread it starts (the
+    cluster's event loop, a nanny's process watcher), is born with SIGINT blocked, as the standard library starts its
+    resource tracker (bpo-33613). So a terminal's Ctrl-C never reaches a worker that is still importing, nor one a
+    nanny restarts later; pupick's own process stops them. This process's own Ctrl-C is held until the cluster is up
+    and then raised: a half-started cluster cannot be closed."""
+    import signal
+    import threading
+    from multiprocessing import resource_tracker
+
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: the workers' dask_setup is all there is
+        yield
+        return
+    resource_tracker.ensure_running()  # started later from the loop thread, it would unblock SIGINT there
+    held: list[int] = []
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    hold = callable(previous)  # SIG_IGN (a background job) or not the main thread: nothing to hold
+    if hold:
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if hold:
+            signal.signal(signal.SIGINT, previous)
+    if held:
+        previous(signal.SIGINT, None)  # what that Ctrl-C would have done (KeyboardInterrupt), the cluster now up
 
 
 def jobqueue_cluster(config: ClusterConfig) -> Any:
@@ -350,7 +388,8 @@ class DaskExecutor:
         cfg = self.config
         try:
             if cfg.kind == "local":
-                self._cluster = self._local_cluster(cfg.workers)
+                with _workers_without_ctrl_c():
+                    self._cluster = self._local_cluster(cfg.workers)
                 self.client = Client(self._cluster)
                 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
                 # registered before any task, so a restarted worker gets it too
@@ -370,7 +409,7 @@ class DaskExecutor:
                          "as they join")
             else:
                 self.client = Client(cfg.address, timeout=f"{CONNECT_TIMEOUT_S}s")
-        except PupickError:
+        except (PupickError, KeyboardInterrupt):
             self.close()
             raise
         except (OSError, TimeoutError, ValueError, RuntimeError) as err:
@@ -387,6 +426,9 @@ class DaskExecutor:
 
         from distributed import LocalCluster
 
+        nannies = logging.getLogger("distributed.nanny")  # its restart a closing cluster cancels may log even later
+        if _not_cancelled not in nannies.filters:
+            nannies.addFilter(_not_cancelled)
         dashboard = "127.0.0.1:0" if importlib.util.find_spec("bokeh") else None
         # loopback only: a Dask scheduler runs whatever its clients send
         return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", scheduler_port=0,
@@ -401,6 +443,7 @@ class DaskExecutor:
         if not self._owns:
             self.client = client  # not ours: leave it open
             return
+        self._no_restarts(cluster)
         with _quiet_shutdown():
             for thing in (client, cluster):
                 if thing is not None:
@@ -408,6 +451,27 @@ class DaskExecutor:
                         thing.close()
                     except Exception:  # noqa: BLE001 - closing is best effort; the processes die with us anyway
                         pass
+
+    def _no_restarts(self, cluster: Any = None) -> None:
+        """Tell the nannies of our local cluster not to restart a worker that exits from now on. A worker can close
+        itself first as a run is interrupted (an operation failing on a connection being closed); its nanny, still
+        running, would start a new worker process just as this process exits, and that process dies in a traceback
+        (its semaphores are already gone)."""
+        cluster = cluster if cluster is not None else self._cluster
+        if cluster is None:
+            return
+        from distributed import Nanny
+        from distributed.core import Status
+
+        async def mark() -> None:
+            for worker in list(getattr(cluster, "workers", {}).values()):
+                if isinstance(worker, Nanny) and worker.status == Status.running:
+                    worker.close_gracefully(reason="pupick-closing")
+
+        try:
+            cluster.sync(mark)
+        except Exception:  # noqa: BLE001 - a cluster already closed or broken restarts nothing
+            pass
 
     @property
     def dashboard_link(self) -> str | None:
@@ -490,6 +554,7 @@ class DaskExecutor:
                     fut.release()
         except BaseException:
             if self._owns:  # our cluster closes next: its workers go with their plugin
+                self._no_restarts()
                 if inflight:
                     client.cancel(list(inflight), force=True)
                 raise

@@ -1,7 +1,9 @@
-"""Ctrl-C during `pupick pick --cluster local:2` (real subprocess, real Dask workers): one line, no worker
-tracebacks, picks kept; and more local workers than the machine can run are refused before any work."""
+"""Ctrl-C during `pupick pick --cluster local:2` (real subprocess, real Dask workers), while it picks and while its
+workers start: one line, no worker tracebacks, picks kept; a closing cluster restarts no worker; and more local workers
+than the machine can run are refused before any work."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -40,6 +42,44 @@ def test_ctrl_c_during_a_local_cluster_run_prints_one_line(demo_micrographs, tra
     lines = [line for line in lines if line.strip() and not line.startswith(("Dask scheduler", "pick"))]
     assert lines == ["pupick: aborted"], err
     assert _finished(records)  # what was finished is kept
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """Processes that `pid` started with multiprocessing's spawn (Dask's worker processes), from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                spawned = b"spawn_main" in cmdline.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and spawned:
+            found.append(int(entry))
+    return found
+
+
+def test_ctrl_c_while_the_local_workers_start_prints_one_line(demo_micrographs, trained_model, tmp_path):
+    # The moment the worker processes exist they are still importing: a Ctrl-C there used to print their
+    # KeyboardInterrupt tracebacks and, from this process, a cluster that could not close.
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pupick.core.cli", "pick", *map(str, demo_micrographs), "--model",
+                             str(trained_model), "-o", str(out), "--device", "cpu", "--cluster", "local:2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _spawned_children(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert [line for line in err.splitlines() if line.strip()] == ["pupick: aborted"], err
 
 
 def test_more_local_workers_than_the_machine_can_run_are_refused(tmp_path):
@@ -91,3 +131,60 @@ def test_closing_a_cluster_keeps_distributed_notes_off_stderr_until_it_is_closed
     for line in ("a real error while closing", "pupick's own note while closing", "a note after the cluster is closed"):
         assert line in done.stderr
     assert done.stdout.split() == ["0"]  # the filter is gone again
+
+
+
+RESTART = """
+import json, os, signal, sys, time
+import distributed.nanny
+from pupick.core.cluster import ClusterConfig, DaskExecutor
+
+starts = []
+instantiate = distributed.nanny.Nanny.instantiate
+
+
+async def counted(self):
+    starts.append(time.monotonic())
+    return await instantiate(self)
+
+
+def ctrl_c_blocked(pid):  # SigBlk of the process's main thread, a hex mask with bit signum - 1
+    with open(f"/proc/{pid}/status") as status:
+        mask = next(line.split()[1] for line in status if line.startswith("SigBlk:"))
+    return bool(int(mask, 16) >> (signal.SIGINT - 1) & 1)
+
+
+distributed.nanny.Nanny.instantiate = counted
+
+if __name__ == "__main__":
+    executor = DaskExecutor(ClusterConfig("local:1"))
+    executor.start()
+    nanny = next(iter(executor._cluster.workers.values()))
+    first = nanny.pid
+    blocked = [ctrl_c_blocked(first)]
+    if sys.argv[1] == "closing":
+        executor._no_restarts()  # what an interrupted run does before it cancels anything
+    os.kill(first, signal.SIGKILL)  # the worker goes away on its own
+    deadline = time.monotonic() + 60
+    while nanny.status.name != "closed" and not (nanny.pid not in (None, first) and nanny.status.name == "running"
+                                                 and nanny.process.status.name == "running"):
+        assert time.monotonic() < deadline, nanny.status
+        time.sleep(0.05)
+    if nanny.pid not in (None, first):
+        blocked.append(ctrl_c_blocked(nanny.pid))
+    print(json.dumps({"starts": len(starts), "nanny": nanny.status.name, "ctrl_c_blocked": blocked}), flush=True)
+    executor.close()
+"""
+
+
+@pytest.mark.parametrize("moment, starts, status", [("running", 2, "running"), ("closing", 1, "closed")])
+def test_local_workers_never_see_ctrl_c_and_a_closing_cluster_starts_none(tmp_path, moment, starts, status):
+    # Running, a nanny replaces a worker that died (the control); once pupick is closing the cluster it must not: a
+    # worker process started as pupick exits dies in a multiprocessing traceback on the user's terminal. Every worker
+    # process, a restarted one too, is born with SIGINT blocked: a terminal's Ctrl-C is pupick's to handle.
+    script = tmp_path / "restart.py"
+    script.write_text(RESTART)
+    res = subprocess.run([sys.executable, str(script), moment], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"starts": starts, "nanny": status, "ctrl_c_blocked": [True] * starts}, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
