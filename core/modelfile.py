@@ -26,7 +26,7 @@ from .models import ModelConfig, PickerNet, build, native_stride, receptive_fiel
 from .hashing import file_sha256  # noqa: F401 (callers import it from here)
 
 from .modelmeta import FORMAT, SHIPPED_DIR, SHIPPED_MODELS, resolve_model  # noqa: F401 (torch-free)
-from .modelmeta import needs_particle_size as config_needs_size
+from .modelmeta import check_particle_size, needs_particle_size as config_needs_size
 FORMAT_VERSION = 1  # bump when a saved file can no longer be read by this code
 
 
@@ -251,8 +251,7 @@ def for_particle(model: LoadedModel, diameter_px: float | None = None, diameter_
     """
     cfg = model.config
     if diameter_px is None and diameter_A is None:
-        if needs_particle_size(model):
-            raise InputError("the general model needs the particle diameter: give --diameter (Å) or --diameter-px")
+        check_particle_size(cfg, diameter_px, diameter_A)
         return model
     if diameter_px is None:
         if not pixel_size or not pixel_size > 0:

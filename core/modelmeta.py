@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelFileError
+from .errors import MissingSetting, ModelFileError
 
 # One registry of the models shipped inside the package: name -> file under core/shipped/ (package data).
 SHIPPED_MODELS = {
@@ -74,3 +74,12 @@ def read_config(path: str | os.PathLike) -> dict[str, Any] | None:
 def needs_particle_size(config: dict[str, Any]) -> bool:
     """True for a config not tied to one particle size (the general model): picking needs a diameter."""
     return bool(config.get("grid_diameter")) and not config.get("diameter_px")
+
+
+NEEDS_DIAMETER = "the general model needs the particle diameter: give --diameter (Å) or --diameter-px"
+
+
+def check_particle_size(config: dict[str, Any], diameter_px: float | None, diameter_A: float | None) -> None:
+    """Before any work: a model not tied to one particle size is picked only with a diameter (MissingSetting)."""
+    if needs_particle_size(config) and diameter_px is None and diameter_A is None:
+        raise MissingSetting(NEEDS_DIAMETER)

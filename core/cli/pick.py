@@ -207,6 +207,8 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
             from ..score import check_scoring_device
 
             usage(check_scoring_device, config.score)
+    if labels and match_radius is None and not server and _known_diameter(model, config) is None:
+        raise BadOption(NO_MATCH_RADIUS)  # before any work; with --server the answer tells (below)
     label_table = run_core(read_pick_table, labels) if labels else None
     box = run_core(_box_size, box_size, model, config) if fmt == "box" else None
     files = _files(fmt, box)
@@ -236,7 +238,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
     if label_table is not None and radius is None:
         d = _diameter(result, config)
         if d is None:
-            raise BadOption("--labels needs --match-radius (the model records no particle diameter)")
+            raise BadOption(NO_MATCH_RADIUS)
         radius = default_match_radius(d)
     try:
         lines = _summary(result, config, seconds, label_table, radius)
@@ -276,6 +278,15 @@ def _server_model(server: str, token_file: str | None, model_path: str | None, c
         return client, None
     info = client.model(client.resolve_model(model_path)) or {}
     return client, SimpleNamespace(config={"diameter_px": info.get("diameter_px")})
+
+
+NO_MATCH_RADIUS = "--labels needs --match-radius (the model records no particle diameter)"
+
+
+def _known_diameter(model, config: PickConfig) -> float | None:
+    """Before picking: the particle diameter that --labels' default match radius would come from, when given."""
+    pre = config.preprocess
+    return pre.diameter_px or pre.diameter_A or (model.config.get("diameter_px") if model is not None else None)
 
 
 def _diameter(result, config: PickConfig) -> float | None:

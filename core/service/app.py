@@ -34,7 +34,7 @@ from ..allocator import release_free_memory
 from ..errors import (InputError, InvalidModel, MissingSetting, ModelFileError, ModelTooLarge, NotRegularFile,
                       PupickError)
 from ..confine import open_confined, read_roots, set_read_roots
-from ..modelmeta import needs_particle_size, read_config
+from ..modelmeta import check_particle_size, needs_particle_size, read_config
 from ..names import check_micrograph_name
 from ..picking import pick
 from ..pipeline import check_spacing
@@ -663,11 +663,15 @@ def _pick_config_or_422(settings: dict | None, devices: tuple[str, ...]):
 
 
 def _check_spacing(model_path: Path, config) -> None:
-    """A model that records no particle diameter, picked without a minimum distance: 422 at submission, not a job
-    that fails (pipeline.check_spacing is the rule; the job applies it again). A general model gets its diameter
-    from the settings when it loads, so it is checked there."""
+    """Settings the model needs, checked at submission (422), not by a job that fails: the general model's particle
+    diameter (modelmeta.check_particle_size), and for a model that records no diameter a minimum distance
+    (pipeline.check_spacing); the job applies the same rules again."""
     meta = read_config(model_path)
-    if meta is not None and not needs_particle_size(meta):
+    if meta is None:
+        return
+    if needs_particle_size(meta):
+        check_particle_size(meta, config.preprocess.diameter_px, config.preprocess.diameter_A)
+    else:
         check_spacing(meta, config)
 
 

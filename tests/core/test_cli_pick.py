@@ -229,21 +229,36 @@ def test_star_format_keeps_the_list_and_the_files_in_step(runner, trained_model,
 
 
 @pytest.mark.parametrize("extra, named", [([], "--min-distance"), (["--min-distance", "20", "--exclude-carbon"],
-                                                                    "excluding carbon needs the particle diameter")])
+                                                                    "excluding carbon needs the particle diameter"),
+                                          (["--min-distance", "20", "--labels", "LABELS"], "--match-radius")])
 def test_a_model_without_a_diameter_needs_a_distance_before_any_work(runner, trained_model, two_mics, tmp_path, extra,
                                                                      named):
-    """A model trained with --scale records no diameter: without --min-distance every micrograph would fail alike."""
+    """A model trained with --scale records no diameter: without --min-distance every micrograph would fail alike,
+    and --labels' default match radius (from the diameter) is unknown."""
     from pupick.core.modelfile import load_model, save_state
 
     model = load_model(trained_model)
     bare = tmp_path / "bare.pt"
     save_state(bare, model.module.state_dict(), {**model.config, "diameter_px": None})
     out = tmp_path / "o"
+    extra = [str(Path(two_mics[0]).parents[1] / "particles.csv") if a == "LABELS" else a for a in extra]
     res = runner.invoke(cli, ["pick", *two_mics, "--model", str(bare), "-o", str(out), "--device", "cpu", *extra])
     assert res.exit_code == 2, res.output
     assert named in res.output and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
     assert not out.exists()
     res = runner.invoke(cli, ["pick", *two_mics, "--model", str(bare), "-o", str(out), "--device", "cpu",
                               "--min-distance", "20"])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(out / "picks.csv")) > 0
+
+
+def test_the_general_model_without_a_diameter_is_bad_usage_before_any_work(runner, two_mics, tmp_path):
+    out = tmp_path / "o"
+    res = runner.invoke(cli, ["pick", *two_mics, "--model", "general", "-o", str(out), "--device", "cpu"])
+    assert res.exit_code == 2, res.output
+    assert "the general model needs the particle diameter" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not out.exists()
+    res = runner.invoke(cli, ["pick", *two_mics, "--model", "general", "--diameter-px", "56", "-o", str(out),
+                              "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(out / "picks.csv")) > 0

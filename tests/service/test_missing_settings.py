@@ -1,5 +1,6 @@
-"""A model that records no particle diameter (trained with --scale), picked without a minimum distance: 422 at
-submission, naming the setting, on both pick endpoints; with the distance the same model picks."""
+"""Settings a model needs, refused at submission (422 naming the setting, on both pick endpoints, nothing queued):
+a minimum distance for a model that records no particle diameter (trained with --scale), the diameter for the general
+model; with the setting the same model picks."""
 from __future__ import annotations
 
 import http.client
@@ -19,6 +20,14 @@ def _post(server, path: str, body: bytes, content_type: str) -> tuple[int, dict]
         return resp.status, json.loads(resp.read())
     finally:
         conn.close()
+
+
+def _done(srv, job_id: str) -> dict:
+    client, t0 = srv.client(), time.monotonic()
+    while (job := client.job(job_id))["state"] not in ("done", "failed"):
+        assert time.monotonic() - t0 < 120, srv.output()[-2000:]
+        time.sleep(0.2)
+    return job
 
 
 def test_a_model_without_a_diameter_is_refused_before_the_job(tmp_path, data_root, trained_model):
@@ -41,10 +50,29 @@ def test_a_model_without_a_diameter_is_refused_before_the_job(tmp_path, data_roo
         assert client.jobs() == []  # nothing was queued
         status, answer = _post(srv, "/v1/pick", body(min_distance=20), "application/json")
         assert status == 202, answer
-        t0 = time.monotonic()
-        while (job := client.job(answer["job"]))["state"] not in ("done", "failed"):
-            assert time.monotonic() - t0 < 120, srv.output()[-2000:]
-            time.sleep(0.2)
+        job = _done(srv, answer["job"])
+        assert job["state"] == "done" and job["done"] == 1, job
+        assert "Traceback" not in srv.output()
+    finally:
+        srv.stop()
+
+
+
+def test_the_general_model_without_a_diameter_is_refused_before_the_job(tmp_path, data_root):
+    srv = Server(tmp_path / "state", data_root).start()
+    try:
+        mic = data_root / "mics" / "061_10028.mrc"
+        body = lambda **settings: json.dumps({"micrographs": [str(mic)], "model": "general",  # noqa: E731
+                                              "settings": settings}).encode()
+        for path, payload, kind in (("/v1/pick", body(), "application/json"),
+                                    ("/v1/pick/upload?model=general&name=m", mic.read_bytes(),
+                                     "application/octet-stream")):
+            status, answer = _post(srv, path, payload, kind)
+            assert status == 422 and "the general model needs the particle diameter" in answer["error"], answer
+        assert srv.client().jobs() == []  # nothing was queued
+        status, answer = _post(srv, "/v1/pick", body(diameter_px=56), "application/json")
+        assert status == 202, answer
+        job = _done(srv, answer["job"])
         assert job["state"] == "done" and job["done"] == 1, job
         assert "Traceback" not in srv.output()
     finally:
