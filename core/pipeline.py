@@ -25,6 +25,7 @@ from .errors import AbortRequested, InputError, MissingSetting, PupickError
 from .extract import default_border_px, extract_picks
 from .names import check_micrograph_name
 from .io import read_micrograph, write_mrc
+from .modelmeta import check_particle_size, needs_particle_size
 from .preprocess import preprocess_micrograph
 from .tables import duplicate_stems, empty_picks, make_picks, stem
 
@@ -415,6 +416,15 @@ def check_spacing(model_config: dict, config: PickConfig) -> None:
         raise MissingSetting(NO_DIAMETER)
     if config.exclude_carbon:
         raise MissingSetting(NO_DIAMETER_CARBON)
+
+
+def check_model_settings(model_config: dict, config: PickConfig) -> None:
+    """Before any work, from a model's plain config alone (no torch, no weights): the settings picking with it needs.
+    The general model needs the particle diameter; a model that records no diameter needs a minimum distance."""
+    if needs_particle_size(model_config):
+        check_particle_size(model_config, config.preprocess.diameter_px, config.preprocess.diameter_A)
+    else:
+        check_spacing(model_config, config)
 
 
 def _header_pixel_size(path: str) -> float | None:

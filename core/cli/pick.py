@@ -16,7 +16,7 @@ from ..evaluate import default_match_radius, evaluate
 from ..executors import LocalExecutor
 from ..io import Protected, check_output, check_output_dir, expand_inputs
 from ..outputs import RECORDS, PerMicrographFiles, nothing_new, pick_to_dir, unfinished
-from ..pipeline import check_model, micrograph_items
+from ..pipeline import check_model, check_model_settings, micrograph_items
 from ..prefetch import start_prefetch
 from ._common import DEVICE, BadOption, read_pick_table, removed_options, run_core, usage
 
@@ -277,7 +277,10 @@ def _server_model(server: str, token_file: str | None, model_path: str | None, c
     if config.method != "cnn":
         return client, None
     info = client.model(client.resolve_model(model_path)) or {}
-    return client, SimpleNamespace(config={"diameter_px": info.get("diameter_px")})
+    meta = {"diameter_px": info.get("diameter_px"), "grid_diameter": info.get("grid_diameter")}
+    if "grid_diameter" in info:  # before any output; an older server, which does not say, refuses at submission
+        check_model_settings(meta, config)
+    return client, SimpleNamespace(config=meta)
 
 
 NO_MATCH_RADIUS = "--labels needs --match-radius (the model records no particle diameter)"

@@ -34,10 +34,10 @@ from ..allocator import release_free_memory
 from ..errors import (InputError, InvalidModel, MissingSetting, ModelFileError, ModelTooLarge, NotRegularFile,
                       PupickError)
 from ..confine import open_confined, read_roots, set_read_roots
-from ..modelmeta import check_particle_size, needs_particle_size, read_config
+from ..modelmeta import read_config
 from ..names import check_micrograph_name
 from ..picking import pick
-from ..pipeline import check_spacing
+from ..pipeline import check_model_settings
 from ..tables import duplicate_stems, stem
 from . import settings as settings_map
 from .downloads import json_body, open_star_body
@@ -662,17 +662,12 @@ def _pick_config_or_422(settings: dict | None, devices: tuple[str, ...]):
     return configs[0]
 
 
-def _check_spacing(model_path: Path, config) -> None:
-    """Settings the model needs, checked at submission (422), not by a job that fails: the general model's particle
-    diameter (modelmeta.check_particle_size), and for a model that records no diameter a minimum distance
-    (pipeline.check_spacing); the job applies the same rules again."""
+def _check_model_settings(model_path: Path, config) -> None:
+    """Settings the model needs, checked at submission (422), not by a job that fails (pipeline.check_model_settings;
+    the job applies the same rules again)."""
     meta = read_config(model_path)
-    if meta is None:
-        return
-    if needs_particle_size(meta):
-        check_particle_size(meta, config.preprocess.diameter_px, config.preprocess.diameter_A)
-    else:
-        check_spacing(meta, config)
+    if meta is not None:
+        check_model_settings(meta, config)
 
 
 def _trim_after(micrographs: int) -> BackgroundTask | None:
@@ -813,7 +808,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
                 raise SettingsError("the request needs a model name (or settings.method 'blob' with a diameter)")
             entry = registry.get(body.model)
             model, sha = entry.name, entry.sha256
-            _check_spacing(entry.path, config)
+            _check_model_settings(entry.path, config)
         elif body.model:
             raise SettingsError("the blob picker takes no model (drop 'model' or use settings.method 'cnn')")
         mics = _pick_items(body.micrographs, roots)
@@ -915,7 +910,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
             if not model:
                 raise SettingsError("the request needs ?model=NAME (or method=blob with a diameter)")
             entry = registry.get(model)
-            _check_spacing(entry.path, config)
+            _check_model_settings(entry.path, config)
         directory = Path(tempfile.mkdtemp(dir=svc.uploads))
         try:
             tmp = await _spool(request, directory, int(svc.cfg.max_upload_mb * MB))

@@ -48,10 +48,11 @@ class ModelEntry:
     pixel_size: float | None
     size: int
     created: float
+    grid_diameter: float | None = None  # set for a model not tied to one particle size (general): picking needs one
 
     def public(self) -> dict[str, Any]:
         return {"name": self.name, "architecture": self.arch, "diameter_px": self.diameter_px,
-                "pixel_size": self.pixel_size, "sha256": self.sha256, "file_sha256": self.file_sha256,
+                "grid_diameter": self.grid_diameter, "pixel_size": self.pixel_size, "sha256": self.sha256, "file_sha256": self.file_sha256,
                 "source": self.source, "size": self.size, "created": self.created}
 
 
@@ -217,7 +218,7 @@ def _entry(name: str, path: Path, source: str, info: dict) -> ModelEntry:
     cfg = info["config"]
     st = path.stat()
     return ModelEntry(name, path, source, info["sha256"], info["file_sha256"], cfg.get("arch"),
-                      cfg.get("diameter_px"), cfg.get("pixel_size"), st.st_size, st.st_mtime)
+                      cfg.get("diameter_px"), cfg.get("pixel_size"), st.st_size, st.st_mtime, cfg.get("grid_diameter"))
 
 
 def _shipped_models() -> list[tuple[str, Path]]:

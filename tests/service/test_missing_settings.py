@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import time
 
 from service_server import Server
@@ -75,5 +77,35 @@ def test_the_general_model_without_a_diameter_is_refused_before_the_job(tmp_path
         job = _done(srv, answer["job"])
         assert job["state"] == "done" and job["done"] == 1, job
         assert "Traceback" not in srv.output()
+    finally:
+        srv.stop()
+
+
+
+def test_pick_via_a_server_checks_the_models_settings_before_any_output(tmp_path, data_root, trained_model):
+    # `pupick pick --server`: the model's registered config (GET /v1/models/NAME, grid_diameter included) is checked
+    # by the same rule before the output folder is made: exit 2, one line; with the setting it picks
+    models = tmp_path / "models"
+    models.mkdir()
+    model = load_model(trained_model)
+    save_state(models / "bare.pt", model.module.state_dict(), {**model.config, "diameter_px": None})
+    srv = Server(tmp_path / "state", data_root, models=models).start()
+    try:
+        mic = str(data_root / "mics" / "061_10028.mrc")
+        out = tmp_path / "out"
+
+        def pick(*extra: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "pupick.core.cli", "pick", mic, "--server", srv.url, "-o",
+                                   str(out), *extra], capture_output=True, text=True, timeout=300)
+
+        for args, named in ((["--model", "general"], "the general model needs the particle diameter"),
+                            (["--model", "bare"], "--min-distance")):
+            res = pick(*args)
+            assert res.returncode == 2 and named in res.stderr, res.stderr
+            assert len(res.stderr.strip().splitlines()) == 1 and not out.exists(), res.stderr
+        assert srv.client().jobs() == []
+        res = pick("--model", "bare", "--min-distance", "20")
+        assert res.returncode == 0, res.stderr
+        assert (out / "picks.csv").is_file()
     finally:
         srv.stop()
