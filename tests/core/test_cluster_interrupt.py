@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import pytest
 
@@ -20,24 +21,31 @@ def _finished(records) -> list:
     return [p for p in records.glob("*.csv") if not p.name.startswith(".")] if records.is_dir() else []
 
 
-def test_ctrl_c_during_a_local_cluster_run_prints_one_line(demo_micrographs, trained_model, tmp_path):
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "pupick.core.cli", "pick", *map(str, demo_micrographs), "--model",
-                             str(trained_model), "-o", str(out), "--device", "cpu", "--cluster", "local:2"],
+def _ctrl_c_when(mics, model, out, ready: Callable[[int], bool], poll: float, wait: float) -> tuple[int, str]:
+    """`pupick pick --cluster local:2` in its own session, and a terminal's Ctrl-C (SIGINT to pupick and every worker
+    process) once `ready(pid)` holds; the exit status and stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "pupick.core.cli", "pick", *map(str, mics), "--model", str(model),
+                             "-o", str(out), "--device", "cpu", "--cluster", "local:2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        records = out / ".pupick_records"
-        while not _finished(records):  # the workers are picking
+        deadline = time.monotonic() + wait
+        while not ready(proc.pid):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: pupick and every worker process get SIGINT
+            time.sleep(poll)
+        os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130, err
+    return proc.returncode, err
+
+
+def test_ctrl_c_during_a_local_cluster_run_prints_one_line(demo_micrographs, trained_model, tmp_path):
+    out = tmp_path / "out"
+    records = out / ".pupick_records"
+    code, err = _ctrl_c_when(demo_micrographs, trained_model, out, lambda pid: bool(_finished(records)), 0.1, 240)
+    assert code == 130, err
     lines = [line.split("\r")[-1] for line in err.splitlines()]  # the progress bar redraws itself with \r
     lines = [line for line in lines if line.strip() and not line.startswith(("Dask scheduler", "pick"))]
     assert lines == ["pupick: aborted"], err
@@ -63,22 +71,9 @@ def _spawned_children(pid: int) -> list[int]:
 def test_ctrl_c_while_the_local_workers_start_prints_one_line(demo_micrographs, trained_model, tmp_path):
     # The moment the worker processes exist they are still importing: a Ctrl-C there used to print their
     # KeyboardInterrupt tracebacks and, from this process, a cluster that could not close.
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "pupick.core.cli", "pick", *map(str, demo_micrographs), "--model",
-                             str(trained_model), "-o", str(out), "--device", "cpu", "--cluster", "local:2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not _spawned_children(proc.pid):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, err
+    started = lambda pid: bool(_spawned_children(pid))  # noqa: E731
+    code, err = _ctrl_c_when(demo_micrographs, trained_model, tmp_path / "out", started, 0.02, 120)
+    assert code == 130, err
     assert [line for line in err.splitlines() if line.strip()] == ["pupick: aborted"], err
 
 
