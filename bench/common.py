@@ -524,6 +524,7 @@ def register_plan(name: str, plan: Sequence[Sequence[Any]]) -> None:
     if models.PLANS.get(name, plan) != plan:
         raise ValueError(f"{name!r} is already an architecture with another plan")
     models.PLANS[name] = plan
+    config.FEATURE_LAYERS[name] = len(plan)
     models.MODELS[name] = models._builder(name)
     config.ARCHITECTURES = modelarchive.ARCHITECTURES = modelfile.ARCHITECTURES = (
         *dict.fromkeys((*config.ARCHITECTURES, name)),)

@@ -394,7 +394,7 @@ _TRAIN_PRE_FIELDS = {"factor": "scale", "diameter_A": "diameter", "diameter_px":
                      "pixel_size": "pixel_size", "normalize": "normalize"}
 _TRAIN_FIELDS = ("expected_particles", "label_radius", "arch", "units", "objective", "slack", "epochs",
                  "steps_per_epoch", "batch_size", "tile_size", "learning_rate", "ema_decay", "lr_schedule",
-                 "weight_init", "tile_sampling", "test_split", "seed", "precision")
+                 "weight_init", "frozen_layers", "tile_sampling", "test_split", "seed", "precision")
 
 
 def pick_settings(config: Any) -> dict:

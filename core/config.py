@@ -9,7 +9,9 @@ from .errors import InputError, RemovedOption
 
 NORMALIZATIONS = ("gmm", "affine", "none")
 # the architectures core.models.MODELS builds (names here, so front ends offer them without importing torch)
-ARCHITECTURES = ("resnet8", "resnet16", "conv31", "conv63", "conv127")
+# network name -> its feature layers (convolution, residual block or pooling; core.models.PLANS holds the plans)
+FEATURE_LAYERS = {"resnet8": 7, "resnet16": 10, "conv31": 5, "conv63": 7, "conv127": 9, "resnet8n": 7}
+ARCHITECTURES = tuple(FEATURE_LAYERS)
 MAX_UNITS = 128  # the widest network (--units) pupick trains or loads; bounds a model file (core.modelarchive)
 TARGET_DIAMETER_PX = 40  # the factor rule: smallest integer s >= 1 with diameter_px / s <= 40
 # Bounds on what one training may claim (a client of `pupick serve` chooses these; issue 26). Each is far above any
@@ -83,7 +85,7 @@ class TrainConfig:
     """Everything `train` needs besides micrographs and labels."""
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    arch: str = "resnet8"
+    arch: str = "resnet8"  # resnet8n: half the channels at half resolution, faster, a little lower AP (BENCHMARKS.md)
     units: int = 32
     batchnorm: bool = True
     dropout: float = 0.0
@@ -114,12 +116,20 @@ class TrainConfig:
     ema_decay: float = 0.97  # weights saved = exponential moving average over steps with this decay (0: last step)
     lr_schedule: str = "constant"  # constant | cosine: learning_rate decays to 0 over all epochs x steps (LR_SCHEDULES)
     weight_init: str = "pca"  # pca (principal components of the training tiles: core.weightinit) | random (seeded)
+    frozen_layers: int | None = None  # the first N feature layers keep their starting weights (no gradient);
+    # None: the first layer when it starts as the data's principal components (issue 30, BENCHMARKS.md), else none
 
     def __post_init__(self) -> None:
         _check_train_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def frozen_layer_count(self) -> int:
+        """--frozen-layers, or by default 1 when training starts from the PCA weights (no --init), else 0."""
+        if self.frozen_layers is not None:
+            return self.frozen_layers
+        return 1 if self.init is None and self.weight_init == "pca" else 0
 
 
 def _check_train_config(c: "TrainConfig") -> None:
@@ -142,6 +152,11 @@ def _check_train_config(c: "TrainConfig") -> None:
     _whole(c.unlabeled_samples, "--unlabeled-samples", 1, MAX_UNLABELED_SAMPLES)
     _whole(c.calibration_batches, "calibration_batches", 0, MAX_CALIBRATION_BATCHES)
     _whole(c.seed, "--seed", 0)
+    _whole(c.frozen_layers, "--frozen-layers", 0)
+    layers = FEATURE_LAYERS.get(c.arch)
+    if c.init is None and c.frozen_layers is not None and layers is not None and c.frozen_layers > layers:
+        raise InputError(f"--frozen-layers must be at most {layers}, the feature layers of {c.arch} "
+                         f"(got {c.frozen_layers})")
     if not (isinstance(c.test_split, (int, float)) and 0 <= c.test_split < 1):
         raise InputError(f"--test-split must be in [0, 1) (got {c.test_split!r})")
     _finite(c.label_radius, "--label-radius", minimum=0)

@@ -34,7 +34,7 @@ from .evaluate import default_match_radius, evaluate
 from .extract import default_border_px, extract_picks
 from .io import atomic_path, check_output, read_micrograph
 from .lossplot import write_training_plot
-from .models import MODELS, ModelConfig, build, native_stride, receptive_field
+from .models import MODELS, PLANS, ModelConfig, build, native_stride, receptive_field
 from .modelfile import LoadedModel, load_model, loaded_from_state, plain, save_state
 from .objectives import OBJECTIVES, class_prior
 from .optim import Adam, scheduled_lr
@@ -348,6 +348,10 @@ def _check_inputs(paths: list[Path], labels: pd.DataFrame, config: TrainConfig) 
         raise InputError(f"unknown objective {config.objective!r}; choose from {', '.join(OBJECTIVES)}")
     if config.arch not in MODELS:
         raise InputError(f"unknown architecture {config.arch!r}; choose from {', '.join(MODELS)}")
+    layers = len(PLANS[config.arch])
+    if config.frozen_layer_count() > layers:
+        raise InputError(f"--frozen-layers must be at most {layers}, the feature layers of {config.arch} "
+                         f"(got {config.frozen_layers})")
     labels = validate_picks(labels, "labels")
     if labels.empty:
         raise InputError("labels: no particle coordinates (need at least one labeled particle)")
@@ -498,6 +502,8 @@ def _build_session(data: _Data, prior: _Prior, config: TrainConfig, model_cfg: M
     with torch.no_grad():  # start calibrated at the prior: otherwise the first hundreds of steps only move this bias
         module.classifier.bias.fill_(math.log(prior.pi / (1 - prior.pi)))
     module = module.to(device).to(memory_format=torch.channels_last)
+    for layer in module.features[:config.frozen_layer_count()]:
+        layer.requires_grad_(False)
     opt = Adam(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     if config.train_stride == "dense":
         module.set_dense(True)

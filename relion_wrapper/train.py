@@ -8,7 +8,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from pupick.core.config import PreprocessConfig, TrainConfig
+from pupick.core.config import ARCHITECTURES, PreprocessConfig, TrainConfig
 from pupick.core.errors import InputError
 from pupick.core.io import atomic_path, write_text_atomic
 
@@ -37,7 +37,7 @@ PARAMS = (
           "particles per micrograph, labelled or not (default: estimated from the labels)"),
     Param("epochs", whole("epochs", minimum=1), f"training epochs (default {TrainConfig().epochs})"),
     Param("steps_per_epoch", whole("steps_per_epoch", minimum=1), f"optimiser steps per epoch (default {TrainConfig().steps_per_epoch})"),
-    Param("arch", text, "network: resnet8, resnet16, conv31, conv63, conv127 (default resnet8)"),
+    Param("arch", text, f"network: {', '.join(ARCHITECTURES)} (default {TrainConfig().arch})"),
     Param("units", whole("units", minimum=1), "filters in the first layer (default 32)"),
     Param("test_split", _fraction, f"fraction of micrographs held out to validate (default {TrainConfig().test_split:g})"),
     Param("init", text, "fine-tune from: general (the shipped general model) or a model file (default: from scratch)"),

@@ -58,6 +58,7 @@ TRAIN_KEYS: dict[str, tuple[str, Callable]] = {
     "ema_decay": ("ema_decay", _num),
     "lr_schedule": ("lr_schedule", _choice(*LR_SCHEDULES)),
     "weight_init": ("weight_init", _choice(*WEIGHT_INITS)),
+    "frozen_layers": ("frozen_layers", _int),
     "tile_sampling": ("tile_sampling", _choice(*TILE_SAMPLINGS)),
     "test_split": ("test_split", _num),
     "seed": ("seed", _int),

@@ -6,7 +6,9 @@ PUPICK_DEFAULT = 'pupick'
 PUPICK_ACTIVATION_VAR = 'PUPICK_ENV_ACTIVATION'
 
 # Choices offered in the forms; the strings are pupick's own option values.
-ARCHITECTURES = ['resnet8', 'resnet16', 'conv31', 'conv63', 'conv127']
+# New names go last: a saved protocol stores the index of its choice.
+ARCHITECTURES = ['resnet8', 'resnet16', 'conv31', 'conv63', 'conv127', 'resnet8n']
+DEFAULT_ARCHITECTURE = 'resnet8'
 OBJECTIVES = ['ge-binomial', 'ge-kl', 'nnpu', 'pn']
 # Label formats for `pupick convert --from`; 'auto' lets pupick decide from the extension.
 LABEL_FORMATS = ['auto', 'star', 'cs', 'box', 'eman2', 'topaz', 'csv', 'tsv']

@@ -7,7 +7,7 @@ import torch
 from pupick.core.models import (MODELS, ModelConfig, aligned_padding, build, native_stride, output_shape,
                                 receptive_field)
 
-EXPECTED_RF = {"resnet8": 71, "resnet16": 127, "conv31": 31, "conv63": 63, "conv127": 127}
+EXPECTED_RF = {"resnet8": 71, "resnet8n": 71, "resnet16": 127, "conv31": 31, "conv63": 63, "conv127": 127}
 CONFIGS = [pytest.param(ModelConfig(arch=a, units=2, pooling=p), id=f"{a}-{p}") for a in MODELS
            for p in ("max", "stride")]
 
@@ -111,3 +111,37 @@ def test_shortcut_gradient_keeps_the_channels_last_layout():
     assert torch.allclose(x.grad, ref_x.grad, atol=1e-6)
     with torch.no_grad():  # scoring (no gradients): the same map
         assert torch.equal(block(x), torch.relu(block.b(block.a(x)) + x[:, :, t:-t, t:-t]))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 1, 3, 3), (2, 4, 8, 9), (3, 5, 40, 41)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pooling_without_a_gradient_gives_max_pool2d_values(shape, dtype, channels_last):
+    from pupick.core.models import Pool
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    x[0, 0, 1, 1], x[-1, -1, -1, 0] = float("nan"), float("-inf")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    pool = Pool(shape[1], "max", True)
+    with torch.no_grad():
+        fast = pool(x)
+    plain = torch.nn.functional.max_pool2d(x, 3, 2)
+    assert fast.shape == plain.shape and fast.dtype == plain.dtype
+    assert torch.equal(fast.nan_to_num(7.0), plain.nan_to_num(7.0)) and torch.isnan(fast).sum() == 1
+
+
+def test_pooling_with_a_gradient_routes_it_as_max_pool2d():
+    from pupick.core.models import Pool
+
+    x = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    Pool(3, "max", True)(x).square().sum().backward()
+    ref = x.detach().clone().requires_grad_()
+    torch.nn.functional.max_pool2d(ref, 3, 2).square().sum().backward()
+    assert torch.equal(x.grad, ref.grad)
+
+
+def test_narrow_resnet8_keeps_one_channel_at_the_fewest_units():
+    net = build(ModelConfig(arch="resnet8n", units=1))
+    assert min(m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)) == 1
+    assert net.eval()(torch.zeros(1, 1, 71, 71)).shape == (1, 1, 1, 1)

@@ -307,6 +307,25 @@ def test_should_stop_aborts_cleanly(tmp_path, demo_micrographs, demo_labels, aft
     assert not list(tmp_path.glob("*.pt"))
 
 
+def test_frozen_layers_keep_their_starting_weights_and_the_rest_learn(tmp_path, demo_micrographs, demo_labels):
+    def weights(frozen: int) -> dict[str, torch.Tensor]:
+        config = tiny(tmp_path / str(frozen), frozen_layers=frozen, steps_per_epoch=3)  # conv31: 5 feature layers
+        return train(demo_micrographs[:2], demo_labels, config, log=lambda m: None).state_dict
+
+    start, first, none = weights(5), weights(1), weights(0)  # all frozen: only the classifier learns
+    assert torch.equal(first["features.0.conv.weight"], start["features.0.conv.weight"])
+    assert not torch.equal(none["features.0.conv.weight"], start["features.0.conv.weight"])
+    assert not torch.equal(first["features.2.conv.weight"], start["features.2.conv.weight"])
+    # a frozen layer's batch norm still measures the micrographs (its statistics are not the initial 0 and 1)
+    assert not torch.equal(first["features.0.bn.running_var"], torch.ones_like(first["features.0.bn.running_var"]))
+
+
+@pytest.mark.parametrize("kw, count", [({}, 1), ({"weight_init": "random"}, 0), ({"init": "general"}, 0),
+                                       ({"frozen_layers": 0}, 0), ({"weight_init": "random", "frozen_layers": 2}, 2)])
+def test_the_first_layer_is_frozen_by_default_only_when_it_starts_as_principal_components(kw, count):
+    assert TrainConfig(**kw).frozen_layer_count() == count
+
+
 def test_divergence_fails_clearly(tmp_path, demo_micrographs, demo_labels):
     from pupick.core.train import TrainingDiverged
 
@@ -329,6 +348,8 @@ def test_divergence_fails_clearly(tmp_path, demo_micrographs, demo_labels):
     ("lr_schedule", "linear", "--lr-schedule must be one of constant, cosine"),
     ("weight_init", "zeros", "--weight-init must be one of random, pca"),
     ("tile_sampling", "poisson", "--tile-sampling must be one of random, grid"),
+    ("frozen_layers", -1, r"--frozen-layers must be a whole number >= 0 \(got -1\)"),
+    ("frozen_layers", 8, r"--frozen-layers must be at most 7, the feature layers of resnet8 \(got 8\)"),
 ])
 def test_train_config_refuses_bad_values(field, value, message):
     with pytest.raises(InputError, match=message):
@@ -347,7 +368,8 @@ def test_train_config_refuses_bad_preprocessing(field, value, message):
 
 @pytest.mark.parametrize("option, value", [("--learning-rate", "nan"), ("--learning-rate", "-1"), ("--units", "0"),
                                            ("--batch-size", "0"), ("--tile-size", "0"), ("--pixel-size", "0"),
-                                           ("--test-split", "1")])
+                                           ("--test-split", "1"), ("--frozen-layers", "-1"),
+                                           ("--frozen-layers", "8")])
 def test_cli_bad_option_exits_2_before_any_work(tmp_path, demo_micrographs, demo_dir, option, value):
     out = tmp_path / "sub" / "m.pt"
     res = CliRunner().invoke(command, [str(demo_micrographs[0]), "--labels", str(demo_dir / "particles.csv"),

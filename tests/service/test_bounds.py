@@ -19,6 +19,7 @@ TRAIN = [
     ({"epochs": 1_000_000, "steps_per_epoch": 1_000_000}, "--epochs x --steps-per-epoch"),
     ({"label_radius": 1e9}, "--label-radius"),
     ({"units": 100_000}, "--units"),
+    ({"frozen_layers": 10 ** 9}, "--frozen-layers"),
 ]
 PICK = [({"tile_size": 1_000_000}, "--tile-size"), ({"max_picks": 10 ** 12}, "--max-picks"), ({"views": 64}, "--views")]
 

@@ -45,7 +45,8 @@ def test_int8_is_refused_for_a_cuda_worker():
     TrainConfig(preprocess=PreprocessConfig(diameter_px=56, factor=2, normalize="affine", seed=5), seed=5, units=16,
                 epochs=2, steps_per_epoch=8, batch_size=4, expected_particles=150, test_split=0.0, arch="conv31",
                 objective="nnpu", slack=2.0, learning_rate=2e-3, tile_size=96, label_radius=2, precision="fp32",
-                ema_decay=0.9, lr_schedule="cosine", weight_init="random", tile_sampling="random"),
+                ema_decay=0.9, lr_schedule="cosine", weight_init="random", tile_sampling="random", frozen_layers=3),
+    TrainConfig(arch="resnet8n", frozen_layers=0),
 ])
 def test_train_config_round_trip(config):
     assert settings.train_config(train_settings(config), device=config.device) == config
