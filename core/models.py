@@ -156,7 +156,8 @@ class Pool(_Layer):
         return 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "max" and not self.dense and not x.requires_grad:
+        if (self.kind == "max" and not self.dense and not x.requires_grad and x.device.type == "cpu"
+                and not x.is_contiguous(memory_format=torch.channels_last)):
             return _max_pool_3x3_stride_2(x)
         return self.op(x)
 
@@ -164,8 +165,8 @@ class Pool(_Layer):
 def _max_pool_3x3_stride_2(x: torch.Tensor) -> torch.Tensor:
     """``F.max_pool2d(x, 3, 2)`` (valid), value for value, as two separable passes of elementwise maxima.
 
-    Without a gradient to route, this skips the argmax indices that torch's CPU kernel writes; it is 1.1-8x faster
-    there (most on NCHW tensors and bf16; BENCHMARKS.md "A first model in <= 10 s")."""
+    Used where no gradient is needed on NCHW CPU tensors (the PCA start), where torch's kernel, which also writes
+    argmax indices, is 2-12x slower; on channels-last tensors torch's is as fast or faster (BENCHMARKS.md)."""
     n, m = (x.shape[2] - 3) // 2 + 1, (x.shape[3] - 3) // 2 + 1
     rows = torch.maximum(torch.maximum(x[:, :, 0:2 * n - 1:2], x[:, :, 1:2 * n:2]), x[:, :, 2:2 * n + 1:2])
     return torch.maximum(torch.maximum(rows[:, :, :, 0:2 * m - 1:2], rows[:, :, :, 1:2 * m:2]),

@@ -41,7 +41,7 @@ def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
               help="Expected particles per micrograph (sets the class prior π). Default: twice the labeled mean.")
 @size_options
 @click.option("--label-radius", type=float, default=3, show_default=True, help="Positive radius, downsampled px.")
-@click.option("--arch", type=click.Choice(ARCHITECTURES), default="resnet8", show_default=True,
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default=TrainConfig.arch, show_default=True,
               help="Network (with --init: the init model's).")
 @click.option("--units", type=int, default=32, show_default=True, help="Network width.")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="ge-binomial", show_default=True)
@@ -72,8 +72,8 @@ def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
 @click.option("--frozen-layers", type=int, default=None,
               help="The first N feature layers keep their starting weights and get no gradient; 0 trains every "
                    "layer. Default: 1 when training starts from the PCA weights (the first layer is then the "
-                   "principal components of the micrographs' patches: 0.86x the training time, the same AP over 10 "
-                   "seeds on 6 benchmark cells, BENCHMARKS.md), else 0 (--init, --weight-init random).")
+                   "principal components of the micrographs' patches: 0.86-0.88x the training time, the same AP "
+                   "over 10 seeds on 6 benchmark cells, BENCHMARKS.md), else 0 (--init, --weight-init random).")
 @click.option("--tile-sampling", type=click.Choice(TILE_SAMPLINGS), default=TrainConfig.tile_sampling,
               show_default=True,
               help="Where training tiles are cut: grid (shuffled passes of a jittered grid: every labeled particle "

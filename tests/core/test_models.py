@@ -117,15 +117,14 @@ def test_shortcut_gradient_keeps_the_channels_last_layout():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_pooling_without_a_gradient_gives_max_pool2d_values(shape, dtype, channels_last):
-    from pupick.core.models import Pool
+    from pupick.core.models import Pool, _max_pool_3x3_stride_2
 
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     x[0, 0, 1, 1], x[-1, -1, -1, 0] = float("nan"), float("-inf")
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    pool = Pool(shape[1], "max", True)
-    with torch.no_grad():
-        fast = pool(x)
+    with torch.no_grad():  # NCHW takes the separable maxima; channels-last, torch's kernel (the function: both)
+        fast = Pool(shape[1], "max", True)(x) if not channels_last else _max_pool_3x3_stride_2(x)
     plain = torch.nn.functional.max_pool2d(x, 3, 2)
     assert fast.shape == plain.shape and fast.dtype == plain.dtype
     assert torch.equal(fast.nan_to_num(7.0), plain.nan_to_num(7.0)) and torch.isnan(fast).sum() == 1

@@ -1,6 +1,8 @@
 """Training on the bundled data: the session model learns, outputs are complete, bad input fails clearly."""
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import numpy as np
@@ -216,6 +218,17 @@ def test_cli_choices_match_the_registries():
     from pupick.core.objectives import OBJECTIVES
 
     assert set(cli_train.ARCHITECTURES) == set(MODELS) and set(cli_train.OBJECTIVES) == set(OBJECTIVES)
+
+
+
+def test_cli_defaults_are_the_configs():
+    """A default changes in one place: every `pupick train` option named as a TrainConfig field defaults to it."""
+    from pupick.core.cli import train as cli_train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    shared = {p.name: p.default for p in cli_train.command.params if p.name in fields and p.name != "cache_dir"}
+    assert {"arch", "units", "epochs", "frozen_layers", "weight_init"} <= set(shared)
+    assert shared == {name: getattr(TrainConfig, name) for name in shared}
 
 
 def test_dense_stride_training_saves_a_native_model(tmp_path, demo_micrographs, demo_labels):
