@@ -153,10 +153,8 @@ def _check_train_config(c: "TrainConfig") -> None:
     _whole(c.calibration_batches, "calibration_batches", 0, MAX_CALIBRATION_BATCHES)
     _whole(c.seed, "--seed", 0)
     _whole(c.frozen_layers, "--frozen-layers", 0)
-    layers = FEATURE_LAYERS.get(c.arch)
-    if c.init is None and c.frozen_layers is not None and layers is not None and c.frozen_layers > layers:
-        raise InputError(f"--frozen-layers must be at most {layers}, the feature layers of {c.arch} "
-                         f"(got {c.frozen_layers})")
+    if c.init is None:  # with --init the architecture is the init model's: train checks it once that is read
+        check_frozen_layers(c)
     if not (isinstance(c.test_split, (int, float)) and 0 <= c.test_split < 1):
         raise InputError(f"--test-split must be in [0, 1) (got {c.test_split!r})")
     _finite(c.label_radius, "--label-radius", minimum=0)
@@ -200,6 +198,14 @@ TILE_SAMPLINGS = ("random", "grid")  # where training tiles are cut: core.tiles.
 WEIGHT_INITS = ("random", "pca")  # a network's starting weights when not fine-tuning: core.weightinit
 METHODS = ("cnn", "blob")
 DEFAULT_THRESHOLD = -6.0  # logit; low on purpose so recall (and AP) is not capped
+
+
+def check_frozen_layers(c: TrainConfig) -> None:
+    """Refuse more frozen layers than the network has (InputError naming --frozen-layers)."""
+    layers = FEATURE_LAYERS.get(c.arch)
+    if layers is not None and c.frozen_layer_count() > layers:
+        raise InputError(f"--frozen-layers must be at most {layers}, the feature layers of {c.arch} "
+                         f"(got {c.frozen_layers})")
 
 
 def _finite(value: float, option: str, *, minimum: float | None = None, strict: bool = False) -> None:

@@ -28,13 +28,13 @@ import torch
 
 from . import __version__
 from .allocator import keep_freed_memory
-from .config import ScoreConfig, TrainConfig
+from .config import ScoreConfig, TrainConfig, check_frozen_layers
 from .errors import AbortRequested, InputError, PupickError
 from .evaluate import default_match_radius, evaluate
 from .extract import default_border_px, extract_picks
 from .io import atomic_path, check_output, read_micrograph
 from .lossplot import write_training_plot
-from .models import MODELS, PLANS, ModelConfig, build, native_stride, receptive_field
+from .models import MODELS, ModelConfig, build, native_stride, receptive_field
 from .modelfile import LoadedModel, load_model, loaded_from_state, plain, save_state
 from .objectives import OBJECTIVES, class_prior
 from .optim import Adam, scheduled_lr
@@ -348,10 +348,7 @@ def _check_inputs(paths: list[Path], labels: pd.DataFrame, config: TrainConfig) 
         raise InputError(f"unknown objective {config.objective!r}; choose from {', '.join(OBJECTIVES)}")
     if config.arch not in MODELS:
         raise InputError(f"unknown architecture {config.arch!r}; choose from {', '.join(MODELS)}")
-    layers = len(PLANS[config.arch])
-    if config.frozen_layer_count() > layers:
-        raise InputError(f"--frozen-layers must be at most {layers}, the feature layers of {config.arch} "
-                         f"(got {config.frozen_layers})")
+    check_frozen_layers(config)  # with --init, against the init model's architecture
     labels = validate_picks(labels, "labels")
     if labels.empty:
         raise InputError("labels: no particle coordinates (need at least one labeled particle)")

@@ -333,6 +333,16 @@ def test_frozen_layers_keep_their_starting_weights_and_the_rest_learn(tmp_path, 
     assert not torch.equal(first["features.0.bn.running_var"], torch.ones_like(first["features.0.bn.running_var"]))
 
 
+def test_frozen_layers_beyond_an_init_models_network_are_refused_before_any_work(tmp_path, demo_micrographs,
+                                                                                demo_labels):
+    init = tmp_path / "conv31.pt"  # 5 feature layers; the config's own arch (resnet8) has 7
+    train(demo_micrographs[:1], demo_labels, tiny(tmp_path / "a"), log=lambda m: None).save(init)
+    config = dataclasses.replace(tiny(tmp_path / "b"), arch="resnet8", init=str(init), frozen_layers=6)
+    with pytest.raises(InputError, match=r"--frozen-layers must be at most 5, the feature layers of conv31 \(got 6\)"):
+        train(demo_micrographs[:1], demo_labels, config, log=lambda m: None)
+    assert not (tmp_path / "b" / "cache").exists()  # refused before preprocessing
+
+
 @pytest.mark.parametrize("kw, count", [({}, 1), ({"weight_init": "random"}, 0), ({"init": "general"}, 0),
                                        ({"frozen_layers": 0}, 0), ({"weight_init": "random", "frozen_layers": 2}, 2)])
 def test_the_first_layer_is_frozen_by_default_only_when_it_starts_as_principal_components(kw, count):
