@@ -1,13 +1,15 @@
 """`pupick train`: learn a picker from micrographs and a few labeled particles (positive-unlabeled)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
 from ..client import Client, train_via_server
-from ..config import ARCHITECTURES, LR_SCHEDULES, TILE_SAMPLINGS, WEIGHT_INITS, PreprocessConfig, TrainConfig
-from ..errors import InputError
+from ..config import (ARCHITECTURES, LR_SCHEDULES, TILE_SAMPLINGS, WEIGHT_INITS, PreprocessConfig, TrainConfig,
+                      check_frozen_layers)
+from ..errors import InputError, PupickError
 from ..io import check_output, expand_inputs, os_reason
 from ._common import DEVICE, BadOption, UserError, read_pick_table, run_core, size_options, usage
 
@@ -108,6 +110,10 @@ def command(micrographs, labels, output, expected_particles, scale, diameter, di
                              cache_dir=cache_dir or str(output.with_name(output.stem + ".cache")))
     except InputError as err:
         raise BadOption(str(err)) from None
+    if init and frozen_layers is not None:  # the init model's network decides how many layers there are
+        arch = _init_arch(init)
+        if arch is not None:
+            usage(check_frozen_layers, dataclasses.replace(config, arch=arch))
     paths = usage(expand_inputs, micrographs)
     if server:  # decided before the training stack is imported: server mode never loads torch here
         if init:
@@ -134,3 +140,16 @@ def command(micrographs, labels, output, expected_particles, scale, diameter, di
         raise UserError(f"{output}: cannot write the model ({os_reason(err)})") from None
     best = "" if result.best_ap != result.best_ap else f", validation AP {result.best_ap:.3f} (epoch {result.best_epoch})"
     click.echo(f"model -> {output} (π = {result.pi:.4g}{best}); history -> {output.with_suffix('.train.tsv')}")
+
+
+def _init_arch(init: str) -> str | None:
+    """The architecture --init's model file names (read without torch), or None where it cannot be read here
+    (loading it then says why)."""
+    from ..modelmeta import read_config, resolve_model
+
+    try:
+        meta = read_config(resolve_model(init))
+    except PupickError:
+        return None
+    arch = meta.get("arch") if meta else None
+    return arch if arch in ARCHITECTURES else None

@@ -343,6 +343,15 @@ def test_frozen_layers_beyond_an_init_models_network_are_refused_before_any_work
     assert not (tmp_path / "b" / "cache").exists()  # refused before preprocessing
 
 
+def test_cli_frozen_layers_beyond_the_init_models_network_exit_2_before_any_work(tmp_path, demo_micrographs, demo_dir):
+    out = tmp_path / "sub" / "m.pt"
+    res = CliRunner().invoke(command, [str(demo_micrographs[0]), "--labels", str(demo_dir / "particles.csv"), "-o",
+                                       str(out), "--diameter-px", "56", "--init", "general", "--frozen-layers", "8"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == "pupick: error: --frozen-layers must be at most 7, the feature layers of resnet8 (got 8)"
+    assert not (tmp_path / "sub").exists()
+
+
 @pytest.mark.parametrize("kw, count", [({}, 1), ({"weight_init": "random"}, 0), ({"init": "general"}, 0),
                                        ({"frozen_layers": 0}, 0), ({"weight_init": "random", "frozen_layers": 2}, 2)])
 def test_the_first_layer_is_frozen_by_default_only_when_it_starts_as_principal_components(kw, count):
