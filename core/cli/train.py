@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ..client import Client, train_via_server
-from ..config import (ARCHITECTURES, LR_SCHEDULES, TILE_SAMPLINGS, WEIGHT_INITS, PreprocessConfig, TrainConfig,
-                      check_frozen_layers)
+from ..config import (ARCHITECTURES, LR_SCHEDULES, PRECISIONS, TILE_SAMPLINGS, WEIGHT_INITS, PreprocessConfig,
+                      TrainConfig, check_frozen_layers)
 from ..errors import InputError, PupickError
 from ..io import check_output, expand_inputs, os_reason
 from ._common import DEVICE, BadOption, UserError, read_pick_table, run_core, size_options, usage
@@ -42,11 +42,12 @@ def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
 @click.option("--expected-particles", type=float, default=None,
               help="Expected particles per micrograph (sets the class prior π). Default: twice the labeled mean.")
 @size_options
-@click.option("--label-radius", type=float, default=3, show_default=True, help="Positive radius, downsampled px.")
+@click.option("--label-radius", type=float, default=TrainConfig.label_radius, show_default=True,
+              help="Positive radius, downsampled px.")
 @click.option("--arch", type=click.Choice(ARCHITECTURES), default=TrainConfig.arch, show_default=True,
               help="Network (with --init: the init model's).")
-@click.option("--units", type=int, default=32, show_default=True, help="Network width.")
-@click.option("--objective", type=click.Choice(OBJECTIVES), default="ge-binomial", show_default=True)
+@click.option("--units", type=int, default=TrainConfig.units, show_default=True, help="Network width.")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=TrainConfig.objective, show_default=True)
 @click.option("--slack", type=float, default=None, help="GE penalty weight (default 1 for ge-binomial, 10 for ge-kl).")
 @click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
 @click.option("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch, show_default=True)
@@ -84,9 +85,9 @@ def read_labels(path: str) -> "pd.DataFrame":  # noqa: F821
 @click.option("--normalize", type=click.Choice(["gmm", "affine", "none"]), default="gmm", show_default=True)
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="Preprocessed-micrograph cache (default: MODEL.cache/ next to the model).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where the network trains.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
+@click.option("--device", type=DEVICE, default=TrainConfig.device, show_default=True, help="Where the network trains.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=TrainConfig.precision, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--server", default=None,
               help="Train on a `pupick serve` at this URL; the new model is registered there and downloaded to -o.")
