@@ -44,3 +44,15 @@ class ModelTooLarge(ModelFileError):
 
 class InvalidModel(ModelFileError):
     """A model file whose tensors do not fit the architecture its config names (HTTP 422)."""
+
+
+ERROR_CHARS = 600  # longer messages have their middle elided, so a value a client sent is never echoed whole
+
+
+def one_line(message: object, limit: int = ERROR_CHARS) -> str:
+    """The message on one line (each run of whitespace one space), at most about `limit` characters."""
+    text = " ".join(str(message).split())
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 2 // 3, limit // 3
+    return f"{text[:head]} …[{len(text) - head - tail} characters left out]… {text[-tail:]}"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -89,8 +90,19 @@ def check_scoring_device(config: ScoreConfig) -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
-    return cpu_has("amx_bf16", "avx512_bf16")
+    """True when the CPU has native bf16 matrix instructions (AMX or AVX512-BF16) and torch's oneDNN may use them."""
+    return cpu_has("amx_bf16", "avx512_bf16") and _onednn_runs_bf16()
+
+
+@functools.lru_cache(maxsize=1)
+def _onednn_runs_bf16() -> bool:
+    # a site may cap oneDNN below the CPU (ONEDNN_MAX_CPU_ISA=AVX2, e.g. for the same numbers on every node of a
+    # mixed cluster); its bf16 convolutions then refuse to run, so 'auto' must not choose bf16
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else True
+    except RuntimeError:
+        return True
 
 
 def choose_precision(spec: str, device: torch.device) -> torch.dtype:

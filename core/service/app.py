@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..allocator import release_free_memory
 from ..errors import (InputError, InvalidModel, MissingSetting, ModelFileError, ModelTooLarge, NotRegularFile,
-                      PupickError)
+                      PupickError, one_line)
 from ..confine import open_confined, read_roots, set_read_roots
 from ..modelmeta import read_config
 from ..names import check_micrograph_name
@@ -194,7 +194,7 @@ STATUS = [(StateFull, 507), (Forbidden, 403), (NotRegularFile, 422), (ModelTooLa
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
+    return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
 
 
 # ---------------------------------------------------------------- ASGI middleware (auth, body limits, metrics)

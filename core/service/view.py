@@ -30,7 +30,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import Forbidden, InputError, PupickError
+from ..errors import Forbidden, InputError, PupickError, one_line
 from ..evaluate import evaluate
 from ..io import read_shape
 from .view_data import LABELS, ViewState, suggest_threshold
@@ -65,7 +65,7 @@ class PickBody(BaseModel):
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": one_line(message)}, status_code=status)
 
 
 def _answers_errors(fn: Callable) -> Callable:

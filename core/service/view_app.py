@@ -18,6 +18,7 @@ from typing import Callable
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from ..errors import one_line
 from .view import ViewState, make_router
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
@@ -52,8 +53,8 @@ def make_app(state: ViewState, port: int, token: str) -> FastAPI:
     async def guard(request, call_next: Callable):
         host = request.headers.get("host", "")
         if host not in hosts:
-            return JSONResponse({"error": f"host {host!r} is not this loopback server; open the URL it printed"},
-                                status_code=421)
+            message = one_line(f"host {host!r} is not this loopback server; open the URL it printed")
+            return JSONResponse({"error": message}, status_code=421)
         origin = request.headers.get("origin")
         if origin is not None and origin not in origins and request.method not in ("GET", "HEAD"):
             return JSONResponse({"error": "cross-origin requests are refused"}, status_code=403)

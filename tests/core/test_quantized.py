@@ -2,7 +2,12 @@
 that depend only on the micrograph, and the options that refuse it."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -108,12 +113,29 @@ def test_int8_takes_fp32_input_where_the_cpu_has_no_bf16(model, images):
     image = images[0][:200, :180]
     padded = torch.from_numpy(np.pad(image, p))[None, None]
     maps = []
-    for dtype in (torch.float32, torch.bfloat16):
+    # the bf16 leg needs a CPU whose oneDNN runs bf16 convolutions (AVX-512 or AVX-NE-CONVERT); an AVX2 CPU has none
+    dtypes = (torch.float32, torch.bfloat16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
+    for dtype in dtypes:
         x = padded.to(dtype).contiguous(memory_format=torch.channels_last)
         crops = quantized.calibration_crops(x[0], *image.shape, p)
         maps.append(net(x, net.scales(crops))[0, 0].numpy())
     ref = Scorer(model, ScoreConfig(precision="fp32", device="cpu", views=1)).coarse(image)
-    assert _rel(maps[0], ref) < 1e-2 and _rel(maps[1], ref) < 1e-2
+    assert all(_rel(m, ref) < 1e-2 for m in maps)
+
+
+def test_int8_picks_where_onednn_is_capped_below_the_cpu(trained_model, demo_micrographs, tmp_path):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (a site's cap, or what an AVX2 CPU has): 'auto' does not choose bf16, which oneDNN
+    would refuse, so int8 picking takes fp32 input and runs."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    probe = subprocess.run([sys.executable, "-c", "from pupick.core.score import cpu_has_fast_bf16 as f; print(f())"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert probe.stdout.strip() == "False", probe.stderr
+    out = tmp_path / "picks"
+    run = subprocess.run([sys.executable, "-m", "pupick.core.cli", "pick", str(demo_micrographs[0]), "--model",
+                          str(trained_model), "--precision", "int8", "-o", str(out)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert len(pd.read_csv(out / "picks.csv")) > 0
 
 
 def test_auto_scores_in_int8_where_the_cpu_has_int8_dot_products(model):

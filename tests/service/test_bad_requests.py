@@ -6,10 +6,13 @@ import json
 
 import pytest
 
+from pupick.core.errors import ERROR_CHARS
+
 from service_server import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 JSON = {**AUTH, "Content-Type": "application/json"}
+LONG = 100_000
 
 
 def _cases(mics: str, mic: str) -> list[tuple]:
@@ -85,6 +88,17 @@ def _cases(mics: str, mic: str) -> list[tuple]:
                                                                "name": "demo"}).encode(), JSON, 409, "exists"),
         ("bad-idempotency-key", "POST", "/v1/pick", pick(), {**JSON, "Idempotency-Key": "x" * 300}, 400,
          "Idempotency-Key"),
+        # what a client sends comes back clipped, never whole (a 100 KB value would be a 100 KB error)
+        ("long-setting-value", "POST", "/v1/pick", pick(settings={"method": "x" * LONG}), JSON, 422,
+         "must be one of cnn, blob (got 'xxx"),
+        ("long-setting-name", "POST", "/v1/pick", pick(settings={"x" * LONG: 1}), JSON, 422, "unknown setting 'xxx"),
+        ("long-train-setting", "POST", "/v1/train", json.dumps({"micrographs": [mic], "labels_csv": "x",
+                                                                 "settings": {"arch": "x" * LONG}}).encode(), JSON,
+         422, "setting 'arch' must be one of"),
+        ("long-integer", "POST", "/v1/pick", pick(settings={"top_n": int("9" * 4000)}), JSON, 422, "whole number"),
+        ("long-field-name", "POST", "/v1/pick", pick(**{"x" * LONG: 1}), JSON, 422, "unknown field 'xxx"),
+        ("long-model-name", "POST", "/v1/pick", pick(model="x" * LONG), JSON, 404, "unknown model 'xxx"),
+        ("long-job-id", "GET", "/v1/jobs/" + "0" * 8000, None, AUTH, 404, "unknown job"),
     ]
 
 
@@ -113,7 +127,9 @@ def test_malformed_requests(server, data_root):
             failures.append(f"{name}: {got} without a JSON error: {payload[:200]!r}")
             continue
         if got != status or words not in error or "\n" in error or "Traceback" in error:
-            failures.append(f"{name}: expected {status} with {words!r}, got {got}: {error}")
+            failures.append(f"{name}: expected {status} with {words!r}, got {got}: {error[:300]}")
+        elif len(error) > ERROR_CHARS + 60:
+            failures.append(f"{name}: a {len(error)}-character error: {error[:300]}")
     assert not failures, "\n".join(failures)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.request("GET", "/health")

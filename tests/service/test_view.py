@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pupick.core.errors import ERROR_CHARS
+
 from view_helpers import DEMO, ViewProcess, pick_blob
 
 BROKEN = "999_broken"
@@ -84,6 +86,8 @@ def test_foreign_host_header_is_refused(server, host) -> None:
     for path in ("/", "/api/state"):
         status, body, _ = call(server, path, headers={"Host": host.format(port=server.port)})
         assert status == 421 and "host" in body["error"]
+    status, body, _ = call(server, "/api/state", headers={"Host": "x" * 6000})
+    assert status == 421 and len(body["error"]) <= ERROR_CHARS + 60
 
 
 def test_localhost_names_are_accepted(server) -> None:
@@ -178,12 +182,14 @@ def test_picture_is_rendered_once_and_cached(server, picked) -> None:
 @pytest.mark.parametrize("path,status", [
     ("/api/image/nope?size=view", 404), ("/api/image/062_10028?size=huge", 400), (f"/api/image/{BROKEN}", 400),
     ("/api/round/7/picks/061_10028", 400), ("/api/round/0/picks/nope", 404), ("/static/..%2Fview.py", 404), ("/static/view.py", 404),
+    ("/api/image/" + "x" * 6000 + "?size=view", 404), ("/api/image/062_10028?size=" + "x" * 6000, 400),
 ])
 def test_bad_requests_get_one_json_sentence(server, path, status) -> None:
     got, body, _ = call(server, path)
     assert got == status
     if path.startswith("/api"):
         assert isinstance(body["error"], str) and "\n" not in body["error"]
+        assert len(body["error"]) <= ERROR_CHARS + 60  # a name the client sent is not echoed whole
 
 
 def test_labels_are_saved_atomically_and_the_source_never_changes(server, picked) -> None:
