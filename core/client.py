@@ -34,7 +34,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import pandas as pd
 
 from .config import SETTINGS, PickConfig, PreprocessConfig, TrainConfig
-from .errors import AbortRequested, InputError, PupickError
+from .errors import AbortRequested, InputError, PupickError, one_line
 from .hashing import file_sha256  # noqa: F401 (the name a local model is registered under)
 from .io import write_text_atomic
 from .outputs import PICKS_TABLE, DirRun, OutputDir, PicksCsv, ScoreHistogram, pick_settings as manifest_settings
@@ -51,7 +51,7 @@ class ServerError(PupickError):
     """A request to a pupick server failed; the message is one line, `status` the HTTP status (None: no answer)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(" ".join(message.split()))
+        super().__init__(one_line(message))
         self.status = status
 
 

@@ -375,7 +375,7 @@ class Service:
                 try:
                     self.roots.confine(path)
                 except PupickError as err:
-                    reason = (f"{' '.join(str(err).split())} (the server restarted with another --data-root; "
+                    reason = (f"{one_line(err)} (the server restarted with another --data-root; "
                               "the job was not run)")
                     self.store.finish(job.id, "failed", reason)
                     log.info(json.dumps({"event": "job", "job": job.id, "state": "failed", "error": reason}))
@@ -390,7 +390,7 @@ class Service:
                 models = self.registry.purge_unused(keep, self.store.models_in_use())
                 cache = [] if self.store.training() else _purge_files(self.cfg.state_dir / "cache", keep)
             except Exception as err:  # a failed sweep is retried on the next one; the server goes on
-                log.error(json.dumps({"event": "purge-failed", "error": " ".join(str(err).split())}))
+                log.error(json.dumps({"event": "purge-failed", "error": one_line(err)}))
                 continue
             if removed or models or cache:
                 log.info(json.dumps({"event": "purged", "jobs": removed, "models": models, "cache_files": len(cache)}))
@@ -743,7 +743,7 @@ def _routes(app: FastAPI, svc: Service) -> None:
             if models:
                 registry.load(models[0].name, None, svc.workers.devices[0])
         except Exception as err:  # any failure here means not ready
-            return _error(503, f"not ready: {' '.join(str(err).split())}")
+            return _error(503, f"not ready: {one_line(err)}")
         return {"ready": True, "devices": svc.workers.devices, "models": len(models), "queue": store.waiting()}
 
     @app.get("/metrics", tags=["status"], response_class=PlainTextResponse)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..allocator import release_free_memory
-from ..errors import AbortRequested, PupickError
+from ..errors import AbortRequested, PupickError, one_line
 from ..names import check_micrograph_name
 from ..io import atomic_path
 from ..outputs import pick_to_dir
@@ -130,7 +130,7 @@ class Workers:
         if not self.paused.is_set():
             self.paused.set()
             self._next_check = time.monotonic() + self.disk_retry_s
-            log.error(json.dumps({"event": "paused", "reason": _one_line(str(err)),
+            log.error(json.dumps({"event": "paused", "reason": one_line(str(err)),
                                   "retry_seconds": self.disk_retry_s}))
 
     def _supervise(self) -> None:
@@ -155,7 +155,7 @@ class Workers:
             self.db_ok = False
             if disk_full(err):
                 self.pause(err)
-            log.error(json.dumps({"event": "state-database", "error": _one_line(str(err))}))
+            log.error(json.dumps({"event": "state-database", "error": one_line(str(err))}))
 
     def _replace(self, index: int, dead: "_Worker") -> None:
         err, job_id = dead.death, dead.job_id
@@ -164,7 +164,7 @@ class Workers:
             if job_id is not None:
                 self.orphans[job_id] = ("queued", None)
         else:
-            reason = _one_line(f"{type(err).__name__}: {err}") if err is not None else "the worker stopped"
+            reason = one_line(f"{type(err).__name__}: {err}") if err is not None else "the worker stopped"
             log.error("worker on %s died%s:\n%s", dead.device, f" running job {job_id}" if job_id else "",
                       dead.trace or reason)
             if job_id is not None:
@@ -277,13 +277,13 @@ class _Worker(threading.Thread):
         except PupickError as err:
             if disk_full(err):
                 raise
-            state, error = "failed", _one_line(str(err))
+            state, error = "failed", one_line(str(err))
         # anything else stops this worker: the supervisor restarts it and puts the job back (or fails it on strike 3)
         if state == "done" and job.kind == "pick" and result is not None:
             counts = store.get(job.id, with_failures=True)
             if counts is not None and counts.total and counts.failed == counts.total:
                 first = counts.failures[0]["error"] if counts.failures else "no reason recorded"
-                state, error = "failed", _one_line(f"all {counts.total} micrographs failed; the first: {first}")
+                state, error = "failed", one_line(f"all {counts.total} micrographs failed; the first: {first}")
         store.finish(job.id, state, error, result)
         if job.total >= TRIM_AFTER:  # a large job's lists are freed now; the allocator would keep them resident
             release_free_memory()
@@ -314,7 +314,7 @@ class _Worker(threading.Thread):
             if res.error is None:
                 store.mark(job.id, res.micrograph, True, picks=int(len(res.picks)))
             else:
-                store.mark(job.id, res.micrograph, False, reason=_one_line(res.error))
+                store.mark(job.id, res.micrograph, False, reason=one_line(res.error))
             metrics.picked(res.seconds, res.error is None)
             self.serve_urgent()
 
@@ -421,5 +421,3 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _one_line(msg: str) -> str:
-    return " ".join(msg.split())
