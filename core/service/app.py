@@ -494,6 +494,10 @@ def _errors(app: FastAPI, svc: Service) -> None:
             return _error(404, f"no such endpoint: {request.method} {request.url.path}")
         if err.status_code == 405:
             return _error(405, f"{request.method} is not allowed on {request.url.path}")
+        if err.status_code == 400 and err.detail == "There was an error parsing the body":  # FastAPI's, not JSON's
+            too_long = isinstance(err.__cause__, ValueError) and "digits" in str(err.__cause__)
+            return _error(400, "malformed JSON body (" + ("a number of more than 4300 digits" if too_long
+                                                           else "it cannot be parsed") + ")")
         return _error(err.status_code, str(err.detail))
 
     @app.exception_handler(Exception)

@@ -99,6 +99,9 @@ def _cases(mics: str, mic: str) -> list[tuple]:
         ("long-field-name", "POST", "/v1/pick", pick(**{"x" * LONG: 1}), JSON, 422, "unknown field 'xxx"),
         ("long-model-name", "POST", "/v1/pick", pick(model="x" * LONG), JSON, 404, "unknown model 'xxx"),
         ("long-job-id", "GET", "/v1/jobs/" + "0" * 8000, None, AUTH, 404, "unknown job"),
+        ("number-over-python-limit", "POST", "/v1/pick",
+         b'{"micrographs": ["a.mrc"], "model": "demo", "settings": {"threshold": ' + b"9" * 5000 + b"}}", JSON, 400,
+         "malformed JSON body (a number of more than 4300 digits)"),
     ]
 
 
