@@ -319,12 +319,26 @@ class _LocalWorkerSetup(WorkerPlugin):
 
 def dask_setup(worker: Any) -> None:
     """Dask's preload hook, run first in each local worker process: Ctrl-C is for pupick's own process, which stops
-    the run and the workers; a terminal sends it to every process of the group, and a worker would print a trace."""
+    the run and the workers; a terminal sends it to every process of the group, and a worker would print a trace.
+    Nor does a worker print one when its connection to the scheduler in pupick's process closes under it (a heartbeat
+    as a run is interrupted): pupick's process ends the run and says why."""
+    import logging
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for target in (logging.getLogger("distributed.worker"), *logging.getLogger("distributed").handlers):
+        if _scheduler_still_there not in target.filters:
+            target.addFilter(_scheduler_still_there)
+
+
+def _scheduler_still_there(record: Any) -> bool:
+    """A local worker's logging filter: no record of a connection to the scheduler that closed or was refused."""
+    from distributed.comm.core import CommClosedError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, (CommClosedError, ConnectionError))
 
 
 def _run_batch(key: str, items: Sequence[Any], batch_function: Callable | None = None) -> list:

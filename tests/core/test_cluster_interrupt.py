@@ -128,6 +128,45 @@ def test_closing_a_cluster_keeps_distributed_notes_off_stderr_until_it_is_closed
     assert done.stdout.split() == ["0"]  # the filter is gone again
 
 
+HEARTBEAT = """
+import sys
+from pupick.core.cluster import ClusterConfig, DaskExecutor
+
+
+def emit():  # in the worker process: what its heartbeat logs when the scheduler's connection closes under it
+    import logging
+    from distributed.comm.core import CommClosedError
+
+    log = logging.getLogger("distributed.worker")
+    try:
+        raise CommClosedError("in <TCP (closed) ConnectionPool.heartbeat_worker>: Stream is closed")
+    except OSError:
+        log.exception("Failed to communicate with scheduler during heartbeat.")
+    try:
+        raise ConnectionRefusedError("connection refused")
+    except OSError:
+        logging.getLogger("distributed.core").exception("a refused connection")
+    log.error("a real worker error stays")
+
+
+if __name__ == "__main__":
+    executor = DaskExecutor(ClusterConfig("local:1"))
+    client = executor.start()
+    client.run(emit)
+    executor.close()
+"""
+
+
+def test_a_local_worker_prints_no_trace_when_its_scheduler_connection_closes():
+    """The CI failure of 2026-12-07: Ctrl-C closed the scheduler as a worker's heartbeat was on its way, and the
+    worker printed distributed's ERROR with a traceback. In a real worker process, such records are dropped; the
+    worker's other errors are not."""
+    done = subprocess.run([sys.executable, "-c", HEARTBEAT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "a real worker error stays" in done.stderr
+    assert "heartbeat" not in done.stderr and "refused connection" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
 
 RESTART = """
 import json, os, signal, sys, time
