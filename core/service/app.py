@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -496,7 +497,8 @@ def _errors(app: FastAPI, svc: Service) -> None:
             return _error(405, f"{request.method} is not allowed on {request.url.path}")
         if err.status_code == 400 and err.detail == "There was an error parsing the body":  # FastAPI's, not JSON's
             too_long = isinstance(err.__cause__, ValueError) and "digits" in str(err.__cause__)
-            return _error(400, "malformed JSON body (" + ("a number of more than 4300 digits" if too_long
+            limit = sys.get_int_max_str_digits()
+            return _error(400, "malformed JSON body (" + (f"a number of more than {limit} digits" if too_long
                                                            else "it cannot be parsed") + ")")
         return _error(err.status_code, str(err.detail))
 

@@ -130,7 +130,7 @@ class Workers:
         if not self.paused.is_set():
             self.paused.set()
             self._next_check = time.monotonic() + self.disk_retry_s
-            log.error(json.dumps({"event": "paused", "reason": one_line(str(err)),
+            log.error(json.dumps({"event": "paused", "reason": one_line(err),
                                   "retry_seconds": self.disk_retry_s}))
 
     def _supervise(self) -> None:
@@ -155,7 +155,7 @@ class Workers:
             self.db_ok = False
             if disk_full(err):
                 self.pause(err)
-            log.error(json.dumps({"event": "state-database", "error": one_line(str(err))}))
+            log.error(json.dumps({"event": "state-database", "error": one_line(err)}))
 
     def _replace(self, index: int, dead: "_Worker") -> None:
         err, job_id = dead.death, dead.job_id
@@ -277,7 +277,7 @@ class _Worker(threading.Thread):
         except PupickError as err:
             if disk_full(err):
                 raise
-            state, error = "failed", one_line(str(err))
+            state, error = "failed", one_line(err)
         # anything else stops this worker: the supervisor restarts it and puts the job back (or fails it on strike 3)
         if state == "done" and job.kind == "pick" and result is not None:
             counts = store.get(job.id, with_failures=True)
