@@ -10,8 +10,8 @@
 - `--sim N` (issue 30): also train on the first N simulated sets (bench/simulate.py, built under bench/out/sim if
   missing), which draw `--sim-share` of the steps (the real sets the rest); `--no-real`: simulated sets only (one
   model, DIR/simulated.pt, scored on every set). `--lowcontrast` also scores each held-out set's low-contrast copy
-  (bench/hard_case.py) with the same model; `--scales` replaces the scale jitter; `--tag` names the result file
-  (bench/out/general_loso_<tag>.json).
+  (bench/hard_case.py) with the same model; `--scales` replaces the scale jitter; `--no-augment` leaves out the
+  contrast/noise augmentation; `--tag` names the result file (bench/out/general_loso_<tag>.json).
 
     python bench/general_model.py --ship [--data DIR] [--threads N] [--sim N --sim-share S]
     python bench/general_model.py --loso DIR [--epochs N] [--sets ...] [--data DIR] [--sim N ...] [--lowcontrast]
@@ -66,15 +66,15 @@ def simulated_sets(n: int, micrographs: int = SIM_MICROGRAPHS):
     return sets
 
 
-def train_on(bsets, sim_bsets=(), sim_share: float = 0.0, scales=None, log=print):
+def train_on(bsets, sim_bsets=(), sim_share: float = 0.0, scales=None, log=print, augment: bool = True):
     from pupick.core.config import TrainConfig
     from pupick.core.general import SCALES, train_general
 
     return train_general(labelled_sets(bsets, sim_bsets, sim_share), TrainConfig(**GENERAL_TRAIN),
-                         scales=tuple(scales) if scales else SCALES, log=log)
+                         scales=tuple(scales) if scales else SCALES, log=log, augment=augment)
 
 
-def zero_label(model_path: Path, bset, score_offset: float | None = None) -> dict:
+def zero_label(model_path: Path, bset, score_offset: float | None = None, blob_weight: float | None = None) -> dict:
     """Pick the set's test micrographs with the model at the set's diameter; AP against all test labels.
 
     `score_offset` replaces the model's own (the logit lift that keeps unseen particles above picking's threshold)."""
@@ -86,7 +86,8 @@ def zero_label(model_path: Path, bset, score_offset: float | None = None) -> dic
         loaded.config["score_offset"] = float(score_offset)
     model = for_particle(loaded, diameter_px=bset.diameter_px)
     t0 = time.perf_counter()
-    run = pick(bset.test, model, bset.pick_config(), progress=False, log=lambda m: None)
+    cfg = bset.pick_config(**({} if blob_weight is None else {"blob_weight": blob_weight}))
+    run = pick(bset.test, model, cfg, progress=False, log=lambda m: None)
     ev = evaluate_test(run.picks, bset)
     ev.pop("curve", None)
     return {"set": bset.name, "method": "general (zero labels, leave-one-set-out)",
@@ -104,9 +105,13 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"share of the steps on simulated sets when real ones are used too (default {SIM_SHARE})")
         ap.add_argument("--no-real", action="store_true", help="simulated sets only")
         ap.add_argument("--scales", type=float, nargs="+", default=None, help="scale jitter (default core.general)")
+        ap.add_argument("--no-augment", action="store_true",
+                        help="leave out the contrast/noise augmentation (to measure what it adds)")
         ap.add_argument("--lowcontrast", action="store_true", help="also score the held-out set's low-contrast copy")
         ap.add_argument("--tag", default="", help="suffix of the result file name")
         ap.add_argument("--seed", type=int, default=None, help=f"training seed (default {GENERAL_TRAIN['seed']})")
+        ap.add_argument("--blob-weight", type=float, default=None,
+                        help="score the held-out sets with this blob prior weight (default: picking's own)")
         ap.add_argument("--score-offset", type=float, default=None,
                         help="score the held-out sets with this logit offset instead of the model's own")
 
@@ -126,9 +131,9 @@ def main(argv: list[str] | None = None) -> None:
 
     recipe = {"schedule": GENERAL_TRAIN, "sim_sets": len(sim), "sim_version": VERSION if sim else None,
               "sim_share": args.sim_share, "real": not args.no_real,
-              "scales": args.scales, "threads": args.threads}
+              "scales": args.scales, "augment": not args.no_augment, "threads": args.threads}
     if args.ship:
-        result = train_on([] if args.no_real else sets, sim, args.sim_share, args.scales)
+        result = train_on([] if args.no_real else sets, sim, args.sim_share, args.scales, augment=not args.no_augment)
         result.save(SHIPPED, history=False)
         print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 1e6:.2f} MB) in {result.seconds:.0f} s", flush=True)
     if args.loso:
@@ -146,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
             if not target.is_file():
                 t0 = time.time()
                 load0 = os.getloadavg()[0]
-                result = train_on(others, sim, args.sim_share, args.scales, log=lambda m: None)
+                result = train_on(others, sim, args.sim_share, args.scales, log=lambda m: None,
+                                  augment=not args.no_augment)
                 result.save(target, history=False)
                 (target.with_suffix(".json")).write_text(json.dumps(
                     {"train_seconds": result.seconds, "load_start": load0, "load_end": os.getloadavg()[0],
@@ -155,8 +161,9 @@ def main(argv: list[str] | None = None) -> None:
                       f"in {result.seconds:.0f} s", flush=True)
             info = json.loads(target.with_suffix(".json").read_text()) if target.with_suffix(".json").is_file() else {}
             for bset in [held] + ([low[held.name]] if held.name in low else []):
-                row = zero_label(target, bset, args.score_offset)
+                row = zero_label(target, bset, args.score_offset, args.blob_weight)
                 row.update(trained_on=[b.name for b in others], sim_sets=len(sim), score_offset=args.score_offset,
+                           blob_weight=args.blob_weight,
                            **info)
                 rows.append(row)
                 print(f"{bset.name}: zero-label AP {row['ap']:.3f} (F1 {row['best_f1']:.3f})", flush=True)

@@ -17,6 +17,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -60,9 +61,9 @@ def build_set(bset, out_root: Path, dose: float = DOSE, contrast: float = CONTRA
 
     target = out_root / bset.name
     mic_dir = target / "micrographs"
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "micrographs").mkdir(parents=True)
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.", suffix=".tmp", dir=out_root))  # own folder per process
+    (tmp / "micrographs").mkdir()
     for i, path in enumerate(bset.micrographs):
         with mrcfile.open(path, permissive=True) as src:
             data = np.asarray(src.data)
@@ -75,8 +76,14 @@ def build_set(bset, out_root: Path, dose: float = DOSE, contrast: float = CONTRA
     meta = {**bset.meta, "set": bset.name + SUFFIX, "source": str(bset.dir), "dose_e_per_px": dose,
             "contrast": contrast, "ice": ice, "ice_scale": ICE_SCALE, "seed": seed, "built_by": "bench/hard_case.py"}
     (tmp / "set.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    if target.exists():  # built with other parameters: move it aside first, so the rename below is one step
+        stale = Path(tempfile.mkdtemp(prefix=f"{target.name}.", suffix=".old", dir=out_root))
+        target.rename(stale / "set")
+        shutil.rmtree(stale)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process built the same set meanwhile (same seed: the same files); keep theirs
+        shutil.rmtree(tmp)
     assert mic_dir.is_dir()
     return target
 

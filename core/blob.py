@@ -43,23 +43,25 @@ def _band_pass(image: np.ndarray, sigma: float, workers: int) -> np.ndarray:
     """sigma^2 * Laplacian of the Gaussian-smoothed image, via FFT on a reflect-padded copy."""
     pad = int(np.ceil(4 * sigma))
     pad = min(pad, image.shape[0] - 1, image.shape[1] - 1)
-    padded = np.pad(image, pad, mode="reflect") if pad > 0 else image
-    ny, nx = padded.shape
-    fy2 = _fft().fftfreq(ny).astype(np.float32)[:, None] ** 2
-    fx2 = _fft().rfftfreq(nx).astype(np.float32)[None, :] ** 2
+    # a little more padding after the image up to sizes the FFT factors well (1755 + 2 x 24 = 3 x 601 is 5x slower
+    # than 1800); the pixels it adds are more of the same reflection, past the filter's reach
+    fft = _fft()
+    ny, nx = (fft.next_fast_len(n + 2 * pad, real=True) for n in image.shape)
+    padded = np.pad(image, ((pad, ny - image.shape[0] - pad), (pad, nx - image.shape[1] - pad)), mode="reflect")
+    fy2 = fft.fftfreq(ny).astype(np.float32)[:, None] ** 2
+    fx2 = fft.rfftfreq(nx).astype(np.float32)[None, :] ** 2
     f2 = fy2 + fx2
     # Fourier transform of sigma^2 * Laplacian(G_sigma): -sigma^2 (2 pi f)^2 exp(-2 pi^2 sigma^2 f^2)
     transfer = (-(sigma**2) * 4 * np.pi**2) * f2 * np.exp((-2 * np.pi**2 * sigma**2) * f2)
-    spec = _fft().rfft2(padded, workers=workers)
+    spec = fft.rfft2(padded, workers=workers)
     spec *= transfer
-    out = _fft().irfft2(spec, s=(ny, nx), workers=workers)
-    if pad > 0:
-        out = out[pad:pad + image.shape[0], pad:pad + image.shape[1]]
+    out = fft.irfft2(spec, s=(ny, nx), workers=workers)
+    out = out[pad:pad + image.shape[0], pad:pad + image.shape[1]]
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _robust_standardise(values: np.ndarray, margin: int, seed: int = 0) -> np.ndarray:
-    """(values - median) / (1.4826 MAD), the statistics taken away from the edges on a fixed-seed subsample."""
+def _robust_stats(values: np.ndarray, margin: int, seed: int = 0) -> tuple[float, float]:
+    """(median, 1.4826 MAD) of `values`, taken away from the edges on a fixed-seed subsample."""
     inner = values[margin:values.shape[0] - margin, margin:values.shape[1] - margin] if margin > 0 else values
     flat = (inner if inner.size else values).ravel()
     if flat.size > _STATS_SAMPLES:
@@ -68,6 +70,12 @@ def _robust_standardise(values: np.ndarray, margin: int, seed: int = 0) -> np.nd
     scale = float(np.median(np.abs(flat - centre))) * _MAD_TO_STD
     if not scale > 0:
         scale = float(flat.std()) or 1.0
+    return centre, scale
+
+
+def _robust_standardise(values: np.ndarray, margin: int, seed: int = 0) -> np.ndarray:
+    """(values - median) / (1.4826 MAD), the statistics taken away from the edges on a fixed-seed subsample."""
+    centre, scale = _robust_stats(values, margin, seed)
     return ((values - np.float32(centre)) / np.float32(scale)).astype(np.float32, copy=False)
 
 
@@ -98,12 +106,9 @@ def blob_score_map(
             f"particle diameter {diameter_ds:g} px (after downsampling) exceeds the image ({image.shape[1]}x"
             f"{image.shape[0]} px)"
         )
-    sigma = max(SIGMA_PER_RADIUS * diameter_ds / 2.0, 0.5)
-    response = _band_pass(image, sigma, workers)
-    # LoG is positive at a local minimum of intensity (a dark blob); light particles flip the sign
     margin = int(np.ceil(diameter_ds / 2.0 if edge_margin is None else max(0.0, edge_margin)))
     margin = min(margin, (min(image.shape) - 1) // 2)
-    score = _robust_standardise(response if dark else -response, margin)
+    score = _blob_z(image, diameter_ds, dark, margin, workers)
     keep = np.ones(score.shape, dtype=bool)
     if margin > 0:
         keep[:margin] = keep[-margin:] = False
@@ -111,6 +116,33 @@ def blob_score_map(
     if exclude_carbon:
         keep &= ice_mask(image, diameter_ds)
     return mask_scores(score, keep)
+
+
+def _blob_z(image: np.ndarray, diameter_ds: float, dark: bool, margin: int, workers: int) -> np.ndarray:
+    """The band-pass response at the particle size as a robust z-score (statistics `margin` px from the edges)."""
+    sigma = max(SIGMA_PER_RADIUS * diameter_ds / 2.0, 0.5)
+    response = _band_pass(image, sigma, workers)
+    # LoG is positive at a local minimum of intensity (a dark blob); light particles flip the sign
+    return _robust_standardise(response if dark else -response, margin)
+
+
+def add_blob_prior(score: np.ndarray, image_ds: np.ndarray, diameter_ds: float, weight: float, dark: bool = True,
+                   workers: int = -1) -> np.ndarray:
+    """`score` (a CNN map on the grid of `image_ds`) plus `weight` x the blob response, in the map's own units.
+
+    Both are measured in robust standard deviations over the micrograph (median and MAD, one particle radius from
+    the edges): the result is score + weight x MAD(score) x blob z, so weight 1 counts one robust s.d. of blob
+    response as much as one of the CNN's score, and the CNN's logit scale (thresholds) is kept. Where a model has
+    seen few kinds of particles (the general model, zero labels) this prior of a particle-sized blob adds what the
+    model misses (BENCHMARKS.md, "The blob prior").
+    """
+    image = np.asarray(image_ds, dtype=np.float32)
+    score = np.asarray(score, dtype=np.float32)
+    if score.shape != image.shape:
+        raise ValueError(f"score map {score.shape} and image {image.shape} differ")
+    margin = min(int(np.ceil(diameter_ds / 2.0)), (min(image.shape) - 1) // 2)
+    _, scale = _robust_stats(score, margin)
+    return score + np.float32(weight * scale) * _blob_z(image, diameter_ds, dark, margin, workers)
 
 
 def mask_scores(score: np.ndarray, keep: np.ndarray) -> np.ndarray:

@@ -198,6 +198,11 @@ TILE_SAMPLINGS = ("random", "grid")  # where training tiles are cut: core.tiles.
 WEIGHT_INITS = ("random", "pca")  # a network's starting weights when not fine-tuning: core.weightinit
 METHODS = ("cnn", "blob")
 DEFAULT_THRESHOLD = -6.0  # logit; low on purpose so recall (and AP) is not capped
+# The blob prior (core.blob.add_blob_prior): the general model's map plus this x the blob response, both in robust
+# s.d.; the weight with the best mean gain that lowered no cell of the leave-one-set-out models of EMPIAR-10028 and
+# 10059 (clean and low contrast), confirmed on 10017 (BENCHMARKS.md, "The blob prior")
+GENERAL_BLOB_WEIGHT = 0.25
+MAX_BLOB_WEIGHT = 100.0  # 100 robust s.d. of blob per s.d. of CNN score: the blob picker, in all but name
 
 
 def check_frozen_layers(c: TrainConfig) -> None:
@@ -299,6 +304,19 @@ class BlobConfig:
     """The training-free blob picker (method "blob")."""
 
     dark_particles: bool = True  # particles darker than the ice (the usual cryo-EM contrast)
+    weight: float | None = None  # method cnn: the blob prior's weight; None: GENERAL_BLOB_WEIGHT for the general
+    # model (zero labels), 0 (off) for a model trained on labels
+
+    def __post_init__(self) -> None:
+        _finite(self.weight, "--blob-weight", minimum=0)
+        if self.weight is not None and self.weight > MAX_BLOB_WEIGHT:
+            raise InputError(f"--blob-weight must be at most {MAX_BLOB_WEIGHT:g} (got {self.weight:g})")
+
+    def resolved_weight(self, general_model: bool) -> float:
+        """`weight`, else the default: GENERAL_BLOB_WEIGHT for the general model, 0 otherwise."""
+        if self.weight is not None:
+            return float(self.weight)
+        return GENERAL_BLOB_WEIGHT if general_model else 0.0
 
 
 @dataclass(frozen=True)
@@ -320,6 +338,8 @@ class PickConfig:
         pre = self.preprocess
         if self.method == "blob" and pre.diameter_A is None and pre.diameter_px is None:
             raise InputError("the blob picker needs the particle diameter: --diameter (Å) or --diameter-px")
+        if self.method == "blob" and self.blob.weight is not None:
+            raise InputError("--blob-weight weighs the blob prior added to a CNN's map; --method blob takes none")
 
     @property
     def seed(self) -> int:
@@ -334,6 +354,11 @@ class PickConfig:
                "exclude_carbon": self.exclude_carbon}
         if self.method == "blob":
             out["dark_particles"] = self.blob.dark_particles
+        else:  # the blob prior's: recorded when not the default, so directories picked before it still match
+            if self.blob.weight is not None:
+                out["blob_weight"] = self.blob.weight
+            if not self.blob.dark_particles:
+                out["dark_particles"] = False
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -410,6 +435,7 @@ SETTINGS: dict[str, tuple[str, str, Any]] = {
     "views": ("score", "views", _integer),
     "tile_size": ("score", "tile_size", _integer),
     "dark_particles": ("blob", "dark_particles", _flag),
+    "blob_weight": ("blob", "weight", _number),
     "exclude_carbon": ("", "exclude_carbon", _flag),
     "workers": ("", "workers", _integer),
 }

@@ -90,8 +90,11 @@ def _groups(sets: list[LabelledSet], config: TrainConfig, grid: float, scales: t
 
 
 def train_general(sets: list[LabelledSet], config: TrainConfig, grid_diameter: float = GRID_DIAMETER,
-                  scales: tuple[float, ...] = SCALES, log: Callable[[str], None] = print):
-    """Train the general model on several sets (deterministic for a seed on one device); returns a TrainResult."""
+                  scales: tuple[float, ...] = SCALES, log: Callable[[str], None] = print, augment: bool = True):
+    """Train the general model on several sets (deterministic for a seed on one device); returns a TrainResult.
+
+    `augment=False` leaves out the contrast/noise augmentation (`core.tiles.degrade`): only for measuring what it adds.
+    """
     t0 = time.perf_counter()
     groups = _groups(sets, config, grid_diameter, scales, log)
     names = sorted({g.set_name for g in groups})
@@ -123,7 +126,8 @@ def train_general(sets: list[LabelledSet], config: TrainConfig, grid_diameter: f
         options = [g for g in groups if g.set_name == name]
         g = options[int(rng.integers(len(options)))]
         xs, ys = g.sampler.sample(rng, config.batch_size)
-        xs = degrade(xs, rng)
+        if augment:
+            xs = degrade(xs, rng)
         x = torch.from_numpy(xs).to(device).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(ys).to(device)
         with autocast():
@@ -167,7 +171,7 @@ def train_general(sets: list[LabelledSet], config: TrainConfig, grid_diameter: f
         "objective": config.objective, "slack": float(config.slack if config.slack is not None
                                                       else objective.default_slack),
         "version": __version__, "best_epoch": int(config.epochs), "best_ap": None,
-        "provenance": {"general": True, "sets": names, "scales": list(scales),
+        "provenance": {"general": True, "sets": names, "scales": list(scales), "augment": augment,
                        "micrographs": [stem(p) for s in sets for p in s.micrographs],
                        "n_labels": int(sum(len(s.labels) for s in sets)),
                        "train_config": plain(config.to_dict())},

@@ -76,6 +76,12 @@ def needs_particle_size(config: dict[str, Any]) -> bool:
     return bool(config.get("grid_diameter")) and not config.get("diameter_px")
 
 
+def is_general_model(config: dict[str, Any]) -> bool:
+    """True for a general model (trained at a fixed particle size in pixels, for any particle), before or after
+    `for_particle` set it to one; a model fine-tuned from it is trained for its particle and is not one."""
+    return bool(config.get("grid_diameter"))
+
+
 NEEDS_DIAMETER = "the general model needs the particle diameter: give --diameter (Å) or --diameter-px"
 
 

@@ -19,13 +19,13 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
-from .blob import blob_score_map, ice_mask, mask_scores
+from .blob import add_blob_prior, blob_score_map, ice_mask, mask_scores
 from .config import PickConfig, PreprocessConfig, choose_factor
 from .errors import AbortRequested, InputError, MissingSetting, PupickError
 from .extract import default_border_px, extract_picks
 from .names import check_micrograph_name
 from .io import read_micrograph, write_mrc
-from .modelmeta import check_particle_size, needs_particle_size
+from .modelmeta import check_particle_size, is_general_model, needs_particle_size
 from .preprocess import preprocess_micrograph
 from .tables import duplicate_stems, empty_picks, make_picks, stem
 
@@ -230,10 +230,12 @@ class _Picker:
         self.config = config
         self.model = model
         self.model_config: dict | None = None if config.method == "blob" else model.config
+        self.blob_weight = 0.0
         if config.method == "blob":
             self.edge_margin = 0.0
             self.scorer = None
         else:
+            self.blob_weight = config.blob.resolved_weight(is_general_model(model.config))
             self.edge_margin = float(model.config.get("label_edge_margin") or 0.0)
             from .score import Scorer  # torch: imported by the picker that scores, not by this module's importers
 
@@ -254,6 +256,10 @@ class _Picker:
         else:
             with self.lock:
                 smap = self.scorer(job.image)
+            if self.blob_weight > 0:
+                if d_ds is None:
+                    raise InputError(NO_DIAMETER_BLOB_PRIOR)
+                smap = add_blob_prior(smap, job.image, d_ds, self.blob_weight, dark=cfg.blob.dark_particles)
             if cfg.exclude_carbon:
                 if d_ds is None:
                     raise InputError(NO_DIAMETER_CARBON)
@@ -405,6 +411,7 @@ def check_model(model: Any, config: PickConfig, items: Sequence[MicrographItem] 
 
 NO_DIAMETER = "the model records no particle diameter: give --min-distance (original pixels)"
 NO_DIAMETER_CARBON = "excluding carbon needs the particle diameter, which the model does not record"
+NO_DIAMETER_BLOB_PRIOR = "--blob-weight needs the particle diameter, which the model does not record"
 
 
 def check_spacing(model_config: dict, config: PickConfig) -> None:
@@ -416,6 +423,8 @@ def check_spacing(model_config: dict, config: PickConfig) -> None:
         raise MissingSetting(NO_DIAMETER)
     if config.exclude_carbon:
         raise MissingSetting(NO_DIAMETER_CARBON)
+    if config.blob.resolved_weight(is_general_model(model_config)) > 0:
+        raise MissingSetting(NO_DIAMETER_BLOB_PRIOR)
 
 
 def check_model_settings(model_config: dict, config: PickConfig) -> None:

@@ -10,7 +10,8 @@ import click
 import dataclasses
 
 from ..client import Client, pick_via_server
-from ..config import DEFAULT_THRESHOLD, DEFAULT_VIEWS, METHODS, SCORE_PRECISIONS, VIEW_COUNTS, PickConfig
+from ..config import (DEFAULT_THRESHOLD, DEFAULT_VIEWS, GENERAL_BLOB_WEIGHT, METHODS, SCORE_PRECISIONS, VIEW_COUNTS,
+                      PickConfig)
 from ..errors import InputError, PupickError
 from ..evaluate import default_match_radius, evaluate
 from ..executors import LocalExecutor
@@ -128,7 +129,11 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
               help="cnn (a trained model) or blob (training-free band-pass picker; needs the diameter).")
 @click.option("--diameter", type=float, default=None, help="Particle diameter in Å: the size the blob picker or the general model looks for.")
 @click.option("--diameter-px", type=float, default=None, help="The same in original pixels.")
-@click.option("--light", is_flag=True, help="Blob picker: particles are lighter than the background.")
+@click.option("--light", is_flag=True, help="Blob picker and blob prior: particles are lighter than the background.")
+@click.option("--blob-weight", type=float, default=None,
+              help=f"Add the blob picker's response at this weight to the CNN's score map (both in robust s.d. per "
+                   f"micrograph; 0: off). Default {GENERAL_BLOB_WEIGHT:g} with the general model (zero labels), 0 "
+                   "with a model trained on labels.")
 @click.option("--exclude-carbon", is_flag=True, help="Drop picks on carbon/ice areas far from the ice component.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice (the GMM subsample).")
 @click.option("--labels", type=click.Path(exists=True), default=None,
@@ -145,8 +150,8 @@ def _suggest_threshold(result, labels, match_radius, n_mics: int) -> str | None:
 @removed_options
 def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_size, fmt, box_size, exposures, device,
             workers, overwrite, max_picks, top_n, border, dense, views, precision, score_maps, method, diameter,
-            diameter_px, light, exclude_carbon, seed, labels, match_radius, cluster, cluster_workers, server,
-            token_file):
+            diameter_px, light, blob_weight, exclude_carbon, seed, labels, match_radius, cluster, cluster_workers,
+            server, token_file):
     """Pick particles on MICROGRAPHS (files, directories, globs, @list.txt) into OUTDIR/picks.csv."""
     import time
 
@@ -165,7 +170,7 @@ def command(micrographs, model_path, out_dir, threshold, min_distance, pixel_siz
                 "border": border, "pixel_size": pixel_size, "device": device, "precision": precision,
                 "stride": "dense" if dense else "native", "views": int(views) if views else None,
                 "workers": workers, "diameter": diameter, "diameter_px": diameter_px, "dark_particles": not light,
-                "exclude_carbon": exclude_carbon, "seed": seed}
+                "blob_weight": blob_weight, "exclude_carbon": exclude_carbon, "seed": seed}
     alias = top_n is not None and max_picks is None
     if alias:
         settings["max_picks"] = top_n

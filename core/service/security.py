@@ -84,8 +84,10 @@ class DataRoots:
     def confine(self, name: str) -> Path:
         """The absolute, normalised form of `name` (as the client wrote it), after checking that its real target is
         under a data root. Relative names are taken relative to the first root."""
-        if not isinstance(name, str) or not name or "\x00" in name:
+        if not isinstance(name, str) or not name:
             raise InputError("a path must be a non-empty string")
+        if "\x00" in name:  # the OS would refuse it; named here so the client learns why
+            raise InputError("a path must not contain a NUL character")
         if not self.roots:
             raise Forbidden(f"{name}: this server has no --data-root, so it reads no paths (use /v1/pick/upload)")
         p = Path(name)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -61,3 +62,24 @@ def test_the_particle_is_a_contrast_scaled_dip_and_the_ice_adds_structure():
     iced = hard_case.counts_image(flat, np.random.default_rng(1), diameter_px=40).astype(float)
     assert abs(shot.var() - hard_case.DOSE) < 0.5  # Poisson: variance = mean
     assert iced.var() - shot.var() > 0.5 * (hard_case.DOSE * hard_case.ICE) ** 2  # the ice structure on top
+
+
+def test_two_processes_building_the_same_copy_at_once_both_succeed(tmp_path):
+    data = _demo_set(tmp_path / "data")
+    out = tmp_path / "out"
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import hard_case; "
+            "hard_case.ensure(Path(sys.argv[2]), data=Path(sys.argv[3]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(REPO / "bench"), str(out), str(data)],
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert sorted(p.name for p in out.iterdir()) == ["demo"]  # no temporary folder left behind
+    assert len(list((out / "demo" / "micrographs").glob("*.mrc"))) == 2
+
+
+def test_a_copy_built_with_other_parameters_is_replaced(tmp_path):
+    data = _demo_set(tmp_path / "data")
+    hard_case.ensure(tmp_path / "out", data=data, dose=4.0)
+    hard_case.ensure(tmp_path / "out", data=data)
+    assert json.loads((tmp_path / "out" / "demo" / "set.json").read_text())["dose_e_per_px"] == hard_case.DOSE
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["demo"]

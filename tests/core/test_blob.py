@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pupick.core.blob import MASKED_SCORE, blob_score_map, ice_mask, mask_scores
+from pupick.core.blob import MASKED_SCORE, add_blob_prior, blob_score_map, ice_mask, mask_scores
 from pupick.core.config import PickConfig, PreprocessConfig
 from pupick.core.errors import InputError
 from pupick.core.evaluate import evaluate
@@ -164,3 +164,28 @@ def test_bad_diameter(prepped, diameter):
 def test_not_2d():
     with pytest.raises(InputError):
         blob_score_map(np.zeros((2, 64, 64), np.float32), 10.0)
+
+
+def test_the_blob_prior_adds_the_blob_response_in_the_score_maps_own_units(prepped, labels):
+    """add_blob_prior = score + weight x MAD(score) x blob z: a map far from the edges equal to the blob picker's
+    own score there, and with a flat CNN map the picks are the blob picker's."""
+    name = MICS[0]
+    pre = prepped[name]
+    d_ds = DIAMETER / pre.factor
+    blob = blob_score_map(pre.image, d_ds)
+    rng = np.random.default_rng(0)
+    score = rng.normal(-3.0, 2.0, size=pre.image.shape).astype(np.float32)  # a CNN-like map: logits, s.d. 2
+    assert np.array_equal(add_blob_prior(score, pre.image, d_ds, 0.0), score)
+    added = (add_blob_prior(score, pre.image, d_ds, 0.5) - score) / 0.5
+    inner = blob > MASKED_SCORE  # all but the blob picker's masked margin (and the slopes it masks next to it)
+    assert inner.mean() > 0.8
+    mad = 1.4826 * np.median(np.abs(score - np.median(score)))
+    np.testing.assert_allclose(added[inner] / blob[inner], mad, rtol=0.02)  # the subsampled MAD, within 2%
+    flat = np.full(pre.image.shape, -3.0, dtype=np.float32)  # no spread to measure: one unit of blob per unit
+    border = DIAMETER  # away from the band the blob picker masks along its margin
+    x, y, _ = extract_picks(add_blob_prior(flat, pre.image, d_ds, 1.0), pre.factor, DIAMETER / 2, 0.0,
+                            border_px=border)
+    bx, by, _ = extract_picks(blob, pre.factor, DIAMETER / 2, 3.0, border_px=border)
+    assert len(x) > 100 and set(zip(bx, by)) <= set(zip(x, y))  # the blob picks (z >= 3) are among them
+    with pytest.raises(ValueError, match="differ"):
+        add_blob_prior(score[1:], pre.image, d_ds, 1.0)

@@ -37,3 +37,15 @@ def test_pick_refuses_too_many_reader_threads(demo_micrographs, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--workers" in lines[0], done.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("options,named", [(["--model", "general", "--blob-weight", "1e6"], "--blob-weight"),
+                                           (["--model", "general", "--blob-weight", "-1"], "--blob-weight"),
+                                           (["--method", "blob", "--blob-weight", "1"], "--method blob takes none")])
+def test_pick_refuses_a_bad_blob_weight_before_any_work(options, named, demo_micrographs, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pupick.core.cli", "pick", str(demo_micrographs[0]), "--diameter-px",
+                           "56", "-o", str(tmp_path / "o"), *options], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], done.stderr
+    assert not (tmp_path / "o").exists()

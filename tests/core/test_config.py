@@ -32,6 +32,11 @@ BAD = [
     ({"min_distnace": 3}, "min_distnace"),
     ({"views": "four"}, "views"),
     ({"exclude_carbon": "yes"}, "exclude_carbon"),
+    ({"blob_weight": -0.5}, "--blob-weight"),
+    ({"blob_weight": math.nan}, "--blob-weight"),
+    ({"blob_weight": 1e6}, "--blob-weight"),
+    ({"blob_weight": "heavy"}, "blob_weight"),
+    ({"method": "blob", "diameter_px": 56, "blob_weight": 1}, "--blob-weight"),
 ]
 
 
@@ -64,6 +69,20 @@ def test_default_views_follow_the_stride_mode():
 
     assert ScoreConfig().resolved_views() == DEFAULT_VIEWS and ScoreConfig(stride="dense").resolved_views() == 1
     assert PickConfig().recorded()["views"] == DEFAULT_VIEWS
+
+
+def test_the_blob_prior_is_on_for_the_general_model_only_unless_set_and_recorded_only_when_set():
+    from pupick.core.config import GENERAL_BLOB_WEIGHT
+
+    default = PickConfig()
+    assert default.blob.resolved_weight(general_model=True) == GENERAL_BLOB_WEIGHT > 0
+    assert default.blob.resolved_weight(general_model=False) == 0
+    assert "blob_weight" not in default.recorded() and "dark_particles" not in default.recorded()  # as before it
+    off = PickConfig.from_settings({"blob_weight": 0})
+    assert off.blob.resolved_weight(general_model=True) == 0 and off.recorded()["blob_weight"] == 0
+    light = PickConfig.from_settings({"blob_weight": 2, "dark_particles": False})
+    assert light.blob.resolved_weight(general_model=False) == 2
+    assert light.recorded()["blob_weight"] == 2 and light.recorded()["dark_particles"] is False
 
 
 # Issue 26: every setting that claims memory or time is bounded here, once, for the CLI, the service and the suites.

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pupick.core.config import PreprocessConfig, ScoreConfig, TrainConfig
+from pupick.core.config import PickConfig, PreprocessConfig, ScoreConfig, TrainConfig
 from pupick.core.errors import InputError, ModelFileError
 from pupick.core.general import LabelledSet, train_general
 from pupick.core.modelfile import (SHIPPED_MODELS, for_particle, load_model, loaded_from_state, needs_particle_size,
@@ -79,6 +79,31 @@ def test_general_model_picks_particles_above_background(demo_dir, demo_labels):
     assert (at[:, None] > bg[None, :]).mean() > 0.85
 
 
+def test_the_general_model_picks_with_the_blob_prior_and_a_trained_model_without(demo_micrographs, demo_labels,
+                                                                                 trained_model):
+    """Zero labels: the general model's map plus the blob prior (GENERAL_BLOB_WEIGHT unless set); 0 turns it off.
+    A model trained on labels picks without it unless asked."""
+    from pupick.core.config import GENERAL_BLOB_WEIGHT
+    from pupick.core.evaluate import evaluate
+    from pupick.core.picking import pick
+
+    mics = demo_micrographs[:2]
+
+    def picks(model, **settings):
+        return pick(mics, model, PickConfig.from_settings({"views": 1, **settings}), log=lambda m: None).picks
+
+    general = picks("general", diameter_px=56)
+    assert general.equals(picks("general", diameter_px=56, blob_weight=GENERAL_BLOB_WEIGHT))
+    off = picks("general", diameter_px=56, blob_weight=0)
+    assert not general.equals(off)
+    stems = [p.stem for p in mics]
+    for table in (general, off):  # both find the particles (the shipped model has seen these labels: no AP claim)
+        assert evaluate(table, demo_labels, 28, micrographs=stems).ap > 0.7
+    trained = picks(trained_model)
+    assert trained.equals(picks(trained_model, blob_weight=0))
+    assert not trained.equals(picks(trained_model, blob_weight=1))
+
+
 def test_general_training_is_deterministic_and_uses_every_set(small_general, demo_micrographs, demo_labels):
     result, sets = small_general
     again = train_general(sets, tiny_general(), log=lambda m: None)
@@ -87,6 +112,14 @@ def test_general_training_is_deterministic_and_uses_every_set(small_general, dem
     assert not all(torch.equal(result.state_dict[k], other.state_dict[k]) for k in result.state_dict)
     assert result.config["provenance"]["sets"] == ["a", "b"] and result.config["grid_diameter"] == 24.0
     assert result.config["factor"] is None and result.config["diameter_px"] is None
+
+
+def test_training_without_the_augmentation_is_another_model_and_says_so(small_general):
+    result, sets = small_general
+    plain_tiles = train_general(sets, tiny_general(), log=lambda m: None, augment=False)
+    assert not all(torch.equal(result.state_dict[k], plain_tiles.state_dict[k]) for k in result.state_dict)
+    assert result.config["provenance"]["augment"] is True
+    assert plain_tiles.config["provenance"]["augment"] is False
 
 
 def test_set_weights_change_the_draws_and_must_be_positive(small_general):

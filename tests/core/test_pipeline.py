@@ -218,3 +218,12 @@ def test_any_executor_runs_the_work(loaded, demo_micrographs, first_run):
 def test_a_model_path_is_loaded_once_and_a_blob_model_refused(trained_model, held_out):
     with pytest.raises(InputError, match="takes no model"):
         pick(held_out, trained_model, PickConfig.from_settings({"method": "blob", "diameter_px": 56}))
+
+
+def test_a_blob_prior_asked_of_a_model_without_a_diameter_is_refused_before_any_work():
+    from pupick.core.errors import MissingSetting
+    from pupick.core.pipeline import check_spacing
+
+    check_spacing({}, PickConfig.from_settings({"min_distance": 10}))  # off by default for a trained model
+    with pytest.raises(MissingSetting, match="--blob-weight needs the particle diameter"):
+        check_spacing({}, PickConfig.from_settings({"min_distance": 10, "blob_weight": 1}))

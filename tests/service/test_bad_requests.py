@@ -32,6 +32,7 @@ def _cases(mics: str, mic: str) -> list[tuple]:
         ("server-setting", "POST", "/v1/pick", pick(settings={"device": "cuda"}), JSON, 422, "server decides"),
         ("setting-type", "POST", "/v1/pick", pick(settings={"threshold": "high"}), JSON, 422, "threshold"),
         ("setting-range", "POST", "/v1/pick", pick(settings={"views": 3}), JSON, 422, "views"),
+        ("setting-blob-weight", "POST", "/v1/pick", pick(settings={"blob_weight": -1}), JSON, 422, "--blob-weight"),
         ("settings-not-object", "POST", "/v1/pick", pick(settings=[1]), JSON, 422, "settings"),
         ("micrograph-object-bad-pixel-size", "POST", "/v1/pick",
          json.dumps({"micrographs": [{"path": mic, "pixel_size": -1}], "model": "demo"}).encode(), JSON, 422,

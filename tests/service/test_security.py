@@ -59,6 +59,12 @@ def outside(tmp_path_factory, data_root):
     (data_root / "escape_dir").unlink()
 
 
+def test_a_path_with_a_nul_is_a_bad_request_that_says_so(server, data_root):
+    with pytest.raises(ServerError) as err:
+        server.client(retries=0, timeout=10).submit_pick([f"{data_root}/mics/061_10028.mrc\x00.txt"], "demo")
+    assert err.value.status == 400 and "NUL character" in str(err.value), str(err.value)
+
+
 def test_paths_outside_the_roots_are_refused_unopened(server, client, outside, data_root):
     fifo = outside / "secret.mrc"
     names = [str(fifo), f"{data_root}/../{outside.name}/secret.mrc", str(data_root / "escape.mrc"),
