@@ -12,7 +12,8 @@ general models: a model never trained on the set it is scored on). Reports media
         [--set-config '{"test_split": 0.2}'] [--init DIR] [--tag NAME] [--vary both|init|draws]
 
 `--vary init` / `--vary draws`: the seed sets only the initial weights / only the training draws (the other from
-seed 0), to see where the spread comes from.
+seed 0), to see where the spread comes from. `--blob-weights W...`: also pick each trained model with the blob prior
+at each weight (core.blob.add_blob_prior); each run records those APs as `ap_blob`.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def train_model(micrographs, labels, config, target: Path):
 
 
 def run_one(set_dir: str, protocol: str, seed: int, overrides: dict, init: str, threads: int,
-            vary: str = "both") -> dict:
+            vary: str = "both", blob_weights: str = "") -> dict:
     """Train one (set, protocol, seed), pick the test micrographs, evaluate; a plain dict. `vary`: what the seed
     sets: both (the initial weights and the training draws, as `pupick train --seed`), init (the initial weights
     only; draws from seed 0) or draws (the tiles and unlabeled samples only; initial weights from seed 0)."""
@@ -95,8 +96,14 @@ def run_one(set_dir: str, protocol: str, seed: int, overrides: dict, init: str, 
         run = pick(bset.test, model, bset.pick_config(), progress=False, log=lambda m: None)
         if run.failures:
             raise RuntimeError(f"picking failed: {run.failures}")
+        ap_blob = {}  # the same model picked again with a blob prior of each weight (--blob-weights)
+        for w in filter(None, blob_weights.split(",")):
+            again = pick(bset.test, model, bset.pick_config(blob_weight=float(w)), progress=False, log=lambda m: None)
+            ap_blob[w] = evaluate_test(again.picks, bset)["ap"]
     ev = evaluate_test(run.picks, bset)
     ev.pop("curve", None)
+    if ap_blob:
+        ev["ap_blob"] = ap_blob
     return {"set": bset.name, "protocol": protocol, "seed": seed, "init_seed": init_seed,
             "train_seconds": train_seconds,
             "train_cpu_seconds": train_cpu_seconds, "load_average": os.getloadavg()[0],
@@ -122,7 +129,7 @@ def summary_rows(runs: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--one"]:  # child: --one SET_DIR PROTOCOL SEED OVERRIDES_JSON INIT THREADS
-        out = run_one(argv[1], argv[2], int(argv[3]), json.loads(argv[4]), argv[5], int(argv[6]), *argv[7:8])
+        out = run_one(argv[1], argv[2], int(argv[3]), json.loads(argv[4]), argv[5], int(argv[6]), *argv[7:9])
         print("RESULT " + json.dumps(out, default=float))
         return
 
@@ -136,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--tag", default="", help="suffix of the output name (bench/out/seed_spread[_TAG].json)")
         ap.add_argument("--vary", default="both", choices=["both", "init", "draws"],
                         help="what the seed sets: both (default), the initial weights only, or the training draws only")
+        ap.add_argument("--blob-weights", type=float, nargs="+", default=[],
+                        help="also pick each model with a blob prior of these weights (runs' ap_blob)")
 
     args = bench_args(__doc__.splitlines()[0], argv, extra)
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2, 3, 4])
@@ -146,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         for protocol in args.protocols:
             for seed in seeds:
                 m = run_measured([sys.executable, __file__, "--one", str(bset.dir), protocol, str(seed),
-                                  json.dumps(overrides), args.init, str(args.threads), args.vary])
+                                  json.dumps(overrides), args.init, str(args.threads), args.vary,
+                                  ",".join(f"{w:g}" for w in args.blob_weights)])
                 line = [ln for ln in m.stdout.splitlines() if ln.startswith("RESULT ")]
                 if m.returncode or not line:
                     print(f"{bset.name} {protocol} seed {seed}: FAILED\n{m.stderr[-2000:]}", flush=True)
@@ -162,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{row['ap_max']:.3f} ({row['ap_range']:.3f}), train {row['train_seconds_median']:.1f} s", flush=True)
     name = "seed_spread" + (f"_{args.tag}" if args.tag else "")
     path = write_result(name, rows, runs=runs, seeds=seeds, overrides=overrides, init=args.init or None, vary=args.vary,
+                        blob_weights=args.blob_weights,
                         skipped=[{"set": n, "reason": r} for n, r in skipped])
     print(f"wrote {path}")
 
