@@ -200,7 +200,9 @@ METHODS = ("cnn", "blob")
 DEFAULT_THRESHOLD = -6.0  # logit; low on purpose so recall (and AP) is not capped
 # The blob prior (core.blob.add_blob_prior): the general model's map plus this x the blob response, both in robust
 # s.d.; the weight with the best mean gain that lowered no cell of the leave-one-set-out models of EMPIAR-10028 and
-# 10059 (clean and low contrast), confirmed on 10017 (BENCHMARKS.md, "The blob prior")
+# 10059 (clean and low contrast), confirmed on 10017 (BENCHMARKS.md, "The blob prior"). It fits the shipped recipe
+# (the real sets): a model trained on simulated sets alone lost with it, so a general model made another way records
+# its own weight (`blob_weight` in its file), which replaces this one.
 GENERAL_BLOB_WEIGHT = 0.25
 MAX_BLOB_WEIGHT = 100.0  # 100 robust s.d. of blob per s.d. of CNN score: the blob picker, in all but name
 
@@ -312,10 +314,13 @@ class BlobConfig:
         if self.weight is not None and self.weight > MAX_BLOB_WEIGHT:
             raise InputError(f"--blob-weight must be at most {MAX_BLOB_WEIGHT:g} (got {self.weight:g})")
 
-    def resolved_weight(self, general_model: bool) -> float:
-        """`weight`, else the default: GENERAL_BLOB_WEIGHT for the general model, 0 otherwise."""
+    def resolved_weight(self, general_model: bool, model_weight: float | None = None) -> float:
+        """`weight`; else the model's own (`blob_weight` in its file); else GENERAL_BLOB_WEIGHT for a general
+        model, 0 for one trained on labels."""
         if self.weight is not None:
             return float(self.weight)
+        if model_weight is not None:
+            return float(model_weight)
         return GENERAL_BLOB_WEIGHT if general_model else 0.0
 
 

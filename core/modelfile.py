@@ -20,7 +20,7 @@ import torch
 
 from .errors import InputError, ModelFileError
 from .io import atomic_path
-from .config import ARCHITECTURES
+from .config import ARCHITECTURES, MAX_BLOB_WEIGHT
 from .modelarchive import check_archive
 from .models import ModelConfig, PickerNet, build, native_stride, receptive_field
 from .hashing import file_sha256  # noqa: F401 (callers import it from here)
@@ -115,6 +115,7 @@ MISSING_DEFAULTS: dict[str, Any] = {
     "score_offset": 0.0,
     "stride": None,  # the architecture's native stride
     "normalize": "gmm",
+    "blob_weight": None,  # the blob prior picking adds: a general model's GENERAL_BLOB_WEIGHT, another model's 0
 }
 
 
@@ -157,6 +158,9 @@ def _check_settings(config: dict[str, Any]) -> None:
     offset = _number(config, "score_offset")
     if offset is not None and not math.isfinite(offset):
         raise ModelFileError(f"score_offset is {offset:g}; it must be a finite number")
+    blob = _number(config, "blob_weight")
+    if blob is not None and not (0 <= blob <= MAX_BLOB_WEIGHT):
+        raise ModelFileError(f"blob_weight is {blob:g}; it must be a finite number from 0 to {MAX_BLOB_WEIGHT:g}")
     stride = _number(config, "stride")
     if stride is not None:
         native = native_stride(ModelConfig.from_dict(config)) if arch in ARCHITECTURES else None

@@ -235,7 +235,8 @@ class _Picker:
             self.edge_margin = 0.0
             self.scorer = None
         else:
-            self.blob_weight = config.blob.resolved_weight(is_general_model(model.config))
+            self.blob_weight = config.blob.resolved_weight(is_general_model(model.config),
+                                                           model.config.get("blob_weight"))
             self.edge_margin = float(model.config.get("label_edge_margin") or 0.0)
             from .score import Scorer  # torch: imported by the picker that scores, not by this module's importers
 
@@ -423,7 +424,7 @@ def check_spacing(model_config: dict, config: PickConfig) -> None:
         raise MissingSetting(NO_DIAMETER)
     if config.exclude_carbon:
         raise MissingSetting(NO_DIAMETER_CARBON)
-    if config.blob.resolved_weight(is_general_model(model_config)) > 0:
+    if config.blob.resolved_weight(is_general_model(model_config), model_config.get("blob_weight")) > 0:
         raise MissingSetting(NO_DIAMETER_BLOB_PRIOR)
 
 

@@ -80,6 +80,8 @@ def test_the_blob_prior_is_on_for_the_general_model_only_unless_set_and_recorded
     assert "blob_weight" not in default.recorded() and "dark_particles" not in default.recorded()  # as before it
     off = PickConfig.from_settings({"blob_weight": 0})
     assert off.blob.resolved_weight(general_model=True) == 0 and off.recorded()["blob_weight"] == 0
+    assert default.blob.resolved_weight(general_model=True, model_weight=0.0) == 0  # the model's own weight
+    assert off.blob.resolved_weight(general_model=False, model_weight=3.0) == 0  # the setting over that
     light = PickConfig.from_settings({"blob_weight": 2, "dark_particles": False})
     assert light.blob.resolved_weight(general_model=False) == 2
     assert light.recorded()["blob_weight"] == 2 and light.recorded()["dark_particles"] is False

@@ -102,6 +102,10 @@ def test_the_general_model_picks_with_the_blob_prior_and_a_trained_model_without
     trained = picks(trained_model)
     assert trained.equals(picks(trained_model, blob_weight=0))
     assert not trained.equals(picks(trained_model, blob_weight=1))
+    own = load_model("general")  # a general model made another way records its own weight, which wins over the rule
+    own.config["blob_weight"] = 0.0
+    assert picks(own, diameter_px=56).equals(off)
+    assert picks(own, diameter_px=56, blob_weight=GENERAL_BLOB_WEIGHT).equals(general)  # and a setting over that
 
 
 def test_general_training_is_deterministic_and_uses_every_set(small_general, demo_micrographs, demo_labels):

@@ -58,6 +58,9 @@ CASES = {
     "pixel_size -3": (_set("pixel_size", -3.0), "pixel_size is -3"),
     "label_edge_margin NaN": (_set("label_edge_margin", NAN), "label_edge_margin is nan"),
     "factor a string": (_set("factor", "2"), "factor is '2', not a number"),
+    "blob_weight -1": (_set("blob_weight", -1.0), "blob_weight is -1"),
+    "blob_weight NaN": (_set("blob_weight", NAN), "blob_weight is nan"),
+    "blob_weight 1e9": (_set("blob_weight", 1e9), "blob_weight is 1e+09"),
     "one NaN weight": (_nan_weight, "non-finite"),
     "all weights NaN": (_all_nan, "non-finite"),
 }
