@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     names = args.sets or SETS
     sets, _ = discover_sets(args.data, names)
-    low, _ = discover_sets(ensure(names=names), names)
+    low, _ = discover_sets(ensure(names=names, data=args.data), names)
     rows = []
     for bset in sets + low:
         base = bset.name.removesuffix("-lowcontrast")

@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.lowcontrast:
             from hard_case import SUFFIX, ensure
 
-            low_sets, _ = discover_sets(ensure(names=[b.name for b in sets]), [b.name for b in sets])
+            names = [b.name for b in sets]
+            low_sets, _ = discover_sets(ensure(names=names, data=args.data), names)
             low = {b.name.removesuffix(SUFFIX): b for b in low_sets}
         rows = []
         for held in sets:

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.lowcontrast:
         from hard_case import ensure
 
-        data = ensure(names=args.sets)
+        data = ensure(names=args.sets, data=args.data)
     sets, skipped = discover_sets(data, args.sets)
     rows = []
     for bset in sets:
