@@ -235,8 +235,7 @@ class _Picker:
             self.edge_margin = 0.0
             self.scorer = None
         else:
-            self.blob_weight = config.blob.resolved_weight(is_general_model(model.config),
-                                                           model.config.get("blob_weight"))
+            self.blob_weight = blob_prior_weight(model.config, config)
             self.edge_margin = float(model.config.get("label_edge_margin") or 0.0)
             from .score import Scorer  # torch: imported by the picker that scores, not by this module's importers
 
@@ -424,8 +423,13 @@ def check_spacing(model_config: dict, config: PickConfig) -> None:
         raise MissingSetting(NO_DIAMETER)
     if config.exclude_carbon:
         raise MissingSetting(NO_DIAMETER_CARBON)
-    if config.blob.resolved_weight(is_general_model(model_config), model_config.get("blob_weight")) > 0:
+    if blob_prior_weight(model_config, config) > 0:
         raise MissingSetting(NO_DIAMETER_BLOB_PRIOR)
+
+
+def blob_prior_weight(model_config: dict, config: PickConfig) -> float:
+    """The blob prior's weight for picking with this model: the setting, else the model's own, else the rule."""
+    return config.blob.resolved_weight(is_general_model(model_config), model_config.get("blob_weight"))
 
 
 def check_model_settings(model_config: dict, config: PickConfig) -> None:
