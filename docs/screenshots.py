@@ -92,6 +92,7 @@ def main() -> None:
     import pandas as pd
     from playwright.sync_api import sync_playwright
 
+    args.out.mkdir(parents=True, exist_ok=True)
     labels = pd.read_csv(DEMO / "particles.csv")
     with tempfile.TemporaryDirectory(prefix="pupick-screenshots-") as tmp:
         outdir = pick_blob(Path(tmp) / "demo_picks")
