@@ -43,7 +43,7 @@ def _band_pass(image: np.ndarray, sigma: float, workers: int) -> np.ndarray:
     """sigma^2 * Laplacian of the Gaussian-smoothed image, via FFT on a reflect-padded copy."""
     pad = int(np.ceil(4 * sigma))
     pad = min(pad, image.shape[0] - 1, image.shape[1] - 1)
-    # a little more padding after the image up to sizes the FFT factors well (1755 + 2 x 24 = 3 x 601 is 5x slower
+    # a little more padding after the image up to sizes the FFT factors well (1755 + 2 x 24 = 3 x 601 is 2x slower
     # than 1800); the pixels it adds are more of the same reflection, past the filter's reach
     fft = _fft()
     ny, nx = (fft.next_fast_len(n + 2 * pad, real=True) for n in image.shape)
