@@ -54,6 +54,14 @@ def counts_image(image: np.ndarray, rng: np.random.Generator, diameter_px: float
     return np.minimum(rng.poisson(lam), np.iinfo(np.uint16).max).astype(np.uint16)
 
 
+def _same_build(target: Path, meta: dict) -> bool:
+    """True when `target` holds a finished copy built with the parameters in `meta`."""
+    try:
+        return json.loads((target / "set.json").read_text()) == meta
+    except (OSError, ValueError):
+        return False
+
+
 def build_set(bset, out_root: Path, dose: float = DOSE, contrast: float = CONTRAST, ice: float = ICE,
               seed: int = SEED) -> Path:
     """Write the low-contrast copy of one shared set under out_root/<name>/ (micrographs, labels, set.json)."""
@@ -76,7 +84,11 @@ def build_set(bset, out_root: Path, dose: float = DOSE, contrast: float = CONTRA
     meta = {**bset.meta, "set": bset.name + SUFFIX, "source": str(bset.dir), "dose_e_per_px": dose,
             "contrast": contrast, "ice": ice, "ice_scale": ICE_SCALE, "seed": seed, "built_by": "bench/hard_case.py"}
     (tmp / "set.json").write_text(json.dumps(meta, indent=1))
-    if target.exists():  # built with other parameters: move it aside first, so the rename below is one step
+    if target.exists():
+        if _same_build(target, meta):  # another process built the same set meanwhile (same seed, same files)
+            shutil.rmtree(tmp)
+            return target
+        # built with other parameters: move it aside first, so the rename below is one step
         stale = Path(tempfile.mkdtemp(prefix=f"{target.name}.", suffix=".old", dir=out_root))
         target.rename(stale / "set")
         shutil.rmtree(stale)
